@@ -1,0 +1,138 @@
+"""Files that matter: atomic writes with their final mode from the start, private-file
+reads that refuse loose modes, and the KEY=VALUE format of the credential file and
+machine.conf (WIRE.md "Files")."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import stat
+import sys
+from pathlib import Path
+
+from bureau.errors import InputError
+from bureau.secret import Secret
+
+
+def atomic_write(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a
+    part, and never with a looser mode than ``mode`` (umask cannot widen or narrow it)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        tmp.replace(path)
+        fsync_dir(path.parent)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_durably(path: Path) -> None:
+    path.unlink()
+    fsync_dir(path.parent)
+
+
+def read_private_file(path: Path, max_bytes: int = 1 << 20) -> str:
+    """Read a file that holds a secret. Refuses directories, other non-regular files and
+    modes that let group or others read it; every error names the file."""
+    where = str(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise InputError(where, None, "no such file") from None
+    except PermissionError:
+        raise InputError(where, None, "permission denied") from None
+    except OSError as exc:
+        raise InputError(where, None, exc.strerror or "cannot open") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise InputError(where, None, "is a directory, expected a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(where, None, "is not a regular file")
+        loose = stat.S_IMODE(st.st_mode) & 0o077
+        if loose:
+            raise InputError(
+                where,
+                None,
+                f"mode {stat.S_IMODE(st.st_mode):04o} lets other users read it; "
+                f"run: chmod 600 {where}",
+            )
+        if st.st_size > max_bytes:
+            raise InputError(where, None, f"is {st.st_size} bytes; at most {max_bytes}")
+        raw = os.read(fd, max_bytes + 1)
+    finally:
+        os.close(fd)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(where, None, "is not UTF-8 text") from None
+
+
+def read_private_json(path: Path) -> object:
+    text = read_private_file(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(str(path), None, f"not JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def read_secret_input(path: str, what: str) -> Secret:
+    """A one-line secret from a private file, or from stdin when ``path`` is ``-``."""
+    if path == "-":
+        text = sys.stdin.readline()
+        where = f"{what} (stdin)"
+    else:
+        text = read_private_file(Path(path))
+        where = path
+    value = text.strip()
+    if not value:
+        raise InputError(where, None, "is empty")
+    if any(c in value for c in "\r\n\0"):
+        raise InputError(where, None, "must hold a single line")
+    return Secret(value)
+
+
+def parse_env(text: str, where: str) -> dict[str, str]:
+    """KEY=VALUE lines, ``#`` comments and blank lines ignored, split at the first ``=``."""
+    result: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        key, sep, value = stripped.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InputError(where, f"line {number}", "expected KEY=VALUE")
+        if key in result:
+            raise InputError(where, key, f"set twice (again on line {number})")
+        result[key] = value.strip()
+    return result
+
+
+def render_env(values: dict[str, str], header: str = "") -> str:
+    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+    lines += [f"{key}={value}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"

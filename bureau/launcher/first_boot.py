@@ -1,0 +1,289 @@
+"""First boot as a resumable sequence (ARCHITECTURE.md). Each step is idempotent and its
+result is persisted before the next begins, so a crash or SIGTERM anywhere converges when
+the launcher is run again, with no clean-up by an operator:
+
+  1. validate bootstrap.json, before any network call;
+  2. load the machine key, or generate and persist it (sealed where possible);
+  3. log in with the one-time password, or, when an earlier run already rotated it, with
+     the permanent password derived from the key (a still-valid session.json skips 3-4);
+  4. rotate the password (logout_devices: false keeps this session);
+  5. publish m.bureau.machine_key, join the fleet rooms and the config room;
+  6. write session.json;
+  7. delete bootstrap.json.
+
+The key is on disk before the password that derives from it is set, so the machine is
+never locked out of its account. ``checkpoint`` is called after each step (tests use it
+to stop a boot at an exact point, as a crash would).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from bureau import key_store, names, rooms
+from bureau.errors import BureauError, InputError, MatrixError
+from bureau.files import read_private_json, remove_durably
+from bureau.machine_state import load_session, save_session
+from bureau.matrix_http import Login, MatrixHTTP
+from bureau.operator.fleet import (
+    ensure_config_room,
+    fleet_room_aliases,
+    invite_machine,
+    resolve_fleet_rooms,
+)
+from bureau.passwords import admin_password, machine_legacy_password, machine_permanent_password
+from bureau.schema import BootstrapConfig, MachineKey, Session
+from bureau.secret import Secret
+
+
+class Step(StrEnum):
+    VALIDATED = "validated"
+    KEY_READY = "key-ready"
+    LOGGED_IN = "logged-in"
+    PASSWORD_ROTATED = "password-rotated"  # noqa: S105 -- a step name, not a password
+    KEY_PUBLISHED = "key-published"
+    ROOMS_JOINED = "rooms-joined"
+    SESSION_SAVED = "session-saved"
+    BOOTSTRAP_DELETED = "bootstrap-deleted"
+
+
+Checkpoint = Callable[[Step], None]
+
+
+def _no_checkpoint(step: Step) -> None:
+    del step
+
+
+@dataclass(frozen=True)
+class Machine:
+    localpart: str
+    server_name: str
+    fleet: str
+    homeserver_url: str
+
+    @property
+    def user_id(self) -> str:
+        return names.user_id(self.localpart, self.server_name)
+
+    @property
+    def device_id(self) -> str:
+        # One stable device per machine, so re-run boots reuse it instead of piling up.
+        return "BUREAU_" + hashlib.sha256(self.localpart.encode()).hexdigest()[:10].upper()
+
+
+@dataclass(frozen=True)
+class KeyOptions:
+    state_dir: Path
+    storage: key_store.KeyStorage
+    credentials_directory: str | None
+
+
+def load_bootstrap(path: Path, machine_name: str) -> BootstrapConfig:
+    """Read and check bootstrap.json against --machine-name (short or full)."""
+    where = str(path)
+    config = BootstrapConfig.from_json(read_private_json(path), where)
+    try:
+        wanted = names.expand_entity(machine_name, config.fleet_prefix, "machine")
+    except names.InvalidName as exc:
+        raise InputError(where, "machine_name", f"--machine-name: {exc}") from None
+    if wanted != config.machine_name:
+        raise InputError(
+            where,
+            "machine_name",
+            f"is {config.machine_name!r} but --machine-name is {wanted!r}; "
+            "this bootstrap file is for another machine",
+        )
+    return config
+
+
+def _reusable_session(state_dir: Path, machine: Machine, log: Any) -> Session | None:
+    """session.json from an earlier run whose token still answers for this machine."""
+    try:
+        session = load_session(state_dir)
+    except InputError as exc:
+        log.warning("ignoring unusable session file", problem=str(exc))
+        return None
+    if session is None or session.user_id != machine.user_id:
+        return None
+    client = MatrixHTTP(session.homeserver_url, session.access_token)
+    try:
+        user, _ = client.whoami()
+    except MatrixError as exc:
+        if exc.status in (401, 403):
+            log.info("earlier session no longer valid; logging in again", errcode=exc.errcode)
+            return None
+        raise
+    return session if user == machine.user_id else None
+
+
+def _publish_and_join(
+    client: MatrixHTTP, machine: Machine, public_key: str, log: Any, checkpoint: Checkpoint
+) -> None:
+    fleet_rooms = resolve_fleet_rooms(client, machine.fleet, machine.server_name)
+    client.join(fleet_rooms.machine)
+    client.put_state(
+        fleet_rooms.machine,
+        rooms.MACHINE_KEY,
+        names.state_key(machine.localpart, machine.server_name),
+        MachineKey(public_key).to_json(),
+    )
+    log.info("machine key published", public_key=public_key, room=fleet_rooms.machine)
+    checkpoint(Step.KEY_PUBLISHED)
+    config_alias = names.room_alias(machine.localpart, machine.server_name)
+    for room in (fleet_rooms.fleet, fleet_rooms.service, config_alias):
+        client.join(room)
+    log.info("joined fleet rooms and config room", config_room=config_alias)
+    checkpoint(Step.ROOMS_JOINED)
+
+
+def _finish(
+    *,
+    session: Session, machine: Machine, public_key: str, keys: KeyOptions, log: Any,
+    checkpoint: Checkpoint,
+) -> None:  # fmt: skip
+    client = MatrixHTTP(session.homeserver_url, session.access_token)
+    _publish_and_join(client, machine, public_key, log, checkpoint)
+    save_session(keys.state_dir, session)
+    log.info("session saved", path=str(keys.state_dir / "session.json"), user_id=session.user_id)
+    checkpoint(Step.SESSION_SAVED)
+
+
+def _ensure_key(keys: KeyOptions, log: Any, checkpoint: Checkpoint) -> tuple[Secret, str]:
+    secret_key, public_key, how = key_store.ensure(
+        keys.state_dir, keys.storage, keys.credentials_directory
+    )
+    log.info("machine key ready", how=how, public_key=public_key)
+    checkpoint(Step.KEY_READY)
+    return secret_key, public_key
+
+
+def _login_first_boot(
+    machine: Machine, one_time: Secret, permanent: Secret, log: Any, checkpoint: Checkpoint
+) -> Login:
+    client = MatrixHTTP(machine.homeserver_url)
+    try:
+        login = client.login_password(machine.localpart, one_time, device_id=machine.device_id)
+    except MatrixError as exc:
+        if exc.errcode != "M_FORBIDDEN":
+            raise
+        log.info("one-time password refused; trying the permanent password (resumed boot)")
+        try:
+            login = client.login_password(machine.localpart, permanent, device_id=machine.device_id)
+        except MatrixError as again:
+            if again.errcode == "M_FORBIDDEN":
+                raise BureauError(
+                    f"{machine.user_id} accepts neither the one-time password in the bootstrap "
+                    "file nor the password derived from this machine's key; provision the "
+                    "machine again, or restore its original key"
+                ) from None
+            raise
+        checkpoint(Step.LOGGED_IN)
+        return login
+    log.info("logged in with the one-time password", user_id=login.user_id)
+    checkpoint(Step.LOGGED_IN)
+    client.with_token(login.access_token).change_password(login.user_id, one_time, permanent)
+    log.info("one-time password rotated to the key-derived permanent password")
+    checkpoint(Step.PASSWORD_ROTATED)
+    return login
+
+
+def boot_with_bootstrap(
+    *,
+    bootstrap_file: Path,
+    machine_name: str,
+    keys: KeyOptions,
+    log: Any,
+    checkpoint: Checkpoint = _no_checkpoint,
+) -> Session:
+    config = load_bootstrap(bootstrap_file, machine_name)
+    machine = Machine(
+        config.machine_name, config.server_name, config.fleet_prefix, config.homeserver_url
+    )
+    log.info("bootstrap file valid", machine=machine.localpart, homeserver=machine.homeserver_url)
+    checkpoint(Step.VALIDATED)
+    secret_key, public_key = _ensure_key(keys, log, checkpoint)
+    session = _reusable_session(keys.state_dir, machine, log)
+    if session is None:
+        permanent = machine_permanent_password(machine.localpart, secret_key)
+        login = _login_first_boot(machine, config.password, permanent, log, checkpoint)
+        session = _session_from(login, machine)
+    _finish(
+        session=session, machine=machine, public_key=public_key, keys=keys, log=log,
+        checkpoint=checkpoint,
+    )  # fmt: skip
+    remove_durably(bootstrap_file)
+    log.info("bootstrap file deleted", path=str(bootstrap_file))
+    checkpoint(Step.BOOTSTRAP_DELETED)
+    return session
+
+
+def boot_legacy(
+    *,
+    registration_token: Secret,
+    machine: Machine,
+    keys: KeyOptions,
+    log: Any,
+    checkpoint: Checkpoint = _no_checkpoint,
+) -> Session:
+    """The registration-token path (development and tests). The token is the hub's root
+    secret: it derives the admin password, so the launcher can act as its own operator:
+    register its account (legacy derived password), create its config room and invite
+    itself, then publish and join as on the bootstrap path."""
+    _, public_key = _ensure_key(keys, log, checkpoint)
+    session = _reusable_session(keys.state_dir, machine, log)
+    if session is None:
+        anonymous = MatrixHTTP(machine.homeserver_url)
+        password = machine_legacy_password(machine.localpart, registration_token)
+        try:
+            anonymous.register_with_token(machine.localpart, password, registration_token)
+            log.info("machine account registered", user_id=machine.user_id)
+        except MatrixError as exc:
+            if exc.errcode != "M_USER_IN_USE":
+                raise
+        login = anonymous.login_password(machine.localpart, password, device_id=machine.device_id)
+        checkpoint(Step.LOGGED_IN)
+        _invite_self(machine, registration_token, log)
+        session = _session_from(login, machine)
+    _finish(
+        session=session, machine=machine, public_key=public_key, keys=keys, log=log,
+        checkpoint=checkpoint,
+    )  # fmt: skip
+    return session
+
+
+def _invite_self(machine: Machine, registration_token: Secret, log: Any) -> None:
+    anonymous = MatrixHTTP(machine.homeserver_url)
+    try:
+        admin_login = anonymous.login_password("bureau-admin", admin_password(registration_token))
+    except MatrixError as exc:
+        if exc.errcode == "M_FORBIDDEN":
+            raise BureauError(
+                "the hub's bureau-admin refuses the password derived from this registration "
+                "token; run `bureau matrix setup` on the hub with the same token first"
+            ) from None
+        raise
+    admin = anonymous.with_token(admin_login.access_token)
+    try:
+        aliases = fleet_room_aliases(machine.fleet, machine.server_name)
+        fleet_rooms = resolve_fleet_rooms(admin, machine.fleet, machine.server_name)
+        config_room, _ = ensure_config_room(
+            admin, admin_login.user_id, machine.localpart, machine.server_name
+        )
+        invite_machine(admin, machine.user_id, config_room, fleet_rooms)
+        log.info("invited to the fleet rooms as the hub's admin", rooms=sorted(aliases.values()))
+    finally:
+        # The admin login was borrowed for these invitations only.
+        with contextlib.suppress(MatrixError):
+            admin.logout()
+
+
+def _session_from(login: Login, machine: Machine) -> Session:
+    if login.user_id != machine.user_id:
+        raise MatrixError(f"the homeserver logged us in as {login.user_id}, not {machine.user_id}")
+    return Session(machine.homeserver_url, login.user_id, login.access_token, login.device_id)

@@ -1,0 +1,192 @@
+"""bureau-launcher: the privileged, minimal process that holds the machine's key.
+
+This file and what it imports are the launcher's audit surface: standard library,
+structlog, pyrage (through bureau.age_keys) and bureau's pure modules; never aiohttp or
+matrix-nio (a test checks the import closure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from bureau import key_store, log, names
+from bureau.edge import Parser, raise_interrupted_on_signals, run
+from bureau.errors import BureauError, InputError, UsageError
+from bureau.files import read_secret_input
+from bureau.launcher import first_boot
+from bureau.machine_state import load_session, session_path
+from bureau.schema import validate_homeserver_url
+
+PROG = "bureau-launcher"
+
+
+def build_parser() -> Parser:
+    p = Parser(
+        prog=PROG,
+        description="Holds the machine key; performs first boot; serves the daemon.",
+        epilog="First boot: --bootstrap-file (from `bureau machine provision`), or the legacy "
+        "--registration-token-file with --homeserver, --server-name and --fleet. "
+        "Later starts need only --machine-name and --state-dir.",
+    )
+    p.add_argument(
+        "--machine-name",
+        required=True,
+        help="machine/NAME, or the full name bureau/fleet/FLEET/machine/NAME",
+    )
+    p.add_argument(
+        "--state-dir",
+        required=True,
+        type=Path,
+        help="holds session.json and the machine key (created 0700)",
+    )
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        default=Path("/run/bureau"),
+        help="runtime directory for sockets (default /run/bureau)",
+    )
+    p.add_argument(
+        "--bootstrap-file",
+        type=Path,
+        help="bootstrap.json from `bureau machine provision`; deleted after first boot",
+    )
+    p.add_argument(
+        "--first-boot-only", action="store_true", help="exit 0 once first boot is complete"
+    )
+    p.add_argument(
+        "--key-storage",
+        choices=[s.value for s in key_store.KeyStorage],
+        default="auto",
+        help="where a newly generated private key rests (default auto: "
+        "systemd-creds when it works here, else plain)",
+    )
+    legacy = p.add_argument_group("legacy first boot (development and tests)")
+    legacy.add_argument(
+        "--registration-token-file",
+        help="file holding the hub's registration token, or - for stdin",
+    )
+    legacy.add_argument("--homeserver", help="homeserver URL")
+    legacy.add_argument("--server-name", help="Matrix server name")
+    legacy.add_argument("--fleet", help="fleet, e.g. bureau/fleet/prod")
+    p.add_argument(
+        "--log-level", help="debug, info, warning, error (default: $BUREAU_LOG_LEVEL or info)"
+    )
+    return p  # fmt: skip
+
+
+def _prepare_state_dir(state_dir: Path) -> None:
+    if state_dir.exists() and not state_dir.is_dir():
+        raise InputError(str(state_dir), None, "is not a directory (--state-dir)")
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def _legacy_machine(args: argparse.Namespace) -> first_boot.Machine:
+    given = {"--homeserver": args.homeserver, "--server-name": args.server_name,
+             "--fleet": args.fleet}  # fmt: skip
+    missing = [flag for flag, value in given.items() if not value]
+    if missing:
+        raise UsageError(f"--registration-token-file needs {', '.join(missing)}")
+    try:
+        homeserver = validate_homeserver_url(args.homeserver)
+    except ValueError as exc:
+        raise UsageError(f"--homeserver: {exc}") from None
+    flag = "--server-name"
+    try:
+        server = names.validate_server_name(args.server_name)
+        flag = "--fleet"
+        fleet = names.validate_fleet(args.fleet)
+        flag = "--machine-name"
+        localpart = names.expand_entity(args.machine_name, fleet, "machine")
+    except names.InvalidName as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+    return first_boot.Machine(localpart, server, fleet, homeserver)
+
+
+def _first_boot_done(state_dir: Path, machine_name: str, creds_dir: str | None) -> bool:
+    """session.json and a stored key: the machine has booted before."""
+    session = load_session(state_dir)
+    if session is None:
+        return False
+    localpart, _ = names.parse_user_id(session.user_id)
+    fleet = names.fleet_of_entity(localpart) if names.is_full_entity(localpart) else ""
+    try:
+        wanted = names.expand_entity(machine_name, fleet, "machine")
+    except names.InvalidName as exc:
+        raise UsageError(f"--machine-name: {exc}") from None
+    if wanted != localpart:
+        raise InputError(
+            str(session_path(state_dir)), "user_id",
+            f"is {session.user_id!r}, which is not --machine-name {wanted!r}",
+        )  # fmt: skip
+    if key_store.load(state_dir, creds_dir) is None:
+        raise BureauError(
+            f"{state_dir}: session.json exists but no machine key does; the key cannot be "
+            "recovered: decommission and provision the machine again"
+        )
+    return True
+
+
+def _wait_for_stop(logger: Any) -> int:
+    # Serving the daemon's socket arrives with the credential path; until then the
+    # launcher stays up, as a unit expects, and stops cleanly on SIGTERM.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    logger.info("launcher up; waiting for SIGTERM")
+    received = signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    logger.info("stopping", signal=signal.Signals(received).name)
+    return 0
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        level = log.resolve_level(args.log_level)
+    except ValueError as exc:
+        raise UsageError(f"--log-level: {exc}") from None
+    log.configure(level)
+    logger = log.get(PROG)
+    raise_interrupted_on_signals()
+
+    state_dir: Path = args.state_dir.absolute()
+    _prepare_state_dir(state_dir)
+    creds_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    keys = first_boot.KeyOptions(state_dir, key_store.KeyStorage(args.key_storage), creds_dir)
+
+    if args.bootstrap_file is not None and args.registration_token_file is not None:
+        raise UsageError("--bootstrap-file and --registration-token-file exclude each other")
+    if args.bootstrap_file is not None and (
+        args.bootstrap_file.exists()
+        or not _first_boot_done(state_dir, args.machine_name, creds_dir)
+    ):
+        first_boot.boot_with_bootstrap(
+            bootstrap_file=args.bootstrap_file,
+            machine_name=args.machine_name,
+            keys=keys,
+            log=logger,
+        )
+        logger.info("first boot complete")
+    elif args.registration_token_file is not None:
+        machine = _legacy_machine(args)
+        token = read_secret_input(args.registration_token_file, "--registration-token-file")
+        first_boot.boot_legacy(registration_token=token, machine=machine, keys=keys, log=logger)
+        logger.info("first boot complete (legacy registration-token path)")
+    elif not _first_boot_done(state_dir, args.machine_name, creds_dir):
+        raise UsageError(
+            f"{state_dir} holds no session and no machine key: first boot needs "
+            "--bootstrap-file (from `bureau machine provision`), or --registration-token-file "
+            "with --homeserver, --server-name and --fleet"
+        )
+    else:
+        logger.info("first boot already complete", state_dir=str(state_dir))
+
+    if args.first_boot_only:
+        return 0
+    return _wait_for_stop(logger)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(PROG, lambda: _main(argv if argv is not None else sys.argv[1:]))

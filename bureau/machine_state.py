@@ -1,0 +1,27 @@
+"""The machine's state directory: session.json (WIRE.md), 0600, written atomically."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bureau.files import atomic_write, read_private_json
+from bureau.schema import Session
+
+SESSION_FILE = "session.json"
+
+
+def session_path(state_dir: Path) -> Path:
+    return state_dir / SESSION_FILE
+
+
+def load_session(state_dir: Path) -> Session | None:
+    path = session_path(state_dir)
+    if not path.exists():
+        return None
+    return Session.from_json(read_private_json(path), str(path))
+
+
+def save_session(state_dir: Path, session: Session) -> None:
+    body = json.dumps(session.to_json(), indent=2) + "\n"
+    atomic_write(session_path(state_dir), body.encode(), 0o600)

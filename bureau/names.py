@@ -1,0 +1,128 @@
+"""Names, user IDs, state keys and room aliases (WIRE.md "Names" and "Rooms"). Pure.
+
+Functions raise ``InvalidName`` with the problem only; callers add the location (a flag,
+a file and field) because only they know it.
+"""
+
+from __future__ import annotations
+
+import re
+
+LOCALPART_MAX = 84
+_LOCALPART_CHARS = re.compile(r"[a-z0-9._=\-/]+")
+_SERVER_BAD = re.compile(r"[\s@#]")
+_PORT = re.compile(r":(\d{1,5})$")
+
+
+class InvalidName(ValueError):
+    pass
+
+
+def validate_localpart(value: str) -> str:
+    if not value:
+        raise InvalidName("empty name")
+    if len(value) > LOCALPART_MAX:
+        raise InvalidName(f"{value!r} is {len(value)} characters; at most {LOCALPART_MAX}")
+    if not _LOCALPART_CHARS.fullmatch(value):
+        raise InvalidName(f"{value!r} may contain only a-z 0-9 . _ = - /")
+    if value.startswith("/") or value.endswith("/"):
+        raise InvalidName(f"{value!r} must not start or end with '/'")
+    for segment in value.split("/"):
+        if not segment:
+            raise InvalidName(f"{value!r} has an empty segment")
+        if segment.startswith("."):
+            raise InvalidName(f"{value!r} has a segment starting with '.'")
+    return value
+
+
+def validate_server_name(value: str) -> str:
+    if not value:
+        raise InvalidName("empty server name")
+    if _SERVER_BAD.search(value):
+        raise InvalidName(f"{value!r} must not contain whitespace, '@' or '#'")
+    port = _PORT.search(value)
+    if port and not 0 < int(port.group(1)) < 65536:
+        raise InvalidName(f"{value!r} has an invalid port")
+    host = value[: port.start()] if port else value
+    if not host:
+        raise InvalidName(f"{value!r} has no host")
+    return value
+
+
+def validate_fleet(value: str) -> str:
+    """A fleet is ``<namespace>/fleet/<name>``, e.g. ``bureau/fleet/prod``."""
+    validate_localpart(value)
+    parts = value.split("/")
+    if len(parts) != 3 or parts[1] != "fleet":
+        raise InvalidName(f"{value!r} is not a fleet; expected <namespace>/fleet/<name>")
+    return value
+
+
+def namespace_of(fleet: str) -> str:
+    return fleet.split("/", 1)[0]
+
+
+def is_full_entity(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) >= 5 and parts[1] == "fleet"
+
+
+def expand_entity(name: str, fleet: str, entity_type: str | None = None) -> str:
+    """Expand ``machine/worker-01`` with the fleet in force; check a full name's fleet.
+
+    With ``entity_type`` the entity must be of that type (``machine/...``)."""
+    validate_localpart(name)
+    if is_full_entity(name):
+        own_fleet = "/".join(name.split("/")[:3])
+        if own_fleet != fleet:
+            raise InvalidName(f"{name!r} belongs to fleet {own_fleet!r}, not {fleet!r}")
+        full = name
+    else:
+        full = f"{fleet}/{name}"
+    rest = full[len(fleet) + 1 :].split("/")
+    if len(rest) < 2:
+        raise InvalidName(f"{name!r} is not <type>/<name> (for example machine/worker-01)")
+    if entity_type is not None and rest[0] != entity_type:
+        raise InvalidName(f"{name!r} is not a {entity_type}; expected {entity_type}/<name>")
+    return validate_localpart(full)
+
+
+def fleet_of_entity(full_name: str) -> str:
+    if not is_full_entity(full_name):
+        raise InvalidName(f"{full_name!r} is not a full entity name")
+    return "/".join(full_name.split("/")[:3])
+
+
+def user_id(localpart: str, server_name: str) -> str:
+    return f"@{localpart}:{server_name}"
+
+
+def state_key(localpart: str, server_name: str) -> str:
+    return f"{localpart}:{server_name}"
+
+
+def room_alias(localpart: str, server_name: str) -> str:
+    return f"#{localpart}:{server_name}"
+
+
+def parse_user_id(value: str) -> tuple[str, str]:
+    if not value.startswith("@") or ":" not in value:
+        raise InvalidName(f"{value!r} is not a Matrix user ID (@localpart:server)")
+    localpart, server = value[1:].split(":", 1)
+    return localpart, server
+
+
+def space_alias_localpart(fleet: str) -> str:
+    return namespace_of(fleet)
+
+
+def fleet_room_localpart(fleet: str) -> str:
+    return fleet
+
+
+def machine_room_localpart(fleet: str) -> str:
+    return f"{fleet}/machine"
+
+
+def service_room_localpart(fleet: str) -> str:
+    return f"{fleet}/service"

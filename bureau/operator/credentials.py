@@ -1,0 +1,36 @@
+"""The operator credential file (WIRE.md: ``bureau-creds``, 0600, KEY=VALUE)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bureau.files import atomic_write, parse_env, read_private_file, render_env
+from bureau.matrix_http import MatrixHTTP
+from bureau.schema import OperatorCredentials
+
+HEADER = "Bureau operator credentials: the hub's admin login and registration token. Keep 0600."
+
+
+def load(path: Path) -> OperatorCredentials:
+    where = str(path)
+    return OperatorCredentials.from_env(parse_env(read_private_file(path), where), where)
+
+
+def render(creds: OperatorCredentials) -> bytes:
+    return render_env(creds.to_env(), HEADER).encode()
+
+
+def write(path: Path, creds: OperatorCredentials) -> bool:
+    """Write the file unless it already holds exactly this; returns whether it changed."""
+    body = render(creds)
+    try:
+        if path.read_bytes() == body:
+            return False
+    except FileNotFoundError:
+        pass
+    atomic_write(path, body, 0o600)
+    return True
+
+
+def admin_client(creds: OperatorCredentials) -> MatrixHTTP:
+    return MatrixHTTP(creds.homeserver_url, creds.admin_token)

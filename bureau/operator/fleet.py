@@ -1,0 +1,85 @@
+"""The fleet's rooms as an operator (or a legacy-path launcher acting as one) sees them:
+find them by alias, create a machine's config room, invite a machine. Blocking calls
+through bureau.matrix_http only, so the launcher may import this module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bureau import names, rooms
+from bureau.errors import MatrixError
+from bureau.matrix_http import MatrixHTTP
+
+
+@dataclass(frozen=True)
+class FleetRooms:
+    fleet: str
+    machine: str
+    service: str
+
+    def all(self) -> tuple[str, str, str]:
+        return (self.fleet, self.machine, self.service)
+
+
+def fleet_room_aliases(fleet: str, server: str) -> dict[str, str]:
+    return {
+        "fleet": names.room_alias(names.fleet_room_localpart(fleet), server),
+        "machine": names.room_alias(names.machine_room_localpart(fleet), server),
+        "service": names.room_alias(names.service_room_localpart(fleet), server),
+    }
+
+
+def resolve_fleet_rooms(client: MatrixHTTP, fleet: str, server: str) -> FleetRooms:
+    found: dict[str, str] = {}
+    for role, alias in fleet_room_aliases(fleet, server).items():
+        room_id = client.resolve_alias(alias)
+        if room_id is None:
+            raise MatrixError(f"{alias}: no such room; run `bureau matrix setup` for this fleet")
+        found[role] = room_id
+    return FleetRooms(**found)
+
+
+def private_room(
+    alias_localpart: str, name: str, power_levels: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    """createRoom content for a private, invite-only room with our power levels."""
+    return {
+        "room_alias_name": alias_localpart,
+        "name": name,
+        "preset": "private_chat",
+        "room_version": rooms.ROOM_VERSION,
+        "visibility": "private",
+        "power_level_content_override": power_levels,
+        "initial_state": [
+            {"type": "m.room.history_visibility", "state_key": "",
+             "content": {"history_visibility": "shared"}},
+            {"type": "m.room.guest_access", "state_key": "",
+             "content": {"guest_access": "forbidden"}},
+        ],
+        **extra,
+    }  # fmt: skip
+
+
+def ensure_config_room(
+    client: MatrixHTTP, admin_user: str, machine_localpart: str, server: str
+) -> tuple[str, bool]:
+    """The machine's config room, created when missing. Returns (room ID, created)."""
+    alias = names.room_alias(machine_localpart, server)
+    existing = client.resolve_alias(alias)
+    if existing is not None:
+        return existing, False
+    machine_user = names.user_id(machine_localpart, server)
+    content = private_room(
+        machine_localpart,
+        f"config: {machine_localpart}",
+        rooms.config_room_power_levels(admin_user, machine_user),
+    )
+    return client.create_room(content, what=f"create config room {alias}"), True
+
+
+def invite_machine(
+    client: MatrixHTTP, machine_user: str, config_room: str, fleet_rooms: FleetRooms
+) -> None:
+    for room_id in (config_room, *fleet_rooms.all()):
+        client.invite(room_id, machine_user)

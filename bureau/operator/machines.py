@@ -1,0 +1,140 @@
+"""``bureau machine provision`` and ``bureau machine list``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from bureau import names, rooms
+from bureau.errors import BureauError, InputError, MatrixError
+from bureau.matrix_http import MatrixHTTP
+from bureau.operator.credentials import admin_client
+from bureau.operator.fleet import ensure_config_room, invite_machine, resolve_fleet_rooms
+from bureau.passwords import one_time_password
+from bureau.schema import BootstrapConfig, MachineKey, OperatorCredentials
+
+PROVISIONED = "provisioned"
+ENROLLED = "enrolled"
+DECOMMISSIONED = "decommissioned"
+
+
+@dataclass(frozen=True)
+class MachineRecord:
+    name: str
+    user_id: str
+    state: str
+    public_key: str | None
+    last_heartbeat: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "user_id": self.user_id,
+            "state": self.state,
+            "public_key": self.public_key,
+            "last_heartbeat": self.last_heartbeat,
+        }
+
+
+def _rfc3339(ms: object) -> str | None:
+    if not isinstance(ms, int):
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def machine_records(events: list[dict[str, Any]], fleet: str, server: str) -> list[MachineRecord]:
+    """Classify the fleet's machines from the machine room's state. Pure.
+
+    A machine is *provisioned* once invited, *enrolled* once it has joined and published a
+    key event that it sent itself, *decommissioned* once it left or was removed, or its key
+    was replaced by the empty tombstone."""
+    prefix = f"{fleet}/machine/"
+    members: dict[str, str] = {}
+    keys: dict[str, dict[str, Any]] = {}
+    heartbeats: dict[str, int] = {}
+    for event in events:
+        kind, key = event.get("type"), event.get("state_key")
+        if not isinstance(key, str):
+            continue
+        if kind == "m.room.member":
+            members[key] = str((event.get("content") or {}).get("membership", ""))
+        elif kind == rooms.MACHINE_KEY:
+            keys[f"@{key}"] = event
+        elif kind == rooms.MACHINE_STATUS and isinstance(event.get("origin_server_ts"), int):
+            heartbeats[f"@{key}"] = event["origin_server_ts"]
+    records = []
+    for user, membership in sorted(members.items()):
+        try:
+            localpart, user_server = names.parse_user_id(user)
+        except names.InvalidName:
+            continue
+        if user_server == server and localpart.startswith(prefix):
+            state, public_key = _classify(user, membership, keys.get(user))
+            records.append(
+                MachineRecord(localpart, user, state, public_key, _rfc3339(heartbeats.get(user)))
+            )
+    return records
+
+
+def _classify(
+    user: str, membership: str, key_event: dict[str, Any] | None
+) -> tuple[str, str | None]:
+    public_key = None
+    tombstoned = key_event is not None and not key_event.get("content")
+    if key_event is not None and key_event.get("sender") == user and not tombstoned:
+        try:
+            public_key = MachineKey.from_json(key_event.get("content")).public_key
+        except InputError:
+            public_key = None
+    if membership in ("leave", "ban") or tombstoned:
+        return DECOMMISSIONED, public_key
+    if membership == "join" and public_key is not None:
+        return ENROLLED, public_key
+    return PROVISIONED, public_key
+
+
+def list_machines(creds: OperatorCredentials) -> list[MachineRecord]:
+    admin = admin_client(creds)
+    fleet_rooms = resolve_fleet_rooms(admin, creds.fleet, creds.server_name)
+    events = admin.room_state_events(fleet_rooms.machine)
+    return machine_records(events, creds.fleet, creds.server_name)
+
+
+def provision(creds: OperatorCredentials, machine_localpart: str) -> BootstrapConfig:
+    """Create the machine's account with a fresh one-time password, its config room, and
+    its invitations. Everything that can be checked is checked before the account exists,
+    because once it does, only its bootstrap file can log in to it."""
+    server = creds.server_name
+    machine_user = names.user_id(machine_localpart, server)
+    admin = admin_client(creds)
+    fleet_rooms = resolve_fleet_rooms(admin, creds.fleet, server)
+    for record in machine_records(
+        admin.room_state_events(fleet_rooms.machine), creds.fleet, server
+    ):
+        if record.user_id == machine_user and record.state == ENROLLED:
+            raise BureauError(
+                f"{machine_localpart} is enrolled (key {record.public_key} is published); "
+                "decommission it before provisioning it again"
+            )
+    config_room, _ = ensure_config_room(admin, creds.admin_user, machine_localpart, server)
+    password = one_time_password()
+    try:
+        MatrixHTTP(creds.homeserver_url).register_with_token(
+            machine_localpart, password, creds.registration_token
+        )
+    except MatrixError as exc:
+        if exc.errcode == "M_USER_IN_USE":
+            raise BureauError(
+                f"{machine_user} already exists and has not enrolled: boot it with the "
+                "bootstrap.json it was provisioned with, or provision another name"
+            ) from None
+        raise
+    invite_machine(admin, machine_user, config_room, fleet_rooms)
+    return BootstrapConfig(
+        homeserver_url=creds.homeserver_url,
+        server_name=server,
+        machine_name=machine_localpart,
+        password=password,
+        fleet_prefix=creds.fleet,
+    )

@@ -1,0 +1,212 @@
+"""Wire content (WIRE.md) as small frozen dataclasses. ``from_json`` validates and names the
+location of the first problem; ``to_json`` gives back exactly what goes on the wire.
+Pure: no I/O."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from bureau import names
+from bureau.errors import InputError
+from bureau.secret import Secret
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_AGE_PUBLIC = re.compile(r"age1[02-9ac-hj-np-z]{58}")
+
+MACHINE_KEY_ALGORITHM = "age-x25519"
+
+
+def validate_homeserver_url(value: str) -> str:
+    """http(s)://host[:port][/path], no credentials, query or fragment."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+    if not parts.hostname:
+        raise ValueError(f"{value!r} has no host")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ValueError(f"{value!r} must not carry credentials, a query or a fragment")
+    try:
+        parts.port  # noqa: B018 -- raises on an invalid port
+    except ValueError:
+        raise ValueError(f"{value!r} has an invalid port") from None
+    return value.rstrip("/")
+
+
+def _field(obj: dict[str, Any], key: str, where: str) -> str:
+    if key not in obj:
+        raise InputError(where, key, "missing")
+    value = obj[key]
+    if not isinstance(value, str) or not value:
+        raise InputError(where, key, "expected a non-empty string")
+    return value
+
+
+def _object(obj: object, where: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise InputError(where, None, "expected a JSON object")
+    return obj
+
+
+def _checked(where: str, key: str, check: Any, value: str) -> str:
+    try:
+        return str(check(value))
+    except ValueError as exc:
+        raise InputError(where, key, str(exc)) from None
+
+
+@dataclass(frozen=True)
+class BootstrapConfig:
+    """bootstrap.json: what a provisioned machine needs for its first boot."""
+
+    homeserver_url: str
+    server_name: str
+    machine_name: str
+    password: Secret
+    fleet_prefix: str
+
+    @classmethod
+    def from_json(cls, obj: object, where: str = "bootstrap.json") -> BootstrapConfig:
+        data = _object(obj, where)
+        homeserver_url = _checked(
+            where, "homeserver_url", validate_homeserver_url, _field(data, "homeserver_url", where)
+        )
+        server_name = _checked(
+            where, "server_name", names.validate_server_name, _field(data, "server_name", where)
+        )
+        fleet = _checked(
+            where, "fleet_prefix", names.validate_fleet, _field(data, "fleet_prefix", where)
+        )
+        machine = _field(data, "machine_name", where)
+        if not names.is_full_entity(machine):
+            raise InputError(where, "machine_name", f"{machine!r} is not a full machine name")
+        machine = _checked(
+            where, "machine_name", lambda v: names.expand_entity(v, fleet, "machine"), machine
+        )
+        password = _field(data, "password", where)
+        if not _HEX64.fullmatch(password):
+            # Never echo the value: it is the one-time password.
+            raise InputError(where, "password", "expected 64 lowercase hex characters")
+        return cls(homeserver_url, server_name, machine, Secret(password), fleet)
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "homeserver_url": self.homeserver_url,
+            "server_name": self.server_name,
+            "machine_name": self.machine_name,
+            "password": self.password.reveal(),
+            "fleet_prefix": self.fleet_prefix,
+        }
+
+
+@dataclass(frozen=True)
+class Session:
+    """<state-dir>/session.json: the machine's Matrix login."""
+
+    homeserver_url: str
+    user_id: str
+    access_token: Secret
+    device_id: str | None = None
+
+    @classmethod
+    def from_json(cls, obj: object, where: str = "session.json") -> Session:
+        data = _object(obj, where)
+        url = _checked(
+            where, "homeserver_url", validate_homeserver_url, _field(data, "homeserver_url", where)
+        )
+        user = _field(data, "user_id", where)
+        _checked(where, "user_id", names.parse_user_id, user)
+        token = _field(data, "access_token", where)
+        device = data.get("device_id")
+        if device is not None and not isinstance(device, str):
+            raise InputError(where, "device_id", "expected a string")
+        return cls(url, user, Secret(token), device)
+
+    def to_json(self) -> dict[str, str]:
+        out = {
+            "homeserver_url": self.homeserver_url,
+            "user_id": self.user_id,
+            "access_token": self.access_token.reveal(),
+        }
+        if self.device_id:
+            out["device_id"] = self.device_id
+        return out
+
+
+@dataclass(frozen=True)
+class OperatorCredentials:
+    """The operator credential file (``bureau-creds``), KEY=VALUE."""
+
+    homeserver_url: str
+    admin_user: str
+    admin_token: Secret
+    registration_token: Secret
+    space_room: str
+    server_name: str
+    fleet: str
+
+    @classmethod
+    def from_env(cls, data: dict[str, str], where: str) -> OperatorCredentials:
+        def need(key: str) -> str:
+            value = data.get(key, "")
+            if not value:
+                raise InputError(where, key, "missing")
+            return value
+
+        url = _checked(
+            where, "MATRIX_HOMESERVER_URL", validate_homeserver_url, need("MATRIX_HOMESERVER_URL")
+        )
+        admin = need("MATRIX_ADMIN_USER")
+        _checked(where, "MATRIX_ADMIN_USER", names.parse_user_id, admin)
+        server = _checked(
+            where, "BUREAU_SERVER_NAME", names.validate_server_name, need("BUREAU_SERVER_NAME")
+        )
+        fleet = _checked(where, "BUREAU_FLEET", names.validate_fleet, need("BUREAU_FLEET"))
+        return cls(
+            homeserver_url=url,
+            admin_user=admin,
+            admin_token=Secret(need("MATRIX_ADMIN_TOKEN")),
+            registration_token=Secret(need("MATRIX_REGISTRATION_TOKEN")),
+            space_room=need("MATRIX_SPACE_ROOM"),
+            server_name=server,
+            fleet=fleet,
+        )
+
+    def to_env(self) -> dict[str, str]:
+        return {
+            "MATRIX_HOMESERVER_URL": self.homeserver_url,
+            "MATRIX_ADMIN_USER": self.admin_user,
+            "MATRIX_ADMIN_TOKEN": self.admin_token.reveal(),
+            "MATRIX_REGISTRATION_TOKEN": self.registration_token.reveal(),
+            "MATRIX_SPACE_ROOM": self.space_room,
+            "BUREAU_SERVER_NAME": self.server_name,
+            "BUREAU_FLEET": self.fleet,
+        }
+
+
+@dataclass(frozen=True)
+class MachineKey:
+    """Content of ``m.bureau.machine_key``."""
+
+    public_key: str
+    algorithm: str = MACHINE_KEY_ALGORITHM
+
+    @classmethod
+    def from_json(cls, obj: object, where: str = "m.bureau.machine_key") -> MachineKey:
+        data = _object(obj, where)
+        algorithm = _field(data, "algorithm", where)
+        if algorithm != MACHINE_KEY_ALGORITHM:
+            raise InputError(where, "algorithm", f"expected {MACHINE_KEY_ALGORITHM!r}")
+        public_key = _field(data, "public_key", where)
+        if not _AGE_PUBLIC.fullmatch(public_key):
+            raise InputError(where, "public_key", "expected an age1... X25519 recipient")
+        return cls(public_key, algorithm)
+
+    def to_json(self) -> dict[str, str]:
+        return {"algorithm": self.algorithm, "public_key": self.public_key}
+
+
+def is_age_public_key(value: str) -> bool:
+    return bool(_AGE_PUBLIC.fullmatch(value))
