@@ -70,6 +70,8 @@ class HubSettings:
 class Hub:
     def __init__(self, state_dir: Path) -> None:
         self.dir = Path(state_dir).absolute()
+        # Held so that the process we started is reaped by us, not reported as leaked.
+        self._child: subprocess.Popen[bytes] | None = None
 
     @property
     def token_file(self) -> Path:
@@ -127,9 +129,7 @@ class Hub:
             self._wait_until_answering(settings, proc, wait_seconds)
             self._ensure_registration_token()
         except BaseException:
-            _terminate(proc.pid, grace=10)
-            with contextlib.suppress(FileNotFoundError):
-                self._pid_file.unlink()
+            self.down(grace=10)
             raise
         return HubStatus(settings.url, proc.pid, settings.server_name), True
 
@@ -188,6 +188,7 @@ class Hub:
             )  # fmt: skip
         finally:
             out.close()
+        self._child = proc
         started = _process_start_time(proc.pid)
         atomic_write(
             self._pid_file, json.dumps({"pid": proc.pid, "start_time": started}).encode(), 0o644
@@ -246,6 +247,9 @@ class Hub:
         pid = self._running_pid()
         if pid is not None:
             _terminate(pid, grace)
+        if self._child is not None:
+            self._child.wait()
+            self._child = None
         with contextlib.suppress(FileNotFoundError):
             self._pid_file.unlink()
         return pid

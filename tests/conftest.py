@@ -1,0 +1,138 @@
+"""Shared fixtures: one real Synapse for the whole session (bureau.hub, the same code as
+`bureau hub up`), and fresh fleet and machine names for every test so tests never see
+each other's rooms."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import structlog
+
+from bureau.hub import Hub, HubStatus
+from bureau.operator import credentials
+from bureau.operator.setup import setup
+from bureau.schema import OperatorCredentials
+from bureau.secret import Secret
+
+BIN = Path(sys.executable).parent
+REQUIRED_TOOLS = ("age", "jq", "strace", "systemd-creds")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # A missing tool fails the run; nothing quietly skips.
+    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    if missing:
+        raise pytest.UsageError(f"tools the tests need are missing: {', '.join(missing)}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class RunningHub:
+    hub: Hub
+    status: HubStatus
+    server_name: str
+
+    @property
+    def url(self) -> str:
+        return self.status.url
+
+    @property
+    def token_file(self) -> Path:
+        return self.hub.token_file
+
+    @property
+    def token(self) -> Secret:
+        return Secret(self.token_file.read_text().strip())
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
+    state = tmp_path_factory.mktemp("hub")
+    the_hub = Hub(state)
+    status, started = the_hub.up(port=free_port())
+    assert started
+    try:
+        yield RunningHub(the_hub, status, status.server_name)
+    finally:
+        the_hub.down()
+
+
+def fresh(prefix: str) -> str:
+    return f"{prefix}{secrets.token_hex(4)}"
+
+
+@dataclass(frozen=True)
+class Fleet:
+    hub: RunningHub
+    name: str
+    credential_file: Path
+    creds: OperatorCredentials
+
+
+@pytest.fixture
+def fleet(hub: RunningHub, tmp_path: Path) -> Fleet:
+    """A fleet of its own (fresh namespace) set up on the session hub."""
+    name = f"{fresh('t')}/fleet/prod"
+    cred_file = tmp_path / "bureau-creds"
+    setup(
+        homeserver=hub.url,
+        server_name=hub.server_name,
+        registration_token=hub.token,
+        credential_file=cred_file,
+        fleet=name,
+        report=lambda line: None,
+    )
+    return Fleet(hub, name, cred_file, credentials.load(cred_file))
+
+
+def run(
+    program: str, *args: str | Path, stdin: str | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run one of our console scripts as a user would, capturing its output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "CREDENTIALS_"))}
+    return subprocess.run(
+        [str(BIN / program), *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=90,
+        check=False,
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """Assert the shape every user error must have and return the line."""
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip() and not ln.startswith("{")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.fixture(autouse=True)
+def _restore_world() -> Iterator[None]:
+    environ = dict(os.environ)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+        os.umask(umask)
+        structlog.reset_defaults()

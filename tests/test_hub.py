@@ -1,0 +1,85 @@
+"""`bureau hub up|status|down` against real Synapse processes."""
+
+from __future__ import annotations
+
+import json
+import stat
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import RunningHub, free_port, one_line_error, run
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses with a TCP socket listening on ``port``, from /proc/net/tcp{,6}."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, _, state = line.split()[1:4]
+            address, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:
+                found.add(address)
+    return found
+
+
+def test_session_hub_is_loopback_only_and_token_protected(hub: RunningHub) -> None:
+    port = int(hub.url.rsplit(":", 1)[1])
+    # 0100007F is 127.0.0.1 in /proc's little-endian hex; nothing on 0.0.0.0 or ::.
+    assert _listening_addresses(port) == {"0100007F"}
+    assert stat.S_IMODE(hub.token_file.stat().st_mode) == 0o600
+    request = f"{hub.url}/_matrix/client/v3/register"
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, data=b'{"username": "x", "password": "y"}')  # noqa: S310
+    assert info.value.code == 401
+    flows = json.load(info.value)["flows"]
+    assert all("m.login.registration_token" in flow["stages"] for flow in flows)
+
+
+def test_up_on_running_hub_changes_nothing(hub: RunningHub) -> None:
+    config = hub.hub.dir / "homeserver.yaml"
+    before = (config.read_bytes(), hub.token_file.read_bytes())
+    result = run("bureau", "hub", "up", "--state-dir", hub.hub.dir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == hub.url
+    assert "already running" in result.stderr
+    assert (config.read_bytes(), hub.token_file.read_bytes()) == before
+    status = run("bureau", "hub", "status", "--state-dir", hub.hub.dir)
+    assert status.returncode == 0
+    assert hub.url in status.stdout
+
+
+def test_conflicting_server_name_is_refused(hub: RunningHub) -> None:
+    result = run("bureau", "hub", "up", "--state-dir", hub.hub.dir, "--server-name", "other.test")
+    assert result.returncode == 1
+    assert "generated for server name 'bureau.local'" in one_line_error(result)
+
+
+def test_full_cycle_up_status_down(tmp_path: Path) -> None:
+    state = tmp_path / "hub"
+    port = free_port()
+    up = run("bureau", "hub", "up", "--state-dir", state, "--port", str(port),
+             "--server-name", "cycle.test")  # fmt: skip
+    try:
+        assert up.returncode == 0, up.stderr
+        url = up.stdout.strip()
+        assert url == f"http://127.0.0.1:{port}"
+        with urllib.request.urlopen(f"{url}/_matrix/client/versions") as resp:  # noqa: S310
+            assert "versions" in json.load(resp)
+        pid = json.loads((state / "hub.pid").read_text())["pid"]
+        assert Path(f"/proc/{pid}").exists()
+    finally:
+        down = run("bureau", "hub", "down", "--state-dir", state)
+    assert down.returncode == 0
+    assert f"stopped (pid {pid})" in down.stdout
+    assert not Path(f"/proc/{pid}/cmdline").exists() or b"synapse" not in Path(
+        f"/proc/{pid}/cmdline"
+    ).read_bytes()
+    status = run("bureau", "hub", "status", "--state-dir", state)
+    assert status.returncode == 3
+    assert status.stdout.strip() == "stopped"
+    again = run("bureau", "hub", "down", "--state-dir", state)
+    assert again.returncode == 0
+    assert again.stdout.strip() == "not running"
