@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+import structlog
+
 from bureau import __version__
 from bureau.errors import MatrixError, MatrixUnreachable
 from bureau.secret import Secret
@@ -30,6 +32,7 @@ from bureau.secret import Secret
 CLIENT = "/_matrix/client/v3"
 _RETRY_STATUSES = (429, 502, 503, 504)
 _MAX_BODY = 16 << 20
+_log = structlog.get_logger("bureau.matrix")
 BACKOFF_CAP_SECONDS = 30.0
 
 
@@ -141,7 +144,13 @@ class MatrixHTTP:
     def send(self, method: str, path: str, body: Any = None, *, what: str) -> Response:
         """One request with rate-limit and gateway retries; returns any final status."""
         for attempt in range(self._max_attempts):
+            started = time.monotonic()
             resp = self._once(method, path, body, what)
+            # Method, path and status only: bodies carry passwords, headers the token.
+            _log.debug(
+                "matrix request", method=method, path=path, status=resp.status,
+                ms=round((time.monotonic() - started) * 1000, 1),
+            )  # fmt: skip
             if resp.status not in _RETRY_STATUSES or attempt == self._max_attempts - 1:
                 return resp
             self._sleep(retry_delay(attempt, resp.headers, resp.body, self._rng))

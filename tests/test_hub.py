@@ -9,7 +9,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import RunningHub, free_port, one_line_error, run
 
 
@@ -74,9 +73,10 @@ def test_full_cycle_up_status_down(tmp_path: Path) -> None:
         down = run("bureau", "hub", "down", "--state-dir", state)
     assert down.returncode == 0
     assert f"stopped (pid {pid})" in down.stdout
-    assert not Path(f"/proc/{pid}/cmdline").exists() or b"synapse" not in Path(
-        f"/proc/{pid}/cmdline"
-    ).read_bytes()
+    assert (
+        not Path(f"/proc/{pid}/cmdline").exists()
+        or b"synapse" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    )
     status = run("bureau", "hub", "status", "--state-dir", state)
     assert status.returncode == 3
     assert status.stdout.strip() == "stopped"

@@ -41,7 +41,9 @@ def test_provision_writes_bootstrap_and_prepares_rooms(fleet: Fleet, tmp_path: P
     assert levels["state_default"] == 0
     assert levels["events"][rooms.MACHINE_CONFIG] == 50
     assert levels["events"][rooms.CREDENTIALS] == 100
-    members = {e["state_key"]: e["content"]["membership"] for e in state if e["type"] == "m.room.member"}
+    members = {
+        e["state_key"]: e["content"]["membership"] for e in state if e["type"] == "m.room.member"
+    }
     assert members[machine.user_id] == "invite"
     for alias in (fleet.name, f"{fleet.name}/machine", f"{fleet.name}/service"):
         room_id = admin.resolve_alias(names.room_alias(alias, server))

@@ -70,7 +70,9 @@ def test_setup_creates_rooms_and_credential_file_then_changes_nothing(
     }
     assert children == {fleet_room, machine_room, service_room}
     for room_id in (space, fleet_room, machine_room, service_room):
-        join_rules = [e for e in admin.room_state_events(room_id) if e["type"] == "m.room.join_rules"]
+        join_rules = [
+            e for e in admin.room_state_events(room_id) if e["type"] == "m.room.join_rules"
+        ]
         assert join_rules[0]["content"]["join_rule"] == "invite"
 
     before = creds_path.read_bytes()
@@ -80,9 +82,7 @@ def test_setup_creates_rooms_and_credential_file_then_changes_nothing(
     assert creds_path.read_bytes() == before
 
 
-def test_setup_refuses_a_credential_file_for_another_fleet(
-    hub: RunningHub, tmp_path: Path
-) -> None:
+def test_setup_refuses_a_credential_file_for_another_fleet(hub: RunningHub, tmp_path: Path) -> None:
     creds_path = tmp_path / "bureau-creds"
     assert _setup(hub, creds_path, f"{fresh('a')}/fleet/prod").returncode == 0
     before = creds_path.read_bytes()
@@ -107,9 +107,11 @@ def test_setup_errors_are_one_line(hub: RunningHub, tmp_path: Path) -> None:
     wrong_token = tmp_path / "wrong"
     wrong_token.write_text("not-the-token\n")
     wrong_token.chmod(0o600)
-    other_admin = run("bureau", "matrix", "setup", "--homeserver", hub.url,
-                      "--server-name", hub.server_name, "--registration-token-file", wrong_token,
-                      "--credential-file", creds_path, "--fleet", f"{fresh('w')}/fleet/x")  # fmt: skip
+    other_admin = run(
+        "bureau", "matrix", "setup", "--homeserver", hub.url, "--server-name", hub.server_name,
+        "--registration-token-file", wrong_token, "--credential-file", creds_path,
+        "--fleet", f"{fresh('w')}/fleet/x",
+    )  # fmt: skip
     assert other_admin.returncode == 1
     assert "refuses the password derived from this registration token" in one_line_error(
         other_admin

@@ -1,0 +1,283 @@
+"""The launcher's first boot against the real Synapse: the result, convergence after an
+interruption at every step, key storage, later starts, and bad bootstrap files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+import structlog
+from conftest import BIN, Fleet, one_line_error, run
+from machine_helpers import Provisioned, boot, provision
+
+from bureau import key_store, names, rooms
+from bureau.errors import MatrixError
+from bureau.launcher import first_boot
+from bureau.matrix_http import MatrixHTTP
+from bureau.operator import credentials
+from bureau.secret import Secret
+
+
+def _assert_enrolled(machine: Provisioned, one_time_password: str) -> None:
+    """Everything a completed first boot leaves behind."""
+    hub = machine.fleet.hub
+    assert not machine.bootstrap.exists()
+    with pytest.raises(MatrixError) as refused:
+        MatrixHTTP(hub.url).login_password(machine.localpart, Secret(one_time_password))
+    assert refused.value.errcode == "M_FORBIDDEN"
+
+    session_file = machine.state_dir / "session.json"
+    assert stat.S_IMODE(session_file.stat().st_mode) == 0o600
+    session = json.loads(session_file.read_text())
+    assert session["user_id"] == machine.user_id
+    assert session["homeserver_url"] == hub.url
+    client = MatrixHTTP(hub.url, Secret(session["access_token"]))
+    assert client.whoami() == (machine.user_id, session["device_id"])
+
+    public_key = (machine.state_dir / "machine-key.pub").read_text().strip()
+    assert stat.S_IMODE((machine.state_dir / "machine-key.pub").stat().st_mode) == 0o644
+    admin = credentials.admin_client(machine.fleet.creds)
+    machine_room = admin.resolve_alias(
+        names.room_alias(f"{machine.fleet.name}/machine", hub.server_name)
+    )
+    assert machine_room is not None
+    key_events = [
+        e for e in admin.room_state_events(machine_room)
+        if e["type"] == rooms.MACHINE_KEY
+        and e["state_key"] == names.state_key(machine.localpart, hub.server_name)
+    ]  # fmt: skip
+    assert len(key_events) == 1
+    assert key_events[0]["sender"] == machine.user_id
+    assert key_events[0]["content"] == {"algorithm": "age-x25519", "public_key": public_key}
+
+    config_alias = names.room_alias(machine.localpart, hub.server_name)
+    for alias in (machine.fleet.name, f"{machine.fleet.name}/service", machine.localpart):
+        room_id = admin.resolve_alias(names.room_alias(alias, hub.server_name))
+        assert room_id is not None, config_alias
+        members = {
+            e["state_key"]: e["content"]["membership"]
+            for e in admin.room_state_events(room_id) if e["type"] == "m.room.member"
+        }  # fmt: skip
+        assert members[machine.user_id] == "join"
+
+
+def test_first_boot_enrolls_the_machine(fleet: Fleet, tmp_path: Path) -> None:
+    machine = provision(fleet, tmp_path)
+    otp = machine.one_time_password
+    result = boot(machine)
+    assert result.returncode == 0, result.stderr
+    _assert_enrolled(machine, otp)
+
+
+@pytest.mark.parametrize(
+    "crash_after",
+    [step for step in first_boot.Step if step is not first_boot.Step.BOOTSTRAP_DELETED],
+)
+def test_interrupted_first_boot_converges_on_rerun(
+    fleet: Fleet, tmp_path: Path, crash_after: first_boot.Step
+) -> None:
+    machine = provision(fleet, tmp_path)
+    otp = machine.one_time_password
+
+    class Crash(BaseException):
+        pass
+
+    def checkpoint(step: first_boot.Step) -> None:
+        if step is crash_after:
+            raise Crash(step)
+
+    machine.state_dir.mkdir(mode=0o700)
+    keys = first_boot.KeyOptions(machine.state_dir, key_store.KeyStorage.AUTO, None)
+    with pytest.raises(Crash), structlog.testing.capture_logs():
+        first_boot.boot_with_bootstrap(
+            bootstrap_file=machine.bootstrap, machine_name=machine.short_name, keys=keys,
+            log=structlog.get_logger(), checkpoint=checkpoint,
+        )  # fmt: skip
+    assert machine.bootstrap.exists()
+
+    rerun = boot(machine)
+    assert rerun.returncode == 0, rerun.stderr
+    _assert_enrolled(machine, otp)
+
+
+def test_sigterm_during_first_boot_then_rerun(fleet: Fleet, tmp_path: Path) -> None:
+    """A real process stopped by SIGTERM as soon as it has logged something; the re-run
+    converges wherever it was stopped."""
+    machine = provision(fleet, tmp_path)
+    otp = machine.one_time_password
+    with subprocess.Popen(
+        [str(BIN / "bureau-launcher"), "--bootstrap-file", str(machine.bootstrap),
+         "--machine-name", machine.short_name, "--state-dir", str(machine.state_dir),
+         "--first-boot-only"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    ) as proc:  # fmt: skip
+        assert proc.stderr is not None
+        first_line = proc.stderr.readline()
+        assert "bootstrap file valid" in first_line
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=60)
+    assert "Traceback" not in rest
+    if proc.returncode != 0:  # it may already have finished; either way it must converge
+        assert proc.returncode == 128 + signal.SIGTERM
+        assert "stopped by SIGTERM; run it again to resume" in rest
+    assert sorted(p.name for p in machine.state_dir.iterdir() if ".tmp-" in p.name) == []
+    if machine.bootstrap.exists():
+        rerun = boot(machine)
+        assert rerun.returncode == 0, rerun.stderr
+    _assert_enrolled(machine, otp)
+
+
+def test_systemd_creds_storage_keeps_no_plaintext_key(fleet: Fleet, tmp_path: Path) -> None:
+    machine = provision(fleet, tmp_path)
+    result = boot(machine, "--key-storage", "systemd-creds")
+    assert result.returncode == 0, result.stderr
+    names_in_dir = sorted(p.name for p in machine.state_dir.iterdir())
+    assert names_in_dir == ["machine-key.cred", "machine-key.pub", "session.json"]
+    sealed = machine.state_dir / "machine-key.cred"
+    assert stat.S_IMODE(sealed.stat().st_mode) == 0o600
+    for path in machine.state_dir.iterdir():
+        assert b"AGE-SECRET-KEY" not in path.read_bytes()
+    opened = subprocess.run(
+        ["systemd-creds", "decrypt", "--name=machine-key", str(sealed), "-"],
+        capture_output=True, check=True,
+    )  # fmt: skip
+    secret_key = opened.stdout.decode().strip()
+    assert secret_key.startswith("AGE-SECRET-KEY-1")
+    # The unit's LoadCredentialEncrypted= hands the key over in $CREDENTIALS_DIRECTORY;
+    # the launcher prefers it to the sealed file.
+    delivered = tmp_path / "creds"
+    delivered.mkdir()
+    (delivered / "machine-key").write_text(secret_key)
+    loaded = key_store.load(machine.state_dir, str(delivered))
+    assert loaded == (Secret(secret_key), str(delivered / "machine-key"))
+
+
+def test_plain_storage_interoperates_with_age(fleet: Fleet, tmp_path: Path) -> None:
+    machine = provision(fleet, tmp_path)
+    result = boot(machine, "--key-storage", "plain")
+    assert result.returncode == 0, result.stderr
+    plain = machine.state_dir / "machine-key.txt"
+    assert stat.S_IMODE(plain.stat().st_mode) == 0o600
+    raw = plain.read_bytes()
+    assert raw.startswith(b"AGE-SECRET-KEY-1")
+    assert not raw.endswith(b"\n")
+    # The real age CLI derives the same public key that was published.
+    public = subprocess.run(["age-keygen", "-y", str(plain)], capture_output=True, check=True)
+    assert public.stdout.decode().strip() == (
+        (machine.state_dir / "machine-key.pub").read_text().strip()
+    )
+
+
+def test_later_start_needs_no_bootstrap_and_serves_until_sigterm(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    machine = provision(fleet, tmp_path)
+    assert boot(machine).returncode == 0
+    # The same command line as first boot (a unit may keep --bootstrap-file): no-op.
+    again = boot(machine)
+    assert again.returncode == 0, again.stderr
+    assert "first boot already complete" in again.stderr
+    with subprocess.Popen(
+        [str(BIN / "bureau-launcher"), "--machine-name", machine.localpart,
+         "--state-dir", str(machine.state_dir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    ) as proc:  # fmt: skip
+        assert proc.stderr is not None
+        while "waiting for SIGTERM" not in (line := proc.stderr.readline()):
+            assert line, "launcher exited early"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+
+def test_start_without_anything_says_what_to_pass(tmp_path: Path) -> None:
+    result = run("bureau-launcher", "--machine-name", "machine/w", "--state-dir", tmp_path / "s",
+                 "--first-boot-only")  # fmt: skip
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert "first boot needs --bootstrap-file" in line
+    assert "--registration-token-file" in line
+
+
+def _bootstrap_text(fleet: Fleet, **change: object) -> str:
+    data: dict[str, object] = {
+        "homeserver_url": fleet.hub.url, "server_name": fleet.hub.server_name,
+        "machine_name": f"{fleet.name}/machine/bad", "password": "ab" * 32,
+        "fleet_prefix": fleet.name, **change,
+    }  # fmt: skip
+    return json.dumps({k: v for k, v in data.items() if v is not None}, indent=2)
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("not-json", "not JSON"),
+        ("missing-field", "password: missing"),
+        ("other-machine", "this bootstrap file is for another machine"),
+        ("world-readable", "mode 0644 lets other users read it"),
+        ("directory", "is a directory"),
+        ("unreachable", "cannot reach homeserver http://127.0.0.1:1"),
+    ],
+)
+def test_bad_bootstrap_files(fleet: Fleet, tmp_path: Path, case: str, expected: str) -> None:
+    path = tmp_path / "bootstrap.json"
+    mode = 0o600
+    if case == "not-json":
+        path.write_text("{not json")
+    elif case == "missing-field":
+        path.write_text(_bootstrap_text(fleet, password=None))
+    elif case == "other-machine":
+        path.write_text(_bootstrap_text(fleet, machine_name=f"{fleet.name}/machine/other"))
+    elif case == "world-readable":
+        path.write_text(_bootstrap_text(fleet))
+        mode = 0o644
+    elif case == "directory":
+        path.mkdir()
+        mode = 0o700
+    elif case == "unreachable":
+        path.write_text(_bootstrap_text(fleet, homeserver_url="http://127.0.0.1:1"))
+    path.chmod(mode)
+    before = b"" if path.is_dir() else path.read_bytes()
+
+    result = run("bureau-launcher", "--bootstrap-file", path, "--machine-name", "machine/bad",
+                 "--state-dir", tmp_path / "state", "--first-boot-only")  # fmt: skip
+    assert result.returncode == 1
+    line = one_line_error(result)
+    assert line.startswith("bureau-launcher: ")
+    assert expected in line
+    if case != "unreachable":
+        assert str(path) in line
+    assert path.exists()
+    if not path.is_dir():
+        assert path.read_bytes() == before
+        assert "ab" * 32 not in result.stderr + result.stdout
+
+
+def test_legacy_registration_token_path(fleet: Fleet, tmp_path: Path) -> None:
+    hub = fleet.hub
+    machine_name = f"machine/{os.urandom(4).hex()}"
+    localpart = f"{fleet.name}/{machine_name}"
+    state = tmp_path / "state"
+    args = ["--registration-token-file", "-", "--homeserver", hub.url,
+            "--server-name", hub.server_name, "--fleet", fleet.name,
+            "--machine-name", machine_name, "--state-dir", state, "--first-boot-only"]  # fmt: skip
+    result = run("bureau-launcher", *args, stdin=hub.token.reveal() + "\n")
+    assert result.returncode == 0, result.stderr
+    session = json.loads((state / "session.json").read_text())
+    user = names.user_id(localpart, hub.server_name)
+    assert session["user_id"] == user
+    listed = run("bureau", "machine", "list", "--credential-file", fleet.credential_file, "--json")
+    record = next(r for r in json.loads(listed.stdout) if r["user_id"] == user)
+    assert record["state"] == "enrolled"
+    assert record["public_key"] == (state / "machine-key.pub").read_text().strip()
+    # Re-running converges too (the account exists; the session is reused).
+    assert run("bureau-launcher", *args, stdin=hub.token.reveal()).returncode == 0
+
+    missing = run("bureau-launcher", "--registration-token-file", "-", "--machine-name",
+                  machine_name, "--state-dir", tmp_path / "s2", stdin="x")  # fmt: skip
+    assert missing.returncode == 2
+    assert "needs --homeserver, --server-name, --fleet" in one_line_error(missing)
