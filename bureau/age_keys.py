@@ -4,6 +4,9 @@ a Secret and the public key string."""
 
 from __future__ import annotations
 
+import io
+
+import pyrage
 from pyrage import x25519
 
 from bureau.errors import KeyStoreError
@@ -21,3 +24,27 @@ def public_key_of(secret_key: Secret, where: str) -> str:
     except Exception:  # pyrage raises its own error types; the message would echo input
         raise KeyStoreError(f"{where}: does not hold an AGE-SECRET-KEY-1... key") from None
     return str(identity.to_public())
+
+
+class DecryptFailed(Exception):
+    """The bundle is not for this key, or it was tampered with or truncated."""
+
+
+def encrypt(plaintext: bytes, recipients: list[str]) -> bytes:
+    try:
+        parsed = [x25519.Recipient.from_str(r) for r in recipients]
+    except Exception:  # pyrage's RecipientError
+        raise KeyStoreError("not an age1... X25519 recipient") from None
+    return pyrage.encrypt(plaintext, parsed)
+
+
+def decrypt(ciphertext: bytes, secret_key: Secret) -> bytes:
+    """Decrypt with the streaming form, which stays linear in the number of recipients
+    where pyrage.decrypt() grows with its square."""
+    identity = x25519.Identity.from_str(secret_key.reveal())
+    out = io.BytesIO()
+    try:
+        pyrage.decrypt_io(io.BytesIO(ciphertext), out, [identity])
+    except Exception:  # pyrage's DecryptError: its text names no secret, but keep ours fixed
+        raise DecryptFailed("not encrypted to this machine's key, or damaged") from None
+    return out.getvalue()

@@ -270,6 +270,17 @@ class MatrixHTTP:
         data = self.call("PUT", path, content, what=f"publish {event_type} in {room_id}")
         return str(data.get("event_id", ""))
 
+    def get_state(self, room_id: str, event_type: str, state_key: str) -> dict[str, Any] | None:
+        """One state event's content, or None when there is none."""
+        path = f"{CLIENT}/rooms/{segment(room_id)}/state/{segment(event_type)}/{segment(state_key)}"
+        what = f"read {event_type} in {room_id}"
+        resp = self.send("GET", path, what=what)
+        if resp.status == 404 and resp.body.get("errcode") == "M_NOT_FOUND":
+            return None
+        if resp.status >= 400:
+            raise _error(what, resp)
+        return resp.body
+
     def room_state_events(self, room_id: str) -> list[dict[str, Any]]:
         what = f"read the state of {room_id}"
         resp = self.send("GET", f"{CLIENT}/rooms/{segment(room_id)}/state", what=what)

@@ -1,0 +1,39 @@
+"""What every `bureau` subcommand shares: output, flag validation, name expansion."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bureau import names
+from bureau.errors import UsageError
+from bureau.schema import OperatorCredentials
+
+Handler = Callable[[argparse.Namespace], int]
+Subparsers = Any  # argparse's _SubParsersAction is private
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def valid(check: Callable[[str], str], value: str, flag: str) -> str:
+    try:
+        return check(value)
+    except ValueError as exc:  # InvalidName is a ValueError
+        raise UsageError(f"{flag}: {exc}") from None
+
+
+def machine_name(creds: OperatorCredentials, value: str, flag: str) -> str:
+    return valid(lambda n: names.expand_entity(n, creds.fleet, "machine"), value, flag)
+
+
+def principal_name(creds: OperatorCredentials, value: str) -> str:
+    return valid(lambda n: names.expand_entity(n, creds.fleet), value, "--principal")
+
+
+def add_credential_file(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--credential-file", type=Path, required=True,
+                        help="operator credential file from `bureau matrix setup`")  # fmt: skip

@@ -1,0 +1,118 @@
+"""`bureau credentials provision|list`: principals' age-encrypted credentials."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bureau.cli.common import Subparsers, add_credential_file, machine_name, principal_name, say
+from bureau.credentials_event import parse_rfc3339, parse_services, valid_credential_name
+from bureau.errors import InputError, UsageError
+from bureau.files import parse_env, read_private_file
+from bureau.operator import credentials, principal_credentials
+from bureau.schema import is_age_public_key
+from bureau.secret import Secret
+
+
+def read_secrets(path: str) -> dict[str, Secret]:
+    """KEY=VALUE lines from a private file or stdin; never from argv."""
+    if path == "-":
+        text, where = sys.stdin.read(), "--secrets-file (stdin)"
+    else:
+        text, where = read_private_file(Path(path)), path
+    secrets = {}
+    for key, value in parse_env(text, where).items():
+        if not valid_credential_name(key):
+            raise InputError(where, key, "credential names are letters, digits and _")
+        if not value:
+            raise InputError(where, key, "empty value")
+        if any(c in value for c in "\r\0"):
+            raise InputError(where, key, "value contains CR or NUL")
+        secrets[key] = Secret(value)
+    if not secrets:
+        raise InputError(where, None, "holds no KEY=VALUE lines")
+    return secrets
+
+
+def _read_services(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise InputError(str(path), None, exc.strerror or "cannot read") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(str(path), None, f"not JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def credentials_provision(args: argparse.Namespace) -> int:
+    creds = credentials.load(args.credential_file)
+    machine = machine_name(creds, args.machine, "--machine")
+    principal = principal_name(creds, args.principal)
+    if args.escrow_recipient is not None and not is_age_public_key(args.escrow_recipient):
+        raise UsageError("--escrow-recipient: expected an age1... X25519 public key")
+    if args.expires_at is not None:
+        try:
+            parse_rfc3339(args.expires_at)
+        except ValueError as exc:
+            raise UsageError(f"--expires-at: {exc}") from None
+    services_where = str(args.services)
+    request = principal_credentials.CredentialRequest(
+        machine=machine,
+        principal=principal,
+        services=parse_services(_read_services(args.services), services_where),
+        secrets=read_secrets(args.secrets_file),
+        services_where=services_where,
+        escrow_recipient=args.escrow_recipient,
+        expires_at=args.expires_at,
+    )
+    event = principal_credentials.provision(creds, request)
+    say(
+        f"provisioned {', '.join(event.keys)} for {event.principal} on {machine} "
+        f"(services: {', '.join(sorted(event.services))})"
+    )
+    return 0
+
+
+def credentials_list(args: argparse.Namespace) -> int:
+    creds = credentials.load(args.credential_file)
+    machine = machine_name(creds, args.machine, "--machine")
+    listed = principal_credentials.list_credentials(creds, machine)
+    if args.json:
+        say(json.dumps(listed, indent=2))
+        return 0
+    for item in listed:
+        if "invalid" in item:
+            say(f"{item['state_key']}: invalid: {item['invalid']}")
+            continue
+        services = ", ".join(f"{n} -> {u}" for n, u in item["services"].items())
+        expiry = f", expires {item['expires_at']}" if item["expires_at"] else ""
+        say(
+            f"{item['principal']}: keys {', '.join(item['keys'])}; {services}; "
+            f"provisioned {item['provisioned_at']}{expiry}"
+        )
+    if not listed:
+        sys.stderr.write(f"no credentials provisioned for {machine}\n")
+    return 0
+
+
+def register(groups: Subparsers) -> None:
+    group = groups.add_parser("credentials", help="principals' encrypted credentials")
+    cmds = group.add_subparsers(dest="command", metavar="ACTION", required=True)
+    prov = cmds.add_parser("provision", help="encrypt credentials to a machine and publish them")
+    prov.add_argument("--machine", required=True, help="machine/NAME or the full name")
+    prov.add_argument("--principal", required=True, help="agent/NAME or the full name")
+    prov.add_argument("--services", type=Path, required=True,
+                      help="JSON: service -> {upstream_url, inject_headers, auth_scheme?, "
+                      "strip_headers?}")  # fmt: skip
+    prov.add_argument("--secrets-file", default="-",
+                      help="KEY=VALUE lines: a 0600 file, or - for stdin (default)")  # fmt: skip
+    prov.add_argument("--escrow-recipient", help="also encrypt to this age1... public key")
+    prov.add_argument("--expires-at", help="RFC 3339 time after which the proxy refuses it")
+    prov.set_defaults(handler=credentials_provision)
+    lst = cmds.add_parser("list", help="what is provisioned: names, never values")
+    lst.add_argument("--machine", required=True, help="machine/NAME or the full name")
+    lst.add_argument("--json", action="store_true", help="machine-readable output")
+    lst.set_defaults(handler=credentials_list)
+    for sub in (prov, lst):
+        add_credential_file(sub)

@@ -1,0 +1,253 @@
+"""``m.bureau.credentials`` (WIRE.md) and the routes it carries. Pure.
+
+Binding: the encrypted plaintext carries, besides the credentials, one reserved entry
+``bureau.binding`` = ``sha256:<hex>`` of the canonical JSON of ``{"principal", "services"}``.
+The daemon relays events and is the network-facing process; if it were subverted it could
+rewrite ``services`` to send a credential to another host, or move a bundle to another
+principal. It cannot rewrite the binding without the plaintext, and the launcher refuses
+a bundle whose binding does not match the event it came in. ``signature`` carries the same
+digest in the clear, for operators and tools.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from bureau import names
+from bureau.errors import InputError
+from bureau.secret import Secret
+
+VERSION = 1
+BINDING_KEY = "bureau.binding"
+ESCROW_RECIPIENT = "escrow:operator"
+_CREDENTIAL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+_HEADER = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
+# Connection-level headers an injected credential must never pose as.
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+     "trailer", "transfer-encoding", "upgrade", "host", "content-length"}
+)  # fmt: skip
+
+
+def canonical_json(value: object) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def rfc3339_now(now: datetime | None = None) -> str:
+    return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_rfc3339(value: str) -> datetime:
+    if not _RFC3339.fullmatch(value):
+        raise ValueError(f"{value!r} is not an RFC 3339 time (e.g. 2026-12-31T23:59:59Z)")
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def valid_credential_name(name: str) -> bool:
+    return bool(_CREDENTIAL_NAME.fullmatch(name))
+
+
+@dataclass(frozen=True)
+class ServiceRoute:
+    upstream_url: str
+    inject_headers: dict[str, str]
+    auth_scheme: str | None = None
+    strip_headers: tuple[str, ...] = ()
+
+    @classmethod
+    def from_json(cls, obj: object, where: str) -> ServiceRoute:
+        if not isinstance(obj, dict):
+            raise InputError(where, None, "expected an object")
+        unknown = set(obj) - {"upstream_url", "inject_headers", "auth_scheme", "strip_headers"}
+        if unknown:
+            raise InputError(where, sorted(unknown)[0], "unknown field")
+        url = obj.get("upstream_url")
+        if not isinstance(url, str):
+            raise InputError(where, "upstream_url", "expected a string")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InputError(where, "upstream_url", f"{url!r} is not an http(s) URL with a host")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise InputError(where, "upstream_url", "must not carry credentials, query or fragment")
+        inject = obj.get("inject_headers")
+        if not isinstance(inject, dict) or not inject:
+            raise InputError(where, "inject_headers", "expected a non-empty object")
+        for header, credential in inject.items():
+            if not _HEADER.fullmatch(header) or header.lower() in HOP_BY_HOP:
+                raise InputError(where, f"inject_headers.{header}", "not an injectable header")
+            if not isinstance(credential, str) or not valid_credential_name(credential):
+                raise InputError(where, f"inject_headers.{header}", "expected a credential name")
+        scheme = obj.get("auth_scheme")
+        if scheme is not None and (not isinstance(scheme, str) or not _HEADER.fullmatch(scheme)):
+            raise InputError(where, "auth_scheme", "expected a single word such as Bearer")
+        strip = obj.get("strip_headers", [])
+        if not isinstance(strip, list) or not all(
+            isinstance(h, str) and _HEADER.fullmatch(h) for h in strip
+        ):
+            raise InputError(where, "strip_headers", "expected a list of header names")
+        return cls(url.rstrip("/"), dict(inject), scheme, tuple(strip))
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "upstream_url": self.upstream_url,
+            "inject_headers": self.inject_headers,
+        }
+        if self.auth_scheme is not None:
+            out["auth_scheme"] = self.auth_scheme
+        if self.strip_headers:
+            out["strip_headers"] = list(self.strip_headers)
+        return out
+
+
+def parse_services(obj: object, where: str) -> dict[str, ServiceRoute]:
+    if not isinstance(obj, dict) or not obj:
+        raise InputError(where, None, "expected an object of service name -> route")
+    services = {}
+    for name, route in obj.items():
+        if not _SERVICE_NAME.fullmatch(name):
+            raise InputError(where, name, "service names are a-z 0-9 . _ - (at most 63)")
+        services[name] = ServiceRoute.from_json(route, f"{where}: {name}")
+    return services
+
+
+def services_json(services: dict[str, ServiceRoute]) -> dict[str, Any]:
+    return {name: route.to_json() for name, route in sorted(services.items())}
+
+
+def binding_digest(principal: str, services: dict[str, ServiceRoute]) -> str:
+    payload = {"principal": principal, "services": services_json(services)}
+    return "sha256:" + hashlib.sha256(canonical_json(payload)).hexdigest()
+
+
+def referenced_credentials(services: dict[str, ServiceRoute]) -> set[str]:
+    return {c for route in services.values() for c in route.inject_headers.values()}
+
+
+@dataclass(frozen=True)
+class CredentialsEvent:
+    principal: str
+    encrypted_for: tuple[str, ...]
+    keys: tuple[str, ...]
+    ciphertext: bytes
+    provisioned_by: str
+    provisioned_at: str
+    signature: str
+    services: dict[str, ServiceRoute] = field(default_factory=dict)
+    expires_at: str | None = None
+
+    @classmethod
+    def from_json(cls, obj: object, where: str = "m.bureau.credentials") -> CredentialsEvent:
+        if not isinstance(obj, dict):
+            raise InputError(where, None, "expected an object")
+        if obj.get("version") != VERSION:
+            raise InputError(where, "version", f"expected {VERSION}")
+
+        def text(key: str) -> str:
+            value = obj.get(key)
+            if not isinstance(value, str) or not value:
+                raise InputError(where, key, "expected a non-empty string")
+            return value
+
+        principal = text("principal")
+        try:
+            names.parse_user_id(principal)
+            names.validate_localpart(names.parse_user_id(principal)[0])
+        except names.InvalidName as exc:
+            raise InputError(where, "principal", str(exc)) from None
+        recipients = obj.get("encrypted_for")
+        if (
+            not isinstance(recipients, list)
+            or not recipients
+            or not all(isinstance(r, str) for r in recipients)
+        ):
+            raise InputError(where, "encrypted_for", "expected a non-empty list of strings")
+        keys = obj.get("keys")
+        if not isinstance(keys, list) or not all(
+            isinstance(k, str) and valid_credential_name(k) for k in keys
+        ):
+            raise InputError(where, "keys", "expected a list of credential names")
+        if keys != sorted(keys):
+            raise InputError(where, "keys", "must be sorted")
+        try:
+            ciphertext = base64.b64decode(text("ciphertext"), validate=True)
+        except binascii.Error:
+            raise InputError(where, "ciphertext", "not standard padded base64") from None
+        for key in ("provisioned_at", "expires_at"):
+            if key in obj:
+                try:
+                    parse_rfc3339(text(key))
+                except ValueError as exc:
+                    raise InputError(where, key, str(exc)) from None
+        services = parse_services(obj.get("services"), f"{where}: services")
+        return cls(
+            principal=principal,
+            encrypted_for=tuple(recipients),
+            keys=tuple(keys),
+            ciphertext=ciphertext,
+            provisioned_by=text("provisioned_by"),
+            provisioned_at=text("provisioned_at"),
+            signature=text("signature"),
+            services=services,
+            expires_at=obj.get("expires_at"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "version": VERSION,
+            "principal": self.principal,
+            "encrypted_for": list(self.encrypted_for),
+            "keys": list(self.keys),
+            "ciphertext": base64.b64encode(self.ciphertext).decode(),
+            "provisioned_by": self.provisioned_by,
+            "provisioned_at": self.provisioned_at,
+            "signature": self.signature,
+            "services": services_json(self.services),
+        }
+        if self.expires_at is not None:
+            out["expires_at"] = self.expires_at
+        return out
+
+
+def bundle_plaintext(
+    credentials: dict[str, Secret], principal: str, services: dict[str, ServiceRoute]
+) -> bytes:
+    """The JSON object (string -> string) that gets encrypted, binding included."""
+    body = {name: value.reveal() for name, value in sorted(credentials.items())}
+    body[BINDING_KEY] = binding_digest(principal, services)
+    return canonical_json(body)
+
+
+def open_plaintext(plaintext: bytes, event: CredentialsEvent, where: str) -> dict[str, Secret]:
+    """Parse decrypted plaintext and check it against the event it came in. Messages name
+    keys, never values."""
+    try:
+        data = json.loads(plaintext)
+    except ValueError:
+        raise InputError(where, None, "decrypted bundle is not JSON") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        raise InputError(where, None, "decrypted bundle is not an object of string -> string")
+    binding = data.pop(BINDING_KEY, None)
+    if binding != binding_digest(event.principal, event.services):
+        raise InputError(
+            where, BINDING_KEY, "does not match this event's principal and services; refused"
+        )
+    credentials: dict[str, Secret] = {}
+    for name, value in data.items():
+        if not valid_credential_name(name):
+            raise InputError(where, name, "not a credential name")
+        if any(c in value for c in "\r\n\0"):
+            raise InputError(where, name, "value contains CR, LF or NUL; refused")
+        credentials[name] = Secret(value)
+    return credentials
