@@ -298,3 +298,12 @@ def test_retry_delay_prefers_server_hints() -> None:
     # Backoff: 1 s doubling, capped at 30 s, jittered between half and all of it.
     assert [retry_delay(n, {}, {}, rng) for n in range(7)] == [1, 2, 4, 8, 16, 30, 30]
     assert retry_delay(3, {}, {}, lambda: 0.0) == 4
+
+
+def test_proxy_upstream_target_keeps_bytes() -> None:
+    from bureau.proxy.forwarding import upstream_target
+
+    assert upstream_target("/http/api/v1/a%2Fb?x=%2F&y") == "/v1/a%2Fb?x=%2F&y"
+    assert upstream_target("/http/api") == "/"
+    assert upstream_target("/http/api?q=1") == "/?q=1"
+    assert upstream_target("/http/api/") == "/"

@@ -1,18 +1,97 @@
-"""bureau-proxy: one principal's credential-injecting HTTP proxy.
-
-Not yet part of this release: it arrives with the credential-delivery work. The entry
-point exists so that packages and units can name it; it refuses to run rather than
-pretend to."""
+"""bureau-proxy: holds one principal's credentials in memory and injects them into that
+principal's requests. Started by the launcher, which writes the payload to stdin and
+closes it; the proxy answers "READY <pid>" on stdout once its socket accepts connections.
+SIGTERM: stop accepting, let in-flight requests finish (bounded), exit 0. The proxy never
+unlinks its socket path: the launcher owns the path, and after a rotation the path belongs
+to the proxy that replaced this one."""
 
 from __future__ import annotations
 
-from bureau.edge import run
-from bureau.errors import BureauError
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from bureau import log
+from bureau.edge import Parser, run
+from bureau.errors import InputError, UsageError
+from bureau.hardening import no_dumps
+from bureau.proxy.forwarding import Forwarder
+from bureau.proxy.payload import ProxyPayload
+
+PROG = "bureau-proxy"
+MAX_PAYLOAD = 1 << 20
+DRAIN_SECONDS = 10.0
 
 
-def _main() -> int:
-    raise BureauError("the proxy is not part of this release yet (credential delivery)")
+def build_parser() -> Parser:
+    p = Parser(prog=PROG, description="One principal's credential-injecting HTTP proxy. "
+               "Reads its payload from stdin; started by bureau-launcher.")  # fmt: skip
+    p.add_argument("--socket", type=Path, required=True, help="Unix socket path to listen on")
+    p.add_argument("--log-level", help="debug, info, warning, error ($BUREAU_LOG_LEVEL, info)")
+    return p
 
 
-def main() -> None:
-    run("bureau-proxy", _main)
+def read_payload() -> ProxyPayload:
+    raw = sys.stdin.buffer.read(MAX_PAYLOAD + 1)
+    if len(raw) > MAX_PAYLOAD:
+        raise InputError("proxy payload (stdin)", None, f"larger than {MAX_PAYLOAD} bytes")
+    return ProxyPayload.from_bytes(raw)
+
+
+async def serve(payload: ProxyPayload, socket_path: Path, logger: Any) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    connector = aiohttp.TCPConnector(limit=256, ttl_dns_cache=60)
+    session = aiohttp.ClientSession(
+        connector=connector, trust_env=False, auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),  # upstream cookies must not reach other requests
+        timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=300),
+    )  # fmt: skip
+    runner = web.AppRunner(
+        Forwarder(payload, session, logger).app(), access_log=None, shutdown_timeout=DRAIN_SECONDS
+    )
+    try:
+        await runner.setup()
+        socket_path.parent.mkdir(parents=True, exist_ok=True)
+        site = web.UnixSite(runner, str(socket_path))
+        # Bind with the final mode: no moment where the socket is wider than 0660.
+        old_umask = os.umask(0o117)
+        try:
+            await site.start()
+        finally:
+            os.umask(old_umask)
+        sys.stdout.write(f"READY {os.getpid()}\n")
+        sys.stdout.flush()
+        logger.info("proxy serving", socket=str(socket_path), services=sorted(payload.services))
+        await stop.wait()
+        logger.info("draining")
+    finally:
+        await runner.cleanup()
+        await session.close()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        log.configure(log.resolve_level(args.log_level))
+    except ValueError as exc:
+        raise UsageError(f"--log-level: {exc}") from None
+    no_dumps()
+    payload = read_payload()
+    logger = log.get(PROG).bind(principal=payload.principal)
+    asyncio.run(serve(payload, args.socket, logger))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(PROG, lambda: _main(argv if argv is not None else sys.argv[1:]))

@@ -1,0 +1,105 @@
+"""Real processes the tests drive: the echo upstream and bureau-proxy, plus an HTTP client
+that speaks over a Unix socket (what a sandboxed principal does)."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@contextlib.contextmanager
+def echo_upstream() -> Iterator[str]:
+    with subprocess.Popen(
+        [sys.executable, str(ROOT / "script" / "echo-upstream")],
+        stdout=subprocess.PIPE, text=True,
+    ) as proc:  # fmt: skip
+        assert proc.stdout is not None
+        ready = proc.stdout.readline().split()
+        assert ready[0] == "READY", ready
+        try:
+            yield f"http://127.0.0.1:{ready[1]}"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+            proc.stdout.close()
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float = 30) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = str(path)
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def unix_request(
+    path: Path, method: str, target: str, headers: dict[str, str] | None = None,
+    body: bytes | None = None, timeout: float = 30,
+) -> Reply:  # fmt: skip
+    conn = UnixHTTPConnection(path, timeout)
+    try:
+        conn.request(method, target, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+    finally:
+        conn.close()
+
+
+@dataclass
+class RunningProxy:
+    proc: subprocess.Popen[bytes]
+    socket: Path
+
+    def stop(self) -> tuple[int, str]:
+        self.proc.terminate()
+        _, err = self.proc.communicate(timeout=30)
+        return self.proc.returncode, err.decode()
+
+
+@contextlib.contextmanager
+def proxy(payload: dict[str, Any] | bytes, socket_path: Path) -> Iterator[RunningProxy]:
+    raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    with subprocess.Popen(
+        [str(BIN / "bureau-proxy"), "--socket", str(socket_path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    ) as proc:  # fmt: skip
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(raw)
+        proc.stdin.close()
+        proc.stdin = None  # communicate() must not flush it again
+        line = proc.stdout.readline().decode()
+        if not line.startswith("READY"):
+            _, err = proc.communicate(timeout=30)
+            raise AssertionError(f"proxy did not start: {err.decode()}")
+        running = RunningProxy(proc, socket_path)
+        try:
+            yield running
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=30)

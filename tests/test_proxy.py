@@ -1,0 +1,149 @@
+"""bureau-proxy as a real process, in front of a real upstream."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import stat
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from processes import BIN, echo_upstream, proxy, unix_request
+
+CANARY = "canary-token-7f3a9c"
+API_KEY = "canary-apikey-51be"
+
+
+def _payload(upstream: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "principal": "@t/fleet/prod/agent/alpha:bureau.local",
+        "services": {
+            "api": {"upstream_url": upstream, "auth_scheme": "Bearer",
+                    "inject_headers": {"Authorization": "TOKEN", "X-Api-Key": "API_KEY"},
+                    "strip_headers": ["X-Strip-Me"]},
+            "broken": {"upstream_url": "http://127.0.0.1:1",
+                       "inject_headers": {"Authorization": "TOKEN"}},
+            "unprovisioned": {"upstream_url": upstream,
+                              "inject_headers": {"Authorization": "ABSENT"}},
+        },
+        "credentials": {"TOKEN": CANARY, "API_KEY": API_KEY},
+        "expires_at": None,
+        **extra,
+    }  # fmt: skip
+
+
+@pytest.fixture
+def upstream() -> Any:
+    with echo_upstream() as url:
+        yield url
+
+
+def test_injects_strips_and_forwards(upstream: str, tmp_path: Path) -> None:
+    sock = tmp_path / "alpha.proxy.sock"
+    with proxy(_payload(upstream), sock) as running:
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o660
+        limits = Path(f"/proc/{running.proc.pid}/limits").read_text()
+        assert any(ln.startswith("Max core file size") and ln.split()[4:6] == ["0", "0"]
+                   for ln in limits.splitlines())  # fmt: skip
+
+        health = unix_request(sock, "GET", "/health")
+        assert health.status == 200
+        assert health.json()["services"] == ["api", "broken", "unprovisioned"]
+        assert CANARY not in health.body.decode()
+
+        reply = unix_request(sock, "GET", "/http/api/v1/a%2Fb?x=1&y=%2F", headers={
+            "Authorization": "Bearer client-supplied", "Cookie": "session=client",
+            "X-Strip-Me": "gone", "X-Api-Key": "client-key", "X-Kept": "kept",
+            "Proxy-Authorization": "Basic xyz", "Connection": "keep-alive, X-Conn-Listed",
+            "X-Conn-Listed": "hop",
+        })  # fmt: skip
+        assert reply.status == 200
+        seen = reply.json()
+        assert seen["path"] == "/v1/a%2Fb"
+        assert seen["query"] == "x=1&y=%2F"
+        headers = seen["headers"]
+        assert headers["authorization"] == f"Bearer {CANARY}"
+        assert headers["x-api-key"] == API_KEY
+        assert headers["x-kept"] == "kept"
+        for gone in ("cookie", "x-strip-me", "proxy-authorization", "x-conn-listed"):
+            assert gone not in headers
+        assert headers["host"] == upstream.removeprefix("http://")
+
+        body = b"b" * (1 << 20)
+        posted = unix_request(sock, "POST", "/http/api/upload", body=body)
+        assert posted.json()["body_length"] == len(body)
+        assert posted.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+        big = unix_request(sock, "GET", "/http/api/big")
+        assert big.status == 200
+        assert big.body == b"x" * 65536
+
+        redirect = unix_request(sock, "GET", "/http/api/redirect")
+        assert redirect.status == 302
+        assert redirect.headers["location"] == "http://elsewhere.invalid/landing"
+
+        unknown = unix_request(sock, "GET", "/http/nope/x")
+        assert (unknown.status, unknown.json()) == (404, {"error": "unknown service 'nope'"})
+        missing = unix_request(sock, "GET", "/http/unprovisioned/x")
+        assert missing.status == 503
+        assert "ABSENT" in missing.json()["error"]
+        broken = unix_request(sock, "GET", "/http/broken/x")
+        assert broken.status == 502
+        assert broken.json() == {"error": "upstream of 'broken' unreachable"}
+        returncode, stderr = running.stop()
+    assert returncode == 0
+    assert CANARY not in stderr
+    assert API_KEY not in stderr
+
+
+def test_expired_credentials_are_refused(upstream: str, tmp_path: Path) -> None:
+    with proxy(_payload(upstream, expires_at="2001-01-01T00:00:00Z"), tmp_path / "s") as p:
+        reply = unix_request(p.socket, "GET", "/http/api/x")
+        assert (reply.status, reply.json()) == (503, {"error": "credentials expired"})
+
+
+def test_sigterm_lets_in_flight_requests_finish(upstream: str, tmp_path: Path) -> None:
+    with proxy(_payload(upstream), tmp_path / "s") as running:
+        result: dict[str, Any] = {}
+
+        def slow() -> None:
+            result["reply"] = unix_request(running.socket, "GET", "/http/api/slow?ms=1500")
+
+        thread = threading.Thread(target=slow)
+        thread.start()
+        # Give the request time to reach the upstream (which holds it for 1.5 s); there
+        # is no event to wait on across the three processes.
+        time.sleep(0.5)
+        running.proc.send_signal(signal.SIGTERM)
+        thread.join(timeout=30)
+        assert result["reply"].status == 200
+        assert running.proc.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize(
+    ("credentials", "problem"),
+    [
+        ({"TOKEN": "line\r\nX-Evil: 1"}, "credentials.TOKEN: contains CR, LF or NUL"),
+        ({"TOKEN": "nul\x00"}, "credentials.TOKEN: contains CR, LF or NUL"),
+        ({"bad name": "x"}, "expected name -> string"),
+    ],
+)
+def test_bad_payload_is_refused_without_echoing_values(
+    tmp_path: Path, credentials: dict[str, str], problem: str
+) -> None:
+    payload = json.dumps(_payload("http://127.0.0.1:9", credentials=credentials)).encode()
+    result = subprocess.run(
+        [str(BIN / "bureau-proxy"), "--socket", str(tmp_path / "s")],
+        input=payload, capture_output=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    err = result.stderr.decode()
+    assert problem in err
+    assert "Traceback" not in err
+    assert "X-Evil" not in err
+    assert not (tmp_path / "s").exists()
