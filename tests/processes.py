@@ -58,7 +58,7 @@ class Reply:
 
 
 def unix_request(
-    path: Path, method: str, target: str, headers: dict[str, str] | None = None,
+    path: Path, method: str, target: str, *, headers: dict[str, str] | None = None,
     body: bytes | None = None, timeout: float = 30,
 ) -> Reply:  # fmt: skip
     conn = UnixHTTPConnection(path, timeout)

@@ -12,6 +12,7 @@ from bureau import names, passwords, rooms
 from bureau.errors import InputError
 from bureau.matrix_http import retry_delay
 from bureau.operator.machines import DECOMMISSIONED, ENROLLED, PROVISIONED, machine_records
+from bureau.proxy.forwarding import upstream_target
 from bureau.schema import BootstrapConfig, MachineKey, OperatorCredentials, Session
 from bureau.secret import Secret
 
@@ -301,8 +302,6 @@ def test_retry_delay_prefers_server_hints() -> None:
 
 
 def test_proxy_upstream_target_keeps_bytes() -> None:
-    from bureau.proxy.forwarding import upstream_target
-
     assert upstream_target("/http/api/v1/a%2Fb?x=%2F&y") == "/v1/a%2Fb?x=%2F&y"
     assert upstream_target("/http/api") == "/"
     assert upstream_target("/http/api?q=1") == "/?q=1"
