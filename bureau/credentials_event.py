@@ -43,6 +43,11 @@ def canonical_json(value: object) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def content_digest(content: object) -> str:
+    """Identity of a credentials event's content, as the daemon and launcher compare it."""
+    return "sha256:" + hashlib.sha256(canonical_json(content)).hexdigest()
+
+
 def rfc3339_now(now: datetime | None = None) -> str:
     return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
 

@@ -126,3 +126,12 @@ def machine_room_localpart(fleet: str) -> str:
 
 def service_room_localpart(fleet: str) -> str:
     return f"{fleet}/service"
+
+
+def proxy_socket_relpath(principal_localpart: str) -> str:
+    """Where a principal's proxy listens, relative to the run dir (the upstream layout):
+    ``bureau/fleet/prod/agent/alpha`` -> ``fleet/prod/agent/alpha.proxy.sock``."""
+    parts = principal_localpart.split("/")
+    if not is_full_entity(principal_localpart):
+        raise InvalidName(f"{principal_localpart!r} is not a full entity name")
+    return "/".join(["fleet", *parts[2:]]) + ".proxy.sock"

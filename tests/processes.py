@@ -103,3 +103,18 @@ def proxy(payload: dict[str, Any] | bytes, socket_path: Path) -> Iterator[Runnin
             if proc.poll() is None:
                 proc.kill()
             proc.communicate(timeout=30)
+
+
+def launcher_call(socket_path: Path, request: dict[str, Any], timeout: float = 60) -> Any:
+    """One request on the launcher socket, as the daemon sends it."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(socket_path))
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data)

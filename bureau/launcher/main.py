@@ -8,7 +8,9 @@ matrix-nio (a test checks the import closure).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import pwd
 import signal
 import sys
 from pathlib import Path
@@ -18,7 +20,7 @@ from bureau import key_store, log, names
 from bureau.edge import Parser, raise_interrupted_on_signals, run
 from bureau.errors import BureauError, InputError, UsageError
 from bureau.files import read_secret_input
-from bureau.launcher import first_boot
+from bureau.launcher import first_boot, server
 from bureau.machine_state import load_session, session_path
 from bureau.schema import validate_homeserver_url
 
@@ -131,13 +133,31 @@ def _first_boot_done(state_dir: Path, machine_name: str, creds_dir: str | None) 
     return True
 
 
-def _wait_for_stop(logger: Any) -> int:
-    # Serving the daemon's socket arrives with the credential path; until then the
-    # launcher stays up, as a unit expects, and stops cleanly on SIGTERM.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-    logger.info("launcher up; waiting for SIGTERM")
-    received = signal.sigwait({signal.SIGTERM, signal.SIGINT})
-    logger.info("stopping", signal=signal.Signals(received).name)
+def _daemon_uid(value: str | None) -> set[int]:
+    if value is None:
+        return set()
+    if value.isdigit():
+        return {int(value)}
+    try:
+        return {pwd.getpwnam(value).pw_uid}
+    except KeyError:
+        raise UsageError(f"--daemon-user: no such user {value!r}") from None
+
+
+def _serve(args: argparse.Namespace, state_dir: Path, creds_dir: str | None, logger: Any) -> int:
+    session = load_session(state_dir)
+    found = key_store.load(state_dir, creds_dir)
+    if session is None or found is None:
+        raise BureauError(f"{state_dir}: no session or no machine key; first boot is not done")
+    secret_key, source = found
+    logger.info("machine key loaded", source=source)
+    allowed = {os.getuid(), *_daemon_uid(args.daemon_user)}
+    asyncio.run(
+        server.serve(
+            machine_user=session.user_id, secret_key=secret_key, run_dir=args.run_dir.absolute(),
+            allowed_uids=allowed, log=logger,
+        )
+    )  # fmt: skip
     return 0
 
 
@@ -185,7 +205,10 @@ def _main(argv: list[str] | None) -> int:
 
     if args.first_boot_only:
         return 0
-    return _wait_for_stop(logger)
+    # From here on SIGTERM is a clean stop handled by the event loop, not an interruption.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return _serve(args, state_dir, creds_dir, logger)
 
 
 def main(argv: list[str] | None = None) -> None:

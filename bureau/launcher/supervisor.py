@@ -1,0 +1,360 @@
+"""The launcher's principals: decrypt a credentials event, start a proxy with the plaintext
+on its stdin, watch it, restart it when it dies, swap it without downtime when the
+credentials change, adopt the survivors of an earlier launcher.
+
+Plaintext exists only between decryption and the write to the new proxy's stdin. What the
+launcher keeps per principal is the event content (public: it is in Matrix) so that it can
+decrypt again to restart a proxy. Socket paths belong to the launcher: a proxy binds a
+fresh temporary path, and once it answers "READY" the launcher renames that path over the
+principal's, so a client connecting at any moment reaches an old or a new proxy, never
+nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bureau import age_keys, names
+from bureau.credentials_event import (
+    CredentialsEvent,
+    content_digest,
+    open_plaintext,
+    parse_rfc3339,
+    rfc3339_now,
+)
+from bureau.errors import InputError
+from bureau.files import atomic_write
+from bureau.proxy.payload import ProxyPayload
+from bureau.secret import Secret
+
+READY_TIMEOUT = 20.0
+DRAIN_TIMEOUT = 15.0
+BACKOFF_CAP = 30.0
+STABLE_SECONDS = 60.0
+_CHILD_ENV = ("PATH", "LANG", "LC_ALL", "BUREAU_LOG_LEVEL")
+
+
+def _deliver(proc: subprocess.Popen[bytes], payload: bytes) -> None:
+    if proc.stdin is None:
+        raise RuntimeError("proxy stdin missing")
+    with contextlib.suppress(BrokenPipeError):  # a proxy that died says so by its status
+        proc.stdin.write(payload)
+    with contextlib.suppress(BrokenPipeError):
+        proc.stdin.close()
+
+
+def _ready_line(proc: subprocess.Popen[bytes]) -> bytes:
+    if proc.stdout is None:
+        raise RuntimeError("proxy stdout missing")
+    line = proc.stdout.readline()
+    proc.stdout.close()  # the proxy writes nothing after READY
+    return line
+
+
+class LauncherError(Exception):
+    """A request the launcher refuses; the message is one line and holds no secret."""
+
+
+@dataclass
+class Proxy:
+    principal: str
+    pid: int
+    start_time: int | None
+    socket: Path
+    digest: str
+    content: dict[str, Any]
+    started_at: float
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    retiring: bool = False
+    restarts: int = 0
+    crash_streak: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        event = self.content
+        return {
+            "principal": self.principal,
+            "pid": self.pid,
+            "socket": str(self.socket),
+            "digest": self.digest,
+            "keys": list(event.get("keys", [])),
+            "services": sorted(event.get("services", {})),
+            "started_at": rfc3339_now_from(self.started_at),
+            "restarts": self.restarts,
+            "status": "restarting" if self.exited.is_set() else "running",
+        }
+
+
+def rfc3339_now_from(epoch: float) -> str:
+    return rfc3339_now(datetime.fromtimestamp(epoch, UTC))
+
+
+def process_start_time(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+class Supervisor:
+    def __init__(
+        self,
+        *,
+        machine_user: str,
+        secret_key: Secret,
+        run_dir: Path,
+        log: Any,
+        tasks: asyncio.TaskGroup,
+        proxy_command: list[str] | None = None,
+    ) -> None:
+        self._machine_user = machine_user
+        machine_localpart, self._server = names.parse_user_id(machine_user)
+        self._fleet = names.fleet_of_entity(machine_localpart)
+        self._key = secret_key
+        self._run_dir = run_dir
+        self._state_dir = run_dir / "launcher" / "proxies"
+        self._log = log
+        self._tasks = tasks
+        self._command = proxy_command or [sys.executable, "-m", "bureau.proxy"]
+        self._proxies: dict[str, Proxy] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # -- requests ------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        running = sum(1 for p in self._proxies.values() if not p.exited.is_set())
+        return {"machine": self._machine_user, "principals": len(self._proxies), "running": running}
+
+    def list(self) -> list[dict[str, Any]]:
+        return [self._proxies[p].describe() for p in sorted(self._proxies)]
+
+    async def ensure(self, principal: str, content: dict[str, Any]) -> dict[str, Any]:
+        self._check_principal(principal)
+        event = self._check_event(principal, content)
+        digest = content_digest(content)
+        async with self._lock(principal):
+            current = self._proxies.get(principal)
+            if current is not None and current.digest == digest and not current.exited.is_set():
+                return {"changed": False, "socket": str(current.socket)}
+            new = await self._launch(principal, event, content, digest)
+            if current is not None:
+                new.restarts = current.restarts
+                await self._retire(current)
+            self._install(new)
+        self._log.info(
+            "proxy started" if current is None else "proxy replaced (credentials changed)",
+            principal=principal, pid=new.pid, keys=list(event.keys),
+        )  # fmt: skip
+        return {"changed": True, "socket": str(new.socket)}
+
+    async def stop(self, principal: str) -> dict[str, Any]:
+        self._check_principal(principal)
+        async with self._lock(principal):
+            current = self._proxies.pop(principal, None)
+            if current is not None:
+                await self._retire(current)
+            with contextlib.suppress(FileNotFoundError):
+                self._socket_path(principal).unlink()
+            with contextlib.suppress(FileNotFoundError):
+                self._state_file(principal).unlink()
+        if current is not None:
+            self._log.info("proxy stopped", principal=principal)
+        return {"stopped": current is not None}
+
+    # -- validation ----------------------------------------------------------------------
+
+    def _check_principal(self, principal: str) -> str:
+        try:
+            localpart, server = names.parse_user_id(principal)
+            names.validate_localpart(localpart)
+            fleet = names.fleet_of_entity(localpart)
+        except names.InvalidName as exc:
+            raise LauncherError(f"principal: {exc}") from None
+        if server != self._server or fleet != self._fleet:
+            raise LauncherError(f"principal {principal} is not in this machine's fleet")
+        if localpart.split("/")[3] == "machine":
+            raise LauncherError(f"principal {principal} is a machine")
+        return localpart
+
+    def _check_event(self, principal: str, content: dict[str, Any]) -> CredentialsEvent:
+        try:
+            event = CredentialsEvent.from_json(content, f"credentials for {principal}")
+        except InputError as exc:
+            raise LauncherError(str(exc)) from None
+        if event.principal != principal:
+            raise LauncherError(f"credentials are for {event.principal}, not {principal}")
+        if self._machine_user not in event.encrypted_for:
+            raise LauncherError(f"credentials for {principal} are not encrypted for this machine")
+        if event.expires_at and parse_rfc3339(event.expires_at).timestamp() <= time.time():
+            raise LauncherError(f"credentials for {principal} expired at {event.expires_at}")
+        return event
+
+    def _open(self, principal: str, event: CredentialsEvent) -> bytes:
+        """Decrypt and build the proxy's payload; the plaintext lives only in here."""
+        try:
+            plaintext = age_keys.decrypt(event.ciphertext, self._key)
+        except age_keys.DecryptFailed as exc:
+            raise LauncherError(f"credentials for {principal}: {exc}") from None
+        try:
+            credentials = open_plaintext(plaintext, event, f"credentials for {principal}")
+        except InputError as exc:
+            raise LauncherError(str(exc)) from None
+        finally:
+            del plaintext
+        return ProxyPayload(principal, event.services, credentials, event.expires_at).to_bytes()
+
+    # -- processes -----------------------------------------------------------------------
+
+    def _lock(self, principal: str) -> asyncio.Lock:
+        return self._locks.setdefault(principal, asyncio.Lock())
+
+    def _socket_path(self, principal: str) -> Path:
+        localpart, _ = names.parse_user_id(principal)
+        return self._run_dir / names.proxy_socket_relpath(localpart)
+
+    def _state_file(self, principal: str) -> Path:
+        return self._state_dir / (hashlib.sha256(principal.encode()).hexdigest()[:32] + ".json")
+
+    async def _launch(
+        self, principal: str, event: CredentialsEvent, content: dict[str, Any], digest: str
+    ) -> Proxy:
+        payload = self._open(principal, event)
+        final = self._socket_path(principal)
+        final.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        temp = final.with_name(f".{final.name}.{secrets.token_hex(4)}")
+        env = {k: v for k, v in os.environ.items() if k in _CHILD_ENV}
+        # subprocess.Popen, not asyncio's: an asyncio subprocess transport kills its child
+        # when the loop closes, and proxies must outlive the launcher to be adopted.
+        proc = subprocess.Popen(
+            [*self._command, "--socket", str(temp)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+            start_new_session=True,  # a signal to the launcher's group must not reach it
+        )  # fmt: skip
+        try:
+            await asyncio.to_thread(_deliver, proc, payload)
+            del payload
+            line = await asyncio.wait_for(asyncio.to_thread(_ready_line, proc), READY_TIMEOUT)
+            if not line.startswith(b"READY"):
+                code = await asyncio.to_thread(proc.wait)
+                raise LauncherError(f"proxy for {principal} exited with status {code} at start")
+            temp.rename(final)
+        except BaseException:
+            if proc.poll() is None:
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+            raise
+        proxy = Proxy(
+            principal, proc.pid, process_start_time(proc.pid), final, digest, content, time.time()
+        )
+        self._tasks.create_task(self._watch(proxy, proc))
+        return proxy
+
+    def _install(self, proxy: Proxy) -> None:
+        self._proxies[proxy.principal] = proxy
+        self._state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        record = {
+            "principal": proxy.principal, "pid": proxy.pid, "start_time": proxy.start_time,
+            "digest": proxy.digest, "content": proxy.content, "started_at": proxy.started_at,
+        }  # fmt: skip
+        atomic_write(self._state_file(proxy.principal), json.dumps(record).encode(), 0o600)
+
+    async def _watch(self, proxy: Proxy, child: subprocess.Popen[bytes] | None) -> None:
+        """Wait for the proxy to exit (a pidfd works for children and adopted processes
+        alike), reap it if it is our child, and restart it unless it was retired."""
+        try:
+            fd = os.pidfd_open(proxy.pid)
+        except ProcessLookupError:
+            proxy.exited.set()
+        else:
+            loop = asyncio.get_running_loop()
+            loop.add_reader(fd, proxy.exited.set)
+            try:
+                await proxy.exited.wait()
+            finally:
+                loop.remove_reader(fd)
+                os.close(fd)
+        how = f"status {child.wait()}" if child is not None else "adopted; status unknown"
+        await self._exited(proxy, how)
+
+    async def _exited(self, proxy: Proxy, how: str) -> None:
+        if proxy.retiring:
+            return
+        self._log.warning("proxy exited; restarting", principal=proxy.principal, exit=how)
+        streak = 0 if time.time() - proxy.started_at > STABLE_SECONDS else proxy.crash_streak + 1
+        delay = min(2.0 ** (streak - 1), BACKOFF_CAP) if streak else 0.0
+        while True:
+            await asyncio.sleep(delay)
+            async with self._lock(proxy.principal):
+                if self._proxies.get(proxy.principal) is not proxy:
+                    return  # stopped or replaced meanwhile
+                try:
+                    event = self._check_event(proxy.principal, proxy.content)
+                    new = await self._launch(proxy.principal, event, proxy.content, proxy.digest)
+                except LauncherError as exc:
+                    self._log.error("restart failed", principal=proxy.principal, error=str(exc))
+                    delay = min(max(delay * 2, 1.0), BACKOFF_CAP)
+                    continue
+                new.restarts, new.crash_streak = proxy.restarts + 1, streak
+                self._install(new)
+            self._log.info("proxy restarted", principal=proxy.principal, pid=new.pid)
+            return
+
+    async def _retire(self, proxy: Proxy) -> None:
+        """SIGTERM: the proxy stops accepting and drains; SIGKILL if it overstays."""
+        proxy.retiring = True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proxy.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proxy.exited.wait(), DRAIN_TIMEOUT)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proxy.pid, signal.SIGKILL)
+            await proxy.exited.wait()
+
+    # -- adoption ------------------------------------------------------------------------
+
+    async def adopt(self) -> None:
+        """Take over the proxies an earlier launcher left running; start again those that
+        died with it."""
+        if not self._state_dir.is_dir():
+            return
+        for path in sorted(self._state_dir.glob("*.json")):
+            try:
+                record = json.loads(path.read_text())
+                principal, content = str(record["principal"]), dict(record["content"])
+                pid, start_time = int(record["pid"]), record["start_time"]
+            except (OSError, ValueError, KeyError, TypeError):
+                self._log.warning("ignoring unreadable proxy record", path=str(path))
+                path.unlink()
+                continue
+            alive = start_time is not None and process_start_time(pid) == start_time
+            if alive:
+                proxy = Proxy(
+                    principal, pid, start_time, self._socket_path(principal),
+                    str(record["digest"]), content, float(record.get("started_at", time.time())),
+                )  # fmt: skip
+                self._proxies[principal] = proxy
+                self._tasks.create_task(self._watch(proxy, None))
+                self._log.info("adopted running proxy", principal=principal, pid=pid)
+                continue
+            try:
+                await self.ensure(principal, content)
+            except LauncherError as exc:
+                self._log.error("could not recreate proxy", principal=principal, error=str(exc))
+                path.unlink()

@@ -1,0 +1,3 @@
+from bureau.proxy.main import main
+
+main()
