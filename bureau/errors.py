@@ -36,11 +36,22 @@ class InputError(BureauError):
 
 
 class MatrixError(BureauError):
-    def __init__(self, what: str, status: int = 0, errcode: str = "", error: str = "") -> None:
+    def __init__(
+        self,
+        what: str,
+        status: int = 0,
+        errcode: str = "",
+        error: str = "",
+        *,
+        retry_after: float | None = None,
+        soft_logout: bool = False,
+    ) -> None:
         self.what = what
         self.status = status
         self.errcode = errcode
         self.error = error
+        self.retry_after = retry_after  # seconds the server asked us to wait, if it did
+        self.soft_logout = soft_logout
         detail = " ".join(p for p in (str(status) if status else "", errcode, error) if p)
         super().__init__(f"{what}: {detail}" if detail else what)
 

@@ -160,10 +160,19 @@ class Hub:
             body = yaml.safe_dump(_synapse_config(self.dir, settings), sort_keys=False)
             atomic_write(config, body.encode(), 0o600)
             result = subprocess.run(
-                [sys.executable, "-m", "synapse.app.homeserver", "-c", str(config),
-                 "--generate-keys"],
-                cwd=self.dir, capture_output=True, text=True, check=False,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "synapse.app.homeserver",
+                    "-c",
+                    str(config),
+                    "--generate-keys",
+                ],
+                cwd=self.dir,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if result.returncode != 0:
                 config.unlink()
                 last = (result.stderr.strip().splitlines() or ["no output"])[-1]
@@ -181,11 +190,20 @@ class Hub:
         out = (self.dir / "synapse.out").open("ab")
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "synapse.app.homeserver", "-c",
-                 str(self.dir / "homeserver.yaml")],
-                cwd=self.dir, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                start_new_session=True, env=_synapse_env(),
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "synapse.app.homeserver",
+                    "-c",
+                    str(self.dir / "homeserver.yaml"),
+                ],
+                cwd=self.dir,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                env=_synapse_env(),
+            )
         finally:
             out.close()
         self._child = proc

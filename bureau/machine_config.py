@@ -37,9 +37,10 @@ class Assignment:
             raise InputError(where, "labels", "expected an object of string -> string")
         command = obj.get("command")
         if command is not None and (
-            not isinstance(command, list) or not command
+            not isinstance(command, list)
+            or not command
             or not all(isinstance(a, str) for a in command)
-        ):  # fmt: skip
+        ):
             raise InputError(where, "command", "expected a non-empty list of strings")
         return cls(principal, auto_start, dict(labels), tuple(command) if command else None)
 
@@ -75,9 +76,9 @@ class MachineConfig:
         """Replace the principal's assignment in place, or append it."""
         if self.find(assignment.principal) is None:
             return MachineConfig((*self.principals, assignment))
-        return MachineConfig(tuple(
-            assignment if a.principal == assignment.principal else a for a in self.principals
-        ))  # fmt: skip
+        return MachineConfig(
+            tuple(assignment if a.principal == assignment.principal else a for a in self.principals)
+        )
 
     def without(self, principal: str) -> MachineConfig:
         return MachineConfig(tuple(a for a in self.principals if a.principal != principal))

@@ -41,6 +41,12 @@ def segment(value: str) -> str:
     return quote(value, safe="")
 
 
+def backoff_seconds(attempt: int, rng: Callable[[], float]) -> float:
+    """Jittered exponential backoff: 1 s doubling, capped at 30 s, between half and all."""
+    base = min(2.0**attempt, BACKOFF_CAP_SECONDS)
+    return base / 2 + rng() * base / 2
+
+
 def retry_delay(
     attempt: int, headers: dict[str, str], body: dict[str, Any], rng: Callable[[], float]
 ) -> float:
@@ -51,8 +57,7 @@ def retry_delay(
     ms = body.get("retry_after_ms")
     if isinstance(ms, int) and ms >= 0:
         return min(ms / 1000.0, BACKOFF_CAP_SECONDS)
-    base = min(2.0**attempt, BACKOFF_CAP_SECONDS)
-    return base / 2 + rng() * base / 2
+    return backoff_seconds(attempt, rng)
 
 
 @dataclass(frozen=True)
@@ -148,9 +153,12 @@ class MatrixHTTP:
             resp = self._once(method, path, body, what)
             # Method, path and status only: bodies carry passwords, headers the token.
             _log.debug(
-                "matrix request", method=method, path=path, status=resp.status,
+                "matrix request",
+                method=method,
+                path=path,
+                status=resp.status,
                 ms=round((time.monotonic() - started) * 1000, 1),
-            )  # fmt: skip
+            )
             if resp.status not in _RETRY_STATUSES or attempt == self._max_attempts - 1:
                 return resp
             self._sleep(retry_delay(attempt, resp.headers, resp.body, self._rng))

@@ -4,12 +4,14 @@ each other's rooms."""
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +101,17 @@ def fleet(hub: RunningHub, tmp_path: Path) -> Fleet:
     return Fleet(hub, name, cred_file, credentials.load(cred_file))
 
 
+@pytest.fixture
+def run_dir() -> Iterator[Path]:
+    """A short runtime directory: socket paths must fit in 107 bytes, which pytest's own
+    temporary paths do not leave room for."""
+    path = Path(tempfile.mkdtemp(prefix="bureau-run-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def run(
     program: str, *args: str | Path, stdin: str | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -124,6 +137,15 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+def quiet_structlog() -> None:
+    """In-process arrangement (setup, provisioning) logs only warnings and worse."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    quiet_structlog()
+
+
 @pytest.fixture(autouse=True)
 def _restore_world() -> Iterator[None]:
     environ = dict(os.environ)
@@ -136,3 +158,4 @@ def _restore_world() -> Iterator[None]:
         os.environ.update(environ)
         os.umask(umask)
         structlog.reset_defaults()
+        quiet_structlog()

@@ -33,16 +33,89 @@ def provision(fleet: Fleet, tmp_path: Path) -> Provisioned:
     short = f"machine/{fresh('w')}"
     bootstrap = tmp_path / "bootstrap.json"
     result = run(
-        "bureau", "machine", "provision", short,
-        "--credential-file", fleet.credential_file, "--output", bootstrap,
-    )  # fmt: skip
+        "bureau",
+        "machine",
+        "provision",
+        short,
+        "--credential-file",
+        fleet.credential_file,
+        "--output",
+        bootstrap,
+    )
     assert result.returncode == 0, result.stderr
     return Provisioned(fleet, short, f"{fleet.name}/{short}", bootstrap, tmp_path / "state")
 
 
 def boot(machine: Provisioned, *extra: str):  # type: ignore[no-untyped-def]
     return run(
-        "bureau-launcher", "--bootstrap-file", machine.bootstrap,
-        "--machine-name", machine.short_name, "--state-dir", machine.state_dir,
-        "--first-boot-only", *extra,
-    )  # fmt: skip
+        "bureau-launcher",
+        "--bootstrap-file",
+        machine.bootstrap,
+        "--machine-name",
+        machine.short_name,
+        "--state-dir",
+        machine.state_dir,
+        "--first-boot-only",
+        *extra,
+    )
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    """A machine past first boot, with plain key storage so tests can use the age CLI."""
+
+    machine: Provisioned
+
+    @property
+    def state_dir(self) -> Path:
+        return self.machine.state_dir
+
+    @property
+    def plain_key(self) -> Path:
+        return self.machine.state_dir / "machine-key.txt"
+
+    @property
+    def public_key(self) -> str:
+        return (self.machine.state_dir / "machine-key.pub").read_text().strip()
+
+
+def enroll(fleet: Fleet, tmp_path: Path) -> Enrolled:
+    machine = provision(fleet, tmp_path)
+    result = boot(machine, "--key-storage", "plain")
+    assert result.returncode == 0, result.stderr
+    return Enrolled(machine)
+
+
+def services_file(tmp_path: Path, upstream: str, name: str = "services.json") -> Path:
+    path = tmp_path / name
+    path.write_text(
+        json.dumps(
+            {
+                "api": {
+                    "upstream_url": upstream,
+                    "auth_scheme": "Bearer",
+                    "inject_headers": {"Authorization": "TOKEN"},
+                },
+            }
+        )
+    )
+    return path
+
+
+def provision_credentials(
+    fleet: Fleet, machine: Enrolled, principal: str, services: Path, secrets: str
+):  # type: ignore[no-untyped-def]
+    return run(
+        "bureau",
+        "credentials",
+        "provision",
+        "--credential-file",
+        fleet.credential_file,
+        "--machine",
+        machine.machine.short_name,
+        "--principal",
+        principal,
+        "--services",
+        services,
+        stdin=secrets,
+    )

@@ -22,8 +22,9 @@ BIN = Path(sys.executable).parent
 def echo_upstream() -> Iterator[str]:
     with subprocess.Popen(
         [sys.executable, str(ROOT / "script" / "echo-upstream")],
-        stdout=subprocess.PIPE, text=True,
-    ) as proc:  # fmt: skip
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
         assert proc.stdout is not None
         ready = proc.stdout.readline().split()
         assert ready[0] == "READY", ready
@@ -43,7 +44,11 @@ class UnixHTTPConnection(http.client.HTTPConnection):
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
-        sock.connect(self._path)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
         self.sock = sock
 
 
@@ -58,9 +63,14 @@ class Reply:
 
 
 def unix_request(
-    path: Path, method: str, target: str, *, headers: dict[str, str] | None = None,
-    body: bytes | None = None, timeout: float = 30,
-) -> Reply:  # fmt: skip
+    path: Path,
+    method: str,
+    target: str,
+    *,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    timeout: float = 30,
+) -> Reply:
     conn = UnixHTTPConnection(path, timeout)
     try:
         conn.request(method, target, body=body, headers=headers or {})
@@ -86,8 +96,10 @@ def proxy(payload: dict[str, Any] | bytes, socket_path: Path) -> Iterator[Runnin
     raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     with subprocess.Popen(
         [str(BIN / "bureau-proxy"), "--socket", str(socket_path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    ) as proc:  # fmt: skip
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(raw)
         proc.stdin.close()

@@ -47,10 +47,11 @@ def _assert_enrolled(machine: Provisioned, one_time_password: str) -> None:
     )
     assert machine_room is not None
     key_events = [
-        e for e in admin.room_state_events(machine_room)
+        e
+        for e in admin.room_state_events(machine_room)
         if e["type"] == rooms.MACHINE_KEY
         and e["state_key"] == names.state_key(machine.localpart, hub.server_name)
-    ]  # fmt: skip
+    ]
     assert len(key_events) == 1
     assert key_events[0]["sender"] == machine.user_id
     assert key_events[0]["content"] == {"algorithm": "age-x25519", "public_key": public_key}
@@ -61,8 +62,9 @@ def _assert_enrolled(machine: Provisioned, one_time_password: str) -> None:
         assert room_id is not None, config_alias
         members = {
             e["state_key"]: e["content"]["membership"]
-            for e in admin.room_state_events(room_id) if e["type"] == "m.room.member"
-        }  # fmt: skip
+            for e in admin.room_state_events(room_id)
+            if e["type"] == "m.room.member"
+        }
         assert members[machine.user_id] == "join"
 
 
@@ -95,9 +97,12 @@ def test_interrupted_first_boot_converges_on_rerun(
     keys = first_boot.KeyOptions(machine.state_dir, key_store.KeyStorage.AUTO, None)
     with pytest.raises(Crash), structlog.testing.capture_logs():
         first_boot.boot_with_bootstrap(
-            bootstrap_file=machine.bootstrap, machine_name=machine.short_name, keys=keys,
-            log=structlog.get_logger(), checkpoint=checkpoint,
-        )  # fmt: skip
+            bootstrap_file=machine.bootstrap,
+            machine_name=machine.short_name,
+            keys=keys,
+            log=structlog.get_logger(),
+            checkpoint=checkpoint,
+        )
     assert machine.bootstrap.exists()
 
     rerun = boot(machine)
@@ -111,11 +116,20 @@ def test_sigterm_during_first_boot_then_rerun(fleet: Fleet, tmp_path: Path) -> N
     machine = provision(fleet, tmp_path)
     otp = machine.one_time_password
     with subprocess.Popen(
-        [str(BIN / "bureau-launcher"), "--bootstrap-file", str(machine.bootstrap),
-         "--machine-name", machine.short_name, "--state-dir", str(machine.state_dir),
-         "--first-boot-only"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    ) as proc:  # fmt: skip
+        [
+            str(BIN / "bureau-launcher"),
+            "--bootstrap-file",
+            str(machine.bootstrap),
+            "--machine-name",
+            machine.short_name,
+            "--state-dir",
+            str(machine.state_dir),
+            "--first-boot-only",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
         assert proc.stderr is not None
         first_line = proc.stderr.readline()
         assert "bootstrap file valid" in first_line
@@ -144,8 +158,9 @@ def test_systemd_creds_storage_keeps_no_plaintext_key(fleet: Fleet, tmp_path: Pa
         assert b"AGE-SECRET-KEY" not in path.read_bytes()
     opened = subprocess.run(
         ["systemd-creds", "decrypt", "--name=machine-key", str(sealed), "-"],
-        capture_output=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        check=True,
+    )
     secret_key = opened.stdout.decode().strip()
     assert secret_key.startswith("AGE-SECRET-KEY-1")
     # The unit's LoadCredentialEncrypted= hands the key over in $CREDENTIALS_DIRECTORY;
@@ -174,7 +189,7 @@ def test_plain_storage_interoperates_with_age(fleet: Fleet, tmp_path: Path) -> N
 
 
 def test_later_start_needs_no_bootstrap_and_serves_until_sigterm(
-    fleet: Fleet, tmp_path: Path
+    fleet: Fleet, tmp_path: Path, run_dir: Path
 ) -> None:
     machine = provision(fleet, tmp_path)
     assert boot(machine).returncode == 0
@@ -183,20 +198,37 @@ def test_later_start_needs_no_bootstrap_and_serves_until_sigterm(
     assert again.returncode == 0, again.stderr
     assert "first boot already complete" in again.stderr
     with subprocess.Popen(
-        [str(BIN / "bureau-launcher"), "--machine-name", machine.localpart,
-         "--state-dir", str(machine.state_dir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    ) as proc:  # fmt: skip
+        [
+            str(BIN / "bureau-launcher"),
+            "--machine-name",
+            machine.localpart,
+            "--state-dir",
+            str(machine.state_dir),
+            "--run-dir",
+            str(run_dir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
         assert proc.stderr is not None
-        while "waiting for SIGTERM" not in (line := proc.stderr.readline()):
+        while "launcher serving" not in (line := proc.stderr.readline()):
             assert line, "launcher exited early"
+        assert (run_dir / "launcher.sock").exists()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+    assert not (run_dir / "launcher.sock").exists()
 
 
 def test_start_without_anything_says_what_to_pass(tmp_path: Path) -> None:
-    result = run("bureau-launcher", "--machine-name", "machine/w", "--state-dir", tmp_path / "s",
-                 "--first-boot-only")  # fmt: skip
+    result = run(
+        "bureau-launcher",
+        "--machine-name",
+        "machine/w",
+        "--state-dir",
+        tmp_path / "s",
+        "--first-boot-only",
+    )
     assert result.returncode == 2
     line = one_line_error(result)
     assert "first boot needs --bootstrap-file" in line
@@ -205,10 +237,13 @@ def test_start_without_anything_says_what_to_pass(tmp_path: Path) -> None:
 
 def _bootstrap_text(fleet: Fleet, **change: object) -> str:
     data: dict[str, object] = {
-        "homeserver_url": fleet.hub.url, "server_name": fleet.hub.server_name,
-        "machine_name": f"{fleet.name}/machine/bad", "password": "ab" * 32,
-        "fleet_prefix": fleet.name, **change,
-    }  # fmt: skip
+        "homeserver_url": fleet.hub.url,
+        "server_name": fleet.hub.server_name,
+        "machine_name": f"{fleet.name}/machine/bad",
+        "password": "ab" * 32,
+        "fleet_prefix": fleet.name,
+        **change,
+    }
     return json.dumps({k: v for k, v in data.items() if v is not None}, indent=2)
 
 
@@ -243,8 +278,16 @@ def test_bad_bootstrap_files(fleet: Fleet, tmp_path: Path, case: str, expected: 
     path.chmod(mode)
     before = b"" if path.is_dir() else path.read_bytes()
 
-    result = run("bureau-launcher", "--bootstrap-file", path, "--machine-name", "machine/bad",
-                 "--state-dir", tmp_path / "state", "--first-boot-only")  # fmt: skip
+    result = run(
+        "bureau-launcher",
+        "--bootstrap-file",
+        path,
+        "--machine-name",
+        "machine/bad",
+        "--state-dir",
+        tmp_path / "state",
+        "--first-boot-only",
+    )
     assert result.returncode == 1
     line = one_line_error(result)
     assert line.startswith("bureau-launcher: ")
@@ -262,9 +305,21 @@ def test_legacy_registration_token_path(fleet: Fleet, tmp_path: Path) -> None:
     machine_name = f"machine/{os.urandom(4).hex()}"
     localpart = f"{fleet.name}/{machine_name}"
     state = tmp_path / "state"
-    args = ["--registration-token-file", "-", "--homeserver", hub.url,
-            "--server-name", hub.server_name, "--fleet", fleet.name,
-            "--machine-name", machine_name, "--state-dir", state, "--first-boot-only"]  # fmt: skip
+    args = [
+        "--registration-token-file",
+        "-",
+        "--homeserver",
+        hub.url,
+        "--server-name",
+        hub.server_name,
+        "--fleet",
+        fleet.name,
+        "--machine-name",
+        machine_name,
+        "--state-dir",
+        state,
+        "--first-boot-only",
+    ]
     result = run("bureau-launcher", *args, stdin=hub.token.reveal() + "\n")
     assert result.returncode == 0, result.stderr
     session = json.loads((state / "session.json").read_text())
@@ -277,7 +332,15 @@ def test_legacy_registration_token_path(fleet: Fleet, tmp_path: Path) -> None:
     # Re-running converges too (the account exists; the session is reused).
     assert run("bureau-launcher", *args, stdin=hub.token.reveal()).returncode == 0
 
-    missing = run("bureau-launcher", "--registration-token-file", "-", "--machine-name",
-                  machine_name, "--state-dir", tmp_path / "s2", stdin="x")  # fmt: skip
+    missing = run(
+        "bureau-launcher",
+        "--registration-token-file",
+        "-",
+        "--machine-name",
+        machine_name,
+        "--state-dir",
+        tmp_path / "s2",
+        stdin="x",
+    )
     assert missing.returncode == 2
     assert "needs --homeserver, --server-name, --fleet" in one_line_error(missing)

@@ -59,8 +59,17 @@ def test_conflicting_server_name_is_refused(hub: RunningHub) -> None:
 def test_full_cycle_up_status_down(tmp_path: Path) -> None:
     state = tmp_path / "hub"
     port = free_port()
-    up = run("bureau", "hub", "up", "--state-dir", state, "--port", str(port),
-             "--server-name", "cycle.test")  # fmt: skip
+    up = run(
+        "bureau",
+        "hub",
+        "up",
+        "--state-dir",
+        state,
+        "--port",
+        str(port),
+        "--server-name",
+        "cycle.test",
+    )
     try:
         assert up.returncode == 0, up.stderr
         url = up.stdout.strip()

@@ -7,8 +7,16 @@ import json
 import subprocess
 import sys
 
-FORBIDDEN = ("aiohttp", "nio", "synapse", "yaml", "bureau.cli", "bureau.hub", "bureau.daemon",
-             "bureau.proxy")  # fmt: skip
+FORBIDDEN = (
+    "aiohttp",
+    "nio",
+    "synapse",
+    "yaml",
+    "bureau.cli",
+    "bureau.hub",
+    "bureau.daemon",
+    "bureau.proxy",
+)
 
 
 def test_launcher_imports_stay_small() -> None:

@@ -49,9 +49,10 @@ def test_provision_writes_bootstrap_and_prepares_rooms(fleet: Fleet, tmp_path: P
         room_id = admin.resolve_alias(names.room_alias(alias, server))
         assert room_id is not None
         invited = [
-            e for e in admin.room_state_events(room_id)
+            e
+            for e in admin.room_state_events(room_id)
             if e["type"] == "m.room.member" and e["state_key"] == machine.user_id
-        ]  # fmt: skip
+        ]
         assert invited[0]["content"]["membership"] == "invite"
 
     # The one-time password works (the machine can log in exactly once it is handed over).
@@ -74,10 +75,15 @@ def test_list_follows_provisioned_then_enrolled(fleet: Fleet, tmp_path: Path) ->
     machine = provision(fleet, tmp_path)
     listed = run("bureau", "machine", "list", "--credential-file", fleet.credential_file, "--json")
     assert listed.returncode == 0, listed.stderr
-    assert json.loads(listed.stdout) == [{
-        "name": machine.localpart, "user_id": machine.user_id, "state": "provisioned",
-        "public_key": None, "last_heartbeat": None,
-    }]  # fmt: skip
+    assert json.loads(listed.stdout) == [
+        {
+            "name": machine.localpart,
+            "user_id": machine.user_id,
+            "state": "provisioned",
+            "public_key": None,
+            "last_heartbeat": None,
+        }
+    ]
 
     assert boot(machine).returncode == 0
     public_key = (machine.state_dir / "machine-key.pub").read_text().strip()
@@ -87,36 +93,63 @@ def test_list_follows_provisioned_then_enrolled(fleet: Fleet, tmp_path: Path) ->
     assert record["public_key"] == public_key
 
     table = run("bureau", "machine", "list", "--credential-file", fleet.credential_file)
-    assert table.stdout.splitlines()[0].split() == ["NAME", "STATE", "PUBLIC", "KEY", "LAST",
-                                                    "HEARTBEAT"]  # fmt: skip
+    assert table.stdout.splitlines()[0].split() == [
+        "NAME",
+        "STATE",
+        "PUBLIC",
+        "KEY",
+        "LAST",
+        "HEARTBEAT",
+    ]
     assert table.stdout.splitlines()[1].split()[:3] == [machine.localpart, "enrolled", public_key]
 
 
 def test_provision_refusals(fleet: Fleet, tmp_path: Path) -> None:
     machine = provision(fleet, tmp_path)
     assert boot(machine).returncode == 0
-    again = run("bureau", "machine", "provision", machine.short_name,
-                "--credential-file", fleet.credential_file)  # fmt: skip
+    again = run(
+        "bureau",
+        "machine",
+        "provision",
+        machine.short_name,
+        "--credential-file",
+        fleet.credential_file,
+    )
     assert again.returncode == 1
     assert "is enrolled" in one_line_error(again)
     assert again.stdout == ""
 
     pending = provision(fleet, tmp_path / "p")
-    twice = run("bureau", "machine", "provision", pending.short_name,
-                "--credential-file", fleet.credential_file)  # fmt: skip
+    twice = run(
+        "bureau",
+        "machine",
+        "provision",
+        pending.short_name,
+        "--credential-file",
+        fleet.credential_file,
+    )
     assert twice.returncode == 1
     assert "already exists and has not enrolled" in one_line_error(twice)
 
     exists = tmp_path / "taken.json"
     exists.write_text("keep me")
-    taken = run("bureau", "machine", "provision", f"machine/{fresh('t')}",
-                "--credential-file", fleet.credential_file, "--output", exists)  # fmt: skip
+    taken = run(
+        "bureau",
+        "machine",
+        "provision",
+        f"machine/{fresh('t')}",
+        "--credential-file",
+        fleet.credential_file,
+        "--output",
+        exists,
+    )
     assert taken.returncode == 1
     assert "exists; remove it or choose another --output" in one_line_error(taken)
     assert exists.read_text() == "keep me"
 
-    bad_name = run("bureau", "machine", "provision", "agent/alpha",
-                   "--credential-file", fleet.credential_file)  # fmt: skip
+    bad_name = run(
+        "bureau", "machine", "provision", "agent/alpha", "--credential-file", fleet.credential_file
+    )
     assert bad_name.returncode == 2
     assert one_line_error(bad_name).startswith("bureau: NAME: 'agent/alpha' is not a machine")
 

@@ -16,12 +16,27 @@ from bureau.secret import Secret
 
 
 def _setup(hub: RunningHub, creds: Path, fleet: str, *extra: str, stdin: str | None = None):  # type: ignore[no-untyped-def]
-    token_args = ["--registration-token-file", "-"] if stdin else [
-        "--registration-token-file", str(hub.token_file)]  # fmt: skip
+    token_args = (
+        ["--registration-token-file", "-"]
+        if stdin
+        else ["--registration-token-file", str(hub.token_file)]
+    )
     return run(
-        "bureau", "matrix", "setup", "--homeserver", hub.url, "--server-name", hub.server_name,
-        *token_args, "--credential-file", creds, "--fleet", fleet, *extra, stdin=stdin,
-    )  # fmt: skip
+        "bureau",
+        "matrix",
+        "setup",
+        "--homeserver",
+        hub.url,
+        "--server-name",
+        hub.server_name,
+        *token_args,
+        "--credential-file",
+        creds,
+        "--fleet",
+        fleet,
+        *extra,
+        stdin=stdin,
+    )
 
 
 def _levels(client: MatrixHTTP, room_id: str) -> dict[str, object]:
@@ -44,9 +59,14 @@ def test_setup_creates_rooms_and_credential_file_then_changes_nothing(
     assert stat.S_IMODE(creds_path.stat().st_mode) == 0o600
     values = parse_env(creds_path.read_text(), "creds")
     assert set(values) == {
-        "MATRIX_HOMESERVER_URL", "MATRIX_ADMIN_USER", "MATRIX_ADMIN_TOKEN",
-        "MATRIX_REGISTRATION_TOKEN", "MATRIX_SPACE_ROOM", "BUREAU_SERVER_NAME", "BUREAU_FLEET",
-    }  # fmt: skip
+        "MATRIX_HOMESERVER_URL",
+        "MATRIX_ADMIN_USER",
+        "MATRIX_ADMIN_TOKEN",
+        "MATRIX_REGISTRATION_TOKEN",
+        "MATRIX_SPACE_ROOM",
+        "BUREAU_SERVER_NAME",
+        "BUREAU_FLEET",
+    }
     assert values["MATRIX_ADMIN_USER"] == f"@bureau-admin:{hub.server_name}"
     assert values["MATRIX_REGISTRATION_TOKEN"] == hub.token.reveal()
     assert values["BUREAU_FLEET"] == fleet
@@ -94,9 +114,19 @@ def test_setup_refuses_a_credential_file_for_another_fleet(hub: RunningHub, tmp_
 
 def test_setup_errors_are_one_line(hub: RunningHub, tmp_path: Path) -> None:
     creds_path = tmp_path / "bureau-creds"
-    missing = run("bureau", "matrix", "setup", "--homeserver", hub.url,
-                  "--server-name", hub.server_name, "--registration-token-file",
-                  tmp_path / "nope", "--credential-file", creds_path)  # fmt: skip
+    missing = run(
+        "bureau",
+        "matrix",
+        "setup",
+        "--homeserver",
+        hub.url,
+        "--server-name",
+        hub.server_name,
+        "--registration-token-file",
+        tmp_path / "nope",
+        "--credential-file",
+        creds_path,
+    )
     assert missing.returncode == 1
     assert one_line_error(missing) == f"bureau: {tmp_path / 'nope'}: no such file"
 
@@ -108,19 +138,39 @@ def test_setup_errors_are_one_line(hub: RunningHub, tmp_path: Path) -> None:
     wrong_token.write_text("not-the-token\n")
     wrong_token.chmod(0o600)
     other_admin = run(
-        "bureau", "matrix", "setup", "--homeserver", hub.url, "--server-name", hub.server_name,
-        "--registration-token-file", wrong_token, "--credential-file", creds_path,
-        "--fleet", f"{fresh('w')}/fleet/x",
-    )  # fmt: skip
+        "bureau",
+        "matrix",
+        "setup",
+        "--homeserver",
+        hub.url,
+        "--server-name",
+        hub.server_name,
+        "--registration-token-file",
+        wrong_token,
+        "--credential-file",
+        creds_path,
+        "--fleet",
+        f"{fresh('w')}/fleet/x",
+    )
     assert other_admin.returncode == 1
     assert "refuses the password derived from this registration token" in one_line_error(
         other_admin
     )
     assert not creds_path.exists()
 
-    unreachable = run("bureau", "matrix", "setup", "--homeserver", "http://127.0.0.1:1",
-                      "--server-name", hub.server_name, "--registration-token-file",
-                      hub.token_file, "--credential-file", creds_path)  # fmt: skip
+    unreachable = run(
+        "bureau",
+        "matrix",
+        "setup",
+        "--homeserver",
+        "http://127.0.0.1:1",
+        "--server-name",
+        hub.server_name,
+        "--registration-token-file",
+        hub.token_file,
+        "--credential-file",
+        creds_path,
+    )
     assert unreachable.returncode == 1
     assert "cannot reach homeserver http://127.0.0.1:1" in one_line_error(unreachable)
 

@@ -23,18 +23,25 @@ def _payload(upstream: str, **extra: Any) -> dict[str, Any]:
     return {
         "principal": "@t/fleet/prod/agent/alpha:bureau.local",
         "services": {
-            "api": {"upstream_url": upstream, "auth_scheme": "Bearer",
-                    "inject_headers": {"Authorization": "TOKEN", "X-Api-Key": "API_KEY"},
-                    "strip_headers": ["X-Strip-Me"]},
-            "broken": {"upstream_url": "http://127.0.0.1:1",
-                       "inject_headers": {"Authorization": "TOKEN"}},
-            "unprovisioned": {"upstream_url": upstream,
-                              "inject_headers": {"Authorization": "ABSENT"}},
+            "api": {
+                "upstream_url": upstream,
+                "auth_scheme": "Bearer",
+                "inject_headers": {"Authorization": "TOKEN", "X-Api-Key": "API_KEY"},
+                "strip_headers": ["X-Strip-Me"],
+            },
+            "broken": {
+                "upstream_url": "http://127.0.0.1:1",
+                "inject_headers": {"Authorization": "TOKEN"},
+            },
+            "unprovisioned": {
+                "upstream_url": upstream,
+                "inject_headers": {"Authorization": "ABSENT"},
+            },
         },
         "credentials": {"TOKEN": CANARY, "API_KEY": API_KEY},
         "expires_at": None,
         **extra,
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture
@@ -48,20 +55,31 @@ def test_injects_strips_and_forwards(upstream: str, tmp_path: Path) -> None:
     with proxy(_payload(upstream), sock) as running:
         assert stat.S_IMODE(sock.stat().st_mode) == 0o660
         limits = Path(f"/proc/{running.proc.pid}/limits").read_text()
-        assert any(ln.startswith("Max core file size") and ln.split()[4:6] == ["0", "0"]
-                   for ln in limits.splitlines())  # fmt: skip
+        assert any(
+            ln.startswith("Max core file size") and ln.split()[4:6] == ["0", "0"]
+            for ln in limits.splitlines()
+        )
 
         health = unix_request(sock, "GET", "/health")
         assert health.status == 200
         assert health.json()["services"] == ["api", "broken", "unprovisioned"]
         assert CANARY not in health.body.decode()
 
-        reply = unix_request(sock, "GET", "/http/api/v1/a%2Fb?x=1&y=%2F", headers={
-            "Authorization": "Bearer client-supplied", "Cookie": "session=client",
-            "X-Strip-Me": "gone", "X-Api-Key": "client-key", "X-Kept": "kept",
-            "Proxy-Authorization": "Basic xyz", "Connection": "keep-alive, X-Conn-Listed",
-            "X-Conn-Listed": "hop",
-        })  # fmt: skip
+        reply = unix_request(
+            sock,
+            "GET",
+            "/http/api/v1/a%2Fb?x=1&y=%2F",
+            headers={
+                "Authorization": "Bearer client-supplied",
+                "Cookie": "session=client",
+                "X-Strip-Me": "gone",
+                "X-Api-Key": "client-key",
+                "X-Kept": "kept",
+                "Proxy-Authorization": "Basic xyz",
+                "Connection": "keep-alive, X-Conn-Listed",
+                "X-Conn-Listed": "hop",
+            },
+        )
         assert reply.status == 200
         seen = reply.json()
         assert seen["path"] == "/v1/a%2Fb"
@@ -139,8 +157,11 @@ def test_bad_payload_is_refused_without_echoing_values(
     payload = json.dumps(_payload("http://127.0.0.1:9", credentials=credentials)).encode()
     result = subprocess.run(
         [str(BIN / "bureau-proxy"), "--socket", str(tmp_path / "s")],
-        input=payload, capture_output=True, timeout=30, check=False,
-    )  # fmt: skip
+        input=payload,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 1
     err = result.stderr.decode()
     assert problem in err

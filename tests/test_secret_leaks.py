@@ -16,10 +16,26 @@ from conftest import BIN, Fleet, fresh
 def _traced(trace: Path, program: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "BUREAU_LOG_LEVEL": "debug"}
     return subprocess.run(
-        ["strace", "-f", "-qq", "-v", "-s", "1000000", "-e", "trace=execve", "-o", str(trace),
-         str(BIN / program), *map(str, args)],
-        capture_output=True, text=True, env=env, timeout=120, check=False,
-    )  # fmt: skip
+        [
+            "strace",
+            "-f",
+            "-qq",
+            "-v",
+            "-s",
+            "1000000",
+            "-e",
+            "trace=execve",
+            "-o",
+            str(trace),
+            str(BIN / program),
+            *map(str, args),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
 
 
 def _files_under(root: Path) -> dict[Path, bytes]:
@@ -33,39 +49,62 @@ def test_first_boot_leaks_no_secret(fleet: Fleet, tmp_path: Path) -> None:
     bootstrap = work / "bootstrap.json"
     short = f"machine/{fresh('leak')}"
     provisioned = _traced(
-        tmp_path / "provision.trace", "bureau", "machine", "provision", short,
-        "--credential-file", fleet.credential_file, "--output", bootstrap,
-    )  # fmt: skip
+        tmp_path / "provision.trace",
+        "bureau",
+        "machine",
+        "provision",
+        short,
+        "--credential-file",
+        fleet.credential_file,
+        "--output",
+        bootstrap,
+    )
     assert provisioned.returncode == 0, provisioned.stderr
     one_time = json.loads(bootstrap.read_text())["password"]
 
     state = work / "state"
-    booted = _traced(tmp_path / "boot.trace", "bureau-launcher", "--bootstrap-file", bootstrap,
-                     "--machine-name", short, "--state-dir", state, "--first-boot-only",
-                     "--key-storage", "systemd-creds")  # fmt: skip
+    booted = _traced(
+        tmp_path / "boot.trace",
+        "bureau-launcher",
+        "--bootstrap-file",
+        bootstrap,
+        "--machine-name",
+        short,
+        "--state-dir",
+        state,
+        "--first-boot-only",
+        "--key-storage",
+        "systemd-creds",
+    )
     assert booted.returncode == 0, booted.stderr
     # systemd-creds really ran (so its argv and environment were traced).
     assert "systemd-creds" in (tmp_path / "boot.trace").read_text()
 
     opened = subprocess.run(
         ["systemd-creds", "decrypt", "--name=machine-key", str(state / "machine-key.cred"), "-"],
-        capture_output=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        check=True,
+    )
     private_key = opened.stdout.decode().strip()
     localpart = f"{fleet.name}/{short}"
     permanent = hashlib.sha256(
         f"bureau-machine-permanent:{localpart}:{private_key}".encode()
     ).hexdigest()
-    canaries = {"one-time password": one_time, "permanent password": permanent,
-                "private key": private_key}  # fmt: skip
+    canaries = {
+        "one-time password": one_time,
+        "permanent password": permanent,
+        "private key": private_key,
+    }
 
     outputs = {
-        "provision stderr": provisioned.stderr, "provision stdout": provisioned.stdout,
-        "boot stderr": booted.stderr, "boot stdout": booted.stdout,
+        "provision stderr": provisioned.stderr,
+        "provision stdout": provisioned.stdout,
+        "boot stderr": booted.stderr,
+        "boot stdout": booted.stdout,
         "provision argv/env": (tmp_path / "provision.trace").read_text(),
         "boot argv/env": (tmp_path / "boot.trace").read_text(),
         "hub log": (fleet.hub.hub.dir / "homeserver.log").read_text(errors="replace"),
-    }  # fmt: skip
+    }
     assert '"level": "debug"' in booted.stderr or "debug" in booted.stderr.lower()
     for what, text in outputs.items():
         for canary, value in canaries.items():

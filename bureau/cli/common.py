@@ -35,5 +35,9 @@ def principal_name(creds: OperatorCredentials, value: str) -> str:
 
 
 def add_credential_file(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--credential-file", type=Path, required=True,
-                        help="operator credential file from `bureau matrix setup`")  # fmt: skip
+    parser.add_argument(
+        "--credential-file",
+        type=Path,
+        required=True,
+        help="operator credential file from `bureau matrix setup`",
+    )

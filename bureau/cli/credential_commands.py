@@ -102,11 +102,15 @@ def register(groups: Subparsers) -> None:
     prov = cmds.add_parser("provision", help="encrypt credentials to a machine and publish them")
     prov.add_argument("--machine", required=True, help="machine/NAME or the full name")
     prov.add_argument("--principal", required=True, help="agent/NAME or the full name")
-    prov.add_argument("--services", type=Path, required=True,
-                      help="JSON: service -> {upstream_url, inject_headers, auth_scheme?, "
-                      "strip_headers?}")  # fmt: skip
-    prov.add_argument("--secrets-file", default="-",
-                      help="KEY=VALUE lines: a 0600 file, or - for stdin (default)")  # fmt: skip
+    prov.add_argument(
+        "--services",
+        type=Path,
+        required=True,
+        help="JSON: service -> {upstream_url, inject_headers, auth_scheme?, strip_headers?}",
+    )
+    prov.add_argument(
+        "--secrets-file", default="-", help="KEY=VALUE lines: a 0600 file, or - for stdin (default)"
+    )
     prov.add_argument("--escrow-recipient", help="also encrypt to this age1... public key")
     prov.add_argument("--expires-at", help="RFC 3339 time after which the proxy refuses it")
     prov.set_defaults(handler=credentials_provision)

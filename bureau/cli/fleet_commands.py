@@ -110,10 +110,17 @@ def register(groups: Subparsers) -> None:
     )
     setup_cmd.add_argument("--homeserver", required=True, help="homeserver URL")
     setup_cmd.add_argument("--server-name", required=True, help="Matrix server name")
-    setup_cmd.add_argument("--registration-token-file", required=True,
-                           help="file holding the registration token, or - for stdin")  # fmt: skip
-    setup_cmd.add_argument("--credential-file", type=Path, required=True,
-                           help="operator credential file to write (0600)")  # fmt: skip
+    setup_cmd.add_argument(
+        "--registration-token-file",
+        required=True,
+        help="file holding the registration token, or - for stdin",
+    )
+    setup_cmd.add_argument(
+        "--credential-file",
+        type=Path,
+        required=True,
+        help="operator credential file to write (0600)",
+    )
     setup_cmd.add_argument("--fleet", default=DEFAULT_FLEET, help=f"default {DEFAULT_FLEET}")
     setup_cmd.set_defaults(handler=matrix_setup)
 

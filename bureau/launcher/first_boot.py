@@ -144,9 +144,13 @@ def _publish_and_join(
 
 def _finish(
     *,
-    session: Session, machine: Machine, public_key: str, keys: KeyOptions, log: Any,
+    session: Session,
+    machine: Machine,
+    public_key: str,
+    keys: KeyOptions,
+    log: Any,
     checkpoint: Checkpoint,
-) -> None:  # fmt: skip
+) -> None:
     client = MatrixHTTP(session.homeserver_url, session.access_token)
     _publish_and_join(client, machine, public_key, log, checkpoint)
     save_session(keys.state_dir, session)
@@ -214,9 +218,13 @@ def boot_with_bootstrap(
         login = _login_first_boot(machine, config.password, permanent, log, checkpoint)
         session = _session_from(login, machine)
     _finish(
-        session=session, machine=machine, public_key=public_key, keys=keys, log=log,
+        session=session,
+        machine=machine,
+        public_key=public_key,
+        keys=keys,
+        log=log,
         checkpoint=checkpoint,
-    )  # fmt: skip
+    )
     remove_durably(bootstrap_file)
     log.info("bootstrap file deleted", path=str(bootstrap_file))
     checkpoint(Step.BOOTSTRAP_DELETED)
@@ -251,9 +259,13 @@ def boot_legacy(
         _invite_self(machine, registration_token, log)
         session = _session_from(login, machine)
     _finish(
-        session=session, machine=machine, public_key=public_key, keys=keys, log=log,
+        session=session,
+        machine=machine,
+        public_key=public_key,
+        keys=keys,
+        log=log,
         checkpoint=checkpoint,
-    )  # fmt: skip
+    )
     return session
 
 

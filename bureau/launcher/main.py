@@ -76,9 +76,14 @@ def build_parser() -> Parser:
     legacy.add_argument("--server-name", help="Matrix server name")
     legacy.add_argument("--fleet", help="fleet, e.g. bureau/fleet/prod")
     p.add_argument(
+        "--daemon-user",
+        help="user (name or uid) of bureau-daemon, allowed on the launcher socket besides the "
+        "launcher's own user",
+    )
+    p.add_argument(
         "--log-level", help="debug, info, warning, error (default: $BUREAU_LOG_LEVEL or info)"
     )
-    return p  # fmt: skip
+    return p
 
 
 def _prepare_state_dir(state_dir: Path) -> None:
@@ -88,8 +93,11 @@ def _prepare_state_dir(state_dir: Path) -> None:
 
 
 def _legacy_machine(args: argparse.Namespace) -> first_boot.Machine:
-    given = {"--homeserver": args.homeserver, "--server-name": args.server_name,
-             "--fleet": args.fleet}  # fmt: skip
+    given = {
+        "--homeserver": args.homeserver,
+        "--server-name": args.server_name,
+        "--fleet": args.fleet,
+    }
     missing = [flag for flag, value in given.items() if not value]
     if missing:
         raise UsageError(f"--registration-token-file needs {', '.join(missing)}")
@@ -122,9 +130,10 @@ def _first_boot_done(state_dir: Path, machine_name: str, creds_dir: str | None) 
         raise UsageError(f"--machine-name: {exc}") from None
     if wanted != localpart:
         raise InputError(
-            str(session_path(state_dir)), "user_id",
+            str(session_path(state_dir)),
+            "user_id",
             f"is {session.user_id!r}, which is not --machine-name {wanted!r}",
-        )  # fmt: skip
+        )
     if key_store.load(state_dir, creds_dir) is None:
         raise BureauError(
             f"{state_dir}: session.json exists but no machine key does; the key cannot be "
@@ -154,10 +163,13 @@ def _serve(args: argparse.Namespace, state_dir: Path, creds_dir: str | None, log
     allowed = {os.getuid(), *_daemon_uid(args.daemon_user)}
     asyncio.run(
         server.serve(
-            machine_user=session.user_id, secret_key=secret_key, run_dir=args.run_dir.absolute(),
-            allowed_uids=allowed, log=logger,
+            machine_user=session.user_id,
+            secret_key=secret_key,
+            run_dir=args.run_dir.absolute(),
+            allowed_uids=allowed,
+            log=logger,
         )
-    )  # fmt: skip
+    )
     return 0
 
 

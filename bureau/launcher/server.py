@@ -84,9 +84,14 @@ class LauncherServer:
 
 
 async def serve(
-    *, machine_user: str, secret_key: Secret, run_dir: Path, allowed_uids: set[int], log: Any,
+    *,
+    machine_user: str,
+    secret_key: Secret,
+    run_dir: Path,
+    allowed_uids: set[int],
+    log: Any,
     ready: asyncio.Event | None = None,
-) -> None:  # fmt: skip
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -96,9 +101,12 @@ async def serve(
     try:
         async with asyncio.TaskGroup() as tasks:
             supervisor = Supervisor(
-                machine_user=machine_user, secret_key=secret_key, run_dir=run_dir, log=log,
+                machine_user=machine_user,
+                secret_key=secret_key,
+                run_dir=run_dir,
+                log=log,
                 tasks=tasks,
-            )  # fmt: skip
+            )
             await supervisor.adopt()
             handler = LauncherServer(supervisor, allowed_uids, log).handle
             with contextlib.suppress(FileNotFoundError):

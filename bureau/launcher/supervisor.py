@@ -41,6 +41,7 @@ from bureau.proxy.payload import ProxyPayload
 from bureau.secret import Secret
 
 READY_TIMEOUT = 20.0
+SUN_PATH_MAX = 107
 DRAIN_TIMEOUT = 15.0
 BACKOFF_CAP = 30.0
 STABLE_SECONDS = 60.0
@@ -157,8 +158,10 @@ class Supervisor:
             self._install(new)
         self._log.info(
             "proxy started" if current is None else "proxy replaced (credentials changed)",
-            principal=principal, pid=new.pid, keys=list(event.keys),
-        )  # fmt: skip
+            principal=principal,
+            pid=new.pid,
+            keys=list(event.keys),
+        )
         return {"changed": True, "socket": str(new.socket)}
 
     async def stop(self, principal: str) -> dict[str, Any]:
@@ -232,8 +235,13 @@ class Supervisor:
     async def _launch(
         self, principal: str, event: CredentialsEvent, content: dict[str, Any], digest: str
     ) -> Proxy:
-        payload = self._open(principal, event)
         final = self._socket_path(principal)
+        # The temporary name adds 10 bytes; sun_path holds 107 and a NUL.
+        if len(os.fsencode(final)) + 10 > SUN_PATH_MAX:
+            raise LauncherError(
+                f"socket path {final} is too long for a Unix socket; use a shorter --run-dir"
+            )
+        payload = self._open(principal, event)
         final.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
         temp = final.with_name(f".{final.name}.{secrets.token_hex(4)}")
         env = {k: v for k, v in os.environ.items() if k in _CHILD_ENV}
@@ -241,9 +249,11 @@ class Supervisor:
         # when the loop closes, and proxies must outlive the launcher to be adopted.
         proc = subprocess.Popen(
             [*self._command, "--socket", str(temp)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
             start_new_session=True,  # a signal to the launcher's group must not reach it
-        )  # fmt: skip
+        )
         try:
             await asyncio.to_thread(_deliver, proc, payload)
             del payload
@@ -269,9 +279,13 @@ class Supervisor:
         self._proxies[proxy.principal] = proxy
         self._state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         record = {
-            "principal": proxy.principal, "pid": proxy.pid, "start_time": proxy.start_time,
-            "digest": proxy.digest, "content": proxy.content, "started_at": proxy.started_at,
-        }  # fmt: skip
+            "principal": proxy.principal,
+            "pid": proxy.pid,
+            "start_time": proxy.start_time,
+            "digest": proxy.digest,
+            "content": proxy.content,
+            "started_at": proxy.started_at,
+        }
         atomic_write(self._state_file(proxy.principal), json.dumps(record).encode(), 0o600)
 
     async def _watch(self, proxy: Proxy, child: subprocess.Popen[bytes] | None) -> None:
@@ -346,9 +360,14 @@ class Supervisor:
             alive = start_time is not None and process_start_time(pid) == start_time
             if alive:
                 proxy = Proxy(
-                    principal, pid, start_time, self._socket_path(principal),
-                    str(record["digest"]), content, float(record.get("started_at", time.time())),
-                )  # fmt: skip
+                    principal,
+                    pid,
+                    start_time,
+                    self._socket_path(principal),
+                    str(record["digest"]),
+                    content,
+                    float(record.get("started_at", time.time())),
+                )
                 self._proxies[principal] = proxy
                 self._tasks.create_task(self._watch(proxy, None))
                 self._log.info("adopted running proxy", principal=principal, pid=pid)

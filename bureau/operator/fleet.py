@@ -52,13 +52,19 @@ def private_room(
         "visibility": "private",
         "power_level_content_override": power_levels,
         "initial_state": [
-            {"type": "m.room.history_visibility", "state_key": "",
-             "content": {"history_visibility": "shared"}},
-            {"type": "m.room.guest_access", "state_key": "",
-             "content": {"guest_access": "forbidden"}},
+            {
+                "type": "m.room.history_visibility",
+                "state_key": "",
+                "content": {"history_visibility": "shared"},
+            },
+            {
+                "type": "m.room.guest_access",
+                "state_key": "",
+                "content": {"guest_access": "forbidden"},
+            },
         ],
         **extra,
-    }  # fmt: skip
+    }
 
 
 def ensure_config_room(

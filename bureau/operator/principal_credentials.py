@@ -78,9 +78,10 @@ def build_event(
     missing = sorted(referenced_credentials(request.services) - set(request.secrets))
     if missing:
         raise InputError(
-            request.services_where, None,
+            request.services_where,
+            None,
             f"names credentials that the secrets do not hold: {', '.join(missing)}",
-        )  # fmt: skip
+        )
     recipients = [machine_key]
     encrypted_for = [names.user_id(request.machine, server)]
     if request.escrow_recipient:
@@ -115,9 +116,11 @@ def provision(
             f"about {MAX_CONTENT_BYTES} bytes of content (roughly 46 KiB of secrets)"
         )
     admin.put_state(
-        config_room, rooms.CREDENTIALS, names.state_key(request.principal, creds.server_name),
+        config_room,
+        rooms.CREDENTIALS,
+        names.state_key(request.principal, creds.server_name),
         content,
-    )  # fmt: skip
+    )
     return event
 
 
@@ -134,13 +137,15 @@ def list_credentials(creds: OperatorCredentials, machine: str) -> list[dict[str,
         except InputError as exc:
             listed.append({"state_key": event.get("state_key"), "invalid": str(exc)})
             continue
-        listed.append({
-            "principal": parsed.principal,
-            "keys": list(parsed.keys),
-            "services": {n: r.upstream_url for n, r in sorted(parsed.services.items())},
-            "encrypted_for": list(parsed.encrypted_for),
-            "provisioned_by": parsed.provisioned_by,
-            "provisioned_at": parsed.provisioned_at,
-            "expires_at": parsed.expires_at,
-        })  # fmt: skip
+        listed.append(
+            {
+                "principal": parsed.principal,
+                "keys": list(parsed.keys),
+                "services": {n: r.upstream_url for n, r in sorted(parsed.services.items())},
+                "encrypted_for": list(parsed.encrypted_for),
+                "provisioned_by": parsed.provisioned_by,
+                "provisioned_at": parsed.provisioned_at,
+                "expires_at": parsed.expires_at,
+            }
+        )
     return sorted(listed, key=lambda item: str(item.get("principal", item.get("state_key"))))

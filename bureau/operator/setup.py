@@ -32,14 +32,27 @@ class RoomSpec:
 
 def room_specs(fleet: str) -> list[RoomSpec]:
     return [
-        RoomSpec("space", names.space_alias_localpart(fleet), names.namespace_of(fleet),
-                 rooms.space_power_levels, is_space=True),
+        RoomSpec(
+            "space",
+            names.space_alias_localpart(fleet),
+            names.namespace_of(fleet),
+            rooms.space_power_levels,
+            is_space=True,
+        ),
         RoomSpec("fleet", names.fleet_room_localpart(fleet), fleet, rooms.fleet_power_levels),
-        RoomSpec("machine", names.machine_room_localpart(fleet), f"{fleet}: machines",
-                 rooms.machine_room_power_levels),
-        RoomSpec("service", names.service_room_localpart(fleet), f"{fleet}: services",
-                 rooms.service_room_power_levels),
-    ]  # fmt: skip
+        RoomSpec(
+            "machine",
+            names.machine_room_localpart(fleet),
+            f"{fleet}: machines",
+            rooms.machine_room_power_levels,
+        ),
+        RoomSpec(
+            "service",
+            names.service_room_localpart(fleet),
+            f"{fleet}: services",
+            rooms.service_room_power_levels,
+        ),
+    ]
 
 
 def _existing_token(

@@ -21,9 +21,18 @@ from yarl import URL
 from bureau.proxy.payload import ProxyPayload
 
 HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-     "trailer", "trailers", "transfer-encoding", "upgrade"}
-)  # fmt: skip
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
 CLIENT_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 CHUNK = 64 * 1024
 
@@ -75,9 +84,12 @@ def _error(status: int, message: str) -> web.Response:
 
 class Forwarder:
     def __init__(
-        self, payload: ProxyPayload, session: aiohttp.ClientSession, log: Any,
+        self,
+        payload: ProxyPayload,
+        session: aiohttp.ClientSession,
+        log: Any,
         clock: Callable[[], float] = time.time,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self._payload = payload
         self._session = session
         self._log = log
@@ -93,10 +105,13 @@ class Forwarder:
 
     async def health(self, request: web.Request) -> web.Response:
         del request
-        return web.json_response({
-            "status": "ok", "principal": self._payload.principal,
-            "services": sorted(self._payload.services),
-        })  # fmt: skip
+        return web.json_response(
+            {
+                "status": "ok",
+                "principal": self._payload.principal,
+                "services": sorted(self._payload.services),
+            }
+        )
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         service = request.match_info["service"]
@@ -113,13 +128,17 @@ class Forwarder:
         started = time.monotonic()
         try:
             async with self._session.request(
-                request.method, url, headers=headers, allow_redirects=False,
+                request.method,
+                url,
+                headers=headers,
+                allow_redirects=False,
                 data=request.content if request.body_exists else None,
-            ) as upstream:  # fmt: skip
+            ) as upstream:
                 response = web.StreamResponse(
-                    status=upstream.status, reason=upstream.reason,
+                    status=upstream.status,
+                    reason=upstream.reason,
                     headers=response_headers(upstream.headers),
-                )  # fmt: skip
+                )
                 await response.prepare(request)
                 async for chunk in upstream.content.iter_chunked(CHUNK):
                     await response.write(chunk)
@@ -130,7 +149,10 @@ class Forwarder:
                 raise  # headers already sent: the client sees a cut connection
             return _error(502, f"upstream of {service!r} unreachable")
         self._log.debug(
-            "forwarded", service=service, method=request.method, status=upstream.status,
+            "forwarded",
+            service=service,
+            method=request.method,
+            status=upstream.status,
             ms=round((time.monotonic() - started) * 1000, 1),
-        )  # fmt: skip
+        )
         return response

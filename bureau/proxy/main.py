@@ -19,7 +19,7 @@ from aiohttp import web
 
 from bureau import log
 from bureau.edge import Parser, run
-from bureau.errors import InputError, UsageError
+from bureau.errors import BureauError, InputError, UsageError
 from bureau.hardening import no_dumps
 from bureau.proxy.forwarding import Forwarder
 from bureau.proxy.payload import ProxyPayload
@@ -30,8 +30,11 @@ DRAIN_SECONDS = 10.0
 
 
 def build_parser() -> Parser:
-    p = Parser(prog=PROG, description="One principal's credential-injecting HTTP proxy. "
-               "Reads its payload from stdin; started by bureau-launcher.")  # fmt: skip
+    p = Parser(
+        prog=PROG,
+        description="One principal's credential-injecting HTTP proxy. "
+        "Reads its payload from stdin; started by bureau-launcher.",
+    )
     p.add_argument("--socket", type=Path, required=True, help="Unix socket path to listen on")
     p.add_argument("--log-level", help="debug, info, warning, error ($BUREAU_LOG_LEVEL, info)")
     return p
@@ -51,10 +54,12 @@ async def serve(payload: ProxyPayload, socket_path: Path, logger: Any) -> None:
         loop.add_signal_handler(signum, stop.set)
     connector = aiohttp.TCPConnector(limit=256, ttl_dns_cache=60)
     session = aiohttp.ClientSession(
-        connector=connector, trust_env=False, auto_decompress=False,
+        connector=connector,
+        trust_env=False,
+        auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),  # upstream cookies must not reach other requests
         timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=300),
-    )  # fmt: skip
+    )
     runner = web.AppRunner(
         Forwarder(payload, session, logger).app(), access_log=None, shutdown_timeout=DRAIN_SECONDS
     )
@@ -66,6 +71,8 @@ async def serve(payload: ProxyPayload, socket_path: Path, logger: Any) -> None:
         old_umask = os.umask(0o117)
         try:
             await site.start()
+        except OSError as exc:
+            raise BureauError(f"--socket {socket_path}: {exc.strerror or exc}") from None
         finally:
             os.umask(old_umask)
         sys.stdout.write(f"READY {os.getpid()}\n")

@@ -1,0 +1,103 @@
+"""``m.bureau.machine_status`` content (WIRE.md): machine CPU and memory, uptime, and one
+entry per principal, from /proc. Integers only, as Matrix canonical JSON requires."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROC = Path("/proc")
+_CLOCK_TICKS = 100  # USER_HZ; fixed at 100 on Linux for /proc/<pid>/stat
+
+
+def _machine_ticks(proc: Path) -> tuple[int, int]:
+    """(busy, total) jiffies since boot."""
+    fields = [int(x) for x in (proc / "stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+def _process_ticks(proc: Path, pid: int) -> int | None:
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _rss_mb(proc: Path, pid: int) -> int:
+    try:
+        for line in (proc / str(pid) / "status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 0
+
+
+def memory_used_mb(proc: Path = PROC) -> int:
+    info = {}
+    for line in (proc / "meminfo").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        info[key] = int(rest.split()[0])
+    return (info["MemTotal"] - info.get("MemAvailable", info.get("MemFree", 0))) // 1024
+
+
+def uptime_seconds(proc: Path = PROC) -> int:
+    return int(float((proc / "uptime").read_text().split()[0]))
+
+
+def _percent(delta: int, total: int) -> int:
+    return round(100 * delta / total) if total > 0 else 0
+
+
+@dataclass
+class CpuSampler:
+    """CPU use between two samples: machine-wide, and per process."""
+
+    proc: Path = PROC
+    _machine: tuple[int, int] | None = None
+    _processes: dict[int, int] = field(default_factory=dict)
+
+    def machine_percent(self) -> int:
+        busy, total = _machine_ticks(self.proc)
+        previous, self._machine = self._machine, (busy, total)
+        if previous is None:
+            return _percent(busy, total)
+        return _percent(busy - previous[0], total - previous[1])
+
+    def process_percent(self, pid: int, elapsed_ticks: int) -> int:
+        ticks = _process_ticks(self.proc, pid)
+        if ticks is None:
+            return 0
+        previous = self._processes.get(pid)
+        self._processes[pid] = ticks
+        return 0 if previous is None else _percent(ticks - previous, elapsed_ticks)
+
+
+def status_content(
+    machine_user: str,
+    principals: list[dict[str, Any]],
+    sampler: CpuSampler,
+    elapsed_seconds: float,
+) -> dict[str, Any]:
+    """``principals`` as the launcher lists them (principal, pid, status)."""
+    running = [p for p in principals if p.get("status") == "running"]
+    ticks = max(1, round(elapsed_seconds * _CLOCK_TICKS))
+    return {
+        "principal": machine_user,
+        "cpu_percent": sampler.machine_percent(),
+        "memory_used_mb": memory_used_mb(sampler.proc),
+        "sandboxes": {"running": len(running), "idle": 0},
+        "uptime_seconds": uptime_seconds(sampler.proc),
+        "principals": {
+            str(p["principal"]): {
+                "cpu_percent": sampler.process_percent(int(p["pid"]), ticks),
+                "memory_mb": _rss_mb(sampler.proc, int(p["pid"])),
+                "status": "running" if p.get("status") == "running" else "starting",
+            }
+            for p in principals
+        },
+    }

@@ -1,0 +1,292 @@
+"""bureau-daemon's lifecycle: connect, then three owned tasks until SIGTERM.
+
+    sync       long-polls the machine's rooms, keeps the config and credentials state
+    reconcile  makes the launcher's principals match it (on every change, and every
+               RECONCILE_SECONDS in case the launcher restarted)
+    heartbeat  publishes m.bureau.machine_status at start, on change, and periodically
+
+Matrix failures back off (Retry-After, retry_after_ms, else 1 s doubling to 30 s) and the
+sync resumes from its last token; proxies keep serving meanwhile because they never depend
+on the daemon. SIGTERM stops the daemon and leaves principals running for the next one.
+Losing the machine's standing (token revoked, removed from the config room) is fatal: the
+daemon stops every principal and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from bureau import names, rooms
+from bureau.credentials_event import content_digest
+from bureau.daemon.heartbeat import CpuSampler, status_content
+from bureau.daemon.launcher_client import LauncherClient, LauncherRefused, LauncherUnavailable
+from bureau.daemon.matrix import MachineMatrix
+from bureau.daemon.reconcile import Ensure, Stop, plan
+from bureau.errors import InputError, MatrixError
+from bureau.machine_config import MachineConfig
+from bureau.matrix_http import backoff_seconds
+from bureau.operator.fleet import fleet_room_aliases
+
+STATE_TYPES = [rooms.MACHINE_CONFIG, rooms.CREDENTIALS]
+RECONCILE_SECONDS = 30.0
+HEARTBEAT_SECONDS = 300.0
+
+
+class _Stopped(Exception):
+    pass
+
+
+class Daemon:
+    def __init__(
+        self,
+        *,
+        matrix: MachineMatrix,
+        launcher: LauncherClient,
+        machine_user: str,
+        log: Any,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
+        reconcile_seconds: float = RECONCILE_SECONDS,
+        on_ready: Callable[[], None] | None = None,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._matrix = matrix
+        self._launcher = launcher
+        self._machine_user = machine_user
+        localpart, self._server = names.parse_user_id(machine_user)
+        self._localpart = localpart
+        self._fleet = names.fleet_of_entity(localpart)
+        self._log = log
+        self._heartbeat_seconds = heartbeat_seconds
+        self._reconcile_seconds = reconcile_seconds
+        self._on_ready = on_ready
+        self._rng = rng
+        self._stop = asyncio.Event()
+        self._synced = asyncio.Event()
+        self._reconciled = asyncio.Event()
+        self._reconcile_now = asyncio.Event()
+        self._status_now = asyncio.Event()
+        self.fatal: str | None = None
+        self._since: str | None = None
+        self._config_room = ""
+        self._machine_room = ""
+        self._config = MachineConfig()
+        self._credentials: dict[str, dict[str, Any]] = {}
+        self._refused: dict[str, str] = {}  # principal -> digest the launcher refused
+        self._sampler = CpuSampler()
+        self._last_status = time.monotonic()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop.set)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._main())
+                await self._stop.wait()
+                raise _Stopped
+        except* _Stopped:
+            pass
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+            await self._matrix.close()
+        if self.fatal is not None:
+            await self._stop_every_principal()
+            return 1
+        self._log.info("stopped; principals keep running for the next daemon")
+        return 0
+
+    async def _main(self) -> None:
+        if not await self._connect():
+            return
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._sync_loop())
+            tasks.create_task(self._reconcile_loop())
+            tasks.create_task(self._heartbeat_loop())
+
+    def _die(self, reason: str) -> None:
+        self._log.error("machine lost its standing; stopping every principal", reason=reason)
+        self.fatal = reason
+        self._stop.set()
+
+    async def _retrying(self, what: str, call: Callable[[], Any]) -> Any:
+        """Run ``call`` until it succeeds; back off on failures the network may cure."""
+        attempt = 0
+        while True:
+            try:
+                return await call()
+            except MatrixError as exc:
+                if exc.errcode == "M_UNKNOWN_TOKEN" or exc.status == 403:
+                    raise
+                delay = exc.retry_after or backoff_seconds(attempt, self._rng)
+                attempt += 1
+                self._log.warning(f"{what} failed; retrying", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+
+    async def _connect(self) -> bool:
+        try:
+            user = await self._retrying("token check", self._matrix.whoami)
+            if user != self._machine_user:
+                self._die(f"the session is for {user}, not {self._machine_user}")
+                return False
+            config_alias = names.room_alias(self._localpart, self._server)
+            aliases = fleet_room_aliases(self._fleet, self._server)
+            for alias in (config_alias, *aliases.values()):
+                room_id = await self._retrying(f"joining {alias}", partial(self._join_alias, alias))
+                if alias == config_alias:
+                    self._config_room = room_id
+                elif alias == aliases["machine"]:
+                    self._machine_room = room_id
+        except MatrixError as exc:
+            self._die(str(exc))
+            return False
+        self._log.info("connected", config_room=self._config_room)
+        return True
+
+    async def _join_alias(self, alias: str) -> str:
+        return await self._matrix.join(await self._matrix.resolve_alias(alias))
+
+    # -- sync ----------------------------------------------------------------------------
+
+    async def _sync_loop(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                batch = await self._matrix.sync(self._since, STATE_TYPES)
+            except MatrixError as exc:
+                if exc.errcode == "M_UNKNOWN_TOKEN":
+                    self._die("the access token was revoked")
+                    return
+                delay = exc.retry_after or backoff_seconds(attempt, self._rng)
+                attempt += 1
+                self._log.warning("sync failed; retrying", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                continue
+            if attempt:
+                self._log.info("sync resumed")
+            attempt = 0
+            self._since = batch.next_batch
+            if self._config_room in batch.left:
+                self._die("removed from its config room")
+                return
+            changed = self._apply(batch.state)
+            if changed or not self._synced.is_set():
+                self._synced.set()
+                self._reconcile_now.set()
+
+    def _apply(self, events: list[tuple[str, dict[str, Any]]]) -> bool:
+        changed = False
+        machine_key = names.state_key(self._localpart, self._server)
+        for room_id, event in events:
+            if room_id != self._config_room:
+                continue
+            kind, key, content = event.get("type"), event.get("state_key"), event.get("content")
+            if kind == rooms.MACHINE_CONFIG and key == machine_key:
+                try:
+                    self._config = MachineConfig.from_json(content)
+                except InputError as exc:
+                    # Keep running what ran: a typo must not stop a fleet.
+                    self._log.error("ignoring invalid machine config", problem=str(exc))
+                    continue
+                changed = True
+            elif kind == rooms.CREDENTIALS and isinstance(key, str):
+                principal = "@" + key
+                if content:
+                    self._credentials[principal] = dict(content)
+                else:
+                    self._credentials.pop(principal, None)
+                changed = True
+        return changed
+
+    # -- reconcile -----------------------------------------------------------------------
+
+    async def _reconcile_loop(self) -> None:
+        await self._synced.wait()
+        while True:
+            self._reconcile_now.clear()
+            try:
+                await self._reconcile()
+            except LauncherUnavailable as exc:
+                self._log.warning("launcher unavailable; will retry", error=str(exc))
+            else:
+                if not self._reconciled.is_set():
+                    self._reconciled.set()
+                    self._log.info("ready: first sync done and principals reconciled")
+                    if self._on_ready is not None:
+                        self._on_ready()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reconcile_now.wait(), self._reconcile_seconds)
+
+    async def _reconcile(self) -> None:
+        listed = await self._launcher.list()
+        running = {str(p["principal"]): str(p["digest"]) for p in listed}
+        for action in plan(self._config, self._credentials, running):
+            if isinstance(action, Ensure):
+                digest = content_digest(action.content)
+                if self._refused.get(action.principal) == digest:
+                    continue  # refused already; a new event will try again
+                try:
+                    await self._launcher.ensure(action.principal, action.content)
+                except LauncherRefused as exc:
+                    self._refused[action.principal] = digest
+                    self._log.warning(
+                        "launcher refused credentials", principal=action.principal, error=str(exc)
+                    )
+                    continue
+                self._refused.pop(action.principal, None)
+                self._log.info("principal running", principal=action.principal)
+            elif isinstance(action, Stop):
+                await self._launcher.stop(action.principal)
+                self._log.info("principal stopped", principal=action.principal)
+            self._status_now.set()
+
+    async def _stop_every_principal(self) -> None:
+        try:
+            for item in await self._launcher.list():
+                await self._launcher.stop(str(item["principal"]))
+                self._log.info("principal stopped", principal=item["principal"])
+        except (LauncherUnavailable, LauncherRefused) as exc:
+            self._log.error("could not stop every principal", error=str(exc))
+
+    # -- heartbeat -----------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        await self._reconciled.wait()
+        attempt = 0
+        while True:
+            self._status_now.clear()
+            try:
+                await self._publish_status()
+            except (MatrixError, LauncherUnavailable) as exc:
+                delay = backoff_seconds(attempt, self._rng)
+                attempt += 1
+                self._log.warning("heartbeat failed; retrying", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._status_now.wait(), self._heartbeat_seconds)
+
+    async def _publish_status(self) -> None:
+        now = time.monotonic()
+        principals = await self._launcher.list()
+        content = status_content(
+            self._machine_user, principals, self._sampler, now - self._last_status
+        )
+        self._last_status = now
+        await self._matrix.put_state(
+            self._machine_room,
+            rooms.MACHINE_STATUS,
+            names.state_key(self._localpart, self._server),
+            content,
+        )
+        self._log.debug("heartbeat published", running=content["sandboxes"]["running"])

@@ -1,0 +1,136 @@
+"""bureau-launcher and bureau-daemon as real long-running processes, their stderr
+collected line by line so tests can wait for a log event and scan the whole log."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from processes import BIN
+
+
+@dataclass
+class Service:
+    proc: subprocess.Popen[str]
+    lines: list[str] = field(default_factory=list)
+    _changed: threading.Condition = field(default_factory=threading.Condition)
+    _pumping: bool = True
+
+    run_dir: Path | None = None  # a launcher's
+
+    @property
+    def socket(self) -> Path:
+        assert self.run_dir is not None
+        return self.run_dir / "launcher.sock"
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, marker: str, timeout: float = 60, start: int = 0) -> int:
+        """Wait until a log line from index ``start`` on contains ``marker``; its index."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for index in range(start, len(self.lines)):
+                    if marker in self.lines[index]:
+                        return index
+                if self.proc.poll() is not None and not self._pumping:
+                    raise AssertionError(f"exited before {marker!r}:\n{self.log()}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no {marker!r} within {timeout} s:\n{self.log()}")
+                self._changed.wait(min(remaining, 0.5))
+
+    def pump(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._pumping = False
+            self._changed.notify_all()
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def service(
+    argv: list[str],
+    ready: str,
+    *,
+    prefix: list[str] | None = None,
+    after_stop: Callable[[], None] = lambda: None,
+) -> Iterator[Service]:
+    with subprocess.Popen(
+        [*(prefix or []), *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        running = Service(proc)
+        thread = threading.Thread(target=running.pump, daemon=True)
+        thread.start()
+        try:
+            running.wait_for(ready)
+            yield running
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=30)
+            # Children (proxies) share the stderr pipe: it ends only when they do.
+            after_stop()
+            thread.join(timeout=10)
+
+
+RunningLauncher = Service
+
+
+@contextlib.contextmanager
+def launcher(
+    machine_name: str, state_dir: Path, run_dir: Path, *extra: str
+) -> Iterator[RunningLauncher]:
+    argv = [str(BIN / "bureau-launcher"), "--machine-name", machine_name, "--state-dir",
+            str(state_dir), "--run-dir", str(run_dir), "--log-level", "debug", *extra]  # fmt: skip
+    with service(argv, "launcher serving", after_stop=lambda: kill_proxies_under(run_dir)) as s:
+        s.run_dir = run_dir
+        yield s
+
+
+@contextlib.contextmanager
+def daemon(
+    machine_name: str, state_dir: Path, run_dir: Path, *extra: str, prefix: list[str] | None = None
+) -> Iterator[Service]:
+    argv = [str(BIN / "bureau-daemon"), "--machine-name", machine_name, "--state-dir",
+            str(state_dir), "--run-dir", str(run_dir), "--log-level", "debug",
+            "--heartbeat-interval", "2", *extra]  # fmt: skip
+    with service(argv, "ready: first sync done", prefix=prefix) as running:
+        yield running
+
+
+def proxies_under(run_dir: Path) -> list[int]:
+    """Pids of bureau-proxy processes whose socket lies under run_dir."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"bureau.proxy" in argv and any(a.startswith(str(run_dir).encode()) for a in argv):
+            found.append(int(entry.name))
+    return found
+
+
+def kill_proxies_under(run_dir: Path) -> None:
+    for pid in proxies_under(run_dir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,465 @@
+"""bureau-launcher serving its socket, against real proxies, a real upstream, a real
+Synapse for the credentials events, and the real age CLI."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Fleet, one_line_error, run
+from launcher_proc import launcher, proxies_under
+from machine_helpers import Enrolled, enroll, provision, provision_credentials, services_file
+from processes import echo_upstream, launcher_call, unix_request
+
+from bureau import names, rooms
+from bureau.operator import credentials
+
+PRINCIPAL = "agent/alpha"
+
+
+def _event(fleet: Fleet, machine: Enrolled, principal: str = PRINCIPAL) -> dict[str, Any]:
+    admin = credentials.admin_client(fleet.creds)
+    server = fleet.hub.server_name
+    room = admin.resolve_alias(names.room_alias(machine.machine.localpart, server))
+    assert room is not None
+    content = admin.get_state(room, rooms.CREDENTIALS, f"{fleet.name}/{principal}:{server}")
+    assert content is not None
+    return content
+
+
+def _principal_id(fleet: Fleet, principal: str = PRINCIPAL) -> str:
+    return f"@{fleet.name}/{principal}:{fleet.hub.server_name}"
+
+
+def _wait(predicate: Any, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def _seen_token(socket: Path) -> str:
+    return str(unix_request(socket, "GET", "/http/api/x").json()["headers"]["authorization"])
+
+
+def test_ensure_serves_rotates_restarts_and_stops(
+    fleet: Fleet, tmp_path: Path, run_dir: Path
+) -> None:
+    machine = enroll(fleet, tmp_path)
+    with echo_upstream() as upstream:
+        services = services_file(tmp_path, upstream)
+        assert (
+            provision_credentials(
+                fleet, machine, PRINCIPAL, services, "TOKEN=first-canary-1\n"
+            ).returncode
+            == 0
+        )
+        first = _event(fleet, machine)
+        with launcher(machine.machine.short_name, machine.state_dir, run_dir) as running:
+            assert (running.socket.stat().st_mode & 0o777) == 0o660
+            principal = _principal_id(fleet)
+            reply = launcher_call(
+                running.socket, {"action": "ensure", "principal": principal, "credentials": first}
+            )
+            assert reply["ok"], (reply, running.log())
+            socket = Path(reply["socket"])
+            assert socket == run_dir / "fleet" / "prod" / "agent" / "alpha.proxy.sock"
+            assert _seen_token(socket) == "Bearer first-canary-1"
+            again = launcher_call(
+                running.socket, {"action": "ensure", "principal": principal, "credentials": first}
+            )
+            assert again == {"ok": True, "changed": False, "socket": str(socket)}
+            (listed,) = launcher_call(running.socket, {"action": "list"})["principals"]
+            assert listed["principal"] == principal
+            assert listed["keys"] == ["TOKEN"]
+            assert listed["services"] == ["api"]
+
+            # Rotation under continuous load: no request fails, and after the swap every
+            # request carries the new value.
+            assert (
+                provision_credentials(
+                    fleet, machine, PRINCIPAL, services, "TOKEN=second-canary-2\n"
+                ).returncode
+                == 0
+            )
+            second = _event(fleet, machine)
+            failures: list[str] = []
+            seen: list[str] = []
+            stop = threading.Event()
+
+            def load() -> None:
+                while not stop.is_set():
+                    try:
+                        seen.append(_seen_token(socket))
+                    except Exception as exc:
+                        failures.append(repr(exc))
+
+            threads = [threading.Thread(target=load) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            time.sleep(0.3)
+            swapped = launcher_call(
+                running.socket, {"action": "ensure", "principal": principal, "credentials": second}
+            )
+            mark = len(seen)
+            time.sleep(0.5)
+            stop.set()
+            for thread in threads:
+                thread.join()
+            assert swapped["ok"] and swapped["changed"], swapped
+            assert failures == []
+            assert "Bearer first-canary-1" in seen[:mark]
+            assert set(seen[mark + 8 :]) == {"Bearer second-canary-2"}
+            old_proxies = proxies_under(run_dir)
+            assert len(old_proxies) == 1
+
+            # A proxy killed with SIGKILL comes back, with the same credentials.
+            (pid,) = old_proxies
+            os.kill(pid, signal.SIGKILL)
+            _wait(lambda: proxies_under(run_dir) not in ([], [pid]))
+            _wait(lambda: socket.exists() and _try(lambda: _seen_token(socket)))
+            assert _seen_token(socket) == "Bearer second-canary-2"
+            (listed,) = launcher_call(running.socket, {"action": "list"})["principals"]
+            assert listed["restarts"] == 1
+
+            stopped = launcher_call(running.socket, {"action": "stop", "principal": principal})
+            assert stopped == {"ok": True, "stopped": True}
+            assert not socket.exists()
+            _wait(lambda: proxies_under(run_dir) == [])
+            log = running.log()
+        for canary in ("first-canary-1", "second-canary-2"):
+            assert canary not in log
+
+
+def _try(call: Any) -> bool:
+    try:
+        call()
+    except Exception:
+        return False
+    return True
+
+
+def test_refusals_keep_the_running_proxy(fleet: Fleet, tmp_path: Path, run_dir: Path) -> None:
+    machine = enroll(fleet, tmp_path)
+    other = enroll(fleet, tmp_path / "other")
+    with echo_upstream() as upstream:
+        services = services_file(tmp_path, upstream)
+        assert (
+            provision_credentials(
+                fleet, machine, PRINCIPAL, services, "TOKEN=kept-canary\n"
+            ).returncode
+            == 0
+        )
+        good = _event(fleet, machine)
+        assert (
+            provision_credentials(
+                fleet, other, PRINCIPAL, services, "TOKEN=other-canary\n"
+            ).returncode
+            == 0
+        )
+        for_other = _event(fleet, other)
+        principal = _principal_id(fleet)
+        with launcher(machine.machine.short_name, machine.state_dir, run_dir) as running:
+
+            def ensure(content: dict[str, Any], who: str = principal) -> dict[str, Any]:
+                reply: dict[str, Any] = launcher_call(
+                    running.socket, {"action": "ensure", "principal": who, "credentials": content}
+                )
+                return reply
+
+            socket = Path(ensure(good)["socket"])
+            assert _seen_token(socket) == "Bearer kept-canary"
+
+            # Ciphertext for another machine, even when it claims to be for this one.
+            claimed = {**for_other, "encrypted_for": good["encrypted_for"]}
+            refusals = {
+                "not encrypted for this machine": for_other,
+                "not encrypted to this machine's key": claimed,
+                "does not match this event's principal and services": {
+                    **good,
+                    "services": {
+                        "api": {
+                            "upstream_url": "http://evil.invalid",
+                            "auth_scheme": "Bearer",
+                            "inject_headers": {"Authorization": "TOKEN"},
+                        }
+                    },
+                },
+                "damaged": {
+                    **good,
+                    "ciphertext": base64.b64encode(
+                        base64.b64decode(good["ciphertext"])[:-20]
+                    ).decode(),
+                },
+            }
+            for message, content in refusals.items():
+                reply = ensure(content)
+                assert not reply["ok"]
+                assert message in reply["error"]
+                assert _seen_token(socket) == "Bearer kept-canary"
+            assert (
+                "not in this machine's fleet"
+                in ensure(good, "@other/fleet/x/agent/a:bureau.local")["error"]
+            )
+            assert "is a machine" in ensure(good, f"@{fleet.name}/machine/x:bureau.local")["error"]
+            bad = launcher_call(running.socket, {"action": "explode"})
+            assert bad == {"ok": False, "error": "action must be one of status, list, ensure, stop"}
+
+            # Only the launcher's uid and the daemon's may talk to it.
+            nobody = subprocess.run(
+                [
+                    "setpriv",
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--clear-groups",
+                    "python3",
+                    "-c",
+                    "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]);"
+                    's.sendall(b\'{"action":"list"}\\n\'); print(s.recv(999).decode())',
+                    str(running.socket),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            # 0660 root-owned: nobody cannot even connect; were it allowed to, it would be
+            # refused by uid.
+            assert nobody.returncode != 0 or "permission denied" in nobody.stdout
+            log = running.log()
+        assert "kept-canary" not in log
+        assert "other-canary" not in log
+
+
+def test_restarted_launcher_adopts_running_proxies(
+    fleet: Fleet, tmp_path: Path, run_dir: Path
+) -> None:
+    machine = enroll(fleet, tmp_path)
+    with echo_upstream() as upstream:
+        services = services_file(tmp_path, upstream)
+        assert (
+            provision_credentials(
+                fleet, machine, PRINCIPAL, services, "TOKEN=adopt-canary\n"
+            ).returncode
+            == 0
+        )
+        content = _event(fleet, machine)
+        principal = _principal_id(fleet)
+        with launcher(machine.machine.short_name, machine.state_dir, run_dir) as first:
+            socket = Path(
+                launcher_call(
+                    first.socket,
+                    {"action": "ensure", "principal": principal, "credentials": content},
+                )["socket"]
+            )
+            (pid,) = proxies_under(run_dir)
+            first.proc.send_signal(signal.SIGKILL)
+            first.proc.wait(timeout=10)
+            # The launcher is gone; the proxy goes on serving.
+            assert _seen_token(socket) == "Bearer adopt-canary"
+            with launcher(machine.machine.short_name, machine.state_dir, run_dir) as second:
+                (listed,) = launcher_call(second.socket, {"action": "list"})["principals"]
+                assert listed["pid"] == pid
+                reply = launcher_call(
+                    second.socket,
+                    {"action": "ensure", "principal": principal, "credentials": content},
+                )
+                assert reply["changed"] is False
+                # An adopted proxy that dies is restarted too.
+                os.kill(pid, signal.SIGKILL)
+                _wait(lambda: proxies_under(run_dir) not in ([], [pid]))
+                _wait(lambda: _try(lambda: _seen_token(socket)))
+                assert _seen_token(socket) == "Bearer adopt-canary"
+
+
+def test_age_cli_interoperability(fleet: Fleet, tmp_path: Path, run_dir: Path) -> None:
+    machine = enroll(fleet, tmp_path)
+    with echo_upstream() as upstream:
+        services = services_file(tmp_path, upstream)
+        assert (
+            provision_credentials(
+                fleet, machine, PRINCIPAL, services, "TOKEN=by-bureau\n"
+            ).returncode
+            == 0
+        )
+        published = _event(fleet, machine)
+        # age -d with the plain key opens what `bureau credentials provision` published.
+        opened = subprocess.run(
+            ["age", "-d", "-i", str(machine.plain_key)],
+            input=base64.b64decode(published["ciphertext"]),
+            capture_output=True,
+            check=True,
+        )
+        plaintext = json.loads(opened.stdout)
+        assert plaintext["TOKEN"] == "by-bureau"
+        assert plaintext["bureau.binding"] == published["signature"]
+
+        # A bundle made by hand with `age -r` and published as-is is served.
+        principal = _principal_id(fleet, "agent/handmade")
+        routes = json.loads(services.read_text())
+        canonical = json.dumps(
+            {"principal": principal, "services": routes}, sort_keys=True, separators=(",", ":")
+        )
+        binding = "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+        body = json.dumps({"TOKEN": "by-hand", "bureau.binding": binding}).encode()
+        sealed = subprocess.run(
+            ["age", "-r", machine.public_key], input=body, capture_output=True, check=True
+        ).stdout
+        content = {
+            "version": 1,
+            "principal": principal,
+            "encrypted_for": [machine.machine.user_id],
+            "keys": ["TOKEN"],
+            "ciphertext": base64.b64encode(sealed).decode(),
+            "provisioned_by": fleet.creds.admin_user,
+            "provisioned_at": "2026-01-01T00:00:00Z",
+            "signature": binding,
+            "services": routes,
+        }
+        admin = credentials.admin_client(fleet.creds)
+        room = admin.resolve_alias(
+            names.room_alias(machine.machine.localpart, fleet.hub.server_name)
+        )
+        assert room is not None
+        admin.put_state(room, rooms.CREDENTIALS, principal[1:], content)
+        fetched = admin.get_state(room, rooms.CREDENTIALS, principal[1:])
+        with launcher(machine.machine.short_name, machine.state_dir, run_dir) as running:
+            reply = launcher_call(
+                running.socket, {"action": "ensure", "principal": principal, "credentials": fetched}
+            )
+            assert reply["ok"], (reply, running.log())
+            assert _seen_token(Path(reply["socket"])) == "Bearer by-hand"
+
+
+def test_credentials_provision_and_list(fleet: Fleet, tmp_path: Path) -> None:
+    machine = enroll(fleet, tmp_path)
+    services = services_file(tmp_path, "http://127.0.0.1:9")
+    secrets = tmp_path / "secrets.env"
+    secrets.write_text("TOKEN=list-canary\nEXTRA=x\n")
+    secrets.chmod(0o600)
+    result = run(
+        "bureau",
+        "credentials",
+        "provision",
+        "--credential-file",
+        fleet.credential_file,
+        "--machine",
+        machine.machine.short_name,
+        "--principal",
+        PRINCIPAL,
+        "--services",
+        services,
+        "--secrets-file",
+        secrets,
+        "--expires-at",
+        "2099-01-01T00:00:00Z",
+        "--escrow-recipient",
+        machine.public_key,
+    )
+    assert result.returncode == 0, result.stderr
+    content = _event(fleet, machine)
+    assert content["keys"] == ["EXTRA", "TOKEN"]
+    assert content["encrypted_for"] == [machine.machine.user_id, "escrow:operator"]
+    assert content["provisioned_by"] == fleet.creds.admin_user
+    assert content["expires_at"] == "2099-01-01T00:00:00Z"
+    assert content["version"] == 1
+    listed = run(
+        "bureau",
+        "credentials",
+        "list",
+        "--credential-file",
+        fleet.credential_file,
+        "--machine",
+        machine.machine.short_name,
+        "--json",
+    )
+    (item,) = json.loads(listed.stdout)
+    assert item["principal"] == _principal_id(fleet)
+    assert item["keys"] == ["EXTRA", "TOKEN"]
+    assert item["services"] == {"api": "http://127.0.0.1:9"}
+    table = run(
+        "bureau",
+        "credentials",
+        "list",
+        "--credential-file",
+        fleet.credential_file,
+        "--machine",
+        machine.machine.short_name,
+    )
+    for output in (listed.stdout, table.stdout, result.stdout, result.stderr):
+        assert "list-canary" not in output
+
+    missing = provision_credentials(fleet, machine, PRINCIPAL, services, "OTHER=1\n")
+    assert missing.returncode == 1
+    assert "names credentials that the secrets do not hold: TOKEN" in one_line_error(missing)
+    loose = tmp_path / "loose.env"
+    loose.write_text("TOKEN=x\n")
+    loose.chmod(0o644)
+    refused = run(
+        "bureau",
+        "credentials",
+        "provision",
+        "--credential-file",
+        fleet.credential_file,
+        "--machine",
+        machine.machine.short_name,
+        "--principal",
+        PRINCIPAL,
+        "--services",
+        services,
+        "--secrets-file",
+        loose,
+    )
+    assert refused.returncode == 1
+    assert "lets other users read it" in one_line_error(refused)
+    big = provision_credentials(fleet, machine, PRINCIPAL, services, "TOKEN=" + "x" * 49152 + "\n")
+    assert big.returncode == 1
+    assert "a Matrix state event holds at most" in one_line_error(big)
+    fits = provision_credentials(fleet, machine, PRINCIPAL, services, "TOKEN=" + "y" * 46000 + "\n")
+    assert fits.returncode == 0, fits.stderr
+
+
+@pytest.mark.parametrize("how", ["unprovisioned", "foreign-key"])
+def test_provision_refuses_machines_without_their_own_key(
+    fleet: Fleet, tmp_path: Path, how: str
+) -> None:
+    services = services_file(tmp_path, "http://127.0.0.1:9")
+    if how == "unprovisioned":
+        pending = provision(fleet, tmp_path)
+        name, expected = pending.short_name, "has published no key"
+    else:
+        machine = enroll(fleet, tmp_path)
+        name, expected = machine.machine.short_name, "not by the machine itself"
+        admin = credentials.admin_client(fleet.creds)
+        room = admin.resolve_alias(names.room_alias(f"{fleet.name}/machine", fleet.hub.server_name))
+        assert room is not None
+        admin.put_state(
+            room,
+            rooms.MACHINE_KEY,
+            machine.machine.user_id[1:],
+            {"algorithm": "age-x25519", "public_key": machine.public_key},
+        )
+    result = run(
+        "bureau",
+        "credentials",
+        "provision",
+        "--credential-file",
+        fleet.credential_file,
+        "--machine",
+        name,
+        "--principal",
+        PRINCIPAL,
+        "--services",
+        services,
+        stdin="TOKEN=x\n",
+    )
+    assert result.returncode == 1
+    assert expected in one_line_error(result)
