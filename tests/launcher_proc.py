@@ -24,6 +24,7 @@ class Service:
     _pumping: bool = True
 
     run_dir: Path | None = None  # a launcher's
+    wrapped: bool = False
 
     @property
     def socket(self) -> Path:
@@ -60,8 +61,15 @@ class Service:
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            os.kill(self.main_pid(), sig)
         return self.proc.wait(timeout=30)
+
+    def main_pid(self) -> int:
+        """The service's own pid, also when it runs under a wrapper such as strace."""
+        if self.wrapped:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+            return int(children.split()[0])
+        return self.proc.pid
 
 
 @contextlib.contextmanager
@@ -75,7 +83,7 @@ def service(
     with subprocess.Popen(
         [*(prefix or []), *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     ) as proc:
-        running = Service(proc)
+        running = Service(proc, wrapped=bool(prefix))
         thread = threading.Thread(target=running.pump, daemon=True)
         thread.start()
         try:
@@ -83,8 +91,7 @@ def service(
             yield running
         finally:
             if proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=30)
+                running.stop()
             # Children (proxies) share the stderr pipe: it ends only when they do.
             after_stop()
             thread.join(timeout=10)

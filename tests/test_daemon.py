@@ -1,0 +1,225 @@
+"""bureau-daemon with bureau-launcher, proxies, an upstream and the real Synapse: the
+credential path end to end, as operators and principals see it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from conftest import Fleet, RunningHub, run
+from launcher_proc import daemon, launcher, proxies_under
+from machine_helpers import Enrolled, enroll, provision_credentials, services_file
+from processes import echo_upstream, unix_request
+
+from bureau import names, rooms
+from bureau.matrix_http import MatrixHTTP
+from bureau.operator import credentials
+from bureau.secret import Secret
+
+PRINCIPAL = "agent/alpha"
+
+
+def _socket(run_dir: Path, principal: str = PRINCIPAL) -> Path:
+    return run_dir / "fleet" / "prod" / f"{principal}.proxy.sock"
+
+
+def _token(socket: Path) -> str | None:
+    try:
+        reply = unix_request(socket, "GET", "/http/api/x", timeout=5)
+    except OSError:
+        return None
+    if reply.status != 200:
+        return None
+    return str(reply.json()["headers"].get("authorization"))
+
+
+def _eventually(check: Any, seconds: float = 30) -> Any:
+    deadline = time.monotonic() + seconds
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)
+
+
+def _assign(fleet: Fleet, machine: Enrolled, principal: str = PRINCIPAL, *flags: str) -> None:
+    result = run("bureau", "machine", "assign", machine.machine.short_name,
+                 "--principal", principal, "--credential-file", fleet.credential_file, *flags)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def _status(fleet: Fleet, machine: Enrolled) -> dict[str, Any] | None:
+    admin = credentials.admin_client(fleet.creds)
+    room = admin.resolve_alias(names.room_alias(f"{fleet.name}/machine", fleet.hub.server_name))
+    assert room is not None
+    return admin.get_state(room, rooms.MACHINE_STATUS, machine.machine.user_id[1:])
+
+
+def test_provision_assign_serve_rotate_unassign(
+    fleet: Fleet, tmp_path: Path, run_dir: Path
+) -> None:
+    machine = enroll(fleet, tmp_path)
+    name, state = machine.machine.short_name, machine.state_dir
+    with echo_upstream() as upstream, launcher(name, state, run_dir) as the_launcher:
+        services = services_file(tmp_path, upstream)
+        with daemon(name, state, run_dir) as the_daemon:
+            socket = _socket(run_dir)
+            # Provisioned but not assigned: not started.
+            assert provision_credentials(fleet, machine, PRINCIPAL, services,
+                                         "TOKEN=alpha-canary-1\n").returncode == 0  # fmt: skip
+            assert provision_credentials(fleet, machine, "agent/unassigned", services,
+                                         "TOKEN=unassigned-canary\n").returncode == 0  # fmt: skip
+            time.sleep(2)
+            assert not socket.exists()
+
+            _assign(fleet, machine)
+            assert _eventually(lambda: _token(socket)) == "Bearer alpha-canary-1"
+            assert not _socket(run_dir, "agent/unassigned").exists()
+
+            status = _eventually(lambda: (_status(fleet, machine) or {}).get("sandboxes", {})
+                                 .get("running") == 1 and _status(fleet, machine))  # fmt: skip
+            assert status["principal"] == machine.machine.user_id
+            principal_id = f"@{fleet.name}/{PRINCIPAL}:{fleet.hub.server_name}"
+            assert status["principals"][principal_id]["status"] == "running"
+            for key in ("cpu_percent", "memory_used_mb", "uptime_seconds"):
+                assert isinstance(status[key], int)
+            listed = run("bureau", "machine", "list", "--credential-file", fleet.credential_file,
+                         "--json")  # fmt: skip
+            record = next(r for r in json.loads(listed.stdout)
+                          if r["user_id"] == machine.machine.user_id)  # fmt: skip
+            assert record["last_heartbeat"] is not None
+
+            assert provision_credentials(fleet, machine, PRINCIPAL, services,
+                                         "TOKEN=alpha-canary-2\n").returncode == 0  # fmt: skip
+            assert _eventually(lambda: _token(socket) == "Bearer alpha-canary-2")
+
+            unassigned = run("bureau", "machine", "unassign", name, "--principal", PRINCIPAL,
+                             "--credential-file", fleet.credential_file)  # fmt: skip
+            assert unassigned.returncode == 0
+            _eventually(lambda: not socket.exists() and proxies_under(run_dir) == [])
+            assert the_daemon.stop() == 0
+            daemon_log = the_daemon.log()
+        launcher_log = the_launcher.log()
+    for canary in ("alpha-canary-1", "alpha-canary-2", "unassigned-canary"):
+        assert canary not in daemon_log
+        assert canary not in launcher_log
+
+
+def test_daemon_never_holds_plaintext(fleet: Fleet, tmp_path: Path, run_dir: Path) -> None:
+    """strace records every byte the daemon reads and writes, on the launcher socket and
+    everywhere else; the canary is in none of them."""
+    machine = enroll(fleet, tmp_path)
+    name, state = machine.machine.short_name, machine.state_dir
+    trace = tmp_path / "daemon.trace"
+    strace = ["strace", "-f", "-qq", "-s", "10000000", "-o", str(trace), "-e",
+              "trace=read,write,readv,writev,sendto,recvfrom,sendmsg,recvmsg"]  # fmt: skip
+    with echo_upstream() as upstream, launcher(name, state, run_dir):
+        services = services_file(tmp_path, upstream)
+        _assign(fleet, machine)
+        with daemon(name, state, run_dir, prefix=strace) as the_daemon:
+            assert provision_credentials(fleet, machine, PRINCIPAL, services,
+                                         "TOKEN=plaintext-canary-9\n").returncode == 0  # fmt: skip
+            assert _eventually(lambda: _token(_socket(run_dir))) == "Bearer plaintext-canary-9"
+            the_daemon.stop()
+            log = the_daemon.log()
+    traced = trace.read_text(errors="replace")
+    # The ensure request itself was captured (strace escapes its quotes).
+    assert '\\"action\\":\\"ensure\\"' in traced
+    assert "plaintext-canary-9" not in traced
+    assert "plaintext-canary-9" not in log
+
+
+def test_principals_outlive_the_daemon_and_the_next_one_adopts(
+    fleet: Fleet, tmp_path: Path, run_dir: Path
+) -> None:
+    machine = enroll(fleet, tmp_path)
+    name, state = machine.machine.short_name, machine.state_dir
+    with echo_upstream() as upstream, launcher(name, state, run_dir):
+        services = services_file(tmp_path, upstream)
+        _assign(fleet, machine)
+        assert provision_credentials(fleet, machine, PRINCIPAL, services,
+                                     "TOKEN=survivor-1\n").returncode == 0  # fmt: skip
+        socket = _socket(run_dir)
+        with daemon(name, state, run_dir) as first:
+            assert _eventually(lambda: _token(socket)) == "Bearer survivor-1"
+            (pid,) = proxies_under(run_dir)
+            first.stop(signal.SIGKILL)
+        assert _token(socket) == "Bearer survivor-1"
+        with daemon(name, state, run_dir) as second:
+            assert proxies_under(run_dir) == [pid]  # adopted, not restarted
+            assert provision_credentials(fleet, machine, PRINCIPAL, services,
+                                         "TOKEN=survivor-2\n").returncode == 0  # fmt: skip
+            assert _eventually(lambda: _token(socket) == "Bearer survivor-2")
+            # SIGTERM: a clean stop that leaves principals serving.
+            assert second.stop() == 0
+        assert _token(socket) == "Bearer survivor-2"
+
+
+def test_homeserver_outage(fleet: Fleet, hub: RunningHub, tmp_path: Path, run_dir: Path) -> None:
+    machine = enroll(fleet, tmp_path)
+    name, state = machine.machine.short_name, machine.state_dir
+    with echo_upstream() as upstream, launcher(name, state, run_dir):
+        services = services_file(tmp_path, upstream)
+        _assign(fleet, machine)
+        assert provision_credentials(fleet, machine, PRINCIPAL, services,
+                                     "TOKEN=before-outage\n").returncode == 0  # fmt: skip
+        socket = _socket(run_dir)
+        with daemon(name, state, run_dir) as the_daemon:
+            assert _eventually(lambda: _token(socket)) == "Bearer before-outage"
+            hub.hub.down()
+            try:
+                mark = the_daemon.wait_for("sync failed; retrying", timeout=60)
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:  # proxies serve through the outage
+                    assert _token(socket) == "Bearer before-outage"
+                    time.sleep(1)
+            finally:
+                hub.hub.up()
+            the_daemon.wait_for("sync resumed", timeout=90, start=mark)
+            assert provision_credentials(fleet, machine, PRINCIPAL, services,
+                                         "TOKEN=after-outage\n").returncode == 0  # fmt: skip
+            assert _eventually(lambda: _token(socket) == "Bearer after-outage", 60)
+
+
+def test_removed_from_config_room_stops_everything(
+    fleet: Fleet, tmp_path: Path, run_dir: Path
+) -> None:
+    machine = enroll(fleet, tmp_path)
+    name, state = machine.machine.short_name, machine.state_dir
+    with echo_upstream() as upstream, launcher(name, state, run_dir):
+        services = services_file(tmp_path, upstream)
+        _assign(fleet, machine)
+        assert provision_credentials(fleet, machine, PRINCIPAL, services,
+                                     "TOKEN=kicked\n").returncode == 0  # fmt: skip
+        with daemon(name, state, run_dir) as the_daemon:
+            assert _eventually(lambda: _token(_socket(run_dir))) == "Bearer kicked"
+            admin = credentials.admin_client(fleet.creds)
+            room = admin.resolve_alias(names.room_alias(machine.machine.localpart,
+                                                        fleet.hub.server_name))  # fmt: skip
+            assert room is not None
+            admin.call("POST", f"/_matrix/client/v3/rooms/{room}/kick",
+                       {"user_id": machine.machine.user_id, "reason": "test"}, what="kick")  # fmt: skip
+            assert the_daemon.proc.wait(timeout=60) == 1
+            _eventually(lambda: proxies_under(run_dir) == [])
+            assert "removed from its config room; every principal was stopped" in the_daemon.log()
+
+
+def test_revoked_token_stops_everything(fleet: Fleet, tmp_path: Path, run_dir: Path) -> None:
+    machine = enroll(fleet, tmp_path)
+    name, state = machine.machine.short_name, machine.state_dir
+    with echo_upstream() as upstream, launcher(name, state, run_dir):
+        services = services_file(tmp_path, upstream)
+        _assign(fleet, machine)
+        assert provision_credentials(fleet, machine, PRINCIPAL, services,
+                                     "TOKEN=revoked\n").returncode == 0  # fmt: skip
+        with daemon(name, state, run_dir) as the_daemon:
+            assert _eventually(lambda: _token(_socket(run_dir))) == "Bearer revoked"
+            session = json.loads((state / "session.json").read_text())
+            MatrixHTTP(fleet.hub.url, Secret(session["access_token"])).logout()
+            assert the_daemon.proc.wait(timeout=90) == 1
+            _eventually(lambda: proxies_under(run_dir) == [])
+            assert "access token was revoked" in the_daemon.log()
