@@ -104,8 +104,18 @@ RunningLauncher = Service
 def launcher(
     machine_name: str, state_dir: Path, run_dir: Path, *extra: str
 ) -> Iterator[RunningLauncher]:
-    argv = [str(BIN / "bureau-launcher"), "--machine-name", machine_name, "--state-dir",
-            str(state_dir), "--run-dir", str(run_dir), "--log-level", "debug", *extra]  # fmt: skip
+    argv = [
+        str(BIN / "bureau-launcher"),
+        "--machine-name",
+        machine_name,
+        "--state-dir",
+        str(state_dir),
+        "--run-dir",
+        str(run_dir),
+        "--log-level",
+        "debug",
+        *extra,
+    ]
     with service(argv, "launcher serving", after_stop=lambda: kill_proxies_under(run_dir)) as s:
         s.run_dir = run_dir
         yield s
@@ -115,9 +125,20 @@ def launcher(
 def daemon(
     machine_name: str, state_dir: Path, run_dir: Path, *extra: str, prefix: list[str] | None = None
 ) -> Iterator[Service]:
-    argv = [str(BIN / "bureau-daemon"), "--machine-name", machine_name, "--state-dir",
-            str(state_dir), "--run-dir", str(run_dir), "--log-level", "debug",
-            "--heartbeat-interval", "2", *extra]  # fmt: skip
+    argv = [
+        str(BIN / "bureau-daemon"),
+        "--machine-name",
+        machine_name,
+        "--state-dir",
+        str(state_dir),
+        "--run-dir",
+        str(run_dir),
+        "--log-level",
+        "debug",
+        "--heartbeat-interval",
+        "2",
+        *extra,
+    ]
     with service(argv, "ready: first sync done", prefix=prefix) as running:
         yield running
 

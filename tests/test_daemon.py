@@ -47,8 +47,17 @@ def _eventually(check: Any, seconds: float = 30) -> Any:
 
 
 def _assign(fleet: Fleet, machine: Enrolled, principal: str = PRINCIPAL, *flags: str) -> None:
-    result = run("bureau", "machine", "assign", machine.machine.short_name,
-                 "--principal", principal, "--credential-file", fleet.credential_file, *flags)  # fmt: skip
+    result = run(
+        "bureau",
+        "machine",
+        "assign",
+        machine.machine.short_name,
+        "--principal",
+        principal,
+        "--credential-file",
+        fleet.credential_file,
+        *flags,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -69,10 +78,18 @@ def test_provision_assign_serve_rotate_unassign(
         with daemon(name, state, run_dir) as the_daemon:
             socket = _socket(run_dir)
             # Provisioned but not assigned: not started.
-            assert provision_credentials(fleet, machine, PRINCIPAL, services,
-                                         "TOKEN=alpha-canary-1\n").returncode == 0  # fmt: skip
-            assert provision_credentials(fleet, machine, "agent/unassigned", services,
-                                         "TOKEN=unassigned-canary\n").returncode == 0  # fmt: skip
+            assert (
+                provision_credentials(
+                    fleet, machine, PRINCIPAL, services, "TOKEN=alpha-canary-1\n"
+                ).returncode
+                == 0
+            )
+            assert (
+                provision_credentials(
+                    fleet, machine, "agent/unassigned", services, "TOKEN=unassigned-canary\n"
+                ).returncode
+                == 0
+            )
             time.sleep(2)
             assert not socket.exists()
 
@@ -80,25 +97,43 @@ def test_provision_assign_serve_rotate_unassign(
             assert _eventually(lambda: _token(socket)) == "Bearer alpha-canary-1"
             assert not _socket(run_dir, "agent/unassigned").exists()
 
-            status = _eventually(lambda: (_status(fleet, machine) or {}).get("sandboxes", {})
-                                 .get("running") == 1 and _status(fleet, machine))  # fmt: skip
+            status = _eventually(
+                lambda: (
+                    (_status(fleet, machine) or {}).get("sandboxes", {}).get("running") == 1
+                    and _status(fleet, machine)
+                )
+            )
             assert status["principal"] == machine.machine.user_id
             principal_id = f"@{fleet.name}/{PRINCIPAL}:{fleet.hub.server_name}"
             assert status["principals"][principal_id]["status"] == "running"
             for key in ("cpu_percent", "memory_used_mb", "uptime_seconds"):
                 assert isinstance(status[key], int)
-            listed = run("bureau", "machine", "list", "--credential-file", fleet.credential_file,
-                         "--json")  # fmt: skip
-            record = next(r for r in json.loads(listed.stdout)
-                          if r["user_id"] == machine.machine.user_id)  # fmt: skip
+            listed = run(
+                "bureau", "machine", "list", "--credential-file", fleet.credential_file, "--json"
+            )
+            record = next(
+                r for r in json.loads(listed.stdout) if r["user_id"] == machine.machine.user_id
+            )
             assert record["last_heartbeat"] is not None
 
-            assert provision_credentials(fleet, machine, PRINCIPAL, services,
-                                         "TOKEN=alpha-canary-2\n").returncode == 0  # fmt: skip
+            assert (
+                provision_credentials(
+                    fleet, machine, PRINCIPAL, services, "TOKEN=alpha-canary-2\n"
+                ).returncode
+                == 0
+            )
             assert _eventually(lambda: _token(socket) == "Bearer alpha-canary-2")
 
-            unassigned = run("bureau", "machine", "unassign", name, "--principal", PRINCIPAL,
-                             "--credential-file", fleet.credential_file)  # fmt: skip
+            unassigned = run(
+                "bureau",
+                "machine",
+                "unassign",
+                name,
+                "--principal",
+                PRINCIPAL,
+                "--credential-file",
+                fleet.credential_file,
+            )
             assert unassigned.returncode == 0
             _eventually(lambda: not socket.exists() and proxies_under(run_dir) == [])
             assert the_daemon.stop() == 0
@@ -115,14 +150,27 @@ def test_daemon_never_holds_plaintext(fleet: Fleet, tmp_path: Path, run_dir: Pat
     machine = enroll(fleet, tmp_path)
     name, state = machine.machine.short_name, machine.state_dir
     trace = tmp_path / "daemon.trace"
-    strace = ["strace", "-f", "-qq", "-s", "10000000", "-o", str(trace), "-e",
-              "trace=read,write,readv,writev,sendto,recvfrom,sendmsg,recvmsg"]  # fmt: skip
+    strace = [
+        "strace",
+        "-f",
+        "-qq",
+        "-s",
+        "10000000",
+        "-o",
+        str(trace),
+        "-e",
+        "trace=read,write,readv,writev,sendto,recvfrom,sendmsg,recvmsg",
+    ]
     with echo_upstream() as upstream, launcher(name, state, run_dir):
         services = services_file(tmp_path, upstream)
         _assign(fleet, machine)
         with daemon(name, state, run_dir, prefix=strace) as the_daemon:
-            assert provision_credentials(fleet, machine, PRINCIPAL, services,
-                                         "TOKEN=plaintext-canary-9\n").returncode == 0  # fmt: skip
+            assert (
+                provision_credentials(
+                    fleet, machine, PRINCIPAL, services, "TOKEN=plaintext-canary-9\n"
+                ).returncode
+                == 0
+            )
             assert _eventually(lambda: _token(_socket(run_dir))) == "Bearer plaintext-canary-9"
             the_daemon.stop()
             log = the_daemon.log()
@@ -141,8 +189,12 @@ def test_principals_outlive_the_daemon_and_the_next_one_adopts(
     with echo_upstream() as upstream, launcher(name, state, run_dir):
         services = services_file(tmp_path, upstream)
         _assign(fleet, machine)
-        assert provision_credentials(fleet, machine, PRINCIPAL, services,
-                                     "TOKEN=survivor-1\n").returncode == 0  # fmt: skip
+        assert (
+            provision_credentials(
+                fleet, machine, PRINCIPAL, services, "TOKEN=survivor-1\n"
+            ).returncode
+            == 0
+        )
         socket = _socket(run_dir)
         with daemon(name, state, run_dir) as first:
             assert _eventually(lambda: _token(socket)) == "Bearer survivor-1"
@@ -151,8 +203,12 @@ def test_principals_outlive_the_daemon_and_the_next_one_adopts(
         assert _token(socket) == "Bearer survivor-1"
         with daemon(name, state, run_dir) as second:
             assert proxies_under(run_dir) == [pid]  # adopted, not restarted
-            assert provision_credentials(fleet, machine, PRINCIPAL, services,
-                                         "TOKEN=survivor-2\n").returncode == 0  # fmt: skip
+            assert (
+                provision_credentials(
+                    fleet, machine, PRINCIPAL, services, "TOKEN=survivor-2\n"
+                ).returncode
+                == 0
+            )
             assert _eventually(lambda: _token(socket) == "Bearer survivor-2")
             # SIGTERM: a clean stop that leaves principals serving.
             assert second.stop() == 0
@@ -165,8 +221,12 @@ def test_homeserver_outage(fleet: Fleet, hub: RunningHub, tmp_path: Path, run_di
     with echo_upstream() as upstream, launcher(name, state, run_dir):
         services = services_file(tmp_path, upstream)
         _assign(fleet, machine)
-        assert provision_credentials(fleet, machine, PRINCIPAL, services,
-                                     "TOKEN=before-outage\n").returncode == 0  # fmt: skip
+        assert (
+            provision_credentials(
+                fleet, machine, PRINCIPAL, services, "TOKEN=before-outage\n"
+            ).returncode
+            == 0
+        )
         socket = _socket(run_dir)
         with daemon(name, state, run_dir) as the_daemon:
             assert _eventually(lambda: _token(socket)) == "Bearer before-outage"
@@ -180,8 +240,12 @@ def test_homeserver_outage(fleet: Fleet, hub: RunningHub, tmp_path: Path, run_di
             finally:
                 hub.hub.up()
             the_daemon.wait_for("sync resumed", timeout=90, start=mark)
-            assert provision_credentials(fleet, machine, PRINCIPAL, services,
-                                         "TOKEN=after-outage\n").returncode == 0  # fmt: skip
+            assert (
+                provision_credentials(
+                    fleet, machine, PRINCIPAL, services, "TOKEN=after-outage\n"
+                ).returncode
+                == 0
+            )
             assert _eventually(lambda: _token(socket) == "Bearer after-outage", 60)
 
 
@@ -193,16 +257,23 @@ def test_removed_from_config_room_stops_everything(
     with echo_upstream() as upstream, launcher(name, state, run_dir):
         services = services_file(tmp_path, upstream)
         _assign(fleet, machine)
-        assert provision_credentials(fleet, machine, PRINCIPAL, services,
-                                     "TOKEN=kicked\n").returncode == 0  # fmt: skip
+        assert (
+            provision_credentials(fleet, machine, PRINCIPAL, services, "TOKEN=kicked\n").returncode
+            == 0
+        )
         with daemon(name, state, run_dir) as the_daemon:
             assert _eventually(lambda: _token(_socket(run_dir))) == "Bearer kicked"
             admin = credentials.admin_client(fleet.creds)
-            room = admin.resolve_alias(names.room_alias(machine.machine.localpart,
-                                                        fleet.hub.server_name))  # fmt: skip
+            room = admin.resolve_alias(
+                names.room_alias(machine.machine.localpart, fleet.hub.server_name)
+            )
             assert room is not None
-            admin.call("POST", f"/_matrix/client/v3/rooms/{room}/kick",
-                       {"user_id": machine.machine.user_id, "reason": "test"}, what="kick")  # fmt: skip
+            admin.call(
+                "POST",
+                f"/_matrix/client/v3/rooms/{room}/kick",
+                {"user_id": machine.machine.user_id, "reason": "test"},
+                what="kick",
+            )
             assert the_daemon.proc.wait(timeout=60) == 1
             _eventually(lambda: proxies_under(run_dir) == [])
             assert "removed from its config room; every principal was stopped" in the_daemon.log()
@@ -214,8 +285,10 @@ def test_revoked_token_stops_everything(fleet: Fleet, tmp_path: Path, run_dir: P
     with echo_upstream() as upstream, launcher(name, state, run_dir):
         services = services_file(tmp_path, upstream)
         _assign(fleet, machine)
-        assert provision_credentials(fleet, machine, PRINCIPAL, services,
-                                     "TOKEN=revoked\n").returncode == 0  # fmt: skip
+        assert (
+            provision_credentials(fleet, machine, PRINCIPAL, services, "TOKEN=revoked\n").returncode
+            == 0
+        )
         with daemon(name, state, run_dir) as the_daemon:
             assert _eventually(lambda: _token(_socket(run_dir))) == "Bearer revoked"
             session = json.loads((state / "session.json").read_text())
