@@ -215,25 +215,22 @@ def test_refusals_keep_the_running_proxy(fleet: Fleet, tmp_path: Path, run_dir: 
             assert bad == {"ok": False, "error": "action must be one of status, list, ensure, stop"}
 
             # Only the launcher's uid and the daemon's may talk to it.
-            nobody = subprocess.run(
-                [
-                    "setpriv",
-                    "--reuid=65534",
-                    "--regid=65534",
-                    "--clear-groups",
-                    "python3",
-                    "-c",
-                    "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]);"
-                    's.sendall(b\'{"action":"list"}\\n\'); print(s.recv(999).decode())',
-                    str(running.socket),
-                ],
-                capture_output=True,
-                text=True,
-                check=False,
+            # Only the launcher's uid and the daemon's may talk to it. The socket's 0660 mode
+            # already keeps other users out; open it up to show the uid check on its own.
+            as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+            # curl is a client nobody can run; --http0.9 prints the raw JSON line back.
+            client = ["curl", "-s", "--http0.9", "--unix-socket", str(running.socket), "http://l/"]
+            run_dir.chmod(0o755)  # mkdtemp made it 0700: let the socket's mode decide
+            closed = subprocess.run([*as_nobody, *client], capture_output=True, check=False)
+            assert closed.returncode == 7  # could not connect
+            running.socket.chmod(0o666)
+            refused = subprocess.run(
+                [*as_nobody, *client], capture_output=True, text=True, check=False
             )
-            # 0660 root-owned: nobody cannot even connect; were it allowed to, it would be
-            # refused by uid.
-            assert nobody.returncode != 0 or "permission denied" in nobody.stdout
+            assert json.loads(refused.stdout) == {"ok": False, "error": "permission denied"}, (
+                refused
+            )
+            running.wait_for("refused a connection")
             log = running.log()
         assert "kept-canary" not in log
         assert "other-canary" not in log

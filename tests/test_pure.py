@@ -121,7 +121,7 @@ def test_secret_never_renders() -> None:
     rendered = [repr(s), str(s), f"{s}", f"{s!r}", percent, repr([s]), repr({"k": s})]
     assert all("canary-value-xyz" not in r for r in rendered)
     with structlog.testing.capture_logs() as logs:
-        structlog.get_logger().info("event", token=s)
+        structlog.get_logger().warning("event", token=s)
     rendered_log = structlog.processors.JSONRenderer()(None, "info", dict(logs[0]))
     assert "canary-value-xyz" not in str(rendered_log)
     with pytest.raises(TypeError):

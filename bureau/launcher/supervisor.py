@@ -37,7 +37,7 @@ from bureau.credentials_event import (
 )
 from bureau.errors import InputError
 from bureau.files import atomic_write
-from bureau.proxy.payload import ProxyPayload
+from bureau.proxy_payload import ProxyPayload
 from bureau.secret import Secret
 
 READY_TIMEOUT = 20.0

@@ -18,7 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from bureau.proxy.payload import ProxyPayload
+from bureau.proxy_payload import ProxyPayload
 
 HOP_BY_HOP = frozenset(
     {

@@ -22,7 +22,7 @@ from bureau.edge import Parser, run
 from bureau.errors import BureauError, InputError, UsageError
 from bureau.hardening import no_dumps
 from bureau.proxy.forwarding import Forwarder
-from bureau.proxy.payload import ProxyPayload
+from bureau.proxy_payload import ProxyPayload
 
 PROG = "bureau-proxy"
 MAX_PAYLOAD = 1 << 20
