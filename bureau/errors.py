@@ -7,6 +7,7 @@ traceback.
      +-- InputError             a file or field holds something invalid (names its location)
      +-- MatrixError            the homeserver answered with an error (status, errcode)
      |    +-- MatrixUnreachable the homeserver could not be reached at all
+     +-- LostStanding           exit 77: the machine was decommissioned or its token revoked
      +-- KeyStoreError          the machine key could not be stored or loaded
      +-- HubError               the embedded homeserver could not be managed
 
@@ -58,6 +59,13 @@ class MatrixError(BureauError):
 
 class MatrixUnreachable(MatrixError):
     pass
+
+
+class LostStanding(BureauError):
+    """The machine's account or membership is gone; restarting cannot help (the daemon's
+    unit has RestartPreventExitStatus=77)."""
+
+    exit_code = 77
 
 
 class KeyStoreError(BureauError):

@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 
 import sdnotify
 
 _VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+SEND_TIMEOUT = 2.0
 
 
 class Notifier:
@@ -26,6 +28,10 @@ class Notifier:
         environ = os.environ
         # sdnotify reads NOTIFY_SOCKET from os.environ itself, so it goes first.
         self._notifier = sdnotify.SystemdNotifier() if environ.get("NOTIFY_SOCKET") else None
+        if self._notifier is not None and self._notifier.socket is not None:
+            # A receiver that falls behind (a full datagram queue blocks the sender) may
+            # delay a state change by this much, never hang the event loop.
+            self._notifier.socket.settimeout(SEND_TIMEOUT)
         self.watchdog_seconds: float | None = None
         usec, pid = environ.get("WATCHDOG_USEC", ""), environ.get("WATCHDOG_PID", "")
         if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
@@ -64,8 +70,11 @@ class Notifier:
         """Ping for as long as the event loop runs; returns at once without a watchdog."""
         if self.watchdog_seconds is None or self._notifier is None:
             return
+        sock = self._notifier.socket
         while True:
-            self._send("WATCHDOG=1")
+            # A ping that would block is dropped: the next one follows soon.
+            with contextlib.suppress(OSError):
+                sock.send(b"WATCHDOG=1", socket.MSG_DONTWAIT)
             await asyncio.sleep(self.watchdog_seconds)
 
 

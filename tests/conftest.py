@@ -116,7 +116,7 @@ def run(
     program: str, *args: str | Path, stdin: str | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run one of our console scripts as a user would, capturing its output."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "CREDENTIALS_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CREDENTIALS_")}
     return subprocess.run(
         [str(BIN / program), *map(str, args)],
         input=stdin,

@@ -274,7 +274,7 @@ def test_removed_from_config_room_stops_everything(
                 {"user_id": machine.machine.user_id, "reason": "test"},
                 what="kick",
             )
-            assert the_daemon.proc.wait(timeout=60) == 1
+            assert the_daemon.proc.wait(timeout=60) == 77
             _eventually(lambda: proxies_under(run_dir) == [])
             assert "removed from its config room; every principal was stopped" in the_daemon.log()
 
@@ -293,6 +293,6 @@ def test_revoked_token_stops_everything(fleet: Fleet, tmp_path: Path, run_dir: P
             assert _eventually(lambda: _token(_socket(run_dir))) == "Bearer revoked"
             session = json.loads((state / "session.json").read_text())
             MatrixHTTP(fleet.hub.url, Secret(session["access_token"])).logout()
-            assert the_daemon.proc.wait(timeout=90) == 1
+            assert the_daemon.proc.wait(timeout=90) == 77
             _eventually(lambda: proxies_under(run_dir) == [])
             assert "access token was revoked" in the_daemon.log()

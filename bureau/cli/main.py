@@ -3,6 +3,7 @@ in the command modules; the work is done in bureau.hub and bureau.operator."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from bureau import log
@@ -14,20 +15,36 @@ from bureau.errors import UsageError
 PROG = "bureau"
 
 
+LOG_LEVEL_HELP = "debug, info, warning, error ($BUREAU_LOG_LEVEL, info)"
+
+
 def build_parser() -> Parser:
     p = Parser(prog=PROG, description="Operate a Bureau fleet: the hub, its rooms, its machines.")
-    p.add_argument("--log-level", help="debug, info, warning, error ($BUREAU_LOG_LEVEL, info)")
+    p.add_argument("--log-level", help=LOG_LEVEL_HELP)
     groups = p.add_subparsers(dest="group", metavar="COMMAND", required=True, parser_class=Parser)
     hub_commands.register(groups)
     fleet_commands.register(groups)
     credential_commands.register(groups)
+    _log_level_everywhere(p)
     return p
+
+
+def _log_level_everywhere(parser: argparse.ArgumentParser) -> None:
+    """`bureau machine doctor --log-level debug` as well as `bureau --log-level debug
+    machine doctor`: every command takes the flag where a user would type it."""
+    # argparse has no public walk over its subcommands.
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if not sub._subparsers:  # a command, not a group
+                    sub.add_argument("--log-level", default=argparse.SUPPRESS, help=LOG_LEVEL_HELP)
+                _log_level_everywhere(sub)
 
 
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
-        log.configure(log.resolve_level(args.log_level))
+        log.configure(log.resolve_level(args.log_level), identifier=PROG)
     except ValueError as exc:
         raise UsageError(f"--log-level: {exc}") from None
     handler: Handler = args.handler

@@ -35,7 +35,8 @@ class LauncherClient:
         try:
             writer.write(request.to_line())
             await writer.drain()
-            line = await asyncio.wait_for(reader.readline(), TIMEOUT)
+            async with asyncio.timeout(TIMEOUT):
+                line = await reader.readline()
         except (OSError, TimeoutError) as exc:
             raise LauncherUnavailable(f"launcher did not answer: {type(exc).__name__}") from None
         finally:

@@ -13,9 +13,10 @@ from bureau.daemon.launcher_client import LauncherClient
 from bureau.daemon.matrix import MachineMatrix
 from bureau.daemon.service import HEARTBEAT_SECONDS, Daemon
 from bureau.edge import Parser, run
-from bureau.errors import BureauError, UsageError
+from bureau.errors import BureauError, LostStanding, UsageError
 from bureau.launcher.server import SOCKET_NAME
 from bureau.machine_state import load_session
+from bureau.notify import Notifier
 from bureau.schema import validate_homeserver_url
 
 PROG = "bureau-daemon"
@@ -44,8 +45,9 @@ def build_parser() -> Parser:
 
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    notifier = Notifier()  # first: no child may inherit the notify socket
     try:
-        log.configure(log.resolve_level(args.log_level))
+        log.configure(log.resolve_level(args.log_level), identifier=PROG)
     except ValueError as exc:
         raise UsageError(f"--log-level: {exc}") from None
     homeserver = None
@@ -66,17 +68,21 @@ def _main(argv: list[str]) -> int:
         raise UsageError(f"--machine-name: {exc}") from None
     if wanted != localpart:
         raise UsageError(f"--machine-name: {wanted!r} is not this machine ({localpart!r})")
-    logger = log.get(PROG).bind(machine=localpart)
+    logger = log.get(PROG).bind(machine=session.user_id)
     daemon = Daemon(
         matrix=MachineMatrix(session, homeserver),
         launcher=LauncherClient(args.run_dir / SOCKET_NAME),
         machine_user=session.user_id,
         log=logger,
         heartbeat_seconds=args.heartbeat_interval,
+        notifier=notifier,
     )
-    code = asyncio.run(daemon.run())
+    try:
+        code = asyncio.run(daemon.run())
+    finally:
+        notifier.close()
     if daemon.fatal is not None:
-        raise BureauError(f"{daemon.fatal}; every principal was stopped")
+        raise LostStanding(f"{daemon.fatal}; every principal was stopped")
     return code
 
 

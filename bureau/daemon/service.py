@@ -32,6 +32,7 @@ from bureau.daemon.reconcile import Ensure, Stop, plan
 from bureau.errors import InputError, MatrixError
 from bureau.machine_config import MachineConfig
 from bureau.matrix_http import backoff_seconds
+from bureau.notify import Notifier
 from bureau.operator.fleet import fleet_room_aliases
 
 STATE_TYPES = [rooms.MACHINE_CONFIG, rooms.CREDENTIALS]
@@ -51,9 +52,9 @@ class Daemon:
         launcher: LauncherClient,
         machine_user: str,
         log: Any,
+        notifier: Notifier,
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
         reconcile_seconds: float = RECONCILE_SECONDS,
-        on_ready: Callable[[], None] | None = None,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self._matrix = matrix
@@ -65,7 +66,8 @@ class Daemon:
         self._log = log
         self._heartbeat_seconds = heartbeat_seconds
         self._reconcile_seconds = reconcile_seconds
-        self._on_ready = on_ready
+        self._notifier = notifier
+        self._running = 0
         self._rng = rng
         self._stop = asyncio.Event()
         self._synced = asyncio.Event()
@@ -91,7 +93,9 @@ class Daemon:
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._main())
+                tasks.create_task(self._notifier.watchdog())
                 await self._stop.wait()
+                self._notifier.stopping(self.fatal or "stopping; principals keep running")
                 raise _Stopped
         except* _Stopped:
             pass
@@ -169,10 +173,15 @@ class Daemon:
                 delay = exc.retry_after or backoff_seconds(attempt, self._rng)
                 attempt += 1
                 self._log.warning("sync failed; retrying", error=str(exc), retry_in=delay)
+                self._notifier.status(
+                    f"sync failing ({exc.errcode or exc.status or 'unreachable'}); "
+                    f"retrying in {delay:.0f} s; {self._running} principals running"
+                )
                 await asyncio.sleep(delay)
                 continue
             if attempt:
                 self._log.info("sync resumed")
+                self._notifier.status(self._summary())
             attempt = 0
             self._since = batch.next_batch
             if self._config_room in batch.left:
@@ -221,10 +230,17 @@ class Daemon:
                 if not self._reconciled.is_set():
                     self._reconciled.set()
                     self._log.info("ready: first sync done and principals reconciled")
-                    if self._on_ready is not None:
-                        self._on_ready()
+                    self._notifier.ready(self._summary())
+                else:
+                    self._notifier.status(self._summary())
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that lands as the event fires, and the daemon would not stop on SIGTERM.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reconcile_now.wait(), self._reconcile_seconds)
+                async with asyncio.timeout(self._reconcile_seconds):
+                    await self._reconcile_now.wait()
+
+    def _summary(self) -> str:
+        return f"synced; {self._running} principals running"
 
     async def _reconcile(self) -> None:
         listed = await self._launcher.list()
@@ -248,6 +264,7 @@ class Daemon:
                 await self._launcher.stop(action.principal)
                 self._log.info("principal stopped", principal=action.principal)
             self._status_now.set()
+        self._running = sum(1 for p in await self._launcher.list() if p.get("status") == "running")
 
     async def _stop_every_principal(self) -> None:
         try:
@@ -274,7 +291,8 @@ class Daemon:
                 continue
             attempt = 0
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._status_now.wait(), self._heartbeat_seconds)
+                async with asyncio.timeout(self._heartbeat_seconds):
+                    await self._status_now.wait()
 
     async def _publish_status(self) -> None:
         now = time.monotonic()

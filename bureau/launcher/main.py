@@ -22,9 +22,11 @@ from bureau.errors import BureauError, InputError, UsageError
 from bureau.files import read_secret_input
 from bureau.launcher import first_boot, server
 from bureau.machine_state import load_session, session_path
+from bureau.notify import Notifier
 from bureau.schema import validate_homeserver_url
 
 PROG = "bureau-launcher"
+FIRST_BOOT_STEP_SECONDS = 60
 
 
 def build_parser() -> Parser:
@@ -153,12 +155,19 @@ def _daemon_uid(value: str | None) -> set[int]:
         raise UsageError(f"--daemon-user: no such user {value!r}") from None
 
 
-def _serve(args: argparse.Namespace, state_dir: Path, creds_dir: str | None, logger: Any) -> int:
+def _serve(
+    args: argparse.Namespace,
+    state_dir: Path,
+    creds_dir: str | None,
+    logger: Any,
+    notifier: Notifier,
+) -> int:
     session = load_session(state_dir)
     found = key_store.load(state_dir, creds_dir)
     if session is None or found is None:
         raise BureauError(f"{state_dir}: no session or no machine key; first boot is not done")
     secret_key, source = found
+    logger = logger.bind(machine=session.user_id)
     logger.info("machine key loaded", source=source)
     allowed = {os.getuid(), *_daemon_uid(args.daemon_user)}
     asyncio.run(
@@ -168,6 +177,7 @@ def _serve(args: argparse.Namespace, state_dir: Path, creds_dir: str | None, log
             run_dir=args.run_dir.absolute(),
             allowed_uids=allowed,
             log=logger,
+            notifier=notifier,
         )
     )
     return 0
@@ -179,9 +189,14 @@ def _main(argv: list[str] | None) -> int:
         level = log.resolve_level(args.log_level)
     except ValueError as exc:
         raise UsageError(f"--log-level: {exc}") from None
-    log.configure(level)
-    logger = log.get(PROG)
+    log.configure(level, identifier=PROG)
+    logger = log.get(PROG).bind(machine=args.machine_name)
+    notifier = Notifier()  # first: no child may inherit the notify socket
     raise_interrupted_on_signals()
+
+    def progress(step: first_boot.Step) -> None:
+        # A slow homeserver must not make systemd give up on a first boot that advances.
+        notifier.extend_timeout(FIRST_BOOT_STEP_SECONDS, f"first boot: {step}")
 
     state_dir: Path = args.state_dir.absolute()
     _prepare_state_dir(state_dir)
@@ -199,12 +214,15 @@ def _main(argv: list[str] | None) -> int:
             machine_name=args.machine_name,
             keys=keys,
             log=logger,
+            checkpoint=progress,
         )
         logger.info("first boot complete")
     elif args.registration_token_file is not None:
         machine = _legacy_machine(args)
         token = read_secret_input(args.registration_token_file, "--registration-token-file")
-        first_boot.boot_legacy(registration_token=token, machine=machine, keys=keys, log=logger)
+        first_boot.boot_legacy(
+            registration_token=token, machine=machine, keys=keys, log=logger, checkpoint=progress
+        )
         logger.info("first boot complete (legacy registration-token path)")
     elif not _first_boot_done(state_dir, args.machine_name, creds_dir):
         raise UsageError(
@@ -220,7 +238,10 @@ def _main(argv: list[str] | None) -> int:
     # From here on SIGTERM is a clean stop handled by the event loop, not an interruption.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    return _serve(args, state_dir, creds_dir, logger)
+    try:
+        return _serve(args, state_dir, creds_dir, logger, notifier)
+    finally:
+        notifier.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,6 +23,7 @@ from bureau.launcher.protocol import (
     parse_request,
 )
 from bureau.launcher.supervisor import LauncherError, Supervisor
+from bureau.notify import Notifier
 from bureau.secret import Secret
 
 SOCKET_NAME = "launcher.sock"
@@ -39,11 +40,18 @@ def peer_uid(writer: asyncio.StreamWriter) -> int:
     return int(uid)
 
 
+def summary(status: dict[str, Any]) -> str:
+    return f"serving; {status['running']} of {status['principals']} principals running"
+
+
 class LauncherServer:
-    def __init__(self, supervisor: Supervisor, allowed_uids: set[int], log: Any) -> None:
+    def __init__(
+        self, supervisor: Supervisor, allowed_uids: set[int], log: Any, notifier: Notifier
+    ) -> None:
         self._supervisor = supervisor
         self._allowed = allowed_uids
         self._log = log
+        self._notifier = notifier
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -76,8 +84,11 @@ class LauncherServer:
             # parse_request guarantees a principal for both, and credentials for ensure.
             principal = str(request.principal)
             if request.action == "ensure":
-                return ok(**await self._supervisor.ensure(principal, request.credentials or {}))
-            return ok(**await self._supervisor.stop(principal))
+                result = await self._supervisor.ensure(principal, request.credentials or {})
+            else:
+                result = await self._supervisor.stop(principal)
+            self._notifier.status(summary(self._supervisor.status()))
+            return ok(**result)
         except (ProtocolError, LauncherError) as exc:
             self._log.warning("request refused", error=str(exc))
             return failure(str(exc))
@@ -90,7 +101,7 @@ async def serve(
     run_dir: Path,
     allowed_uids: set[int],
     log: Any,
-    ready: asyncio.Event | None = None,
+    notifier: Notifier,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -108,7 +119,7 @@ async def serve(
                 tasks=tasks,
             )
             await supervisor.adopt()
-            handler = LauncherServer(supervisor, allowed_uids, log).handle
+            handler = LauncherServer(supervisor, allowed_uids, log, notifier).handle
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()  # a stale socket from a launcher that died
             old_umask = os.umask(0o117)  # bound 0660 from the start
@@ -117,9 +128,10 @@ async def serve(
             finally:
                 os.umask(old_umask)
             log.info("launcher serving", socket=str(path), allowed_uids=sorted(allowed_uids))
-            if ready is not None:
-                ready.set()
+            notifier.ready(summary(supervisor.status()))
+            tasks.create_task(notifier.watchdog())
             await stop.wait()
+            notifier.stopping("stopping; proxies keep running for the next launcher")
             log.info("stopping; proxies keep running for the next launcher")
             server.close()
             await server.wait_closed()

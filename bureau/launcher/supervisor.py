@@ -45,7 +45,16 @@ SUN_PATH_MAX = 107
 DRAIN_TIMEOUT = 15.0
 BACKOFF_CAP = 30.0
 STABLE_SECONDS = 60.0
-_CHILD_ENV = ("PATH", "LANG", "LC_ALL", "BUREAU_LOG_LEVEL")
+# What a proxy inherits: no notify socket, no credentials directory, nothing else. The
+# journal variables let its logs reach the journal with their fields.
+_CHILD_ENV = (
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "BUREAU_LOG_LEVEL",
+    "JOURNAL_STREAM",
+    "BUREAU_JOURNAL_SOCKET",
+)
 
 
 def _deliver(proc: subprocess.Popen[bytes], payload: bytes) -> None:
@@ -248,7 +257,7 @@ class Supervisor:
         # subprocess.Popen, not asyncio's: an asyncio subprocess transport kills its child
         # when the loop closes, and proxies must outlive the launcher to be adopted.
         proc = subprocess.Popen(
-            [*self._command, "--socket", str(temp)],
+            [*self._command, "--socket", str(temp), "--machine", self._machine_user],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -257,7 +266,8 @@ class Supervisor:
         try:
             await asyncio.to_thread(_deliver, proc, payload)
             del payload
-            line = await asyncio.wait_for(asyncio.to_thread(_ready_line, proc), READY_TIMEOUT)
+            async with asyncio.timeout(READY_TIMEOUT):
+                line = await asyncio.to_thread(_ready_line, proc)
             if not line.startswith(b"READY"):
                 code = await asyncio.to_thread(proc.wait)
                 raise LauncherError(f"proxy for {principal} exited with status {code} at start")
@@ -335,7 +345,8 @@ class Supervisor:
         with contextlib.suppress(ProcessLookupError):
             os.kill(proxy.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(proxy.exited.wait(), DRAIN_TIMEOUT)
+            async with asyncio.timeout(DRAIN_TIMEOUT):
+                await proxy.exited.wait()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proxy.pid, signal.SIGKILL)

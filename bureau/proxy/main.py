@@ -36,6 +36,7 @@ def build_parser() -> Parser:
         "Reads its payload from stdin; started by bureau-launcher.",
     )
     p.add_argument("--socket", type=Path, required=True, help="Unix socket path to listen on")
+    p.add_argument("--machine", help="the machine's user ID, for log entries")
     p.add_argument("--log-level", help="debug, info, warning, error ($BUREAU_LOG_LEVEL, info)")
     return p
 
@@ -90,12 +91,14 @@ async def serve(payload: ProxyPayload, socket_path: Path, logger: Any) -> None:
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
-        log.configure(log.resolve_level(args.log_level))
+        log.configure(log.resolve_level(args.log_level), identifier=PROG)
     except ValueError as exc:
         raise UsageError(f"--log-level: {exc}") from None
     no_dumps()
     payload = read_payload()
     logger = log.get(PROG).bind(principal=payload.principal)
+    if args.machine:
+        logger = logger.bind(machine=args.machine)
     asyncio.run(serve(payload, args.socket, logger))
     return 0
 
