@@ -27,6 +27,8 @@ from typing import Any
 from bureau.errors import HubError, MatrixError
 from bureau.files import atomic_write
 from bureau.matrix_http import MatrixHTTP
+from bureau.passwords import ADMIN_LOCALPART, admin_password
+from bureau.secret import Secret
 
 DEFAULT_PORT = 8008
 DEFAULT_SERVER_NAME = "bureau.local"
@@ -128,6 +130,8 @@ class Hub:
         try:
             self._wait_until_answering(settings, proc, wait_seconds)
             self._ensure_registration_token()
+            self._ensure_server_admin(settings)
+            self._wait_for_schema_updates(proc, wait_seconds)
         except BaseException:
             self.down(grace=10)
             raise
@@ -258,6 +262,42 @@ class Hub:
             except sqlite3.Error as exc:
                 raise HubError(f"could not register the hub's registration token: {exc}") from None
 
+    def _wait_for_schema_updates(self, proc: subprocess.Popen[bytes], wait_seconds: float) -> None:
+        """Ready means every background schema update of a new database is done."""
+        deadline = time.monotonic() + wait_seconds
+        with contextlib.closing(sqlite3.connect(self.dir / "homeserver.db", timeout=30)) as db:
+            while db.execute("SELECT COUNT(*) FROM background_updates").fetchone()[0]:
+                if proc.poll() is not None:
+                    raise HubError(
+                        f"synapse exited with status {proc.returncode}: {self._last_log()}"
+                    )
+                if time.monotonic() > deadline:
+                    raise HubError(
+                        f"synapse's schema updates did not finish within {wait_seconds:.0f} s; "
+                        f"see {self.dir / 'homeserver.log'}"
+                    )
+                time.sleep(0.2)
+
+    def _ensure_server_admin(self, settings: HubSettings) -> None:
+        """Register bureau-admin as a *server* admin through Synapse's shared-secret admin
+        registration (what register_new_matrix_user -a does), with the password that
+        `bureau matrix setup` derives from the registration token. Decommissioning and
+        re-provisioning a machine deactivate and reactivate its account through the
+        server admin API."""
+        import yaml  # noqa: PLC0415 -- Synapse's own dependency, as in _generate_once
+
+        config = yaml.safe_load((self.dir / "homeserver.yaml").read_text())
+        shared = config.get("registration_shared_secret") if isinstance(config, dict) else None
+        if not isinstance(shared, str):
+            return  # a hub generated before bureau made its admin a server admin
+        token = Secret(self.token_file.read_text().strip())
+        client = MatrixHTTP(settings.url)
+        try:
+            client.register_server_admin(ADMIN_LOCALPART, admin_password(token), Secret(shared))
+        except MatrixError as exc:
+            if exc.errcode != "M_USER_IN_USE":
+                raise HubError(f"could not register the hub's server admin: {exc}") from None
+
     # -- down --------------------------------------------------------------------------
 
     def down(self, grace: float = 30) -> int | None:
@@ -352,6 +392,7 @@ def _synapse_config(state_dir: Path, settings: HubSettings) -> dict[str, Any]:
         "media_store_path": str(state_dir / "media_store"),
         "signing_key_path": str(state_dir / "signing.key"),
         "macaroon_secret_key": secrets.token_urlsafe(32),
+        "registration_shared_secret": secrets.token_urlsafe(32),
         "form_secret": secrets.token_urlsafe(32),
         "report_stats": False,
         "enable_metrics": False,
@@ -362,5 +403,9 @@ def _synapse_config(state_dir: Path, settings: HubSettings) -> dict[str, Any]:
         "url_preview_enabled": False,
         "enable_registration": True,
         "registration_requires_token": True,
+        # A new database's schema updates run back to back, not one a second: until they
+        # are done some admin calls fail on SQLite (reactivating an account upserts on an
+        # index that one of them builds).
+        "background_updates": {"sleep_enabled": False},
         **RATE_LIMITS,
     }

@@ -13,6 +13,8 @@ only ever go to the homeserver the caller named.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import http.client
 import json
 import random
@@ -223,6 +225,67 @@ class MatrixHTTP:
         stages = {"m.login.registration_token": {"token": registration_token.reveal()}}
         data = self._uia(f"{CLIENT}/register", body, stages, what=f"register {localpart}")
         return str(data["user_id"])
+
+    def register_server_admin(
+        self, localpart: str, password: Secret, shared_secret: Secret
+    ) -> None:
+        """Synapse's shared-secret registration of a server admin (its admin API)."""
+        path = "/_synapse/admin/v1/register"
+        what = f"register server admin {localpart}"
+        nonce = str(self.call("GET", path, what=what)["nonce"])
+        signed = "\x00".join((nonce, localpart, password.reveal(), "admin")).encode()
+        mac = hmac.new(shared_secret.reveal().encode(), signed, hashlib.sha1)
+        body = {
+            "nonce": nonce,
+            "username": localpart,
+            "password": password.reveal(),
+            "admin": True,
+            "mac": mac.hexdigest(),
+        }
+        self.call("POST", path, body, what=what)
+
+    def is_server_admin(self, user_id: str) -> bool:
+        """Synapse's admin API; False where it answers 403 or does not exist."""
+        what = f"ask whether {user_id} is a server admin"
+        resp = self.send("GET", f"/_synapse/admin/v1/users/{segment(user_id)}/admin", what=what)
+        if resp.status in (403, 404):
+            return False
+        if resp.status >= 400:
+            raise _error(what, resp)
+        return resp.body.get("admin") is True
+
+    def deactivate_user(self, user_id: str) -> None:
+        """Synapse's admin API: the account can no longer log in; its devices are gone."""
+        self.call(
+            "POST",
+            f"/_synapse/admin/v1/deactivate/{segment(user_id)}",
+            {"erase": False},
+            what=f"deactivate {user_id}",
+        )
+
+    def reactivate_user(self, user_id: str, password: Secret) -> None:
+        """Synapse's admin API: a deactivated account back, with a new password."""
+        self.call(
+            "PUT",
+            f"/_synapse/admin/v2/users/{segment(user_id)}",
+            {"deactivated": False, "password": password.reveal(), "logout_devices": True},
+            what=f"reactivate {user_id}",
+        )
+
+    def kick(self, room_id: str, user_id: str, reason: str) -> bool:
+        """Remove a member; False when the user was not in (or invited to) the room."""
+        what = f"remove {user_id} from {room_id}"
+        resp = self.send(
+            "POST",
+            f"{CLIENT}/rooms/{segment(room_id)}/kick",
+            {"user_id": user_id, "reason": reason},
+            what=what,
+        )
+        if resp.status < 400:
+            return True
+        if resp.status == 403 and "not in the room" in str(resp.body.get("error", "")).lower():
+            return False
+        raise _error(what, resp)
 
     def whoami(self) -> tuple[str, str | None]:
         data = self.call("GET", f"{CLIENT}/account/whoami", what="check the access token")

@@ -8,6 +8,8 @@ import secrets
 
 from bureau.secret import Secret
 
+ADMIN_LOCALPART = "bureau-admin"
+
 
 def _sha256_hex(text: str) -> Secret:
     return Secret(hashlib.sha256(text.encode("utf-8")).hexdigest())

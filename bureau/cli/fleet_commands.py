@@ -19,6 +19,7 @@ from bureau.cli.common import (
 from bureau.errors import InputError
 from bureau.files import atomic_write, read_secret_input
 from bureau.operator import assignments, credentials, machines
+from bureau.operator.decommission import decommission
 from bureau.operator.setup import setup
 from bureau.schema import validate_homeserver_url
 
@@ -102,6 +103,14 @@ def machine_unassign(args: argparse.Namespace) -> int:
     return 0
 
 
+def machine_decommission(args: argparse.Namespace) -> int:
+    creds = credentials.load(args.credential_file)
+    machine = machine_name(creds, args.name, "NAME")
+    changed = decommission(creds, machine, report=say)
+    say(f"{machine} is decommissioned" if changed else f"{machine} was already decommissioned")
+    return 0
+
+
 def register(groups: Subparsers) -> None:
     matrix = groups.add_parser("matrix", help="the fleet's Matrix accounts and rooms")
     matrix_cmds = matrix.add_subparsers(dest="command", metavar="ACTION", required=True)
@@ -133,6 +142,13 @@ def register(groups: Subparsers) -> None:
     lst = cmds.add_parser("list", help="every provisioned machine and its state")
     lst.add_argument("--json", action="store_true", help="machine-readable output")
     lst.set_defaults(handler=machine_list)
+    decom = cmds.add_parser(
+        "decommission",
+        help="tombstone the machine's key and credentials, remove it from every room, "
+        "deactivate its account",
+    )
+    decom.add_argument("name", metavar="NAME", help="machine/NAME or bureau/fleet/F/machine/NAME")
+    decom.set_defaults(handler=machine_decommission)
     assign = cmds.add_parser("assign", help="run a principal on the machine")
     assign.add_argument("--no-auto-start", action="store_true", help="assign, do not start")
     assign.set_defaults(handler=machine_assign)
@@ -141,5 +157,5 @@ def register(groups: Subparsers) -> None:
     for sub in (assign, unassign):
         sub.add_argument("name", metavar="NAME", help="the machine: machine/NAME or full")
         sub.add_argument("--principal", required=True, help="agent/NAME or the full name")
-    for sub in (prov, lst, assign, unassign):
+    for sub in (prov, lst, decom, assign, unassign):
         add_credential_file(sub)

@@ -109,14 +109,17 @@ def provision(creds: OperatorCredentials, machine_localpart: str) -> BootstrapCo
     machine_user = names.user_id(machine_localpart, server)
     admin = admin_client(creds)
     fleet_rooms = resolve_fleet_rooms(admin, creds.fleet, server)
+    state = None
     for record in machine_records(
         admin.room_state_events(fleet_rooms.machine), creds.fleet, server
     ):
-        if record.user_id == machine_user and record.state == ENROLLED:
-            raise BureauError(
-                f"{machine_localpart} is enrolled (key {record.public_key} is published); "
-                "decommission it before provisioning it again"
-            )
+        if record.user_id == machine_user:
+            state = record.state
+            if state == ENROLLED:
+                raise BureauError(
+                    f"{machine_localpart} is enrolled (key {record.public_key} is published); "
+                    "decommission it before provisioning it again"
+                )
     config_room, _ = ensure_config_room(admin, creds.admin_user, machine_localpart, server)
     password = one_time_password()
     try:
@@ -124,12 +127,16 @@ def provision(creds: OperatorCredentials, machine_localpart: str) -> BootstrapCo
             machine_localpart, password, creds.registration_token
         )
     except MatrixError as exc:
-        if exc.errcode == "M_USER_IN_USE":
+        if exc.errcode != "M_USER_IN_USE":
+            raise
+        if state != DECOMMISSIONED:
             raise BureauError(
                 f"{machine_user} already exists and has not enrolled: boot it with the "
                 "bootstrap.json it was provisioned with, or provision another name"
             ) from None
-        raise
+        # A decommissioned machine's name comes back: its deactivated account is
+        # reactivated with the new one-time password.
+        admin.reactivate_user(machine_user, password)
     invite_machine(admin, machine_user, config_room, fleet_rooms)
     return BootstrapConfig(
         homeserver_url=creds.homeserver_url,

@@ -14,11 +14,9 @@ from bureau.errors import InputError, MatrixError
 from bureau.matrix_http import MatrixHTTP
 from bureau.operator import credentials
 from bureau.operator.fleet import private_room
-from bureau.passwords import admin_password
+from bureau.passwords import ADMIN_LOCALPART, admin_password
 from bureau.schema import OperatorCredentials
 from bureau.secret import Secret
-
-ADMIN_LOCALPART = "bureau-admin"
 
 
 @dataclass(frozen=True)
