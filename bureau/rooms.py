@@ -89,3 +89,32 @@ def config_room_power_levels(admin: str, machine: str) -> dict[str, Any]:
         state_default=0,
         events={MACHINE_CONFIG: MACHINE_LEVEL, CREDENTIALS: ADMIN_LEVEL},
     )
+
+
+def power_level_drift(actual: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """How a room's power levels differ from what the design gives it, one phrase per
+    difference (``events.m.bureau.credentials is 50, not 100``). Extra users and event
+    types are allowed (more operators, more state); what the design sets must hold."""
+    drift = []
+    for key, want in expected.items():
+        have = actual.get(key)
+        if isinstance(want, dict):
+            have_map = have if isinstance(have, dict) else {}
+            for sub, sub_want in want.items():
+                if have_map.get(sub) != sub_want:
+                    drift.append(f"{key}.{sub} is {have_map.get(sub)}, not {sub_want}")
+        elif have != want:
+            drift.append(f"{key} is {have}, not {want}")
+    return drift
+
+
+def with_power_levels(actual: dict[str, Any], expected: dict[str, Any]) -> dict[str, Any]:
+    """``actual`` with everything the design sets put back; the rest kept."""
+    merged = dict(actual)
+    for key, want in expected.items():
+        if isinstance(want, dict):
+            have = actual.get(key)
+            merged[key] = {**(have if isinstance(have, dict) else {}), **want}
+        else:
+            merged[key] = want
+    return merged

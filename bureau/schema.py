@@ -210,3 +210,93 @@ class MachineKey:
 
 def is_age_public_key(value: str) -> bool:
     return bool(_AGE_PUBLIC.fullmatch(value))
+
+
+@dataclass(frozen=True)
+class MachineConf:
+    """``/etc/bureau/machine.conf`` (KEY=VALUE, 0644): the units' EnvironmentFile."""
+
+    homeserver_url: str
+    machine_name: str  # the full localpart
+    server_name: str
+    fleet: str
+
+    @classmethod
+    def from_env(cls, data: dict[str, str], where: str) -> MachineConf:
+        def need(key: str) -> str:
+            value = data.get(key, "")
+            if not value:
+                raise InputError(where, key, "missing")
+            return value
+
+        url = _checked(
+            where, "BUREAU_HOMESERVER_URL", validate_homeserver_url, need("BUREAU_HOMESERVER_URL")
+        )
+        server = _checked(
+            where, "BUREAU_SERVER_NAME", names.validate_server_name, need("BUREAU_SERVER_NAME")
+        )
+        fleet = _checked(where, "BUREAU_FLEET", names.validate_fleet, need("BUREAU_FLEET"))
+        machine = _checked(
+            where,
+            "BUREAU_MACHINE_NAME",
+            lambda n: names.expand_entity(n, fleet, "machine"),
+            need("BUREAU_MACHINE_NAME"),
+        )
+        if machine != data["BUREAU_MACHINE_NAME"]:
+            raise InputError(where, "BUREAU_MACHINE_NAME", f"expected the full name {machine!r}")
+        return cls(url, machine, server, fleet)
+
+    @classmethod
+    def from_session(cls, session: Session) -> MachineConf:
+        localpart, server = names.parse_user_id(session.user_id)
+        return cls(session.homeserver_url, localpart, server, names.fleet_of_entity(localpart))
+
+    def to_env(self) -> dict[str, str]:
+        return {
+            "BUREAU_HOMESERVER_URL": self.homeserver_url,
+            "BUREAU_MACHINE_NAME": self.machine_name,
+            "BUREAU_SERVER_NAME": self.server_name,
+            "BUREAU_FLEET": self.fleet,
+        }
+
+
+def validate_cache_url(value: str) -> str:
+    """A binary cache: http(s)://host[:port][/path]."""
+    return validate_homeserver_url(value)
+
+
+_NIX_PUBLIC_KEY = re.compile(r"[A-Za-z0-9._+-]+:[A-Za-z0-9+/]{43}=")
+
+
+def validate_nix_public_key(value: str) -> str:
+    """``name:base64`` of an ed25519 public key, as nix.conf's trusted-public-keys."""
+    if not _NIX_PUBLIC_KEY.fullmatch(value):
+        raise ValueError(f"{value!r} is not a Nix public key (name:base64 of 32 bytes)")
+    return value
+
+
+@dataclass(frozen=True)
+class FleetCache:
+    """Content of ``m.bureau.fleet_cache`` (fleet room, state key "")."""
+
+    url: str
+    name: str
+    public_keys: tuple[str, ...]
+
+    @classmethod
+    def from_json(cls, obj: object, where: str = "m.bureau.fleet_cache") -> FleetCache:
+        data = _object(obj, where)
+        url = _checked(where, "url", validate_cache_url, _field(data, "url", where))
+        name = _field(data, "name", where)
+        keys = data.get("public_keys")
+        if not isinstance(keys, list) or not keys:
+            raise InputError(where, "public_keys", "expected a non-empty list of strings")
+        checked = []
+        for index, key in enumerate(keys):
+            if not isinstance(key, str):
+                raise InputError(where, f"public_keys[{index}]", "expected a string")
+            checked.append(_checked(where, f"public_keys[{index}]", validate_nix_public_key, key))
+        return cls(url, name, tuple(checked))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"url": self.url, "name": self.name, "public_keys": list(self.public_keys)}

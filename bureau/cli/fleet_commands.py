@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from bureau import names
+from bureau.cli import doctor_commands
 from bureau.cli.common import (
     Subparsers,
     add_credential_file,
@@ -132,6 +133,7 @@ def register(groups: Subparsers) -> None:
     )
     setup_cmd.add_argument("--fleet", default=DEFAULT_FLEET, help=f"default {DEFAULT_FLEET}")
     setup_cmd.set_defaults(handler=matrix_setup)
+    doctor_commands.register_matrix(matrix_cmds)
 
     machine = groups.add_parser("machine", help="provision, list and assign fleet machines")
     cmds = machine.add_subparsers(dest="command", metavar="ACTION", required=True)
@@ -142,6 +144,7 @@ def register(groups: Subparsers) -> None:
     lst = cmds.add_parser("list", help="every provisioned machine and its state")
     lst.add_argument("--json", action="store_true", help="machine-readable output")
     lst.set_defaults(handler=machine_list)
+    doctor_commands.register_machine(cmds)
     decom = cmds.add_parser(
         "decommission",
         help="tombstone the machine's key and credentials, remove it from every room, "

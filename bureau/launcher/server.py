@@ -27,6 +27,7 @@ from bureau.notify import Notifier
 from bureau.secret import Secret
 
 SOCKET_NAME = "launcher.sock"
+REFUSAL_READ_SECONDS = 5.0
 
 
 class _Stopped(Exception):
@@ -59,6 +60,11 @@ class LauncherServer:
             if uid not in self._allowed:
                 self._log.warning("refused a connection", uid=uid)
                 response = failure("permission denied")
+                # Read (and ignore) the request first: a Unix socket closed with unread
+                # data resets the peer, which would then never see the refusal.
+                with contextlib.suppress(ValueError, TimeoutError):
+                    async with asyncio.timeout(REFUSAL_READ_SECONDS):
+                        await reader.readline()
             else:
                 response = await self._answer(reader)
             writer.write(encode_response(response))

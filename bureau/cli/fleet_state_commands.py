@@ -1,0 +1,44 @@
+"""`bureau fleet cache set`: fleet-wide state in the fleet room."""
+
+from __future__ import annotations
+
+import argparse
+
+from bureau.cli.common import Subparsers, add_credential_file, say, valid
+from bureau.errors import UsageError
+from bureau.operator import credentials
+from bureau.operator.fleet_state import set_cache
+from bureau.schema import FleetCache, validate_cache_url, validate_nix_public_key
+
+
+def cache_set(args: argparse.Namespace) -> int:
+    url = valid(validate_cache_url, args.url, "--url")
+    keys = tuple(valid(validate_nix_public_key, k, "--public-key") for k in args.public_key)
+    if not args.name.strip() or any(c.isspace() for c in args.name):
+        raise UsageError("--name: expected a cache name without spaces")
+    cache = FleetCache(url, args.name, keys)
+    changed = set_cache(credentials.load(args.credential_file), cache)
+    say(f"{'published' if changed else 'already published'}: {url} ({', '.join(keys)})")
+    return 0
+
+
+def register(groups: Subparsers) -> None:
+    fleet = groups.add_parser("fleet", help="fleet-wide state: the binary cache")
+    cmds = fleet.add_subparsers(dest="command", metavar="WHAT", required=True)
+    cache = cmds.add_parser("cache", help="the binary cache every machine trusts")
+    cache_cmds = cache.add_subparsers(dest="action", metavar="ACTION", required=True)
+    setter = cache_cmds.add_parser(
+        "set", help="publish m.bureau.fleet_cache; machines' doctor --fix trusts it in nix.conf"
+    )
+    setter.add_argument(
+        "--url", required=True, help="substituter URL, e.g. http://attic:5580/bureau"
+    )
+    setter.add_argument("--name", required=True, help="the cache's name, e.g. bureau")
+    setter.add_argument(
+        "--public-key",
+        required=True,
+        action="append",
+        help="NAME:BASE64 signing public key (repeat for several)",
+    )
+    add_credential_file(setter)
+    setter.set_defaults(handler=cache_set)

@@ -1,0 +1,37 @@
+"""`bureau machine doctor`: the checks in the order their fixes depend on each other (the
+user before the directories it owns, the key sealed before its owner is set, everything
+in place before the services start, the services before their sockets)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bureau.doctor.findings import Check, Report, examine
+from bureau.doctor.host_checks import HostChecks
+from bureau.doctor.machine_checks import MachineChecks
+from bureau.host import Host
+
+
+def machine_doctor(
+    *, root: Path, apply_fixes: bool, start_services: bool, nix_conf_dir: str | None
+) -> Report:
+    host = Host(root)
+    local = HostChecks(host, start_services=start_services)
+    remote = MachineChecks(host, nix_conf_dir)
+    checks: list[Check] = [
+        local.user,
+        local.operators_group,
+        local.directories,
+        local.binaries,
+        local.units,
+        local.enabled,
+        local.machine_key,
+        local.private_files,
+        local.machine_conf,
+        remote.session,
+        remote.published_key,
+        remote.substituter,
+        local.active,
+        remote.sockets,
+    ]
+    return examine(checks, apply_fixes)

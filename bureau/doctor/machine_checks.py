@@ -1,0 +1,193 @@
+"""The doctor's checks that need the machine's session: the homeserver answers, the
+session is valid, the key the fleet sees is the local one, nix.conf trusts the fleet's
+binary cache, and the launcher and its proxies answer on their sockets."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bureau import key_store, names, nix_conf, rooms
+from bureau.doctor.findings import Finding, fail, not_applicable, ok
+from bureau.doctor.host_checks import RUN_DIR, STATE_DIR
+from bureau.errors import BureauError, InputError, MatrixError
+from bureau.files import atomic_write
+from bureau.host import Host, run_tool
+from bureau.launcher.protocol import MAX_MESSAGE, Request
+from bureau.machine_state import load_session
+from bureau.matrix_http import MatrixHTTP
+from bureau.operator.fleet import fleet_room_aliases
+from bureau.schema import FleetCache, Session
+
+NIX_CONF = Path("/etc/nix/nix.conf")
+SOCKET_TIMEOUT = 10.0
+
+
+class MachineChecks:
+    def __init__(self, host: Host, nix_conf_dir: str | None = None) -> None:
+        self.host = host
+        self.nix_conf = Path(nix_conf_dir) / "nix.conf" if nix_conf_dir else NIX_CONF
+        self._session: Session | None = None
+        self._client: MatrixHTTP | None = None
+
+    def session(self) -> Iterator[Finding]:
+        """The session answers whoami as this machine; the checks after it need it."""
+        self._client = None
+        try:
+            session = load_session(self.host.path(STATE_DIR))
+        except PermissionError:
+            yield fail("session", f"{STATE_DIR} is not readable", "run the doctor as root")
+            return
+        except InputError as exc:
+            yield fail("session", str(exc), "provision the machine again")
+            return
+        if session is None:
+            yield fail("session", f"no {STATE_DIR}/session.json", "run the launcher's first boot")
+            return
+        client = MatrixHTTP(session.homeserver_url, session.access_token, max_attempts=2)
+        try:
+            client.versions()
+        except MatrixError as exc:
+            yield fail("homeserver reachable", str(exc), "check the network and the hub")
+            return
+        yield ok("homeserver reachable", session.homeserver_url)
+        try:
+            user, _ = client.whoami()
+        except MatrixError as exc:
+            yield fail(
+                "session",
+                f"{session.user_id}: {exc}",
+                "the machine was decommissioned or its token revoked: provision it again",
+            )
+            return
+        if user != session.user_id:
+            yield fail("session", f"the token is {user}'s, not {session.user_id}'s")
+            return
+        self._session, self._client = session, client
+        yield ok("session", session.user_id)
+
+    def _fleet_state(self, role: str, event_type: str, key: str) -> dict[str, Any] | None:
+        """A state event of one of the machine's fleet rooms, read with its session."""
+        if self._session is None or self._client is None:
+            raise BureauError("no valid session")
+        localpart, server = names.parse_user_id(self._session.user_id)
+        alias = fleet_room_aliases(names.fleet_of_entity(localpart), server)[role]
+        room = self._client.resolve_alias(alias)
+        if room is None:
+            raise BureauError(f"{alias}: no such room")
+        return self._client.get_state(room, event_type, key)
+
+    def published_key(self) -> Iterator[Finding]:
+        if self._client is None or self._session is None:
+            return
+        name = "published key"
+        try:
+            local = self.host.path(STATE_DIR / key_store.PUBLIC_FILE).read_text().strip()
+        except OSError:
+            return  # the machine key check says so
+        try:
+            content = self._fleet_state("machine", rooms.MACHINE_KEY, self._session.user_id[1:])
+        except BureauError as exc:
+            yield fail(name, str(exc))
+            return
+        published = (content or {}).get("public_key")
+        if published == local:
+            yield ok(name, "the fleet sees this machine's key")
+        else:
+            yield fail(
+                name,
+                f"the fleet has {published or 'no key'}, this machine {local}",
+                "run the launcher's first boot again (it republishes the key)",
+            )
+
+    def substituter(self) -> Iterator[Finding]:
+        if self._client is None:
+            return
+        name = f"nix.conf trusts the fleet cache ({self.nix_conf})"
+        try:
+            content = self._fleet_state("fleet", rooms.FLEET_CACHE, "")
+        except BureauError as exc:
+            yield fail(name, str(exc))
+            return
+        if not content:
+            yield not_applicable(name, "the fleet publishes no binary cache")
+            return
+        try:
+            cache = FleetCache.from_json(content)
+        except InputError as exc:
+            yield fail(name, str(exc), "publish it again: bureau fleet cache set")
+            return
+        path = self.host.path(self.nix_conf)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            text = ""
+        missing = [k for k in cache.public_keys if not nix_conf.trusts(text, cache.url, k)]
+        if not missing:
+            yield ok(name, cache.url)
+            return
+
+        def fix() -> None:
+            updated = text
+            for key in cache.public_keys:
+                updated = nix_conf.with_trust(updated, cache.url, key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, updated.encode(), 0o644)
+            nix_daemon_active = (
+                self.host.systemd_running
+                and run_tool("systemctl", "is-active", "--quiet", "nix-daemon").returncode == 0
+            )
+            if nix_daemon_active:
+                run_tool("systemctl", "restart", "nix-daemon")
+
+        yield fail(name, f"does not trust {cache.url} with {missing[0]}", "add them", fix)
+
+    def sockets(self) -> Iterator[Finding]:
+        run_dir = self.host.path(RUN_DIR)
+        launcher = run_dir / "launcher.sock"
+        name = f"launcher socket {RUN_DIR / 'launcher.sock'}"
+        try:
+            principals = _launcher_list(launcher)
+        except OSError as exc:
+            yield fail(name, exc.strerror or str(exc), "start bureau-launcher")
+            return
+        yield ok(name, f"{len(principals)} principals")
+        for item in principals:
+            principal, path = str(item.get("principal")), Path(str(item.get("socket")))
+            if _proxy_healthy(path):
+                yield ok(f"proxy of {principal}")
+            else:
+                yield fail(
+                    f"proxy of {principal}",
+                    f"{path} does not answer /health",
+                    "the launcher restarts it; see journalctl -u bureau-launcher",
+                )
+
+
+def _launcher_list(path: Path) -> list[dict[str, Any]]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(SOCKET_TIMEOUT)
+        sock.connect(str(path))
+        sock.sendall(Request("list").to_line())
+        data = sock.makefile("rb").readline(MAX_MESSAGE)
+    try:
+        response = json.loads(data)
+    except ValueError:
+        raise OSError(0, "the launcher answered with something that is not JSON") from None
+    if not isinstance(response, dict) or not response.get("ok"):
+        raise OSError(0, f"the launcher refused: {response}")
+    return [p for p in response.get("principals", []) if isinstance(p, dict)]
+
+
+def _proxy_healthy(path: Path) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(SOCKET_TIMEOUT)
+            sock.connect(str(path))
+            sock.sendall(b"GET /health HTTP/1.0\r\nHost: bureau\r\n\r\n")
+            return sock.makefile("rb").readline(1024).split()[1:2] == [b"200"]
+    except OSError:
+        return False

@@ -1,0 +1,122 @@
+"""`bureau matrix doctor`: the operator's view of the fleet on its homeserver. The admin
+session is valid and a server admin (decommissioning needs it); every fleet room and every
+machine's config room exists, the admin is joined, and the power levels are WIRE.md's.
+Fixes: a fresh admin login and missing rooms (through `bureau matrix setup`), joins, and
+power levels put back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from bureau import names, rooms
+from bureau.doctor.findings import Check, Finding, Report, examine, fail, ok
+from bureau.errors import MatrixError
+from bureau.matrix_http import MatrixHTTP
+from bureau.operator import credentials
+from bureau.operator.machines import DECOMMISSIONED, machine_records
+from bureau.operator.setup import room_specs, setup
+from bureau.schema import OperatorCredentials
+
+
+class MatrixChecks:
+    def __init__(self, credential_file: Path) -> None:
+        self.credential_file = credential_file
+        self.creds: OperatorCredentials = credentials.load(credential_file)
+
+    def _admin(self) -> MatrixHTTP:
+        return credentials.admin_client(self.creds)
+
+    def _setup(self) -> None:
+        setup(
+            homeserver=self.creds.homeserver_url,
+            server_name=self.creds.server_name,
+            registration_token=self.creds.registration_token,
+            credential_file=self.credential_file,
+            fleet=self.creds.fleet,
+            report=lambda _line: None,
+        )
+        self.creds = credentials.load(self.credential_file)
+
+    def session(self) -> Iterator[Finding]:
+        name = f"admin session {self.creds.admin_user}"
+        try:
+            user, _ = self._admin().whoami()
+        except MatrixError as exc:
+            yield fail(name, str(exc), "log in again with bureau matrix setup", self._setup)
+            return
+        if user != self.creds.admin_user:
+            yield fail(name, f"the token is {user}'s", "log in again", self._setup)
+            return
+        yield ok(name)
+        if self._admin().is_server_admin(user):
+            yield ok("server admin", "machines can be decommissioned")
+        else:
+            yield fail(
+                "server admin",
+                f"{user} is not a server admin; decommission cannot deactivate accounts",
+                "Synapse: register_new_matrix_user -a, or the admin API",
+            )
+
+    def fleet_rooms(self) -> Iterator[Finding]:
+        admin, server = self._admin(), self.creds.server_name
+        for spec in room_specs(self.creds.fleet):
+            alias = names.room_alias(spec.alias_localpart, server)
+            yield from self._room(admin, alias, spec.power_levels(self.creds.admin_user))
+
+    def config_rooms(self) -> Iterator[Finding]:
+        admin, server, fleet = self._admin(), self.creds.server_name, self.creds.fleet
+        machine_room = admin.resolve_alias(
+            names.room_alias(names.machine_room_localpart(fleet), server)
+        )
+        if machine_room is None:
+            return  # fleet_rooms says so
+        for record in machine_records(admin.room_state_events(machine_room), fleet, server):
+            if record.state == DECOMMISSIONED:
+                continue
+            alias = names.room_alias(record.name, server)
+            expected = rooms.config_room_power_levels(self.creds.admin_user, record.user_id)
+            yield from self._room(admin, alias, expected)
+
+    def _room(self, admin: MatrixHTTP, alias: str, expected: dict[str, Any]) -> Iterator[Finding]:
+        room_id = admin.resolve_alias(alias)
+        if room_id is None:
+            yield fail(f"room {alias}", "missing", "bureau matrix setup creates it", self._setup)
+            return
+        member = self._membership(admin, room_id)
+        if member != "join":
+            yield fail(
+                f"room {alias}",
+                f"the admin is not joined ({member or 'never was'})",
+                "join it",
+                partial(admin.join, room_id),
+            )
+            return
+        yield ok(f"room {alias}", room_id)
+        actual = admin.get_state(room_id, "m.room.power_levels", "") or {}
+        drift = rooms.power_level_drift(actual, expected)
+        if drift:
+            merged = rooms.with_power_levels(actual, expected)
+            yield fail(
+                f"power levels of {alias}",
+                "; ".join(drift[:3]) + (f" (+{len(drift) - 3} more)" if len(drift) > 3 else ""),
+                "put the design's levels back",
+                partial(admin.put_state, room_id, "m.room.power_levels", "", merged),
+            )
+        else:
+            yield ok(f"power levels of {alias}", "as designed")
+
+    def _membership(self, admin: MatrixHTTP, room_id: str) -> str | None:
+        try:
+            content = admin.get_state(room_id, "m.room.member", self.creds.admin_user)
+        except MatrixError:
+            return None
+        return str((content or {}).get("membership")) if content else None
+
+
+def matrix_doctor(credential_file: Path, apply_fixes: bool) -> Report:
+    checks = MatrixChecks(credential_file)
+    order: list[Check] = [checks.session, checks.fleet_rooms, checks.config_rooms]
+    return examine(order, apply_fixes)

@@ -1,0 +1,253 @@
+"""`bureau machine doctor` in a root of its own (--root), against the real Synapse and a
+real launcher: an empty machine fails with one line per missing piece, --fix mends what it
+can, a running launcher makes every check pass, and a second --fix changes nothing.
+`bureau matrix doctor` finds and puts back power levels; `bureau fleet cache set`
+publishes what the machine doctor then trusts in nix.conf."""
+
+from __future__ import annotations
+
+import json
+import sys
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Fleet, one_line_error, run
+from launcher_proc import launcher
+from machine_helpers import provision
+
+from bureau import names, rooms, unit_files
+from bureau.operator import credentials
+
+CACHE_KEY = "bureau:" + "A" * 43 + "="
+CACHE_URL = "http://attic.internal:5580/bureau"
+
+
+@pytest.fixture
+def root(run_dir: Path) -> Iterator[Path]:
+    """An empty machine: /etc holds the account databases every Linux has, nothing else.
+    Short (under /tmp), so the launcher's socket paths fit."""
+    etc = run_dir / "etc"
+    etc.mkdir()
+    (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (etc / "group").write_text("root:x:0:\n")
+    for name in ("shadow", "gshadow"):
+        (etc / name).write_text("")
+        (etc / name).chmod(0o600)
+    yield run_dir
+
+
+def _doctor(root: Path, *flags: str):  # type: ignore[no-untyped-def]
+    return run("bureau", "machine", "doctor", "--root", root, *flags)
+
+
+def _failing(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("FAIL")]
+
+
+def test_empty_root_fails_with_one_line_per_missing_piece(root: Path) -> None:
+    result = _doctor(root)
+    assert result.returncode == 1
+    assert result.stderr == ""
+    failing = _failing(result.stdout)
+    for piece in (
+        "user bureau: missing",
+        "group bureau-operators: missing",
+        "directory /etc/bureau: missing",
+        "directory /var/lib/bureau: missing",
+        "directory /run/bureau: missing",
+        "program /usr/local/bin/bureau-launcher: missing",
+        "program /usr/local/bin/bureau-daemon: missing",
+        "unit file /etc/systemd/system/bureau-launcher.service: missing",
+        "unit file /etc/systemd/system/bureau-daemon.service: missing",
+        "unit file /etc/tmpfiles.d/bureau.conf: missing",
+        "machine key: no machine-key.pub",
+        "file /etc/bureau/machine.conf: missing",
+        "session: no /var/lib/bureau/session.json",
+        "launcher socket /run/bureau/launcher.sock",
+    ):
+        assert sum(piece in line for line in failing) == 1, (piece, result.stdout)
+    assert all("(fix: " in line for line in failing)
+    assert "n/a   bureau-launcher.service active: systemd is not running here" in result.stdout
+    report = json.loads(_doctor(root, "--json").stdout)
+    assert report["passed"] is False
+    assert {c["status"] for c in report["checks"]} == {"fail", "n/a"}
+
+
+def test_fix_makes_an_enrolled_machine_pass_and_a_second_fix_changes_nothing(
+    fleet: Fleet, root: Path, tmp_path: Path
+) -> None:
+    published = run(
+        "bureau",
+        "fleet",
+        "cache",
+        "set",
+        "--credential-file",
+        fleet.credential_file,
+        "--url",
+        CACHE_URL,
+        "--name",
+        "bureau",
+        "--public-key",
+        CACHE_KEY,
+    )
+    assert published.returncode == 0, published.stderr
+    assert published.stdout.startswith("published: ")
+
+    first = _doctor(root, "--fix")
+    assert first.returncode == 1  # no machine yet: nothing can make a session
+    assert "fixed user bureau" in first.stdout
+    assert "FAIL  session" in first.stdout
+
+    # First boot as script/bootstrap-machine runs it: into the root's state directory,
+    # the key sealed with systemd-creds.
+    machine = provision(fleet, tmp_path)
+    state = root / "var/lib/bureau"
+    booted = run(
+        "bureau-launcher",
+        "--bootstrap-file",
+        machine.bootstrap,
+        "--machine-name",
+        machine.short_name,
+        "--state-dir",
+        state,
+        "--key-storage",
+        "systemd-creds",
+        "--first-boot-only",
+    )
+    assert booted.returncode == 0, booted.stderr
+
+    second = _doctor(root, "--fix")
+    assert "fixed file /var/lib/bureau/session.json" in second.stdout
+    assert "fixed file /etc/bureau/machine.conf" in second.stdout
+    assert "fixed nix.conf trusts the fleet cache" in second.stdout
+    assert _failing(second.stdout) == [
+        "FAIL  launcher socket /run/bureau/launcher.sock: No such file or directory "
+        "(fix: start bureau-launcher)"
+    ]
+
+    # What systemd would do next: start the launcher on the root's directories.
+    with launcher(machine.short_name, state, root / "run/bureau"):
+        passing = _doctor(root, "--fix")
+        assert passing.returncode == 0, passing.stdout
+        assert "fixed" not in passing.stdout
+        assert passing.stdout.splitlines()[-1].startswith("all ")
+        again = _doctor(root, "--fix")
+        assert again.returncode == 0
+        assert again.stdout == passing.stdout  # nothing left to change
+
+    bureau = {
+        line.split(":")[0]: int(line.split(":")[2])
+        for line in (root / "etc/passwd").read_text().splitlines()
+    }["bureau"]
+    assert (state / "session.json").stat().st_uid == bureau
+    assert stat.S_IMODE((state / "machine-key.cred").stat().st_mode) == 0o600
+    conf = (root / "etc/bureau/machine.conf").read_text()
+    assert f"BUREAU_MACHINE_NAME={machine.localpart}\n" in conf
+    assert f"BUREAU_HOMESERVER_URL={fleet.hub.url}\n" in conf
+    for name in unit_files.SERVICES:
+        assert (root / "etc/systemd/system" / name).read_text() == unit_files.packaged(name)
+        assert (root / "etc/systemd/system/multi-user.target.wants" / name).is_symlink()
+    nix = (root / "etc/nix/nix.conf").read_text()
+    assert nix.count(f"extra-substituters = {CACHE_URL}\n") == 1
+    assert nix.count(f"extra-trusted-public-keys = {CACHE_KEY}\n") == 1
+    launcher_binary = root / "usr/local/bin/bureau-launcher"
+    assert launcher_binary.resolve() == (Path(sys.executable).parent / "bureau-launcher").resolve()
+
+
+def test_edited_unit_is_drift_and_fix_restores_it(root: Path) -> None:
+    _doctor(root, "--fix")
+    unit = root / "etc/systemd/system/bureau-daemon.service"
+    unit.write_text(unit.read_text().replace("WatchdogSec=30", "WatchdogSec=0"))
+    result = _doctor(root)
+    assert (
+        "FAIL  unit file /etc/systemd/system/bureau-daemon.service: differs from the one this "
+        "bureau ships" in result.stdout
+    )
+    assert (
+        "fixed unit file /etc/systemd/system/bureau-daemon.service" in _doctor(root, "--fix").stdout
+    )
+    assert unit.read_text() == unit_files.packaged("bureau-daemon.service")
+
+
+def test_plain_key_is_sealed_by_fix(fleet: Fleet, root: Path, tmp_path: Path) -> None:
+    machine = provision(fleet, tmp_path)
+    state = root / "var/lib/bureau"
+    booted = run(
+        "bureau-launcher",
+        "--bootstrap-file",
+        machine.bootstrap,
+        "--machine-name",
+        machine.short_name,
+        "--state-dir",
+        state,
+        "--key-storage",
+        "plain",
+        "--first-boot-only",
+    )
+    assert booted.returncode == 0, booted.stderr
+    found = _doctor(root)
+    assert "FAIL  machine key: stored plain in machine-key.txt" in found.stdout
+    fixed = _doctor(root, "--fix")
+    assert "fixed machine key" in fixed.stdout
+    assert "ok    machine key: sealed, decrypts to age1" in fixed.stdout
+    assert not (state / "machine-key.txt").exists()
+    # The sealed key is the same key: the machine still logs in with its session and the
+    # published key matches.
+    assert "ok    published key" in fixed.stdout
+
+
+def test_matrix_doctor_finds_and_restores_power_levels(fleet: Fleet) -> None:
+    doctor = ["bureau", "matrix", "doctor", "--credential-file", fleet.credential_file]
+    healthy = run(*doctor)
+    assert healthy.returncode == 0, healthy.stdout
+    assert "ok    server admin" in healthy.stdout
+    admin = credentials.admin_client(fleet.creds)
+    alias = names.room_alias(names.fleet_room_localpart(fleet.name), fleet.hub.server_name)
+    room = admin.resolve_alias(alias)
+    assert room is not None
+    levels = admin.get_state(room, "m.room.power_levels", "") or {}
+    admin.put_state(room, "m.room.power_levels", "", {**levels, "state_default": 0})
+    broken = run(*doctor)
+    assert broken.returncode == 1
+    assert f"FAIL  power levels of {alias}: state_default is 0, not 100" in broken.stdout
+    fixed = run(*doctor, "--fix")
+    assert fixed.returncode == 0, fixed.stdout
+    assert f"fixed power levels of {alias}" in fixed.stdout
+    expected = rooms.fleet_power_levels(fleet.creds.admin_user)
+    restored = admin.get_state(room, "m.room.power_levels", "") or {}
+    assert rooms.power_level_drift(restored, expected) == []
+    assert "fixed" not in run(*doctor, "--fix").stdout
+
+
+def test_fleet_cache_set_refuses_a_bad_key_in_one_line(fleet: Fleet) -> None:
+    result = run(
+        "bureau",
+        "fleet",
+        "cache",
+        "set",
+        "--credential-file",
+        fleet.credential_file,
+        "--url",
+        CACHE_URL,
+        "--name",
+        "bureau",
+        "--public-key",
+        "not-a-key",
+    )
+    assert result.returncode == 2
+    assert one_line_error(result).startswith("bureau: --public-key: 'not-a-key' is not a Nix")
+
+
+def test_systemctl_offline_enable_is_what_doctor_uses(root: Path) -> None:
+    """The doctor enables units offline under --root; systemctl agrees they are enabled."""
+    _doctor(root, "--fix")
+    state = subprocess.run(
+        ["systemctl", f"--root={root}", "is-enabled", "bureau-daemon.service"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert state.stdout.strip() == "enabled"
