@@ -7,9 +7,9 @@ publishes what the machine doctor then trusts in nix.conf."""
 from __future__ import annotations
 
 import json
-import sys
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
