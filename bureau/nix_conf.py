@@ -37,9 +37,11 @@ def _with_value(lines: list[str], setting: str, value: str) -> list[str]:
     if value in _values("\n".join(lines), _SETTINGS[setting]):
         return lines
     for index, line in enumerate(lines):
-        name, sep, current = line.partition("=")
+        body, hash_sign, comment = line.partition("#")
+        name, sep, current = body.partition("=")
         if sep and name.strip() == setting:
-            lines[index] = f"{setting} = {' '.join([*current.split(), value])}"
+            kept = f" {hash_sign}{comment}" if hash_sign else ""
+            lines[index] = f"{setting} = {' '.join([*current.split(), value])}{kept}"
             return lines
     return [*lines, f"{setting} = {value}"]
 

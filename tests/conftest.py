@@ -112,6 +112,20 @@ def run_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture
+def empty_root(run_dir: Path) -> Path:
+    """A machine's filesystem with nothing of bureau on it: /etc holds the account
+    databases every Linux has, nothing else. Short (under /tmp), so socket paths fit."""
+    etc = run_dir / "etc"
+    etc.mkdir()
+    (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (etc / "group").write_text("root:x:0:\n")
+    for name in ("shadow", "gshadow"):
+        (etc / name).write_text("")
+        (etc / name).chmod(0o600)
+    return run_dir
+
+
 def run(
     program: str, *args: str | Path, stdin: str | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:

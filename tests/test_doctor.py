@@ -10,7 +10,6 @@ import json
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,17 +25,8 @@ CACHE_URL = "http://attic.internal:5580/bureau"
 
 
 @pytest.fixture
-def root(run_dir: Path) -> Iterator[Path]:
-    """An empty machine: /etc holds the account databases every Linux has, nothing else.
-    Short (under /tmp), so the launcher's socket paths fit."""
-    etc = run_dir / "etc"
-    etc.mkdir()
-    (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
-    (etc / "group").write_text("root:x:0:\n")
-    for name in ("shadow", "gshadow"):
-        (etc / name).write_text("")
-        (etc / name).chmod(0o600)
-    yield run_dir
+def root(empty_root: Path) -> Path:
+    return empty_root
 
 
 def _doctor(root: Path, *flags: str):  # type: ignore[no-untyped-def]

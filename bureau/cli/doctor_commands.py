@@ -60,7 +60,10 @@ def register_machine(cmds: Subparsers) -> None:
         help="prefix for every filesystem path (default /); systemd checks are n/a elsewhere",
     )
     doctor.add_argument(
-        "--no-start", action="store_true", help="with --fix: enable the services, do not start them"
+        "--no-start",
+        action="store_true",
+        help="the services are not meant to run yet: enable them, do not start them, "
+        "do not expect their sockets",
     )
     doctor.set_defaults(handler=machine_doctor_command)
 

@@ -17,7 +17,7 @@ def machine_doctor(
 ) -> Report:
     host = Host(root)
     local = HostChecks(host, start_services=start_services)
-    remote = MachineChecks(host, nix_conf_dir)
+    remote = MachineChecks(host, nix_conf_dir, start_services=start_services)
     checks: list[Check] = [
         local.user,
         local.operators_group,

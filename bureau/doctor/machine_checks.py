@@ -27,8 +27,11 @@ SOCKET_TIMEOUT = 10.0
 
 
 class MachineChecks:
-    def __init__(self, host: Host, nix_conf_dir: str | None = None) -> None:
+    def __init__(
+        self, host: Host, nix_conf_dir: str | None = None, start_services: bool = True
+    ) -> None:
         self.host = host
+        self.start_services = start_services
         self.nix_conf = Path(nix_conf_dir) / "nix.conf" if nix_conf_dir else NIX_CONF
         self._session: Session | None = None
         self._client: MatrixHTTP | None = None
@@ -149,6 +152,9 @@ class MachineChecks:
         run_dir = self.host.path(RUN_DIR)
         launcher = run_dir / "launcher.sock"
         name = f"launcher socket {RUN_DIR / 'launcher.sock'}"
+        if not self.start_services and not launcher.exists():
+            yield not_applicable(name, "services not started (--no-start)")
+            return
         try:
             principals = _launcher_list(launcher)
         except OSError as exc:
