@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,3 +93,30 @@ def test_outside_systemd_everything_is_a_no_op() -> None:
     assert not notifier.enabled
     notifier.ready("nobody listens")
     asyncio.run(notifier.watchdog())  # returns at once
+
+
+def test_a_blocked_event_loop_stops_the_pings(listener: tuple[str, socket.socket]) -> None:
+    """The pings come from the loop itself: while it is blocked none go out, so systemd's
+    watchdog fires on a hung daemon."""
+    path, sock = listener
+    notifier = _notifier(NOTIFY_SOCKET=path, WATCHDOG_USEC="100000")
+
+    async def ping_then_block() -> None:
+        task = asyncio.create_task(notifier.watchdog())
+        await asyncio.sleep(0.12)
+        time.sleep(0.6)  # the loop is stuck: a hung daemon
+        await asyncio.sleep(0.12)
+        task.cancel()
+
+    asyncio.run(ping_then_block())
+    notifier.close()
+    pings = 0
+    sock.settimeout(0.2)
+    try:
+        while sock.recv(4096) == b"WATCHDOG=1":
+            pings += 1
+    except TimeoutError:
+        pass
+    # Every 0.05 s over the 0.84 s run would be about 17 pings had they come from a
+    # thread; from the loop, the 0.6 s block sends none: about 6.
+    assert 3 <= pings <= 9
