@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -41,6 +42,14 @@ def _field(obj: dict[str, Any], key: str, where: str) -> str:
     value = obj[key]
     if not isinstance(value, str) or not value:
         raise InputError(where, key, "expected a non-empty string")
+    return value
+
+
+def _required(data: dict[str, str], where: str, key: str) -> str:
+    """A KEY=VALUE file's field that must be present and non-empty."""
+    value = data.get(key, "")
+    if not value:
+        raise InputError(where, key, "missing")
     return value
 
 
@@ -149,12 +158,7 @@ class OperatorCredentials:
 
     @classmethod
     def from_env(cls, data: dict[str, str], where: str) -> OperatorCredentials:
-        def need(key: str) -> str:
-            value = data.get(key, "")
-            if not value:
-                raise InputError(where, key, "missing")
-            return value
-
+        need = partial(_required, data, where)
         url = _checked(
             where, "MATRIX_HOMESERVER_URL", validate_homeserver_url, need("MATRIX_HOMESERVER_URL")
         )
@@ -223,12 +227,7 @@ class MachineConf:
 
     @classmethod
     def from_env(cls, data: dict[str, str], where: str) -> MachineConf:
-        def need(key: str) -> str:
-            value = data.get(key, "")
-            if not value:
-                raise InputError(where, key, "missing")
-            return value
-
+        need = partial(_required, data, where)
         url = _checked(
             where, "BUREAU_HOMESERVER_URL", validate_homeserver_url, need("BUREAU_HOMESERVER_URL")
         )

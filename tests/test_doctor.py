@@ -29,6 +29,23 @@ def root(empty_root: Path) -> Path:
     return empty_root
 
 
+def set_cache(fleet: Fleet, public_key: str):  # type: ignore[no-untyped-def]
+    return run(
+        "bureau",
+        "fleet",
+        "cache",
+        "set",
+        "--credential-file",
+        fleet.credential_file,
+        "--url",
+        CACHE_URL,
+        "--name",
+        "bureau",
+        "--public-key",
+        public_key,
+    )
+
+
 def _doctor(root: Path, *flags: str):  # type: ignore[no-untyped-def]
     return run("bureau", "machine", "doctor", "--root", root, *flags)
 
@@ -69,20 +86,7 @@ def test_empty_root_fails_with_one_line_per_missing_piece(root: Path) -> None:
 def test_fix_makes_an_enrolled_machine_pass_and_a_second_fix_changes_nothing(
     fleet: Fleet, root: Path, tmp_path: Path
 ) -> None:
-    published = run(
-        "bureau",
-        "fleet",
-        "cache",
-        "set",
-        "--credential-file",
-        fleet.credential_file,
-        "--url",
-        CACHE_URL,
-        "--name",
-        "bureau",
-        "--public-key",
-        CACHE_KEY,
-    )
+    published = set_cache(fleet, CACHE_KEY)
     assert published.returncode == 0, published.stderr
     assert published.stdout.startswith("published: ")
 
@@ -213,20 +217,7 @@ def test_matrix_doctor_finds_and_restores_power_levels(fleet: Fleet) -> None:
 
 
 def test_fleet_cache_set_refuses_a_bad_key_in_one_line(fleet: Fleet) -> None:
-    result = run(
-        "bureau",
-        "fleet",
-        "cache",
-        "set",
-        "--credential-file",
-        fleet.credential_file,
-        "--url",
-        CACHE_URL,
-        "--name",
-        "bureau",
-        "--public-key",
-        "not-a-key",
-    )
+    result = set_cache(fleet, "not-a-key")
     assert result.returncode == 2
     assert one_line_error(result).startswith("bureau: --public-key: 'not-a-key' is not a Nix")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import Fleet, run
 from machine_helpers import provision
-from test_doctor import CACHE_KEY, CACHE_URL
+from test_doctor import CACHE_KEY, CACHE_URL, set_cache
 
 from bureau import nix_conf, unit_files
 
@@ -121,20 +121,7 @@ def test_bootstrap_machine_enrolls_a_worker_and_runs_again_harmlessly(
     root: Path,
     tmp_path: Path,
 ) -> None:
-    published = run(
-        "bureau",
-        "fleet",
-        "cache",
-        "set",
-        "--credential-file",
-        fleet.credential_file,
-        "--url",
-        CACHE_URL,
-        "--name",
-        "bureau",
-        "--public-key",
-        CACHE_KEY,
-    )
+    published = set_cache(fleet, CACHE_KEY)
     assert published.returncode == 0, published.stderr
     machine = provision(fleet, tmp_path)
     env = {"BUREAU_ROOT": str(root), "BUREAU_VENV": str(VENV)}

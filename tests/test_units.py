@@ -52,27 +52,25 @@ def unit_root(tmp_path: Path) -> Path:
     return root
 
 
-def test_systemd_analyze_verify_passes(unit_root: Path) -> None:
-    result = subprocess.run(
-        ["systemd-analyze", "verify", f"--root={unit_root}", *UNITS],
+def _verify(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["systemd-analyze", "verify", f"--root={root}", *UNITS],
         capture_output=True,
         text=True,
         check=False,
         timeout=60,
     )
+
+
+def test_systemd_analyze_verify_passes(unit_root: Path) -> None:
+    result = _verify(unit_root)
     assert result.returncode == 0, result.stderr
     assert result.stdout == result.stderr == ""
 
 
 def test_verify_catches_a_missing_binary(unit_root: Path) -> None:
     (unit_root / "usr/local/bin/bureau-daemon").unlink()
-    result = subprocess.run(
-        ["systemd-analyze", "verify", f"--root={unit_root}", *UNITS],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    result = _verify(unit_root)
     assert result.returncode != 0
     assert "bureau-daemon" in result.stderr
 
