@@ -11,6 +11,7 @@ from bureau.cli import credential_commands, fleet_commands, fleet_state_commands
 from bureau.cli.common import Handler
 from bureau.edge import Parser, run
 from bureau.errors import UsageError
+from bureau.profile import commands as profile_commands
 
 PROG = "bureau"
 
@@ -26,6 +27,7 @@ def build_parser() -> Parser:
     fleet_commands.register(groups)
     credential_commands.register(groups)
     fleet_state_commands.register(groups)
+    profile_commands.register(groups)
     _log_level_everywhere(p)
     return p
 
