@@ -105,6 +105,11 @@ def token_problem(value: str) -> str | None:
     return None
 
 
+def _shown(value: str) -> str:
+    """A value quoted in a message, unless it may be a credential."""
+    return "<redacted>" if token_problem(value) else repr(value)
+
+
 def endpoint_problem(value: str) -> str | None:
     """grpc(s)/http(s)://host[:port][/path], nothing else."""
     parts = urlsplit(value)
@@ -169,7 +174,7 @@ def _value_problems(profile: Profile) -> list[str]:
             found.append(f"{name}: {why}")
     instance = profile.get(INSTANCE, "")
     if instance and not _INSTANCE.fullmatch(instance):
-        found.append(f"{INSTANCE}: {instance!r} is not a REAPI instance name")
+        found.append(f"{INSTANCE}: {_shown(instance)} is not a REAPI instance name")
     return found
 
 
@@ -187,9 +192,9 @@ def _state_problems(profile: Profile) -> list[str]:
     state, mode = profile.get(STATE, ""), profile.get(MODE, "")
     proof = profile.get(LOCAL_PROOF, "")
     if state and state not in STATES:
-        found.append(f"{STATE}: {state!r} is not one of {', '.join(STATES)}")
+        found.append(f"{STATE}: {_shown(state)} is not one of {', '.join(STATES)}")
     if mode and mode not in MODES:
-        found.append(f"{MODE}: {mode!r} is not one of {', '.join(MODES)}")
+        found.append(f"{MODE}: {_shown(mode)} is not one of {', '.join(MODES)}")
     required, forbidden, implied = _STATE_RULES.get(state, ((), (), None))
     found += [f"{name}: required by {state}" for name in required if not profile.get(name)]
     found += [f"{name}: set, but the profile is {state}" for name in forbidden if profile.get(name)]
@@ -202,7 +207,7 @@ def _state_problems(profile: Profile) -> list[str]:
     if proof and state != LOCAL:
         found.append(f"{LOCAL_PROOF}: set, but {STATE} is not {LOCAL}")
     if proof and proof != "port-forward":
-        found.append(f"{LOCAL_PROOF}: {proof!r} is not port-forward")
+        found.append(f"{LOCAL_PROOF}: {_shown(proof)} is not port-forward")
     return found
 
 
