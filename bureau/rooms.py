@@ -10,6 +10,7 @@ MACHINE_INFO = "m.bureau.machine_info"
 MACHINE_CONFIG = "m.bureau.machine_config"
 CREDENTIALS = "m.bureau.credentials"
 FLEET_CACHE = "m.bureau.fleet_cache"
+FLEET_PROFILE = "m.bureau.fleet_profile"
 
 # Pinned: from room version 12 on, a room's creator holds unlimited power and may not be
 # listed in the power levels, which cannot express WIRE.md's table (operators at 100,

@@ -89,6 +89,18 @@ def test_fix_makes_an_enrolled_machine_pass_and_a_second_fix_changes_nothing(
     published = set_cache(fleet, CACHE_KEY)
     assert published.returncode == 0, published.stderr
     assert published.stdout.startswith("published: ")
+    profile = run(
+        "bureau",
+        "fleet",
+        "profile",
+        "set",
+        "--credential-file",
+        fleet.credential_file,
+        "shared-cache-backed",
+        "--cache-endpoint",
+        "grpcs://bazel-cache.example.internal:9092",
+    )
+    assert profile.returncode == 0, profile.stderr
 
     first = _doctor(root, "--fix")
     assert first.returncode == 1  # no machine yet: nothing can make a session
@@ -117,6 +129,7 @@ def test_fix_makes_an_enrolled_machine_pass_and_a_second_fix_changes_nothing(
     assert "fixed file /var/lib/bureau/session.json" in second.stdout
     assert "fixed file /etc/bureau/machine.conf" in second.stdout
     assert "fixed nix.conf trusts the fleet cache" in second.stdout
+    assert "fixed fleet profile /run/bureau/profile.env" in second.stdout
     assert _failing(second.stdout) == [
         "FAIL  launcher socket /run/bureau/launcher.sock: No such file or directory "
         "(fix: start bureau-launcher)"

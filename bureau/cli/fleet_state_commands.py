@@ -7,7 +7,9 @@ import argparse
 from bureau.cli.common import Subparsers, add_credential_file, say, valid
 from bureau.errors import UsageError
 from bureau.operator import credentials
-from bureau.operator.fleet_state import set_cache
+from bureau.operator.fleet_state import set_cache, set_profile
+from bureau.profile import commands as profile_commands
+from bureau.profile import model
 from bureau.schema import FleetCache, validate_cache_url, validate_nix_public_key
 
 
@@ -22,8 +24,15 @@ def cache_set(args: argparse.Namespace) -> int:
     return 0
 
 
+def profile_set(args: argparse.Namespace) -> int:
+    profile = profile_commands.profile_from_flags(args)
+    changed = set_profile(credentials.load(args.credential_file), profile)
+    say(f"{'published' if changed else 'already published'}: {model.summary(profile)}")
+    return 0
+
+
 def register(groups: Subparsers) -> None:
-    fleet = groups.add_parser("fleet", help="fleet-wide state: the binary cache")
+    fleet = groups.add_parser("fleet", help="fleet-wide state: the binary cache, the profile")
     cmds = fleet.add_subparsers(dest="command", metavar="WHAT", required=True)
     cache = cmds.add_parser("cache", help="the binary cache every machine trusts")
     cache_cmds = cache.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -42,3 +51,13 @@ def register(groups: Subparsers) -> None:
     )
     add_credential_file(setter)
     setter.set_defaults(handler=cache_set)
+
+    profile = cmds.add_parser("profile", help="the fleet profile every machine materializes")
+    profile_cmds = profile.add_subparsers(dest="action", metavar="ACTION", required=True)
+    publish = profile_cmds.add_parser(
+        "set",
+        help="publish m.bureau.fleet_profile (checked like flywheel-enroll; no token accepted)",
+    )
+    profile_commands.add_profile_flags(publish)
+    add_credential_file(publish)
+    publish.set_defaults(handler=profile_set)

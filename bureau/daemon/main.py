@@ -76,6 +76,7 @@ def _main(argv: list[str]) -> int:
         log=logger,
         heartbeat_seconds=args.heartbeat_interval,
         notifier=notifier,
+        run_dir=args.run_dir.absolute(),
     )
     try:
         code = asyncio.run(daemon.run())

@@ -21,6 +21,7 @@ import signal
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from bureau import names, rooms
@@ -34,8 +35,9 @@ from bureau.machine_config import MachineConfig
 from bureau.matrix_http import backoff_seconds
 from bureau.notify import Notifier
 from bureau.operator.fleet import fleet_room_aliases
+from bureau.profile import materialized as profile_file
 
-STATE_TYPES = [rooms.MACHINE_CONFIG, rooms.CREDENTIALS]
+STATE_TYPES = [rooms.MACHINE_CONFIG, rooms.CREDENTIALS, rooms.FLEET_PROFILE]
 RECONCILE_SECONDS = 30.0
 HEARTBEAT_SECONDS = 300.0
 
@@ -53,6 +55,7 @@ class Daemon:
         machine_user: str,
         log: Any,
         notifier: Notifier,
+        run_dir: Path,
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
         reconcile_seconds: float = RECONCILE_SECONDS,
         rng: Callable[[], float] = random.random,
@@ -67,6 +70,7 @@ class Daemon:
         self._heartbeat_seconds = heartbeat_seconds
         self._reconcile_seconds = reconcile_seconds
         self._notifier = notifier
+        self._run_dir = run_dir
         self._running = 0
         self._rng = rng
         self._stop = asyncio.Event()
@@ -78,6 +82,7 @@ class Daemon:
         self._since: str | None = None
         self._config_room = ""
         self._machine_room = ""
+        self._fleet_room = ""
         self._config = MachineConfig()
         self._credentials: dict[str, dict[str, Any]] = {}
         self._refused: dict[str, str] = {}  # principal -> digest the launcher refused
@@ -150,6 +155,8 @@ class Daemon:
                     self._config_room = room_id
                 elif alias == aliases["machine"]:
                     self._machine_room = room_id
+                elif alias == aliases["fleet"]:
+                    self._fleet_room = room_id
         except MatrixError as exc:
             self._die(str(exc))
             return False
@@ -196,9 +203,11 @@ class Daemon:
         changed = False
         machine_key = names.state_key(self._localpart, self._server)
         for room_id, event in events:
+            kind, key, content = event.get("type"), event.get("state_key"), event.get("content")
+            if room_id == self._fleet_room and kind == rooms.FLEET_PROFILE and key == "":
+                profile_file.apply(self._run_dir, content, self._log)
             if room_id != self._config_room:
                 continue
-            kind, key, content = event.get("type"), event.get("state_key"), event.get("content")
             if kind == rooms.MACHINE_CONFIG and key == machine_key:
                 try:
                     self._config = MachineConfig.from_json(content)

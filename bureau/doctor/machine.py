@@ -31,6 +31,7 @@ def machine_doctor(
         remote.session,
         remote.published_key,
         remote.substituter,
+        remote.fleet_profile,
         local.active,
         remote.sockets,
     ]

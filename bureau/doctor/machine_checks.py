@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from bureau.launcher.protocol import MAX_MESSAGE, Request
 from bureau.machine_state import load_session
 from bureau.matrix_http import MatrixHTTP
 from bureau.operator.fleet import fleet_room_aliases
+from bureau.profile import materialized as profile_file
+from bureau.profile import model, sources
 from bureau.schema import FleetCache, Session
 
 NIX_CONF = Path("/etc/nix/nix.conf")
@@ -148,6 +151,44 @@ class MachineChecks:
 
         yield fail(name, f"does not trust {cache.url} with {missing[0]}", "add them", fix)
 
+    def fleet_profile(self) -> Iterator[Finding]:
+        """The profile the fleet publishes is materialized here, and verifies."""
+        if self._client is None:
+            return
+        target = RUN_DIR / profile_file.FILE_NAME
+        name = f"fleet profile {target}"
+        try:
+            content = self._fleet_state("fleet", rooms.FLEET_PROFILE, "")
+        except BureauError as exc:
+            yield fail(name, str(exc))
+            return
+        if not content:
+            yield not_applicable(name, "the fleet publishes no profile")
+            return
+        try:
+            published = model.from_event(content)
+        except ValueError as exc:
+            yield fail(name, str(exc), "publish it again: bureau fleet profile set")
+            return
+        path = self.host.path(target)
+        try:
+            local = sources.parse_env_file(path.read_text())
+        except FileNotFoundError:
+            local = {}
+        if local != published:
+            yield fail(
+                name,
+                "missing" if not local else "differs from the fleet's",
+                "bureau-daemon writes it; written now from the fleet room",
+                partial(profile_file.apply, path.parent, content, _quiet),
+            )
+            return
+        problems = model.violations(published)
+        if problems:
+            yield fail(name, problems[0], "publish a consistent one: bureau fleet profile set")
+            return
+        yield ok(name, model.summary(published))
+
     def sockets(self) -> Iterator[Finding]:
         run_dir = self.host.path(RUN_DIR)
         launcher = run_dir / "launcher.sock"
@@ -171,6 +212,18 @@ class MachineChecks:
                     f"{path} does not answer /health",
                     "the launcher restarts it; see journalctl -u bureau-launcher",
                 )
+
+
+class _Quiet:
+    """A logger for fixes whose outcome the doctor reports itself."""
+
+    def info(self, *_args: object, **_kwargs: object) -> None:
+        pass
+
+    error = info
+
+
+_quiet = _Quiet()
 
 
 def _launcher_list(path: Path) -> list[dict[str, Any]]:

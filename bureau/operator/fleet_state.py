@@ -1,19 +1,30 @@
 """Fleet-wide, non-secret state that operators publish in the fleet room: the binary
-cache (``m.bureau.fleet_cache``) that machines trust in nix.conf."""
+cache (``m.bureau.fleet_cache``) that machines trust in nix.conf, and the fleet profile
+(``m.bureau.fleet_profile``) that their daemons materialize."""
 
 from __future__ import annotations
 
 from bureau import rooms
 from bureau.operator.credentials import admin_client
 from bureau.operator.fleet import resolve_fleet_rooms
+from bureau.profile import model
 from bureau.schema import FleetCache, OperatorCredentials
+
+
+def _put(creds: OperatorCredentials, event_type: str, content: dict[str, object]) -> bool:
+    admin = admin_client(creds)
+    room = resolve_fleet_rooms(admin, creds.fleet, creds.server_name).fleet
+    if admin.get_state(room, event_type, "") == content:
+        return False
+    admin.put_state(room, event_type, "", content)
+    return True
 
 
 def set_cache(creds: OperatorCredentials, cache: FleetCache) -> bool:
     """Publish the cache; returns whether it changed."""
-    admin = admin_client(creds)
-    room = resolve_fleet_rooms(admin, creds.fleet, creds.server_name).fleet
-    if admin.get_state(room, rooms.FLEET_CACHE, "") == cache.to_json():
-        return False
-    admin.put_state(room, rooms.FLEET_CACHE, "", cache.to_json())
-    return True
+    return _put(creds, rooms.FLEET_CACHE, cache.to_json())
+
+
+def set_profile(creds: OperatorCredentials, profile: model.Profile) -> bool:
+    """Publish the fleet profile (already checked by the model); whether it changed."""
+    return _put(creds, rooms.FLEET_PROFILE, dict(model.to_event(profile)))

@@ -226,6 +226,15 @@ def add_root(p: argparse.ArgumentParser) -> None:
 
 
 def add_materialize_flags(p: argparse.ArgumentParser, default_write: str | None) -> None:
+    add_profile_flags(p)
+    p.add_argument(
+        "--write",
+        type=Path,
+        help=f"write here atomically (default: {default_write or 'print to stdout'})",
+    )
+
+
+def add_profile_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("state", metavar="STATE", choices=model.STATES, help=" | ".join(model.STATES))
     p.add_argument("--cache-endpoint", help="BAZEL_REMOTE_CACHE, e.g. grpcs://cache.example:9092")
     p.add_argument("--executor-endpoint", help="REAPI executor endpoint (executor-backed)")
@@ -235,11 +244,6 @@ def add_materialize_flags(p: argparse.ArgumentParser, default_write: str | None)
     p.add_argument("--attic-server", help="Attic server URL (public trust material)")
     p.add_argument("--attic-cache", help="Attic cache name")
     p.add_argument("--attic-public-key", help="Attic cache public key, NAME:BASE64")
-    p.add_argument(
-        "--write",
-        type=Path,
-        help=f"write here atomically (default: {default_write or 'print to stdout'})",
-    )
 
 
 def register(groups: Any) -> None:

@@ -237,6 +237,32 @@ def _wiring_violations(profile: Profile) -> list[str]:
     return found
 
 
+def from_event(content: object, where: str = "m.bureau.fleet_profile") -> Profile:
+    """``m.bureau.fleet_profile`` content (fleet room, state key ""): the variables as a
+    flat object of strings. Anything else, or anything contradictory, is refused: the
+    same model guards the operator who publishes and the machine that materializes."""
+    if not isinstance(content, dict):
+        raise ValueError(f"{where}: expected an object")
+    profile: Profile = {}
+    for name, value in content.items():
+        if name not in VARIABLES:
+            raise ValueError(f"{where}: {name}: not a profile variable")
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: {name}: expected a string")
+        if value:
+            profile[name] = value
+    if not profile.get(STATE):
+        raise ValueError(f"{where}: {STATE}: missing")
+    problems = contradictions(profile)
+    if problems:
+        raise ValueError(f"{where}: {problems[0]}")
+    return profile
+
+
+def to_event(profile: Profile) -> dict[str, str]:
+    return {n: profile[n] for n in VARIABLES if profile.get(n)}
+
+
 def summary(profile: Profile) -> str:
     state = profile.get(STATE, "")
     ends = ", ".join(f"{n}={profile[n]}" for n in (CACHE, EXECUTOR) if profile.get(n))
