@@ -26,7 +26,19 @@ from bureau.schema import OperatorCredentials
 from bureau.secret import Secret
 
 BIN = Path(sys.executable).parent
-REQUIRED_TOOLS = ("age", "jq", "strace", "systemd-creds")
+REQUIRED_TOOLS = (
+    "age",
+    "jq",
+    "strace",
+    "systemd-creds",
+    "systemd-analyze",
+    "systemctl",
+    "nix-instantiate",
+    "useradd",
+    "groupadd",
+    "setpriv",
+    "git",
+)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
