@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import Fleet, one_line_error, run
 from launcher_proc import launcher
-from machine_helpers import provision
+from machine_helpers import Provisioned, provision
 
 from bureau import names, rooms, unit_files
 from bureau.operator import credentials
@@ -27,6 +27,26 @@ CACHE_URL = "http://attic.internal:5580/bureau"
 @pytest.fixture
 def root(empty_root: Path) -> Path:
     return empty_root
+
+
+def _first_boot(fleet: Fleet, tmp_path: Path, root: Path, storage: str) -> tuple[Provisioned, Path]:
+    """First boot as script/bootstrap-machine runs it: into the root's state directory."""
+    machine = provision(fleet, tmp_path)
+    state = root / "var/lib/bureau"
+    booted = run(
+        "bureau-launcher",
+        "--bootstrap-file",
+        machine.bootstrap,
+        "--machine-name",
+        machine.short_name,
+        "--state-dir",
+        state,
+        "--key-storage",
+        storage,
+        "--first-boot-only",
+    )
+    assert booted.returncode == 0, booted.stderr
+    return machine, state
 
 
 def set_cache(fleet: Fleet, public_key: str):  # type: ignore[no-untyped-def]
@@ -107,23 +127,8 @@ def test_fix_makes_an_enrolled_machine_pass_and_a_second_fix_changes_nothing(
     assert "fixed user bureau" in first.stdout
     assert "FAIL  session" in first.stdout
 
-    # First boot as script/bootstrap-machine runs it: into the root's state directory,
-    # the key sealed with systemd-creds.
-    machine = provision(fleet, tmp_path)
-    state = root / "var/lib/bureau"
-    booted = run(
-        "bureau-launcher",
-        "--bootstrap-file",
-        machine.bootstrap,
-        "--machine-name",
-        machine.short_name,
-        "--state-dir",
-        state,
-        "--key-storage",
-        "systemd-creds",
-        "--first-boot-only",
-    )
-    assert booted.returncode == 0, booted.stderr
+    # The key sealed with systemd-creds, as script/bootstrap-machine does it.
+    machine, state = _first_boot(fleet, tmp_path, root, "systemd-creds")
 
     second = _doctor(root, "--fix")
     assert "fixed file /var/lib/bureau/session.json" in second.stdout
@@ -180,21 +185,7 @@ def test_edited_unit_is_drift_and_fix_restores_it(root: Path) -> None:
 
 
 def test_plain_key_is_sealed_by_fix(fleet: Fleet, root: Path, tmp_path: Path) -> None:
-    machine = provision(fleet, tmp_path)
-    state = root / "var/lib/bureau"
-    booted = run(
-        "bureau-launcher",
-        "--bootstrap-file",
-        machine.bootstrap,
-        "--machine-name",
-        machine.short_name,
-        "--state-dir",
-        state,
-        "--key-storage",
-        "plain",
-        "--first-boot-only",
-    )
-    assert booted.returncode == 0, booted.stderr
+    _, state = _first_boot(fleet, tmp_path, root, "plain")
     found = _doctor(root)
     assert "FAIL  machine key: stored plain in machine-key.txt" in found.stdout
     fixed = _doctor(root, "--fix")
