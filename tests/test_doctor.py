@@ -10,12 +10,13 @@ import json
 import stat
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest import Fleet, one_line_error, run
 from launcher_proc import launcher
-from machine_helpers import Provisioned, provision
+from machine_helpers import Provisioned, boot, provision
 
 from bureau import names, rooms, unit_files
 from bureau.operator import credentials
@@ -31,22 +32,10 @@ def root(empty_root: Path) -> Path:
 
 def _first_boot(fleet: Fleet, tmp_path: Path, root: Path, storage: str) -> tuple[Provisioned, Path]:
     """First boot as script/bootstrap-machine runs it: into the root's state directory."""
-    machine = provision(fleet, tmp_path)
-    state = root / "var/lib/bureau"
-    booted = run(
-        "bureau-launcher",
-        "--bootstrap-file",
-        machine.bootstrap,
-        "--machine-name",
-        machine.short_name,
-        "--state-dir",
-        state,
-        "--key-storage",
-        storage,
-        "--first-boot-only",
-    )
+    machine = replace(provision(fleet, tmp_path), state_dir=root / "var/lib/bureau")
+    booted = boot(machine, "--key-storage", storage)
     assert booted.returncode == 0, booted.stderr
-    return machine, state
+    return machine, machine.state_dir
 
 
 def set_cache(fleet: Fleet, public_key: str):  # type: ignore[no-untyped-def]

@@ -86,6 +86,14 @@ class MachineChecks:
             raise BureauError(f"{alias}: no such room")
         return self._client.get_state(room, event_type, key)
 
+    def _published(self, name: str, event_type: str, absent: str) -> dict[str, Any] | Finding:
+        """Fleet-room state for a check, or the finding that replaces the check."""
+        try:
+            content = self._fleet_state("fleet", event_type, "")
+        except BureauError as exc:
+            return fail(name, str(exc))
+        return content if content else not_applicable(name, absent)
+
     def published_key(self) -> Iterator[Finding]:
         if self._client is None or self._session is None:
             return
@@ -113,13 +121,9 @@ class MachineChecks:
         if self._client is None:
             return
         name = f"nix.conf trusts the fleet cache ({self.nix_conf})"
-        try:
-            content = self._fleet_state("fleet", rooms.FLEET_CACHE, "")
-        except BureauError as exc:
-            yield fail(name, str(exc))
-            return
-        if not content:
-            yield not_applicable(name, "the fleet publishes no binary cache")
+        content = self._published(name, rooms.FLEET_CACHE, "the fleet publishes no binary cache")
+        if isinstance(content, Finding):
+            yield content
             return
         try:
             cache = FleetCache.from_json(content)
@@ -157,13 +161,9 @@ class MachineChecks:
             return
         target = RUN_DIR / profile_file.FILE_NAME
         name = f"fleet profile {target}"
-        try:
-            content = self._fleet_state("fleet", rooms.FLEET_PROFILE, "")
-        except BureauError as exc:
-            yield fail(name, str(exc))
-            return
-        if not content:
-            yield not_applicable(name, "the fleet publishes no profile")
+        content = self._published(name, rooms.FLEET_PROFILE, "the fleet publishes no profile")
+        if isinstance(content, Finding):
+            yield content
             return
         try:
             published = model.from_event(content)
