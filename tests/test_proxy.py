@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import socket
 import stat
 import subprocess
 import threading
@@ -141,6 +142,21 @@ def test_sigterm_lets_in_flight_requests_finish(upstream: str, tmp_path: Path) -
         thread.join(timeout=30)
         assert result["reply"].status == 200
         assert running.proc.wait(timeout=30) == 0
+
+
+def test_a_client_that_goes_away_is_no_upstream_error(upstream: str, tmp_path: Path) -> None:
+    with proxy(_payload(upstream), tmp_path / "s") as running:
+        for _ in range(3):
+            with socket.socket(socket.AF_UNIX) as client:
+                client.connect(str(running.socket))
+                client.sendall(b"GET /http/api/slow?ms=300 HTTP/1.1\r\nHost: x\r\n\r\n")
+        # The upstream answers after the clients left; the next client is served.
+        time.sleep(0.6)
+        assert unix_request(running.socket, "GET", "/http/api/x").status == 200
+        code, stderr = running.stop()
+    assert code == 0
+    assert "Traceback" not in stderr
+    assert "upstream unreachable" not in stderr
 
 
 @pytest.mark.parametrize(

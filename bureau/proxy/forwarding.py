@@ -139,10 +139,15 @@ class Forwarder:
                     reason=upstream.reason,
                     headers=response_headers(upstream.headers),
                 )
-                await response.prepare(request)
-                async for chunk in upstream.content.iter_chunked(CHUNK):
-                    await response.write(chunk)
-                await response.write_eof()
+                try:
+                    await response.prepare(request)
+                    async for chunk in upstream.content.iter_chunked(CHUNK):
+                        await response.write(chunk)
+                    await response.write_eof()
+                except ConnectionResetError:
+                    # The client went away mid-response: its business, not the upstream's.
+                    self._log.debug("client went away", service=service)
+                    return response
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
             self._log.warning("upstream unreachable", service=service, error=type(exc).__name__)
             if "response" in locals() and response.prepared:
