@@ -1,0 +1,162 @@
+"""bench/results/latest.md (tables, targets with the measured ratios) and latest.png (the
+same numbers as a plot), from one run's results."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Row = dict[str, Any]
+
+
+def _row(rows: list[Row], leg: str, body: str, concurrency: int) -> Row:
+    return next(
+        r for r in rows if (r["leg"], r["body"], r["concurrency"]) == (leg, body, concurrency)
+    )
+
+
+def targets(overhead: list[Row], memory: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(target, measured, met) for every target this run measures."""
+    ours = _row(overhead, "bureau-proxy", "small", 16)
+    nginx = _row(overhead, "nginx-proxy", "small", 16)
+    direct = _row(overhead, "direct", "small", 16)
+    cpu_ratio = ours["cpu_us_per_request"] / nginx["cpu_us_per_request"]
+    rps_ratio = ours["rps"] / nginx["rps"]
+    added_p99_ms = (ours["p99_us"] - direct["p99_us"]) / 1000
+    loadgen_ratio = direct["rps"] / nginx["rps"]
+    per_principal = memory["pss_per_additional_principal_mib"]
+    return [
+        (
+            "load generator not the bottleneck: direct >= 2x nginx-proxy req/s (c=16)",
+            f"{loadgen_ratio:.1f}x",
+            loadgen_ratio >= 2,
+        ),
+        ("proxy CPU per request <= 2x nginx's (c=16)", f"{cpu_ratio:.1f}x", cpu_ratio <= 2),
+        ("proxy req/s >= 0.5x nginx's (c=16)", f"{rps_ratio:.2f}x", rps_ratio >= 0.5),
+        (
+            "added p99 over direct <= 1 ms (c=16)",
+            f"{added_p99_ms:.2f} ms",
+            added_p99_ms <= 1,
+        ),
+        (
+            "<= 15 MiB PSS per additional principal",
+            f"{per_principal:.1f} MiB",
+            per_principal <= 15,
+        ),
+    ]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def markdown(results: dict[str, Any]) -> str:
+    overhead: list[Row] = results["proxy_overhead"]
+    memory: dict[str, Any] = results["memory"]
+    fmt: Callable[[Any], str] = lambda v: "-" if v is None else f"{v:,.0f}"  # noqa: E731
+    lines = [
+        "# Benchmarks: latest run",
+        "",
+        f"{results['when']} on {platform.machine()}, {results['cpus']} CPUs; "
+        f"medians of {results['rounds']} rounds of {results['seconds']} s per case, legs "
+        "interleaved in each round. Reproduce with `./script/bench`.",
+        "",
+        "## Targets",
+        "",
+        *_table(
+            ["target", "measured", "met"],
+            [[t, m, "yes" if ok else "**no**"] for t, m, ok in targets(overhead, memory)],
+        ),
+        "",
+        "## Proxy overhead",
+        "",
+        "direct: the load generator to the nginx upstream's Unix socket; bureau-proxy and "
+        "nginx-proxy: the same request through each, injecting `Authorization`, to the "
+        "upstream on loopback TCP. CPU is the proxy's own (user + system) per request.",
+        "",
+        *_table(
+            ["leg", "body", "c", "req/s", "p50 us", "p99 us", "CPU us/req", "errors"],
+            [
+                [
+                    r["leg"],
+                    r["body"],
+                    str(r["concurrency"]),
+                    fmt(r["rps"]),
+                    fmt(r["p50_us"]),
+                    fmt(r["p99_us"]),
+                    fmt(r["cpu_us_per_request"]),
+                    str(r["errors"]),
+                ]
+                for r in overhead
+            ],
+        ),
+        "",
+        "## Memory per principal",
+        "",
+        *_table(
+            ["principals", "PSS MiB", "RSS MiB"],
+            [
+                [str(r["principals"]), f"{r['pss_mib']:.1f}", f"{r['rss_mib']:.1f}"]
+                for r in memory["rows"]
+            ],
+        ),
+        "",
+        f"Per additional principal: {memory['pss_per_additional_principal_mib']:.1f} MiB PSS. "
+        f"For scale, the idle nginx upstream (master and worker): {memory['nginx_pss_mib']:.1f} "
+        "MiB PSS.",
+        "",
+        "Not measured yet (issue #6): rotation latency against the sync floor, first boot and "
+        "start-up to READY, the simulated 20-worker fleet.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib  # noqa: PLC0415 -- only `./script/bench` installs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    overhead: list[Row] = results["proxy_overhead"]
+    legs = ["direct", "bureau-proxy", "nginx-proxy"]
+    concurrency = sorted({r["concurrency"] for r in overhead if r["body"] == "small"})
+    fig, (rps_ax, cpu_ax, mem_ax) = plt.subplots(1, 3, figsize=(15, 4.5))
+    width = 0.27
+    for index, leg in enumerate(legs):
+        values = [_row(overhead, leg, "small", c)["rps"] for c in concurrency]
+        xs = [i + (index - 1) * width for i in range(len(concurrency))]
+        rps_ax.bar(xs, values, width, label=leg)
+    rps_ax.set_xticks(range(len(concurrency)), [f"c={c}" for c in concurrency])
+    rps_ax.set_yscale("log")
+    rps_ax.set_title("requests/s, small body (log scale)")
+    rps_ax.legend()
+    for leg in ("bureau-proxy", "nginx-proxy"):
+        values = [_row(overhead, leg, "small", c)["cpu_us_per_request"] for c in concurrency]
+        cpu_ax.plot([f"c={c}" for c in concurrency], values, marker="o", label=leg)
+    cpu_ax.set_title("proxy CPU per request (us)")
+    cpu_ax.legend()
+    rows = results["memory"]["rows"]
+    mem_ax.plot(
+        [r["principals"] for r in rows],
+        [r["pss_mib"] for r in rows],
+        marker="o",
+        label="bureau-proxy PSS",
+    )
+    mem_ax.plot(
+        [r["principals"] for r in rows],
+        [15 * r["principals"] for r in rows],
+        linestyle="--",
+        label="target: 15 MiB/principal",
+    )
+    mem_ax.set_xlabel("principals")
+    mem_ax.set_title("memory (MiB)")
+    mem_ax.legend()
+    fig.suptitle(f"bureau benchmarks, {results['when']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

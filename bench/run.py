@@ -1,0 +1,63 @@
+"""Run every benchmark side by side and write bench/results/latest.{md,json,png}.
+
+usage: python bench/run.py LOADGEN [--rounds N] [--seconds S]   (./script/bench runs it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import memory  # noqa: E402 -- bench/ is a directory of scripts, not a package
+import proxy_overhead  # noqa: E402
+import report  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="bureau's benchmarks")
+    parser.add_argument("loadgen", type=Path, help="the compiled bench/loadgen.c")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per case (default 3)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="seconds per case (default 3)")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="results directory")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bureau-bench-", dir="/tmp"))
+    work.chmod(0o755)  # nginx's workers (nobody, when started as root) read files in it
+    try:
+        started = time.monotonic()
+        print(f"proxy overhead: {args.rounds} rounds x {args.seconds} s per case", flush=True)
+        samples = proxy_overhead.run(args.loadgen, work / "overhead", args.rounds, args.seconds)
+        print("memory per principal", flush=True)
+        mem = memory.run(work / "memory")
+        results = {
+            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "cpus": os.cpu_count(),
+            "rounds": args.rounds,
+            "seconds": args.seconds,
+            "proxy_overhead": proxy_overhead.summarize(samples),
+            "proxy_overhead_samples": proxy_overhead.as_json(samples),
+            "memory": mem,
+            "wall_seconds": round(time.monotonic() - started, 1),
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "latest.md").write_text(report.markdown(results))
+    report.plot(results, args.out / "latest.png")
+    print((args.out / "latest.md").read_text())
+    failed = [r for r in results["proxy_overhead"] if r["errors"]]  # type: ignore[union-attr]
+    if failed:
+        sys.exit(f"bench: {len(failed)} cases had failed requests; the numbers are not valid")
+
+
+if __name__ == "__main__":
+    main()
