@@ -17,7 +17,9 @@ def _row(rows: list[Row], leg: str, body: str, concurrency: int) -> Row:
     )
 
 
-def targets(overhead: list[Row], memory: dict[str, Any]) -> list[tuple[str, str, bool]]:
+def targets(
+    overhead: list[Row], memory: dict[str, Any], fleet: dict[str, Any]
+) -> list[tuple[str, str, bool]]:
     """(target, measured, met) for every target this run measures."""
     ours = _row(overhead, "bureau-proxy", "small", 16)
     nginx = _row(overhead, "nginx-proxy", "small", 16)
@@ -45,6 +47,16 @@ def targets(overhead: list[Row], memory: dict[str, Any]) -> list[tuple[str, str,
             f"{per_principal:.1f} MiB",
             per_principal <= 15,
         ),
+        (
+            "rotation <= sync floor + 100 ms",
+            f"{fleet['rotation_s'] * 1000:.0f} ms vs floor {fleet['sync_floor_s'] * 1000:.0f} ms",
+            fleet["rotation_s"] <= fleet["sync_floor_s"] + 0.1,
+        ),
+        (
+            "0 failed requests during rotations",
+            f"{fleet['rotation_failures']} of {fleet['rotation_requests']}",
+            fleet["rotation_failures"] == 0,
+        ),
     ]
 
 
@@ -57,6 +69,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def markdown(results: dict[str, Any]) -> str:
     overhead: list[Row] = results["proxy_overhead"]
     memory: dict[str, Any] = results["memory"]
+    fleet: dict[str, Any] = results["fleet"]
     fmt: Callable[[Any], str] = lambda v: "-" if v is None else f"{v:,.0f}"  # noqa: E731
     lines = [
         "# Benchmarks: latest run",
@@ -69,7 +82,10 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         *_table(
             ["target", "measured", "met"],
-            [[t, m, "yes" if ok else "**no**"] for t, m, ok in targets(overhead, memory)],
+            [
+                [t, m, "yes" if ok else "**no**"]
+                for t, m, ok in targets(overhead, memory, results["fleet"])
+            ],
         ),
         "",
         "## Proxy overhead",
@@ -109,8 +125,33 @@ def markdown(results: dict[str, Any]) -> str:
         f"For scale, the idle nginx upstream (master and worker): {memory['nginx_pss_mib']:.1f} "
         "MiB PSS.",
         "",
-        "Not measured yet (issue #6): rotation latency against the sync floor, first boot and "
-        "start-up to READY, the simulated 20-worker fleet.",
+        "## Enrollment, start-up and rotation (embedded hub, one worker)",
+        "",
+        *_table(
+            ["measure", "median"],
+            [
+                [
+                    f"first boot, bootstrap.json to session.json ({fleet['first_boots']} machines)",
+                    f"{fleet['first_boot_s'] * 1000:.0f} ms, "
+                    f"{fleet['first_boot_matrix_share'] * 100:.0f}% waiting on Synapse",
+                ],
+                ["launcher start to READY", f"{fleet['launcher_ready_s'] * 1000:.0f} ms"],
+                [
+                    "daemon start to READY (first sync reconciled)",
+                    f"{fleet['daemon_ready_s'] * 1000:.0f} ms",
+                ],
+                [
+                    f"rotation: provision returned to new value proxied ({fleet['rotations']})",
+                    f"{fleet['rotation_s'] * 1000:.0f} ms",
+                ],
+                [
+                    "sync floor: state PUT returned to another client's /sync",
+                    f"{fleet['sync_floor_s'] * 1000:.0f} ms",
+                ],
+            ],
+        ),
+        "",
+        "Not measured yet (issue #6): the simulated 20-worker fleet.",
         "",
     ]
     return "\n".join(lines)

@@ -17,7 +17,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import memory  # noqa: E402 -- bench/ is a directory of scripts, not a package
+import fleet  # noqa: E402 -- bench/ is a directory of scripts, not a package
+import memory  # noqa: E402
 import proxy_overhead  # noqa: E402
 import report  # noqa: E402
 
@@ -27,6 +28,8 @@ def main() -> None:
     parser.add_argument("loadgen", type=Path, help="the compiled bench/loadgen.c")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per case (default 3)")
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per case (default 3)")
+    parser.add_argument("--boots", type=int, default=10, help="first boots to time (default 10)")
+    parser.add_argument("--rotations", type=int, default=20, help="rotations (default 20)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="results directory")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bureau-bench-", dir="/tmp"))
@@ -37,6 +40,8 @@ def main() -> None:
         samples = proxy_overhead.run(args.loadgen, work / "overhead", args.rounds, args.seconds)
         print("memory per principal", flush=True)
         mem = memory.run(work / "memory")
+        print(f"fleet: {args.boots} first boots, {args.rotations} rotations", flush=True)
+        fleet_results = fleet.run(work / "fleet", args.boots, args.rotations)
         results = {
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "cpus": os.cpu_count(),
@@ -45,6 +50,7 @@ def main() -> None:
             "proxy_overhead": proxy_overhead.summarize(samples),
             "proxy_overhead_samples": proxy_overhead.as_json(samples),
             "memory": mem,
+            "fleet": fleet_results,
             "wall_seconds": round(time.monotonic() - started, 1),
         }
     finally:
