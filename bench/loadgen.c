@@ -82,6 +82,16 @@ static void finish(struct conn *c) {
         errors++;
 }
 
+/* Drop the buffered bytes of the current body or chunk; 1 once it is all read. */
+static int consume(struct conn *c) {
+    size_t take = c->len < (size_t)c->remaining ? c->len : (size_t)c->remaining;
+    body_bytes += take;
+    memmove(c->buf, c->buf + take, c->len - take);
+    c->len -= take;
+    c->remaining -= (long)take;
+    return c->remaining == 0;
+}
+
 /* Consume what is buffered; returns 1 when a response is complete, 0 for more, -1 bad. */
 static int parse(struct conn *c) {
     for (;;) {
@@ -102,13 +112,7 @@ static int parse(struct conn *c) {
             c->len -= head;
             c->st = chunked ? CHUNK_SIZE : BODY;
         } else if (c->st == BODY) {
-            size_t take = c->len < (size_t)c->remaining ? c->len : (size_t)c->remaining;
-            body_bytes += take;
-            memmove(c->buf, c->buf + take, c->len - take);
-            c->len -= take;
-            c->remaining -= (long)take;
-            if (c->remaining) return 0;
-            return 1;
+            return consume(c);
         } else if (c->st == CHUNK_SIZE) {
             char *eol = memmem(c->buf, c->len, "\r\n", 2);
             if (!eol) return 0;
@@ -118,12 +122,7 @@ static int parse(struct conn *c) {
             c->len -= used;
             c->st = c->remaining ? CHUNK_DATA : TRAILERS;
         } else if (c->st == CHUNK_DATA) {
-            size_t take = c->len < (size_t)c->remaining ? c->len : (size_t)c->remaining;
-            body_bytes += take;
-            memmove(c->buf, c->buf + take, c->len - take);
-            c->len -= take;
-            c->remaining -= (long)take;
-            if (c->remaining) return 0;
+            if (!consume(c)) return 0;
             c->st = CHUNK_CRLF;
         } else if (c->st == CHUNK_CRLF) {
             if (c->len < 2) return 0;
