@@ -14,6 +14,7 @@ import os
 import pwd
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,20 +51,35 @@ class Host:
     # -- accounts ------------------------------------------------------------------------
 
     def user(self, name: str) -> Account | None:
-        if self.is_real_root:
-            try:
-                return Account(name, pwd.getpwnam(name).pw_uid)
-            except KeyError:
-                return None
-        return self._accounts("etc/passwd").get(name)
+        return self._by_name(name, "etc/passwd", lambda n: pwd.getpwnam(n).pw_uid)
 
     def group(self, name: str) -> Account | None:
+        return self._by_name(name, "etc/group", lambda n: grp.getgrnam(n).gr_gid)
+
+    def name_of_uid(self, uid: int) -> str:
+        return self._by_id(uid, "etc/passwd", lambda i: pwd.getpwuid(i).pw_name)
+
+    def name_of_gid(self, gid: int) -> str:
+        return self._by_id(gid, "etc/group", lambda i: grp.getgrgid(i).gr_name)
+
+    def _by_name(self, name: str, database: str, nss: Callable[[str], int]) -> Account | None:
+        """On the real root through NSS (LDAP and friends included), else the root's file."""
         if self.is_real_root:
             try:
-                return Account(name, grp.getgrnam(name).gr_gid)
+                return Account(name, nss(name))
             except KeyError:
                 return None
-        return self._accounts("etc/group").get(name)
+        return self._accounts(database).get(name)
+
+    def _by_id(self, number: int, database: str, nss: Callable[[int], str]) -> str:
+        """The name of a uid or gid, or the number itself when it has none."""
+        if self.is_real_root:
+            try:
+                return nss(number)
+            except KeyError:
+                return str(number)
+        names = {a.id: a.name for a in self._accounts(database).values()}
+        return names.get(number, str(number))
 
     def _accounts(self, relative: str) -> dict[str, Account]:
         try:
@@ -72,24 +88,6 @@ class Host:
             found = {}
         # root is 0 on every Linux, listed or not.
         return {"root": Account("root", 0), **found}
-
-    def name_of_uid(self, uid: int) -> str:
-        if self.is_real_root:
-            try:
-                return pwd.getpwuid(uid).pw_name
-            except KeyError:
-                return str(uid)
-        names = {a.id: a.name for a in self._accounts("etc/passwd").values()}
-        return names.get(uid, str(uid))
-
-    def name_of_gid(self, gid: int) -> str:
-        if self.is_real_root:
-            try:
-                return grp.getgrgid(gid).gr_name
-            except KeyError:
-                return str(gid)
-        names = {a.id: a.name for a in self._accounts("etc/group").values()}
-        return names.get(gid, str(gid))
 
     def prefix_args(self) -> list[str]:
         return [] if self.is_real_root else ["--prefix", str(self.root)]
