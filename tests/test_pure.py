@@ -12,7 +12,7 @@ from bureau import names, passwords, rooms
 from bureau.errors import InputError
 from bureau.matrix_http import retry_delay
 from bureau.operator.machines import DECOMMISSIONED, ENROLLED, PROVISIONED, machine_records
-from bureau.proxy.forwarding import upstream_target
+from bureau.proxy.http_rules import split_target
 from bureau.schema import BootstrapConfig, MachineKey, OperatorCredentials, Session
 from bureau.secret import Secret
 
@@ -301,8 +301,10 @@ def test_retry_delay_prefers_server_hints() -> None:
     assert retry_delay(3, {}, {}, lambda: 0.0) == 4
 
 
-def test_proxy_upstream_target_keeps_bytes() -> None:
-    assert upstream_target("/http/api/v1/a%2Fb?x=%2F&y") == "/v1/a%2Fb?x=%2F&y"
-    assert upstream_target("/http/api") == "/"
-    assert upstream_target("/http/api?q=1") == "/?q=1"
-    assert upstream_target("/http/api/") == "/"
+def test_proxy_target_keeps_bytes() -> None:
+    assert split_target(b"/http/api/v1/a%2Fb?x=%2F&y") == (b"api", b"/v1/a%2Fb?x=%2F&y")
+    assert split_target(b"/http/api") == (b"api", b"/")
+    assert split_target(b"/http/api?q=1") == (b"api", b"/?q=1")
+    assert split_target(b"/http/api/") == (b"api", b"/")
+    for elsewhere in (b"http://evil.example/http/api/x", b"/http//x", b"/health", b"*"):
+        assert split_target(elsewhere) is None

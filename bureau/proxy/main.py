@@ -14,14 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-from aiohttp import web
+import uvloop
 
 from bureau import log
 from bureau.edge import Parser, run
 from bureau.errors import BureauError, InputError, UsageError
 from bureau.hardening import no_dumps
-from bureau.proxy.forwarding import Forwarder
+from bureau.proxy.server import SWEEP_SECONDS, ClientConnection, Proxy
 from bureau.proxy_payload import ProxyPayload
 
 PROG = "bureau-proxy"
@@ -48,42 +47,50 @@ def read_payload() -> ProxyPayload:
     return ProxyPayload.from_bytes(raw)
 
 
-async def serve(payload: ProxyPayload, socket_path: Path, logger: Any) -> None:
+async def serve(payload: ProxyPayload, socket_path: Path, logger: Any, *, debug: bool) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    connector = aiohttp.TCPConnector(limit=256, ttl_dns_cache=60)
-    session = aiohttp.ClientSession(
-        connector=connector,
-        trust_env=False,
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),  # upstream cookies must not reach other requests
-        timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=300),
-    )
-    runner = web.AppRunner(
-        Forwarder(payload, session, logger).app(), access_log=None, shutdown_timeout=DRAIN_SECONDS
-    )
+    proxy = Proxy(payload, logger, debug=debug)
+    socket_path.parent.mkdir(parents=True, exist_ok=True)
+    # Bind with the final mode: no moment where the socket is wider than 0660.
+    old_umask = os.umask(0o117)
     try:
-        await runner.setup()
-        socket_path.parent.mkdir(parents=True, exist_ok=True)
-        site = web.UnixSite(runner, str(socket_path))
-        # Bind with the final mode: no moment where the socket is wider than 0660.
-        old_umask = os.umask(0o117)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise BureauError(f"--socket {socket_path}: {exc.strerror or exc}") from None
-        finally:
-            os.umask(old_umask)
+        server = await loop.create_unix_server(
+            lambda: ClientConnection(proxy), str(socket_path), backlog=1024
+        )
+    except OSError as exc:
+        raise BureauError(f"--socket {socket_path}: {exc.strerror or exc}") from None
+    finally:
+        os.umask(old_umask)
+    # Timeouts are checked once a second rather than armed per request.
+    sweeper = [loop.call_later(SWEEP_SECONDS, lambda: None)]
+
+    def sweep() -> None:
+        proxy.sweep()
+        sweeper[0] = loop.call_later(SWEEP_SECONDS, sweep)
+
+    sweeper[0].cancel()
+    sweeper[0] = loop.call_later(SWEEP_SECONDS, sweep)
+    try:
         sys.stdout.write(f"READY {os.getpid()}\n")
         sys.stdout.flush()
         logger.info("proxy serving", socket=str(socket_path), services=sorted(payload.services))
         await stop.wait()
         logger.info("draining")
+        server.close()
+        proxy.drain()
+        try:
+            async with asyncio.timeout(DRAIN_SECONDS):
+                while proxy.clients:
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            logger.warning("drain timed out", connections=len(proxy.clients))
     finally:
-        await runner.cleanup()
-        await session.close()
+        sweeper[0].cancel()
+        server.close()
+        await proxy.cancel_tasks()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
 
@@ -91,7 +98,8 @@ async def serve(payload: ProxyPayload, socket_path: Path, logger: Any) -> None:
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
-        log.configure(log.resolve_level(args.log_level), identifier=PROG)
+        level = log.resolve_level(args.log_level)
+        log.configure(level, identifier=PROG)
     except ValueError as exc:
         raise UsageError(f"--log-level: {exc}") from None
     no_dumps()
@@ -99,7 +107,8 @@ def _main(argv: list[str]) -> int:
     logger = log.get(PROG).bind(principal=payload.principal)
     if args.machine:
         logger = logger.bind(machine=args.machine)
-    asyncio.run(serve(payload, args.socket, logger))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(payload, args.socket, logger, debug=level == "debug"))
     return 0
 
 

@@ -1,0 +1,213 @@
+"""What bureau-proxy sends where, as bytes: routes compiled once from the payload, and the
+request and response heads built from what a parser saw. Pure: no sockets, no clock.
+
+What a client sends is never trusted with credentials: Authorization, Proxy-Authorization,
+Cookie, the route's strip_headers and every header the route injects are dropped before
+the configured values go in. Hop-by-hop headers, the ones a Connection header lists, Host
+and the body framing are dropped both ways; the proxy frames bodies itself, so no framing
+header of one side can desynchronise the other.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from bureau.proxy_payload import ProxyPayload
+
+Headers = list[tuple[bytes, bytes]]
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+CLIENT_CREDENTIAL_HEADERS = frozenset({b"authorization", b"proxy-authorization", b"cookie"})
+# Framing is the proxy's own on each side; Host names the upstream, never what the client said.
+REQUEST_DROP = HOP_BY_HOP | CLIENT_CREDENTIAL_HEADERS | {b"host", b"content-length"}
+RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
+
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where a route's connections go."""
+
+    host: str
+    port: int
+    tls: bool
+
+    # The pool's dict key: a str caches its hash, which a dataclass would recompute.
+    key: str
+
+
+@dataclass(frozen=True)
+class CompiledRoute:
+    service: str
+    upstream: Upstream
+    host_header: bytes
+    base_path: bytes
+    drop: frozenset[bytes]
+    # The injected headers as wire lines, ready to append: built once, not per request.
+    inject_lines: bytes
+    # Why requests on this route are refused (a credential the payload lacks), or None.
+    unavailable: str | None
+
+
+def compile_routes(payload: ProxyPayload) -> dict[str, CompiledRoute]:
+    routes = {}
+    for service, route in payload.services.items():
+        parts = urlsplit(route.upstream_url)
+        tls = parts.scheme == "https"
+        host = parts.hostname or ""
+        port = parts.port or (443 if tls else 80)
+        default_port = parts.port is None or parts.port == (443 if tls else 80)
+        host_for_header = f"[{host}]" if ":" in host else host
+        host_header = host_for_header if default_port else f"{host_for_header}:{port}"
+        lines = []
+        unavailable = None
+        for header, credential in route.inject_headers.items():
+            secret = payload.credentials.get(credential)
+            if secret is None:
+                unavailable = f"credential {credential} is not provisioned"
+                break
+            value = secret.reveal()
+            if route.auth_scheme and header.lower() == "authorization":
+                value = f"{route.auth_scheme} {value}"
+            lines.append(f"{header}: {value}\r\n".encode())
+        drop = REQUEST_DROP | {h.lower().encode() for h in route.strip_headers}
+        drop |= {h.lower().encode() for h in route.inject_headers}
+        routes[service] = CompiledRoute(
+            service=service,
+            upstream=Upstream(host, port, tls, f"{parts.scheme}://{host_header}"),
+            host_header=host_header.encode(),
+            base_path=parts.path.rstrip("/").encode(),
+            drop=frozenset(drop),
+            inject_lines=b"".join(lines) if unavailable is None else b"",
+            unavailable=unavailable,
+        )
+    return routes
+
+
+def split_target(url: bytes) -> tuple[bytes, bytes] | None:
+    """``/http/<service>/<rest>?<query>`` -> (service, ``/<rest>?<query>``), byte for byte:
+    decoding and re-encoding would turn an escaped ``%2F`` into a path separator. None for
+    anything else, including absolute URIs: a client never picks the host."""
+    if not url.startswith(b"/http/"):
+        return None
+    path, sep, query = url.partition(b"?")
+    segments = path.split(b"/", 3)
+    service = segments[2]
+    if not service:
+        return None
+    rest = segments[3] if len(segments) > 3 else b""
+    return service, b"/" + rest + sep + query
+
+
+def connection_listed(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    listed: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            if value.lower() in (b"keep-alive", b"close"):
+                continue  # the usual case; both are dropped anyway
+            listed.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return frozenset(listed)
+
+
+def request_head(
+    method: bytes,
+    target: bytes,
+    headers: Headers,
+    route: CompiledRoute,
+    *,
+    has_connection_header: bool,
+    body_length: int | None,
+    chunked: bool,
+) -> bytes:
+    """The upstream request head. ``body_length`` is the client's Content-Length; a chunked
+    client body goes on chunked."""
+    drop = route.drop
+    if has_connection_header:
+        drop = drop | connection_listed(headers)
+    out = [method, b" ", route.base_path, target, b" HTTP/1.1\r\nHost: ", route.host_header]
+    out.append(b"\r\n")
+    for name, value in headers:
+        if name.lower() not in drop:
+            out += (name, b": ", value, b"\r\n")
+    out.append(route.inject_lines)
+    if chunked:
+        out.append(b"Transfer-Encoding: chunked\r\n")
+    elif body_length is not None:
+        out.append(b"Content-Length: %d\r\n" % body_length)
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def response_head(
+    status: int,
+    reason: bytes,
+    headers: Headers,
+    *,
+    has_connection_header: bool,
+    framing: bytes,
+    keep_alive: bool,
+) -> bytes:
+    """The client's response head; ``framing`` is the proxy's own Content-Length or
+    Transfer-Encoding line (or nothing for a body that ends with the connection)."""
+    drop = RESPONSE_DROP
+    if has_connection_header:
+        drop = drop | connection_listed(headers)
+    out = [b"HTTP/1.1 %d " % status, reason or REASONS.get(status, "").encode(), b"\r\n"]
+    for name, value in headers:
+        if name.lower() not in drop:
+            out += (name, b": ", value, b"\r\n")
+    out.append(framing)
+    if not keep_alive:
+        out.append(b"Connection: close\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def json_response(status: int, body: object, *, keep_alive: bool, head_only: bool = False) -> bytes:
+    data = json.dumps(body).encode()
+    head = b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n" % (
+        status,
+        REASONS.get(status, "").encode(),
+        len(data),
+    )
+    if not keep_alive:
+        head += b"Connection: close\r\n"
+    return head + b"\r\n" + (b"" if head_only else data)
+
+
+def error_response(status: int, message: str, *, keep_alive: bool) -> bytes:
+    return json_response(status, {"error": message}, keep_alive=keep_alive)
+
+
+def chunk(data: bytes) -> list[bytes]:
+    return [b"%x\r\n" % len(data), data, b"\r\n"]
+
+
+LAST_CHUNK = b"0\r\n\r\n"

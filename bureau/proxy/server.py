@@ -1,0 +1,825 @@
+"""bureau-proxy's forwarding path: asyncio protocols driven by llhttp (httptools), no
+framework between a client's bytes and the upstream's.
+
+One ClientConnection per accepted socket parses requests and answers them in order (a
+pipelined request waits for the one before it). Each request forwarded upstream borrows a
+kept-alive UpstreamConnection from its route's pool, or opens one. Bodies stream both
+ways; a full write buffer on one side pauses reading on the other. Redirects come back as
+they are, never followed: a followed redirect would carry the injected credentials to
+wherever it points.
+
+Callbacks from a parser never start or finish another exchange while that parser is
+still running: they set state, and the protocol acts on it once feed_data returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import time
+from typing import Any, cast
+
+import httptools
+
+from bureau.proxy import http_rules
+from bureau.proxy.http_rules import CompiledRoute, Headers, Upstream
+from bureau.proxy_payload import ProxyPayload
+
+MAX_HEAD_BYTES = 64 * 1024
+# A client may queue requests behind the one in flight; past this much buffered input the
+# proxy stops reading from it until it catches up.
+MAX_BUFFERED = 1 << 20
+MAX_IDLE_PER_UPSTREAM = 64
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 300.0
+CLIENT_IDLE_TIMEOUT = 75.0
+UPSTREAM_IDLE_TIMEOUT = 30.0
+SWEEP_SECONDS = 1.0
+
+
+class Proxy:
+    """What every connection shares: the compiled routes, the upstream pools, the clock
+    checks and the drain flag."""
+
+    def __init__(
+        self,
+        payload: ProxyPayload,
+        log: Any,
+        *,
+        debug: bool = False,
+        clock: Any = time.time,
+    ) -> None:
+        self.principal = payload.principal
+        self.routes = {name.encode(): r for name, r in http_rules.compile_routes(payload).items()}
+        self.expires = payload.expires_epoch
+        self.log = log
+        self.debug = debug
+        self.clock = clock
+        self.draining = False
+        self.clients: set[ClientConnection] = set()
+        self.idle: dict[str, collections.deque[UpstreamConnection]] = {}
+        self._tls: ssl.SSLContext | None = None
+        self._health = {
+            "status": "ok",
+            "principal": payload.principal,
+            "services": sorted(payload.services),
+        }
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def health(self, *, keep_alive: bool, head_only: bool) -> bytes:
+        return http_rules.json_response(
+            200, self._health, keep_alive=keep_alive, head_only=head_only
+        )
+
+    def expired(self) -> bool:
+        return self.expires is not None and self.clock() >= self.expires
+
+    def tls(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
+
+    # -- upstream connections --------------------------------------------------------
+
+    def borrow(self, exchange: Exchange) -> None:
+        route = exchange.route
+        if route is None:
+            raise RuntimeError("local exchanges do not go upstream")
+        idle = self.idle.get(route.upstream.key)
+        while idle:
+            conn = idle.pop()
+            if conn.usable():
+                conn.begin(exchange, reused=True)
+                return
+        task = asyncio.get_running_loop().create_task(self._connect(route.upstream, exchange))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self, upstream: Upstream, exchange: Exchange) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(self, upstream),
+                    upstream.host,
+                    upstream.port,
+                    ssl=self.tls() if upstream.tls else None,
+                    server_hostname=upstream.host if upstream.tls else None,
+                )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            exchange.upstream_failed(type(exc).__name__)
+            exchange.client.flush()
+            return
+        if exchange.finished:  # the client left while we connected
+            conn.close()
+            return
+        conn.begin(exchange, reused=False)
+
+    def give_back(self, conn: UpstreamConnection) -> None:
+        idle = self.idle.setdefault(conn.upstream.key, collections.deque())
+        if self.draining or len(idle) >= MAX_IDLE_PER_UPSTREAM:
+            conn.close()
+        else:
+            idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        idle = self.idle.get(conn.upstream.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    # -- housekeeping ------------------------------------------------------------------
+
+    def sweep(self) -> None:
+        """Timeouts, checked once a second rather than armed per request."""
+        now = time.monotonic()
+        for client in list(self.clients):
+            client.check(now)
+        for idle in self.idle.values():
+            for conn in list(idle):
+                if now - conn.last_active > UPSTREAM_IDLE_TIMEOUT:
+                    conn.close()
+
+    def drain(self) -> None:
+        self.draining = True
+        for client in list(self.clients):
+            client.drain()
+        for idle in self.idle.values():
+            for conn in list(idle):
+                conn.close()
+
+    async def cancel_tasks(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class Exchange:
+    """One request and its response, from the first header to the last body byte."""
+
+    __slots__ = (
+        "body_pending",
+        "chunked_request",
+        "client",
+        "finished",
+        "has_body",
+        "head",
+        "head_only",
+        "keep_alive",
+        "local",
+        "method",
+        "request_done",
+        "response_done",
+        "response_started",
+        "route",
+        "started",
+        "target",
+        "upstream",
+    )
+
+    def __init__(self, client: ClientConnection, method: bytes, keep_alive: bool) -> None:
+        self.client = client
+        self.method = method
+        self.keep_alive = keep_alive
+        self.head_only = method == b"HEAD"
+        self.route: CompiledRoute | None = None
+        self.target = b""
+        self.local: bytes | None = None
+        self.head = b""
+        self.chunked_request = False
+        self.has_body = False
+        # Request body bytes waiting for an upstream connection (already framed).
+        self.body_pending: list[bytes] = []
+        self.request_done = False
+        self.response_started = False
+        self.response_done = False
+        self.finished = False
+        self.upstream: UpstreamConnection | None = None
+        self.started = 0.0
+
+    def answer_locally(self, response: bytes, *, close: bool = False) -> None:
+        self.local = response
+        if close:
+            self.keep_alive = False
+
+    # -- request body, from the client's parser ----------------------------------------
+
+    def request_body(self, data: bytes) -> None:
+        if self.local is not None or self.response_done:
+            return  # nobody will read it: an answered request's body is dropped
+        framed = http_rules.chunk(data) if self.chunked_request else [data]
+        if self.upstream is not None:
+            self.upstream.send(framed)
+        else:
+            self.body_pending += framed
+            self.client.buffered += len(data)
+
+    def request_complete(self) -> None:
+        self.request_done = True
+        if self.local is None and not self.response_done and self.chunked_request:
+            if self.upstream is not None:
+                self.upstream.send([http_rules.LAST_CHUNK])
+            else:
+                self.body_pending.append(http_rules.LAST_CHUNK)
+
+    # -- response, from the upstream connection ----------------------------------------
+
+    def upstream_failed(self, error: str) -> None:
+        """No response byte came: the client gets a 502 (unless it is already gone)."""
+        if self.finished:
+            return
+        service = self.route.service if self.route else "?"
+        self.client.proxy.log.warning("upstream unreachable", service=service, error=error)
+        self.upstream = None
+        if self.response_started:
+            self.client.abort()
+            return
+        message = f"upstream of {service!r} unreachable"
+        self.respond(http_rules.error_response(502, message, keep_alive=self.keep_alive))
+        self.response_complete()
+
+    def respond(self, data: bytes | list[bytes]) -> None:
+        self.response_started = True
+        self.client.write(data)
+
+    def response_complete(self) -> None:
+        self.response_done = True
+        self.upstream = None
+        if self.client.proxy.debug and self.route is not None:
+            self.client.proxy.log.debug(
+                "forwarded",
+                service=self.route.service,
+                method=self.method.decode("ascii", "replace"),
+                ms=round((time.monotonic() - self.started) * 1000, 1),
+            )
+        self.client.exchange_progress()
+
+
+class ClientConnection(asyncio.Protocol):
+    """A principal's connection to the proxy's socket."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.queue: collections.deque[Exchange] = collections.deque()
+        self.parsing: Exchange | None = None
+        self.url = bytearray()
+        self.headers: Headers = []
+        self.head_bytes = 0
+        self.has_connection_header = False
+        self.body_length: int | None = None
+        self.chunked = False
+        self.buffered = 0
+        self.reading = True
+        self.writable = True
+        self.closing = False
+        self.last_active = time.monotonic()
+        self.broken: bytes | None = None
+        self.out: list[bytes] = []
+
+    # -- transport callbacks -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.proxy.clients.add(self)
+        if self.proxy.draining:
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
+        if self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # CONNECT or an Upgrade: its exchange already answers 501; read no further.
+            self._pause()
+            self.closing = True
+            if self.queue:
+                self.queue[-1].request_done = True
+        except httptools.HttpParserError:
+            self._refuse(400, "malformed HTTP request")
+        self.exchange_progress()
+        self.flush()
+        self._flow()
+
+    def eof_received(self) -> bool:
+        # A client that half-closes after its request still gets the answers it is owed.
+        self.closing = True
+        self.exchange_progress()
+        self.flush()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        del exc
+        self.proxy.clients.discard(self)
+        self.closing = True
+        for exchange in self.queue:
+            exchange.finished = True
+            if exchange.upstream is not None:
+                exchange.upstream.abandon()
+        self.queue.clear()
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        self.writable = False
+        active = self.queue[0] if self.queue else None
+        if active is not None and active.upstream is not None:
+            active.upstream.pause()
+
+    def resume_writing(self) -> None:
+        self.writable = True
+        active = self.queue[0] if self.queue else None
+        if active is not None and active.upstream is not None:
+            active.upstream.resume()
+
+    # -- parser callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.url.clear()
+        self.headers = []
+        self.head_bytes = 0
+        self.has_connection_header = False
+        self.body_length = None
+        self.chunked = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.head_bytes += len(url)
+        if self.head_bytes > MAX_HEAD_BYTES:
+            self._refuse(431, "request head too large")
+            raise httptools.HttpParserError("head too large")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_bytes += len(name) + len(value) + 4
+        if self.head_bytes > MAX_HEAD_BYTES:
+            self._refuse(431, "request head too large")
+            raise httptools.HttpParserError("head too large")
+        lower = name.lower()
+        if lower == b"content-length":
+            self.body_length = int(value)  # llhttp has checked it is a number
+        elif lower == b"transfer-encoding":
+            self.chunked = True  # llhttp refuses a request whose last coding is not chunked
+        elif lower == b"connection":
+            self.has_connection_header = True
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        keep_alive = bool(parser.should_keep_alive()) and not self.proxy.draining
+        exchange = Exchange(self, parser.get_method(), keep_alive)
+        self._route(exchange)
+        self.parsing = exchange
+        self.queue.append(exchange)
+        if len(self.queue) == 1:
+            self._start(exchange)
+
+    def on_body(self, body: bytes) -> None:
+        if self.parsing is not None:
+            self.parsing.request_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.parsing is not None:
+            self.parsing.request_complete()
+            self.parsing = None
+
+    # -- exchanges -------------------------------------------------------------------------
+
+    def _route(self, exchange: Exchange) -> None:
+        proxy = self.proxy
+        keep = exchange.keep_alive
+        if self.parser.should_upgrade():
+            exchange.answer_locally(
+                http_rules.error_response(
+                    501, "CONNECT and Upgrade are not supported", keep_alive=False
+                ),
+                close=True,
+            )
+            return
+        url = bytes(self.url)
+        if url == b"/health" and exchange.method in (b"GET", b"HEAD"):
+            exchange.answer_locally(proxy.health(keep_alive=keep, head_only=exchange.head_only))
+            return
+        split = http_rules.split_target(url)
+        if split is None:
+            exchange.answer_locally(
+                http_rules.error_response(
+                    404, "not found: use /http/<service>/...", keep_alive=keep
+                )
+            )
+            return
+        service, target = split
+        route = proxy.routes.get(service)
+        if route is None:
+            name = service.decode("utf-8", "replace")
+            exchange.answer_locally(
+                http_rules.error_response(404, f"unknown service {name!r}", keep_alive=keep)
+            )
+            return
+        if proxy.expired():
+            exchange.answer_locally(
+                http_rules.error_response(503, "credentials expired", keep_alive=keep)
+            )
+            return
+        if route.unavailable is not None:
+            exchange.answer_locally(
+                http_rules.error_response(503, route.unavailable, keep_alive=keep)
+            )
+            return
+        exchange.route = route
+        exchange.chunked_request = self.chunked
+        exchange.has_body = self.chunked or bool(self.body_length)
+        exchange.head = http_rules.request_head(
+            exchange.method,
+            target,
+            self.headers,
+            route,
+            has_connection_header=self.has_connection_header,
+            body_length=None if self.chunked else self.body_length,
+            chunked=self.chunked,
+        )
+
+    def _start(self, exchange: Exchange) -> None:
+        exchange.started = time.monotonic()
+        if exchange.local is not None:
+            exchange.respond(exchange.local)
+            exchange.response_done = True
+            return
+        self.proxy.borrow(exchange)
+
+    def exchange_progress(self) -> None:
+        """Retire the exchange at the head of the queue once both its request and its
+        response are complete, and start the next one."""
+        queue = self.queue
+        while queue:
+            head = queue[0]
+            if not (head.request_done and head.response_done):
+                break
+            queue.popleft()
+            head.finished = True
+            if not head.keep_alive:
+                self._close_after_writes()
+                return
+            if queue:
+                self._start(queue[0])
+        if not queue and (self.closing or self.proxy.draining):
+            self._close_after_writes()
+
+    # -- output and flow ---------------------------------------------------------------
+
+    def write(self, data: bytes | list[bytes]) -> None:
+        """Queue output; flush() sends it in one writev. Every entry point that can write
+        (a read on either side, a failed connect, a sweep) flushes before it returns."""
+        if isinstance(data, list):
+            self.out += data
+        else:
+            self.out.append(data)
+
+    def flush(self) -> None:
+        out = self.out
+        if not out:
+            return
+        self.out = []
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.writelines(out)
+
+    def _flow(self) -> None:
+        queued = len(self.queue) > 1 or (self.queue and self.queue[0].upstream is None)
+        if self.buffered > MAX_BUFFERED and queued:
+            self._pause()
+
+    def upstream_writable(self, writable: bool) -> None:
+        if writable:
+            self._resume()
+        else:
+            self._pause()
+
+    def body_flushed(self, amount: int) -> None:
+        self.buffered = max(0, self.buffered - amount)
+        if self.buffered <= MAX_BUFFERED:
+            self._resume()
+
+    def _pause(self) -> None:
+        if self.reading and self.transport is not None:
+            self.reading = False
+            self.transport.pause_reading()
+
+    def _resume(self) -> None:
+        if not self.reading and not self.closing and self.transport is not None:
+            self.reading = True
+            self.transport.resume_reading()
+
+    def _refuse(self, status: int, message: str) -> None:
+        """A request the parser cannot make sense of: answer once it is this request's
+        turn, then close; nothing after it on this connection is read."""
+        if self.broken is not None:
+            return
+        self.broken = http_rules.error_response(status, message, keep_alive=False)
+        self.closing = True
+        self._pause()
+        if self.parsing is not None and self.queue and self.parsing is self.queue[-1]:
+            # Its head was fine and its body is not: the exchange cannot complete.
+            self.abort()
+            return
+        exchange = Exchange(self, b"", keep_alive=False)
+        exchange.answer_locally(self.broken, close=True)
+        exchange.request_done = True
+        self.queue.append(exchange)
+        if len(self.queue) == 1:
+            self._start(exchange)
+
+    def _close_after_writes(self) -> None:
+        self.closing = True
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def drain(self) -> None:
+        """SIGTERM: idle connections close now, busy ones after their current answer."""
+        if not self.queue:
+            self._close_after_writes()
+
+    def check(self, now: float) -> None:
+        if self.queue:
+            active = self.queue[0]
+            conn = active.upstream
+            if conn is not None and now - conn.last_active > READ_TIMEOUT:
+                conn.abandon()
+                service = active.route.service if active.route else "?"
+                self.proxy.log.warning("upstream timed out", service=service)
+                if active.response_started:
+                    self.abort()
+                else:
+                    active.respond(
+                        http_rules.error_response(
+                            504, f"upstream of {service!r} timed out", keep_alive=False
+                        )
+                    )
+                    active.keep_alive = False
+                    active.request_done = True
+                    active.response_complete()
+                self.flush()
+        elif now - self.last_active > CLIENT_IDLE_TIMEOUT:
+            self._close_after_writes()
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """A kept-alive connection to one upstream, carrying one exchange at a time."""
+
+    def __init__(self, proxy: Proxy, upstream: Upstream) -> None:
+        self.proxy = proxy
+        self.upstream = upstream
+        self.transport: asyncio.Transport | None = None
+        self.exchange: Exchange | None = None
+        self.parser: Any = None
+        # A parser carries over to the next response unless it was left mid-message.
+        self.parser_spent = True
+        self.headers: Headers = []
+        self.length = b""
+        self.reason = b""
+        self.has_connection_header = False
+        self.length_known = False
+        self.chunked = False
+        self.status = 0
+        self.reused = False
+        self.got_bytes = False
+        self.message_done = False
+        self.interim = False
+        self.reusable = False
+        self.closed = False
+        self.last_active = time.monotonic()
+        self.client_chunked = False
+
+    def usable(self) -> bool:
+        return not self.closed and self.transport is not None and not self.transport.is_closing()
+
+    def begin(self, exchange: Exchange, *, reused: bool) -> None:
+        self.exchange = exchange
+        exchange.upstream = self
+        if self.parser_spent:
+            self.parser = httptools.HttpResponseParser(self)
+            self.parser_spent = False
+        self.reused = reused
+        self.got_bytes = False
+        self.message_done = False
+        self.reusable = False
+        self.last_active = time.monotonic()
+        if not exchange.client.writable:
+            self.pause()
+        pending = exchange.body_pending
+        if pending:
+            exchange.client.body_flushed(sum(len(p) for p in pending))
+            exchange.body_pending = []
+            self.send([exchange.head, *pending])
+        elif self.transport is not None and not self.closed:
+            self.transport.write(exchange.head)
+
+    def send(self, data: list[bytes]) -> None:
+        self.last_active = time.monotonic()
+        if self.transport is not None and not self.closed:
+            self.transport.writelines(data)
+
+    def pause(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        self.closed = True
+        self.proxy.forget(self)
+        if self.transport is not None:
+            self.transport.close()
+
+    def abandon(self) -> None:
+        """The exchange no longer wants this connection, mid-response: it cannot be reused."""
+        self.exchange = None
+        self.closed = True
+        self.proxy.forget(self)
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- transport callbacks ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.client.upstream_writable(False)
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.client.upstream_writable(True)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
+        exchange = self.exchange
+        if exchange is None or self.message_done:
+            self.close()  # bytes nobody asked for: this connection is out of step
+            return
+        self.got_bytes = True
+        client = exchange.client
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            self.closed = True
+            self._fail("malformed upstream response")
+            if self.transport is not None:
+                self.transport.abort()
+        else:
+            if self.message_done:
+                self._finish()
+        client.flush()
+
+    def eof_received(self) -> bool:
+        until_close = not self.length_known and not self.chunked and not self.interim
+        if self.exchange is not None and self.status and not self.message_done and until_close:
+            self.message_done = True  # a body delimited by the connection's end
+            self.reusable = False
+            client = self.exchange.client
+            self._finish()
+            client.flush()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.proxy.forget(self)
+        exchange = self.exchange
+        self.exchange = None
+        if exchange is None or exchange.finished or self.message_done:
+            return
+        if self.reused and not self.got_bytes and not exchange.has_body:
+            # The upstream closed a kept-alive connection as we reused it: try once on a
+            # fresh one, which is safe when no request body can have been lost with it.
+            exchange.upstream = None
+            self.proxy.borrow(exchange)
+            return
+        exchange.upstream_failed(type(exc).__name__ if exc else "connection closed")
+        exchange.client.flush()
+
+    # -- parser callbacks --------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self.reason = b""
+        self.has_connection_header = False
+        self.length_known = False
+        self.chunked = False
+        self.interim = False
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lower = name.lower()
+        if lower == b"content-length":
+            self.length_known = True
+            self.length = value
+        elif lower == b"transfer-encoding":
+            self.chunked = b"chunked" in value.lower()
+        elif lower == b"connection":
+            self.has_connection_header = True
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            return
+        status = self.parser.get_status_code()
+        self.status = status
+        client_11 = exchange.client.parser.get_http_version() == "1.1"
+        if 100 <= status < 200:
+            # Interim (100 Continue and friends): relayed to an HTTP/1.1 client, and the
+            # final response is still to come.
+            self.interim = True
+            if client_11 and status != 101:
+                exchange.respond(
+                    http_rules.response_head(
+                        status,
+                        self.reason,
+                        self.headers,
+                        has_connection_header=True,
+                        framing=b"",
+                        keep_alive=True,
+                    )
+                )
+            return
+        keep_alive = exchange.keep_alive and not self.proxy.draining
+        no_body = exchange.head_only or status in (204, 304)
+        if no_body:
+            framing = b""
+            if exchange.head_only and self.length_known:
+                framing = b"Content-Length: " + self.length + b"\r\n"
+        elif self.length_known and not self.chunked:
+            framing = b"Content-Length: " + self.length + b"\r\n"
+        elif client_11:
+            framing = b"Transfer-Encoding: chunked\r\n"
+        else:
+            framing = b""
+            keep_alive = False  # an HTTP/1.0 client learns the end from the close
+        exchange.keep_alive = keep_alive
+        self.client_chunked = framing.startswith(b"Transfer-Encoding")
+        exchange.respond(
+            http_rules.response_head(
+                status,
+                self.reason,
+                self.headers,
+                has_connection_header=self.has_connection_header,
+                framing=framing,
+                keep_alive=keep_alive,
+            )
+        )
+        self.reusable = bool(self.parser.should_keep_alive())
+        if exchange.head_only:
+            # llhttp cannot be told the response to HEAD has no body; the exchange ends
+            # here and this parser is replaced before the connection carries another.
+            self.message_done = True
+            self.parser_spent = True
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None or self.interim:
+            return
+        exchange.client.write(http_rules.chunk(body) if self.client_chunked else body)
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        if self.exchange is not None and not self.message_done:
+            self.message_done = True
+            self.reusable = self.reusable and bool(self.parser.should_keep_alive())
+
+    # -- after a response ----------------------------------------------------------------
+
+    def _finish(self) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            return
+        self.exchange = None
+        if self.client_chunked:
+            exchange.client.write(http_rules.LAST_CHUNK)
+        # The upstream answered before the request body was all sent (an early 413, say):
+        # the connection is mid-request and cannot carry another.
+        if self.reusable and exchange.request_done and not self.closed:
+            self.proxy.give_back(self)
+        else:
+            self.close()
+        exchange.response_complete()
+
+    def _fail(self, error: str) -> None:
+        exchange = self.exchange
+        self.exchange = None
+        self.proxy.forget(self)
+        if exchange is not None:
+            exchange.upstream_failed(error)
