@@ -11,13 +11,10 @@ header of one side can desynchronise the other.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from bureau.proxy_payload import ProxyPayload
-
-Headers = list[tuple[bytes, bytes]]
 
 HOP_BY_HOP = frozenset(
     {
@@ -126,68 +123,48 @@ def split_target(url: bytes) -> tuple[bytes, bytes] | None:
     return service, b"/" + rest + sep + query
 
 
-def connection_listed(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    listed: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            if value.lower() in (b"keep-alive", b"close"):
-                continue  # the usual case; both are dropped anyway
-            listed.update(t.strip().lower() for t in value.split(b",") if t.strip())
-    return frozenset(listed)
-
-
 def request_head(
     method: bytes,
     target: bytes,
-    headers: Headers,
+    lines: list[bytes],
     route: CompiledRoute,
     *,
-    has_connection_header: bool,
     body_length: int | None,
     chunked: bool,
 ) -> bytes:
-    """The upstream request head. ``body_length`` is the client's Content-Length; a chunked
-    client body goes on chunked."""
-    drop = route.drop
-    if has_connection_header:
-        drop = drop | connection_listed(headers)
-    out = [method, b" ", route.base_path, target, b" HTTP/1.1\r\nHost: ", route.host_header]
-    out.append(b"\r\n")
-    for name, value in headers:
-        if name.lower() not in drop:
-            out += (name, b": ", value, b"\r\n")
-    out.append(route.inject_lines)
+    """The upstream request head: the client's kept header lines (name, ": ", value,
+    CRLF, ...), the route's Host and credentials, and the proxy's own framing for the body:
+    the client's Content-Length, or chunked for a chunked body."""
     if chunked:
-        out.append(b"Transfer-Encoding: chunked\r\n")
+        framing = b"Transfer-Encoding: chunked\r\n\r\n"
     elif body_length is not None:
-        out.append(b"Content-Length: %d\r\n" % body_length)
-    out.append(b"\r\n")
-    return b"".join(out)
+        framing = b"Content-Length: %d\r\n\r\n" % body_length
+    else:
+        framing = b"\r\n"
+    start = [method, b" ", route.base_path, target, b" HTTP/1.1\r\nHost: ", route.host_header]
+    return b"".join([*start, b"\r\n", *lines, route.inject_lines, framing])
+
+
+def drop_listed(lines: list[bytes], connection_values: list[bytes]) -> list[bytes]:
+    """``lines`` is name, ": ", value, CRLF repeated; drop the headers a Connection header
+    names (it makes them hop-by-hop)."""
+    listed = {t.strip().lower() for v in connection_values for t in v.split(b",")}
+    out: list[bytes] = []
+    for i in range(0, len(lines), 4):
+        if lines[i].lower() not in listed:
+            out += lines[i : i + 4]
+    return out
 
 
 def response_head(
-    status: int,
-    reason: bytes,
-    headers: Headers,
-    *,
-    has_connection_header: bool,
-    framing: bytes,
-    keep_alive: bool,
+    status: int, reason: bytes, lines: list[bytes], framing: bytes, keep_alive: bool
 ) -> bytes:
-    """The client's response head; ``framing`` is the proxy's own Content-Length or
-    Transfer-Encoding line (or nothing for a body that ends with the connection)."""
-    drop = RESPONSE_DROP
-    if has_connection_header:
-        drop = drop | connection_listed(headers)
-    out = [b"HTTP/1.1 %d " % status, reason or REASONS.get(status, "").encode(), b"\r\n"]
-    for name, value in headers:
-        if name.lower() not in drop:
-            out += (name, b": ", value, b"\r\n")
-    out.append(framing)
-    if not keep_alive:
-        out.append(b"Connection: close\r\n")
-    out.append(b"\r\n")
-    return b"".join(out)
+    """The client's response head: the upstream's kept header lines, then the proxy's own
+    framing (a Content-Length or Transfer-Encoding line, or nothing for a body that ends
+    with the connection)."""
+    status_line = b"HTTP/1.1 %d %s\r\n" % (status, reason or REASONS.get(status, "").encode())
+    tail = b"\r\n" if keep_alive else b"Connection: close\r\n\r\n"
+    return b"".join([status_line, *lines, framing, tail])
 
 
 def json_response(status: int, body: object, *, keep_alive: bool, head_only: bool = False) -> bytes:

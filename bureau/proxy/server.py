@@ -23,7 +23,7 @@ from typing import Any, cast
 import httptools
 
 from bureau.proxy import http_rules
-from bureau.proxy.http_rules import CompiledRoute, Headers, Upstream
+from bureau.proxy.http_rules import CompiledRoute, Upstream
 from bureau.proxy_payload import ProxyPayload
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -265,10 +265,15 @@ class ClientConnection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.queue: collections.deque[Exchange] = collections.deque()
         self.parsing: Exchange | None = None
+        # The request head being parsed: its URL, its route once the URL is complete, and
+        # the header lines that go upstream, already in wire form.
         self.url = bytearray()
-        self.headers: Headers = []
+        self.route: CompiledRoute | None = None
+        self.target = b""
+        self.drop: frozenset[bytes] | None = None
+        self.lines: list[bytes] = []
+        self.listed: list[bytes] | None = None
         self.head_bytes = 0
-        self.has_connection_header = False
         self.body_length: int | None = None
         self.chunked = False
         self.buffered = 0
@@ -339,9 +344,11 @@ class ClientConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.url.clear()
-        self.headers = []
+        self.route = None
+        self.drop = None
+        self.lines = []
+        self.listed = None
         self.head_bytes = 0
-        self.has_connection_header = False
         self.body_length = None
         self.chunked = False
 
@@ -357,14 +364,26 @@ class ClientConnection(asyncio.Protocol):
         if self.head_bytes > MAX_HEAD_BYTES:
             self._refuse(431, "request head too large")
             raise httptools.HttpParserError("head too large")
+        drop = self.drop
+        if drop is None:  # the first header: the URL is complete
+            drop = self._resolve()
         lower = name.lower()
-        if lower == b"content-length":
+        if lower not in drop:
+            self.lines += (name, b": ", value, b"\r\n")
+        elif lower == b"content-length":
             self.body_length = int(value)  # llhttp has checked it is a number
         elif lower == b"transfer-encoding":
             self.chunked = True  # llhttp refuses a request whose last coding is not chunked
-        elif lower == b"connection":
-            self.has_connection_header = True
-        self.headers.append((name, value))
+        elif lower == b"connection" and value.lower() not in (b"keep-alive", b"close"):
+            self.listed = [*(self.listed or []), value]
+
+    def _resolve(self) -> frozenset[bytes]:
+        split = http_rules.split_target(bytes(self.url))
+        if split is not None:
+            service, self.target = split
+            self.route = self.proxy.routes.get(service)
+        self.drop = self.route.drop if self.route is not None else http_rules.REQUEST_DROP
+        return self.drop
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -398,22 +417,24 @@ class ClientConnection(asyncio.Protocol):
                 close=True,
             )
             return
-        url = bytes(self.url)
-        if url == b"/health" and exchange.method in (b"GET", b"HEAD"):
-            exchange.answer_locally(proxy.health(keep_alive=keep, head_only=exchange.head_only))
-            return
-        split = http_rules.split_target(url)
-        if split is None:
-            exchange.answer_locally(
-                http_rules.error_response(
-                    404, "not found: use /http/<service>/...", keep_alive=keep
-                )
-            )
-            return
-        service, target = split
-        route = proxy.routes.get(service)
+        if self.drop is None:
+            self._resolve()
+        route = self.route
         if route is None:
-            name = service.decode("utf-8", "replace")
+            url = bytes(self.url)
+            if url == b"/health" and exchange.method in (b"GET", b"HEAD"):
+                health = proxy.health(keep_alive=keep, head_only=exchange.head_only)
+                exchange.answer_locally(health)
+                return
+            split = http_rules.split_target(url)
+            if split is None:
+                exchange.answer_locally(
+                    http_rules.error_response(
+                        404, "not found: use /http/<service>/...", keep_alive=keep
+                    )
+                )
+                return
+            name = split[0].decode("utf-8", "replace")
             exchange.answer_locally(
                 http_rules.error_response(404, f"unknown service {name!r}", keep_alive=keep)
             )
@@ -431,12 +452,14 @@ class ClientConnection(asyncio.Protocol):
         exchange.route = route
         exchange.chunked_request = self.chunked
         exchange.has_body = self.chunked or bool(self.body_length)
+        lines = self.lines
+        if self.listed is not None:
+            lines = http_rules.drop_listed(lines, self.listed)
         exchange.head = http_rules.request_head(
             exchange.method,
-            target,
-            self.headers,
+            self.target,
+            lines,
             route,
-            has_connection_header=self.has_connection_header,
             body_length=None if self.chunked else self.body_length,
             chunked=self.chunked,
         )
@@ -581,13 +604,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.parser: Any = None
         # A parser carries over to the next response unless it was left mid-message.
         self.parser_spent = True
-        self.headers: Headers = []
-        self.length = b""
+        # The response head as it arrives: kept header lines already in wire form.
+        self.lines: list[bytes] = []
         self.reason = b""
-        self.has_connection_header = False
-        self.length_known = False
+        self.listed: list[bytes] | None = None
+        self.length: bytes | None = None
         self.chunked = False
-        self.status = 0
+        self.until_close = False
         self.reused = False
         self.got_bytes = False
         self.message_done = False
@@ -610,6 +633,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_bytes = False
         self.message_done = False
         self.reusable = False
+        self.until_close = False
+        self.client_chunked = False
         self.last_active = time.monotonic()
         if not exchange.client.writable:
             self.pause()
@@ -682,8 +707,7 @@ class UpstreamConnection(asyncio.Protocol):
         client.flush()
 
     def eof_received(self) -> bool:
-        until_close = not self.length_known and not self.chunked and not self.interim
-        if self.exchange is not None and self.status and not self.message_done and until_close:
+        if self.exchange is not None and self.until_close and not self.message_done:
             self.message_done = True  # a body delimited by the connection's end
             self.reusable = False
             client = self.exchange.client
@@ -710,10 +734,10 @@ class UpstreamConnection(asyncio.Protocol):
     # -- parser callbacks --------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self.headers = []
+        self.lines = []
         self.reason = b""
-        self.has_connection_header = False
-        self.length_known = False
+        self.listed = None
+        self.length = None
         self.chunked = False
         self.interim = False
 
@@ -721,64 +745,52 @@ class UpstreamConnection(asyncio.Protocol):
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # The client sees the upstream's headers as they came, minus the connection-level
+        # ones: written out here, so the head needs no second pass.
         lower = name.lower()
-        if lower == b"content-length":
-            self.length_known = True
+        if lower not in http_rules.RESPONSE_DROP:
+            self.lines += (name, b": ", value, b"\r\n")
+        elif lower == b"content-length":
             self.length = value
         elif lower == b"transfer-encoding":
             self.chunked = b"chunked" in value.lower()
-        elif lower == b"connection":
-            self.has_connection_header = True
-        self.headers.append((name, value))
+        elif lower == b"connection" and value.lower() not in (b"keep-alive", b"close"):
+            self.listed = [*(self.listed or []), value]
 
     def on_headers_complete(self) -> None:
         exchange = self.exchange
         if exchange is None:
             return
         status = self.parser.get_status_code()
-        self.status = status
+        lines = self.lines
+        if self.listed is not None:
+            lines = http_rules.drop_listed(lines, self.listed)
         client_11 = exchange.client.parser.get_http_version() == "1.1"
         if 100 <= status < 200:
             # Interim (100 Continue and friends): relayed to an HTTP/1.1 client, and the
             # final response is still to come.
             self.interim = True
             if client_11 and status != 101:
-                exchange.respond(
-                    http_rules.response_head(
-                        status,
-                        self.reason,
-                        self.headers,
-                        has_connection_header=True,
-                        framing=b"",
-                        keep_alive=True,
-                    )
-                )
+                exchange.respond(http_rules.response_head(status, self.reason, lines, b"", True))
             return
         keep_alive = exchange.keep_alive and not self.proxy.draining
-        no_body = exchange.head_only or status in (204, 304)
-        if no_body:
+        length = self.length
+        if exchange.head_only or status in (204, 304):
             framing = b""
-            if exchange.head_only and self.length_known:
-                framing = b"Content-Length: " + self.length + b"\r\n"
-        elif self.length_known and not self.chunked:
-            framing = b"Content-Length: " + self.length + b"\r\n"
-        elif client_11:
-            framing = b"Transfer-Encoding: chunked\r\n"
+            if exchange.head_only and length is not None:
+                framing = b"Content-Length: " + length + b"\r\n"
+        elif length is not None and not self.chunked:
+            framing = b"Content-Length: " + length + b"\r\n"
         else:
-            framing = b""
-            keep_alive = False  # an HTTP/1.0 client learns the end from the close
+            self.until_close = not self.chunked
+            if client_11:
+                framing = b"Transfer-Encoding: chunked\r\n"
+                self.client_chunked = True
+            else:
+                framing = b""
+                keep_alive = False  # an HTTP/1.0 client learns the end from the close
         exchange.keep_alive = keep_alive
-        self.client_chunked = framing.startswith(b"Transfer-Encoding")
-        exchange.respond(
-            http_rules.response_head(
-                status,
-                self.reason,
-                self.headers,
-                has_connection_header=self.has_connection_header,
-                framing=framing,
-                keep_alive=keep_alive,
-            )
-        )
+        exchange.respond(http_rules.response_head(status, self.reason, lines, framing, keep_alive))
         self.reusable = bool(self.parser.should_keep_alive())
         if exchange.head_only:
             # llhttp cannot be told the response to HEAD has no body; the exchange ends
