@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import memory
 from servers import free_port
 
 from bureau.hub import Hub
@@ -301,6 +302,8 @@ def run(work: Path, boots: int, rotations: int) -> dict[str, Any]:
                 results["rotation_requests"] = client.requests
                 results["rotation_failures"] = client.failures
                 results["sync_floor_s"] = statistics.median(sync_floor(f, state, rotations))
+            _, _, mem_state = first_boot(f, "mem")
+            results["memory"] = memory.run(f.creds_file, FLEET, "machine/mem", mem_state, f.work)
         finally:
             upstream.terminate()
             upstream.wait(timeout=30)

@@ -1,17 +1,40 @@
-"""Memory per principal: PSS and RSS of 1, 10 and 50 bureau-proxy processes (one per
-principal, as the launcher runs them), the cost of each additional principal, and an idle
-nginx worker for scale. PSS splits shared pages among the processes sharing them, so it is
-what N principals really cost together."""
+"""Memory per principal: PSS and RSS of a real launcher and everything it runs (the proxy
+template and one proxy per principal) with 1, 10 and 50 principals, the cost of each
+additional principal, and an idle nginx (master and worker) for scale. PSS splits shared
+pages among the processes sharing them, so it is what N principals really cost together.
+
+The launcher is enrolled against the fleet benchmark's hub; principals are started the way
+the daemon starts them, with an "ensure" request carrying a credentials event encrypted
+for the machine.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
-from servers import Server, bureau_proxy, upstream
+from servers import upstream
+
+from bureau import names
+from bureau.credentials_event import ServiceRoute
+from bureau.operator import credentials
+from bureau.operator.principal_credentials import (
+    CredentialRequest,
+    build_event,
+    machine_public_key,
+)
+from bureau.secret import Secret
 
 COUNTS = (1, 10, 50)
-MIB = 1024 * 1024
+BIN = Path(sys.executable).parent
 
 
 def memory_kib(pid: int) -> tuple[int, int]:
@@ -25,34 +48,106 @@ def memory_kib(pid: int) -> tuple[int, int]:
     return pss, rss
 
 
-def total_mib(servers: list[Server]) -> tuple[float, float]:
+def tree(root: int) -> list[int]:
+    """root and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def total_mib(pids: list[int]) -> tuple[float, float]:
     pss = rss = 0
-    for server in servers:
-        for pid in server.pids():
+    for pid in pids:
+        with contextlib.suppress(OSError):
             p, r = memory_kib(pid)
             pss, rss = pss + p, rss + r
     return pss / 1024, rss / 1024
 
 
-def run(work: Path) -> dict[str, object]:
-    rows = []
+def ensure(launcher_socket: Path, principal: str, content: dict[str, Any]) -> None:
+    request = {"action": "ensure", "principal": principal, "credentials": content}
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(60)
+        sock.connect(str(launcher_socket))
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    reply = json.loads(data)
+    if not reply.get("ok"):
+        raise RuntimeError(f"ensure {principal}: {reply}")
+
+
+def run(creds_file: Path, fleet: str, machine: str, state: Path, work: Path) -> dict[str, Any]:
+    """``machine`` is the name within the fleet (machine/NAME), first-booted into state."""
     with upstream(work / "upstream") as (origin, port):
-        nginx_pss, nginx_rss = total_mib([origin])
-        for count in COUNTS:
-            with contextlib.ExitStack() as stack:
-                proxies = [
-                    stack.enter_context(bureau_proxy(work / f"p{count}-{i}", port))
-                    for i in range(count)
-                ]
-                pss, rss = total_mib(proxies)
-                rows.append({"principals": count, "pss_mib": pss, "rss_mib": rss})
+        nginx_pss, nginx_rss = total_mib(origin.pids())
+        result = _measure(creds_file, fleet, machine, state, work, port)
+    return {**result, "nginx_pss_mib": nginx_pss, "nginx_rss_mib": nginx_rss}
+
+
+def _measure(
+    creds_file: Path, fleet: str, machine: str, state: Path, work: Path, port: int
+) -> dict[str, Any]:
+    creds = credentials.load(creds_file)
+    key = machine_public_key(credentials.admin_client(creds), creds, f"{fleet}/{machine}")
+    route = ServiceRoute(f"http://127.0.0.1:{port}", {"Authorization": "TOKEN"}, "Bearer")
+    events = []
+    for index in range(max(COUNTS)):
+        principal = f"{fleet}/agent/mem{index}"
+        request = CredentialRequest(
+            machine=f"{fleet}/{machine}",
+            principal=principal,
+            services={"api": route},
+            secrets={"TOKEN": Secret(f"memory-bench-{index}")},
+            services_where="bench",
+        )
+        event = build_event(request, creds, key, None)
+        events.append((names.user_id(principal, creds.server_name), event.to_json()))
+    rows = []
+    for count in COUNTS:
+        run_dir = work / f"run{count}"
+        argv = [str(BIN / "bureau-launcher"), "--machine-name", machine,
+                "--state-dir", str(state), "--run-dir", str(run_dir)]  # fmt: skip
+        with (work / f"launcher{count}.log").open("wb") as log:
+            proc = subprocess.Popen(argv, stderr=log, stdout=subprocess.DEVNULL)
+            try:
+                launcher_socket = run_dir / "launcher.sock"
+                deadline = time.monotonic() + 60
+                while not launcher_socket.exists():
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"launcher did not start; see {log.name}")
+                    time.sleep(0.05)
+                for principal, content in events[:count]:
+                    ensure(launcher_socket, principal, content)
+                time.sleep(1.0)  # let start-up garbage settle
+                pids = tree(proc.pid)
+                pss, rss = total_mib(pids)
+                rows.append({"principals": count, "pss_mib": pss, "rss_mib": rss,
+                             "processes": len(pids)})  # fmt: skip
+            finally:
+                pids = tree(proc.pid)
+                proc.terminate()
+                proc.wait(timeout=30)
+                # Proxies outlive a launcher on purpose; the benchmark is done with them.
+                for pid in pids[1:]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
     first, last = rows[0], rows[-1]
     per_principal = (float(last["pss_mib"]) - float(first["pss_mib"])) / (
         int(last["principals"]) - int(first["principals"])
     )
-    return {
-        "rows": rows,
-        "pss_per_additional_principal_mib": per_principal,
-        "nginx_pss_mib": nginx_pss,
-        "nginx_rss_mib": nginx_rss,
-    }
+    return {"rows": rows, "pss_per_additional_principal_mib": per_principal}

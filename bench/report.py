@@ -113,10 +113,18 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "## Memory per principal",
         "",
+        "A real launcher and everything it runs (the proxy template, one proxy per principal),"
+        " principals started with the daemon's ensure request.",
+        "",
         *_table(
-            ["principals", "PSS MiB", "RSS MiB"],
+            ["principals", "processes", "PSS MiB", "RSS MiB"],
             [
-                [str(r["principals"]), f"{r['pss_mib']:.1f}", f"{r['rss_mib']:.1f}"]
+                [
+                    str(r["principals"]),
+                    str(r["processes"]),
+                    f"{r['pss_mib']:.1f}",
+                    f"{r['rss_mib']:.1f}",
+                ]
                 for r in memory["rows"]
             ],
         ),

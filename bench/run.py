@@ -18,7 +18,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import fleet  # noqa: E402 -- bench/ is a directory of scripts, not a package
-import memory  # noqa: E402
 import proxy_overhead  # noqa: E402
 import report  # noqa: E402
 
@@ -38,10 +37,9 @@ def main() -> None:
         started = time.monotonic()
         print(f"proxy overhead: {args.rounds} rounds x {args.seconds} s per case", flush=True)
         samples = proxy_overhead.run(args.loadgen, work / "overhead", args.rounds, args.seconds)
-        print("memory per principal", flush=True)
-        mem = memory.run(work / "memory")
-        print(f"fleet: {args.boots} first boots, {args.rotations} rotations", flush=True)
+        print(f"fleet: {args.boots} first boots, {args.rotations} rotations, memory", flush=True)
         fleet_results = fleet.run(work / "fleet", args.boots, args.rotations)
+        mem = fleet_results.pop("memory")
         results = {
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "cpus": os.cpu_count(),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import resource
+from pathlib import Path
 
 _PR_SET_DUMPABLE = 4
 
@@ -15,3 +16,38 @@ def no_dumps() -> None:
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+
+
+_PR_SET_NAME = 15
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _prctl(option: int, arg: int | bytes, what: str) -> None:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if libc.prctl(option, arg, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({what}) failed")
+
+
+def become_subreaper() -> None:
+    """Orphaned descendants (proxies forked by the template) become this process's
+    children, so that their exit status can be collected here."""
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1, "PR_SET_CHILD_SUBREAPER")
+
+
+def set_process_name(name: str) -> None:
+    """What ps, top and the journal's _COMM show (15 bytes at most)."""
+    _prctl(_PR_SET_NAME, name.encode()[:15], "PR_SET_NAME")
+
+
+def set_title(argv: list[str]) -> bool:
+    """Rewrite the command line /proc/self/cmdline (and so ps) shows, within the bytes the
+    original one occupied, as setproctitle does. CPython copied argv at start-up, so the
+    original strings are free to overwrite. False when it had to be cut short."""
+    title = "\0".join(argv)
+    stat = Path("/proc/self/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    start, end = int(fields[45]), int(fields[46])  # proc(5) fields 48 and 49
+    room = end - start
+    data = title.encode()[: room - 1]
+    ctypes.memmove(start, data.ljust(room, b"\0"), room)
+    return len(data) == len(title.encode())

@@ -153,7 +153,9 @@ def proxies_under(run_dir: Path) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"bureau.proxy" in argv and any(a.startswith(str(run_dir).encode()) for a in argv):
+        # A proxy forked by the template is titled "bureau-proxy --socket PATH ...".
+        is_proxy = b"bureau.proxy" in argv or argv[0] == b"bureau-proxy"
+        if is_proxy and any(a.startswith(str(run_dir).encode()) for a in argv):
             found.append(int(entry.name))
     return found
 

@@ -122,14 +122,26 @@ def test_ensure_serves_rotates_restarts_and_stops(
             old_proxies = proxies_under(run_dir)
             assert len(old_proxies) == 1
 
-            # A proxy killed with SIGKILL comes back, with the same credentials.
+            # Proxies are forked by the template and orphaned at once: the launcher, a
+            # child subreaper, is their parent. ps names each by its socket.
             (pid,) = old_proxies
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            assert int(stat[stat.rindex(")") + 2 :].split()[1]) == running.main_pid()
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+            assert title[:2] == [b"bureau-proxy", b"--socket"]
+            bound = Path(title[2].decode())  # the temporary name it bound, since renamed
+            assert bound.parent == socket.parent and bound.name.startswith(f".{socket.name}.")
+            assert Path(f"/proc/{pid}/comm").read_text() == "bureau-proxy\n"
+
+            # A proxy killed with SIGKILL comes back, with the same credentials, and the
+            # launcher says how it ended.
             os.kill(pid, signal.SIGKILL)
             _wait(lambda: proxies_under(run_dir) not in ([], [pid]))
             _wait(lambda: socket.exists() and _try(lambda: _seen_token(socket)))
             assert _seen_token(socket) == "Bearer second-canary-2"
             (listed,) = launcher_call(running.socket, {"action": "list"})["principals"]
             assert listed["restarts"] == 1
+            running.wait_for("signal SIGKILL")
 
             stopped = launcher_call(running.socket, {"action": "stop", "principal": principal})
             assert stopped == {"ok": True, "stopped": True}

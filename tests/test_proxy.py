@@ -8,6 +8,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -184,3 +185,17 @@ def test_bad_payload_is_refused_without_echoing_values(
     assert "Traceback" not in err
     assert "X-Evil" not in err
     assert not (tmp_path / "s").exists()
+
+
+def test_template_refuses_to_run_without_its_launcher() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bureau.proxy.template"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "bureau-proxy template: started by bureau-launcher with --control-fd N\n"
+    )

@@ -115,6 +115,7 @@ async def serve(
         loop.add_signal_handler(signum, stop.set)
     run_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
     path = run_dir / SOCKET_NAME
+    supervisor: Supervisor | None = None
     try:
         async with asyncio.TaskGroup() as tasks:
             supervisor = Supervisor(
@@ -147,5 +148,7 @@ async def serve(
     except* _Stopped:
         pass
     finally:
+        if supervisor is not None:
+            supervisor.close()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -19,8 +19,6 @@ import json
 import os
 import secrets
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,6 +35,7 @@ from bureau.credentials_event import (
 )
 from bureau.errors import InputError
 from bureau.files import atomic_write
+from bureau.launcher.spawner import Spawner, SpawnError
 from bureau.proxy_payload import ProxyPayload
 from bureau.secret import Secret
 
@@ -57,21 +56,40 @@ _CHILD_ENV = (
 )
 
 
-def _deliver(proc: subprocess.Popen[bytes], payload: bytes) -> None:
-    if proc.stdin is None:
-        raise RuntimeError("proxy stdin missing")
-    with contextlib.suppress(BrokenPipeError):  # a proxy that died says so by its status
-        proc.stdin.write(payload)
-    with contextlib.suppress(BrokenPipeError):
-        proc.stdin.close()
+def _deliver(fd: int, payload: bytes) -> None:
+    try:
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BrokenPipeError:
+        pass  # a proxy that died says so by its status
+    finally:
+        os.close(fd)
 
 
-def _ready_line(proc: subprocess.Popen[bytes]) -> bytes:
-    if proc.stdout is None:
-        raise RuntimeError("proxy stdout missing")
-    line = proc.stdout.readline()
-    proc.stdout.close()  # the proxy writes nothing after READY
+def _ready_line(fd: int) -> bytes:
+    line = b""
+    try:
+        while not line.endswith(b"\n") and len(line) < 256:
+            chunk = os.read(fd, 256)
+            if not chunk:
+                break
+            line += chunk
+    finally:
+        os.close(fd)  # the proxy writes nothing after READY
     return line
+
+
+def _reap(pid: int) -> str:
+    """Wait for a proxy that is our child (forked for us, or reparented to us as the
+    subreaper) and describe how it ended."""
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return "status unknown"
+    if os.WIFSIGNALED(status):
+        return f"signal {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"status {os.waitstatus_to_exitcode(status)}"
 
 
 class LauncherError(Exception):
@@ -129,7 +147,6 @@ class Supervisor:
         run_dir: Path,
         log: Any,
         tasks: asyncio.TaskGroup,
-        proxy_command: list[str] | None = None,
     ) -> None:
         self._machine_user = machine_user
         machine_localpart, self._server = names.parse_user_id(machine_user)
@@ -139,11 +156,17 @@ class Supervisor:
         self._state_dir = run_dir / "launcher" / "proxies"
         self._log = log
         self._tasks = tasks
-        self._command = proxy_command or [sys.executable, "-m", "bureau.proxy"]
+        env = {k: v for k, v in os.environ.items() if k in _CHILD_ENV}
+        self._spawner = Spawner(env)
+        self._spawner.start()
         self._proxies: dict[str, Proxy] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     # -- requests ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """The template goes; the proxies stay for the next launcher to adopt."""
+        self._spawner.close()
 
     def status(self) -> dict[str, Any]:
         running = sum(1 for p in self._proxies.values() if not p.exited.is_set())
@@ -253,36 +276,32 @@ class Supervisor:
         payload = self._open(principal, event)
         final.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
         temp = final.with_name(f".{final.name}.{secrets.token_hex(4)}")
-        env = {k: v for k, v in os.environ.items() if k in _CHILD_ENV}
-        # subprocess.Popen, not asyncio's: an asyncio subprocess transport kills its child
-        # when the loop closes, and proxies must outlive the launcher to be adopted.
-        proc = subprocess.Popen(
-            [*self._command, "--socket", str(temp), "--machine", self._machine_user],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            start_new_session=True,  # a signal to the launcher's group must not reach it
-        )
+        # Forked by the template in its own session (a signal to the launcher's group must
+        # not reach it) and outliving this launcher, to be adopted by the next one.
+        argv = ["--socket", str(temp), "--machine", self._machine_user]
         try:
-            await asyncio.to_thread(_deliver, proc, payload)
+            spawned = await asyncio.to_thread(self._spawner.spawn, argv)
+        except SpawnError as exc:
+            raise LauncherError(f"proxy for {principal}: {exc}") from None
+        pid = spawned.pid
+        try:
+            await asyncio.to_thread(_deliver, spawned.stdin, payload)
             del payload
             async with asyncio.timeout(READY_TIMEOUT):
-                line = await asyncio.to_thread(_ready_line, proc)
+                line = await asyncio.to_thread(_ready_line, spawned.stdout)
             if not line.startswith(b"READY"):
-                code = await asyncio.to_thread(proc.wait)
-                raise LauncherError(f"proxy for {principal} exited with status {code} at start")
+                how = await asyncio.to_thread(_reap, pid)
+                raise LauncherError(f"proxy for {principal} exited with {how} at start")
             temp.rename(final)
         except BaseException:
-            if proc.poll() is None:
-                proc.kill()
-                await asyncio.to_thread(proc.wait)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            await asyncio.to_thread(_reap, pid)
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
             raise
-        proxy = Proxy(
-            principal, proc.pid, process_start_time(proc.pid), final, digest, content, time.time()
-        )
-        self._tasks.create_task(self._watch(proxy, proc))
+        proxy = Proxy(principal, pid, process_start_time(pid), final, digest, content, time.time())
+        self._tasks.create_task(self._watch(proxy))
         return proxy
 
     def _install(self, proxy: Proxy) -> None:
@@ -298,13 +317,14 @@ class Supervisor:
         }
         atomic_write(self._state_file(proxy.principal), json.dumps(record).encode(), 0o600)
 
-    async def _watch(self, proxy: Proxy, child: subprocess.Popen[bytes] | None) -> None:
+    async def _watch(self, proxy: Proxy) -> None:
         """Wait for the proxy to exit (a pidfd works for children and adopted processes
         alike), reap it if it is our child, and restart it unless it was retired."""
         try:
             fd = os.pidfd_open(proxy.pid)
         except ProcessLookupError:
             proxy.exited.set()
+            how = "status unknown"
         else:
             loop = asyncio.get_running_loop()
             loop.add_reader(fd, proxy.exited.set)
@@ -313,7 +333,7 @@ class Supervisor:
             finally:
                 loop.remove_reader(fd)
                 os.close(fd)
-        how = f"status {child.wait()}" if child is not None else "adopted; status unknown"
+            how = _reap(proxy.pid)  # it has exited: this does not block
         await self._exited(proxy, how)
 
     async def _exited(self, proxy: Proxy, how: str) -> None:
@@ -380,7 +400,7 @@ class Supervisor:
                     float(record.get("started_at", time.time())),
                 )
                 self._proxies[principal] = proxy
-                self._tasks.create_task(self._watch(proxy, None))
+                self._tasks.create_task(self._watch(proxy))
                 self._log.info("adopted running proxy", principal=principal, pid=pid)
                 continue
             try:
