@@ -1,0 +1,217 @@
+"""bureau-proxy's HTTP/1.1 handling on the wire, byte for byte, against the real echo
+upstream: pipelining, body framing both ways, HEAD, 100-continue, and the requests it
+must refuse (malformed, smuggling-shaped, CONNECT, oversized, absolute URIs)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pytest
+from processes import echo_upstream, proxy
+
+TOKEN = "canary-protocol-5d1e"
+
+
+@pytest.fixture(scope="module")
+def proxy_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    sock = tmp_path_factory.mktemp("proto") / "s"
+    with echo_upstream() as upstream:
+        payload = {
+            "principal": "@t/fleet/prod/agent/proto:bureau.local",
+            "services": {
+                "api": {
+                    "upstream_url": upstream,
+                    "auth_scheme": "Bearer",
+                    "inject_headers": {"Authorization": "TOKEN"},
+                }
+            },
+            "credentials": {"TOKEN": TOKEN},
+            "expires_at": None,
+        }
+        with proxy(payload, sock):
+            yield sock
+
+
+class Response:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def read_response(stream: BinaryIO, *, head_only: bool = False) -> Response:
+    status_line = stream.readline()
+    assert status_line.startswith(b"HTTP/1.1 "), status_line
+    headers: dict[str, str] = {}
+    while (line := stream.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        assert name.lower() not in headers, f"duplicate {name}"
+        headers[name.lower()] = value.strip()
+    status = int(status_line.split()[1])
+    if head_only or status in (100, 204, 304):
+        return Response(status, headers, b"")
+    if "content-length" in headers:
+        return Response(status, headers, stream.read(int(headers["content-length"])))
+    if headers.get("transfer-encoding") == "chunked":
+        body = b""
+        while (size := int(stream.readline().split(b";")[0], 16)) > 0:
+            body += stream.read(size)
+            assert stream.read(2) == b"\r\n"
+        assert stream.readline() == b"\r\n"
+        return Response(status, headers, body)
+    return Response(status, headers, stream.read())  # until the connection closes
+
+
+class Conn:
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(30)
+        self.sock.connect(str(path))
+        self.stream = self.sock.makefile("rb")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read(self, *, head_only: bool = False) -> Response:
+        return read_response(self.stream, head_only=head_only)
+
+    def closed(self) -> bool:
+        return self.stream.read(1) == b""
+
+    def close(self) -> None:
+        self.stream.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def conn(proxy_socket: Path) -> Iterator[Conn]:
+    c = Conn(proxy_socket)
+    yield c
+    c.close()
+
+
+def test_pipelined_requests_are_answered_in_order(conn: Conn) -> None:
+    conn.send(
+        b"GET /http/api/first HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"POST /http/api/second HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+        b"GET /http/api/third HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    paths = [conn.read().json()["path"] for _ in range(3)]
+    assert paths == ["/first", "/second", "/third"]
+
+
+def test_chunked_request_body_reaches_the_upstream_whole(conn: Conn) -> None:
+    body = b"a" * 3000 + b"b" * 5
+    chunks = b"bb8\r\n" + body[:3000] + b"\r\n5\r\n" + body[3000:] + b"\r\n0\r\n\r\n"
+    conn.send(
+        b"POST /http/api/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks
+    )
+    seen = conn.read().json()
+    assert seen["body_length"] == len(body)
+    assert seen["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert seen["headers"]["authorization"] == f"Bearer {TOKEN}"
+
+
+def test_upstream_framing_is_redone_by_the_proxy(conn: Conn, proxy_socket: Path) -> None:
+    conn.send(b"GET /http/api/chunked HTTP/1.1\r\nHost: x\r\n\r\n")
+    chunked = conn.read()
+    assert chunked.body == b"one two three"
+    assert chunked.headers["transfer-encoding"] == "chunked"
+    # A body that the upstream ends by closing reaches an HTTP/1.1 client chunked, and the
+    # client's connection stays open for the next request.
+    conn.send(b"GET /http/api/eof HTTP/1.1\r\nHost: x\r\n\r\n")
+    until_close = conn.read()
+    assert (until_close.status, until_close.body) == (200, b"until the end")
+    assert until_close.headers["transfer-encoding"] == "chunked"
+    assert "connection" not in until_close.headers
+    conn.send(b"GET /http/api/after HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert conn.read().json()["path"] == "/after"
+    # An HTTP/1.0 client gets the same body ended by the close.
+    old = Conn(proxy_socket)
+    old.send(b"GET /http/api/eof HTTP/1.0\r\n\r\n")
+    answer = old.read()
+    assert answer.body == b"until the end"
+    assert answer.headers["connection"] == "close"
+    old.close()
+
+
+def test_head_has_no_body_and_the_connection_goes_on(conn: Conn) -> None:
+    conn.send(b"HEAD /http/api/big HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = conn.read(head_only=True)
+    assert head.status == 200
+    assert head.headers["content-length"] == "65536"
+    conn.send(b"GET /http/api/next HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert conn.read().json()["path"] == "/next"
+
+
+def test_expect_continue_is_relayed(conn: Conn) -> None:
+    conn.send(
+        b"POST /http/api/up HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+        b"Expect: 100-continue\r\n\r\n"
+    )
+    assert conn.read().status == 100
+    conn.send(b"data")
+    final = conn.read()
+    assert (final.status, final.json()["body_length"]) == (200, 4)
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "error"),
+    [
+        (b"GARBAGE\r\n\r\n", 400, "malformed HTTP request"),
+        (b"GET /http/api/x HTTP/1.1\r\nHost: x\nX: y\r\n\r\n", 400, "malformed HTTP request"),
+        (
+            b"POST /http/api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+            "malformed HTTP request",
+        ),
+        (b"GET /http/api/x HTTP/1.1\r\nX-A : b\r\n\r\n", 400, "malformed HTTP request"),
+        (b"CONNECT evil.example:443 HTTP/1.1\r\nHost: x\r\n\r\n", 501, "not supported"),
+        (
+            b"GET /http/api/x HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            501,
+            "not supported",
+        ),
+        (b"GET /http/api/x HTTP/1.1\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", 431, "too large"),
+    ],
+)
+def test_refused_requests_get_one_answer_and_a_close(
+    conn: Conn, request_bytes: bytes, status: int, error: str
+) -> None:
+    conn.send(request_bytes)
+    answer = conn.read()
+    assert answer.status == status
+    assert error in answer.json()["error"]
+    assert answer.headers["connection"] == "close"
+    assert conn.closed()
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"http://evil.example/http/api/x",
+        b"http://user:pw@evil.example/",
+        b"//evil.example/http/api/x",
+        b"/other/api/x",
+        b"*",
+    ],
+)
+def test_a_client_never_picks_the_host(conn: Conn, target: bytes) -> None:
+    conn.send(b"GET " + target + b" HTTP/1.1\r\nHost: evil.example\r\n\r\n")
+    answer = conn.read()
+    assert answer.status in (400, 404), answer.status
+    assert TOKEN not in answer.body.decode()
+
+
+def test_host_header_is_the_upstreams(conn: Conn) -> None:
+    conn.send(b"GET /http/api/x HTTP/1.1\r\nHost: evil.example\r\nX-Forwarded-Host: e\r\n\r\n")
+    headers = conn.read().json()["headers"]
+    assert headers["host"].startswith("127.0.0.1:")
+    assert headers["authorization"] == f"Bearer {TOKEN}"
