@@ -157,18 +157,22 @@ def service(
 class Client(threading.Thread):
     """Sends requests through a proxy socket back to back; records what it saw."""
 
-    def __init__(self, sock: Path) -> None:
+    def __init__(self, sock: Path, pace: float = 0.0) -> None:
         super().__init__(daemon=True)
         self.sock = sock
+        self.pace = pace  # seconds between requests; 0 sends back to back
         self.stop = threading.Event()
         self.requests = 0
         self.failures = 0
         self.seen: list[tuple[float, str]] = []  # (monotonic, Authorization) on change
         self._lock = threading.Lock()
 
+    def reset_counts(self) -> None:
+        self.requests = self.failures = 0
+
     def run(self) -> None:
         last = ""
-        while not self.stop.is_set():
+        while not self.stop.wait(self.pace):
             try:
                 conn = _UnixConnection(self.sock)
                 conn.request("GET", "/http/api/rotate")
@@ -244,7 +248,11 @@ def sync_floor(f: Fleet, state: Path, rounds: int) -> list[float]:
     return floors
 
 
-def run(work: Path, boots: int, rotations: int) -> dict[str, Any]:
+def run(
+    work: Path, boots: int, rotations: int, workers: int, idle_seconds: float
+) -> dict[str, Any]:
+    import simulated_fleet  # noqa: PLC0415 -- it builds on this module
+
     results: dict[str, Any] = {}
     with fleet(work) as f:
         timings = [first_boot(f, f"boot{i}") for i in range(boots)]
@@ -304,6 +312,7 @@ def run(work: Path, boots: int, rotations: int) -> dict[str, Any]:
                 results["sync_floor_s"] = statistics.median(sync_floor(f, state, rotations))
             _, _, mem_state = first_boot(f, "mem")
             results["memory"] = memory.run(f.creds_file, FLEET, "machine/mem", mem_state, f.work)
+            results["simulated_fleet"] = simulated_fleet.run(f, workers, idle_seconds)
         finally:
             upstream.terminate()
             upstream.wait(timeout=30)

@@ -57,6 +57,12 @@ def targets(
             f"{fleet['rotation_failures']} of {fleet['rotation_requests']}",
             fleet["rotation_failures"] == 0,
         ),
+        (
+            f"simulated fleet: 0 failed requests through a rotation of all "
+            f"{fleet['simulated_fleet']['workers']} workers",
+            f"{fleet['simulated_fleet']['failures']} of {fleet['simulated_fleet']['requests']}",
+            fleet["simulated_fleet"]["failures"] == 0,
+        ),
     ]
 
 
@@ -69,6 +75,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def markdown(results: dict[str, Any]) -> str:
     overhead: list[Row] = results["proxy_overhead"]
     memory: dict[str, Any] = results["memory"]
+    sim: dict[str, Any] = results["fleet"]["simulated_fleet"]
     fleet: dict[str, Any] = results["fleet"]
     fmt: Callable[[Any], str] = lambda v: "-" if v is None else f"{v:,.0f}"  # noqa: E731
     lines = [
@@ -159,7 +166,32 @@ def markdown(results: dict[str, Any]) -> str:
             ],
         ),
         "",
-        "Not measured yet (issue #6): the simulated 20-worker fleet.",
+        f"## A simulated fleet ({sim['workers']} workers, one hub, this machine)",
+        "",
+        "Each worker is a real launcher and daemon with its own state and run directories; "
+        "each worker's principal sends a request through its proxy every "
+        f"{sim['pace_s'] * 1000:.0f} ms.",
+        "",
+        *_table(
+            ["measure", "value"],
+            [
+                [
+                    f"publish a new value for all {sim['workers']} principals (one event each)",
+                    f"{sim['publish_s'] * 1000:.0f} ms",
+                ],
+                [
+                    "first publish to the last proxy serving the new value",
+                    f"{sim['all_served_s'] * 1000:.0f} ms "
+                    f"(median worker {sim['median_served_s'] * 1000:.0f} ms)",
+                ],
+                ["requests failed meanwhile", f"{sim['failures']} of {sim['requests']}"],
+                [
+                    f"daemon idle CPU over {sim['idle_seconds']:.0f} s (median, max)",
+                    f"{sim['daemon_idle_cpu_median'] * 100:.2f}%, "
+                    f"{sim['daemon_idle_cpu_max'] * 100:.2f}% of one CPU",
+                ],
+            ],
+        ),
         "",
     ]
     return "\n".join(lines)

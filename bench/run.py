@@ -29,6 +29,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per case (default 3)")
     parser.add_argument("--boots", type=int, default=10, help="first boots to time (default 10)")
     parser.add_argument("--rotations", type=int, default=20, help="rotations (default 20)")
+    parser.add_argument("--workers", type=int, default=20, help="simulated workers (default 20)")
+    parser.add_argument(
+        "--idle", type=float, default=60.0, help="seconds of daemon idle CPU (default 60)"
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results", help="results directory")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bureau-bench-", dir="/tmp"))
@@ -37,8 +41,14 @@ def main() -> None:
         started = time.monotonic()
         print(f"proxy overhead: {args.rounds} rounds x {args.seconds} s per case", flush=True)
         samples = proxy_overhead.run(args.loadgen, work / "overhead", args.rounds, args.seconds)
-        print(f"fleet: {args.boots} first boots, {args.rotations} rotations, memory", flush=True)
-        fleet_results = fleet.run(work / "fleet", args.boots, args.rotations)
+        print(
+            f"fleet: {args.boots} first boots, {args.rotations} rotations, memory, "
+            f"{args.workers} simulated workers",
+            flush=True,
+        )
+        fleet_results = fleet.run(
+            work / "fleet", args.boots, args.rotations, args.workers, args.idle
+        )
         mem = fleet_results.pop("memory")
         results = {
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

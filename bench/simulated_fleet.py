@@ -1,0 +1,138 @@
+"""A simulated fleet: N workers on this machine, each a real launcher and daemon with its
+own state and run directories, against the fleet benchmark's hub (one Synapse).
+
+- rotation: one new credential value published for every worker's principal (N state
+  events, one per machine, as `bureau credentials provision` publishes them), timed from
+  the first publish to the last proxy serving the new value;
+- requests: each worker's principal sends a request every PACE seconds through its proxy
+  for the whole rotation; every one must succeed;
+- idle CPU per daemon: CPU time each daemon uses over a quiet minute, as a share of one CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from fleet import BIN, FLEET, REPO, Client, Fleet, first_boot, service
+
+from bureau.credentials_event import ServiceRoute
+from bureau.operator import assignments, credentials
+from bureau.operator.principal_credentials import CredentialRequest, provision
+from bureau.secret import Secret
+
+PACE = 0.1
+
+
+def cpu_seconds(pid: int) -> float:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(f: Fleet, workers: int, idle_seconds: float) -> dict[str, Any]:
+    creds = credentials.load(f.creds_file)
+    names = [f"sim{i}" for i in range(workers)]
+    with ThreadPoolExecutor(4) as pool:  # first boots wait on Synapse, not on this CPU
+        states = list(pool.map(lambda n: first_boot(f, n)[2], names))
+    upstream = subprocess.Popen(
+        [sys.executable, str(REPO / "script/echo-upstream")], stdout=subprocess.PIPE
+    )
+    assert upstream.stdout is not None
+    port = int(upstream.stdout.readline().split()[1])
+    route = ServiceRoute(f"http://127.0.0.1:{port}", {"Authorization": "TOKEN"}, "Bearer")
+
+    def publish(index: int, value: str) -> None:
+        request = CredentialRequest(
+            machine=f"{FLEET}/machine/{names[index]}",
+            principal=f"{FLEET}/agent/{names[index]}",
+            services={"api": route},
+            secrets={"TOKEN": Secret(value)},
+            services_where="bench",
+        )
+        provision(creds, request)
+
+    run_dirs = [f.work / "sim-run" / n for n in names]
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda i: publish(i, "fleet-0"), range(workers)))
+        for name in names:
+            assignments.assign(
+                creds, f"{FLEET}/machine/{name}", f"{FLEET}/agent/{name}", auto_start=True
+            )
+        with contextlib.ExitStack() as stack:
+            daemons = []
+            for name, state, run_dir in zip(names, states, run_dirs, strict=True):
+                common = ["--machine-name", f"machine/{name}", "--state-dir", str(state),
+                          "--run-dir", str(run_dir)]  # fmt: skip
+                launcher = [str(BIN / "bureau-launcher"), *common]
+                daemon = [str(BIN / "bureau-daemon"), *common]
+                logs = f.work / "sim-logs"
+                logs.mkdir(exist_ok=True)
+                stack.enter_context(service(launcher, logs / f"{name}.l.sock", logs / f"{name}.l"))
+                proc, _ = stack.enter_context(
+                    service(daemon, logs / f"{name}.d.sock", logs / f"{name}.d")
+                )
+                daemons.append(proc)
+            clients = [
+                Client(run_dir / "fleet/prod/agent" / f"{name}.proxy.sock", pace=PACE)
+                for name, run_dir in zip(names, run_dirs, strict=True)
+            ]
+            for client in clients:
+                client.start()
+            for client in clients:
+                client.first_seen("Bearer fleet-0", 0, timeout=180)
+            for client in clients:
+                client.reset_counts()
+            started = time.monotonic()
+            with ThreadPoolExecutor(4) as pool:
+                list(pool.map(lambda i: publish(i, "fleet-1"), range(workers)))
+            published = time.monotonic()
+            served = [c.first_seen("Bearer fleet-1", started, timeout=180) for c in clients]
+            time.sleep(1.0)  # requests keep flowing after the last swap
+            for client in clients:
+                client.stop.set()
+            for client in clients:
+                client.join(timeout=30)
+            requests = sum(c.requests for c in clients)
+            failures = sum(c.failures for c in clients)
+            # A quiet minute: no events, no requests; what does each daemon cost?
+            time.sleep(2.0)
+            before = [cpu_seconds(p.pid) for p in daemons]
+            time.sleep(idle_seconds)
+            after = [cpu_seconds(p.pid) for p in daemons]
+            idle = [(b - a) / idle_seconds for a, b in zip(before, after, strict=True)]
+    finally:
+        upstream.terminate()
+        upstream.wait(timeout=30)
+        _kill_proxies_under(f.work / "sim-run")
+    return {
+        "workers": workers,
+        "pace_s": PACE,
+        "publish_s": published - started,
+        "all_served_s": max(served) - started,
+        "median_served_s": statistics.median(served) - started,
+        "requests": requests,
+        "failures": failures,
+        "idle_seconds": idle_seconds,
+        "daemon_idle_cpu_median": statistics.median(idle),
+        "daemon_idle_cpu_max": max(idle),
+    }
+
+
+def _kill_proxies_under(root: Path) -> None:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if argv[0] == b"bureau-proxy" and any(a.startswith(bytes(root)) for a in argv):
+                os.kill(int(entry.name), signal.SIGKILL)
