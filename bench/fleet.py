@@ -164,29 +164,31 @@ class Client(threading.Thread):
         self.stop = threading.Event()
         self.requests = 0
         self.failures = 0
+        self.errors: list[str] = []
         self.seen: list[tuple[float, str]] = []  # (monotonic, Authorization) on change
         self._lock = threading.Lock()
 
     def reset_counts(self) -> None:
         self.requests = self.failures = 0
+        self.errors.clear()
 
     def run(self) -> None:
         last = ""
         while not self.stop.wait(self.pace):
+            self.requests += 1
             try:
                 conn = _UnixConnection(self.sock)
                 conn.request("GET", "/http/api/rotate")
                 response = conn.getresponse()
                 body = response.read()
                 conn.close()
-            except OSError:
+                if response.status != 200:
+                    raise ValueError(f"status {response.status}: {body[:200]!r}")
+                value = json.loads(body)["headers"].get("authorization", "")
+            except Exception as exc:  # a failure to count, whatever it is
                 self.failures += 1
+                self.errors.append(repr(exc))
                 continue
-            self.requests += 1
-            if response.status != 200:
-                self.failures += 1
-                continue
-            value = json.loads(body)["headers"].get("authorization", "")
             if value != last:
                 with self._lock:
                     self.seen.append((time.monotonic(), value))
@@ -200,7 +202,10 @@ class Client(threading.Thread):
                     if seen == value and when >= after:
                         return when
             time.sleep(0.001)
-        raise RuntimeError(f"{value!r} never reached the proxy")
+        raise RuntimeError(
+            f"{value!r} never reached the proxy; client alive: {self.is_alive()}, "
+            f"{self.requests} requests, last errors: {self.errors[-3:]}"
+        )
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -300,9 +305,10 @@ def run(
                 for index in range(1, rotations + 1):
                     cli(*provision, stdin=f"TOKEN=rotation-{index}\n")
                     returned = time.monotonic()
-                    latencies.append(
-                        client.first_seen(f"Bearer rotation-{index}", returned) - returned
-                    )
+                    # Each value is new, so its first sighting is the swap; it can come
+                    # before the CLI has exited, which counts as no wait at all.
+                    seen = client.first_seen(f"Bearer rotation-{index}", 0)
+                    latencies.append(max(0.0, seen - returned))
                 client.stop.set()
                 client.join(timeout=30)
                 results["rotation_s"] = statistics.median(latencies)

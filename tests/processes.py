@@ -19,9 +19,9 @@ BIN = Path(sys.executable).parent
 
 
 @contextlib.contextmanager
-def echo_upstream() -> Iterator[str]:
+def echo_upstream(*extra: str, scheme: str = "http") -> Iterator[str]:
     with subprocess.Popen(
-        [sys.executable, str(ROOT / "script" / "echo-upstream")],
+        [sys.executable, str(ROOT / "script" / "echo-upstream"), *extra],
         stdout=subprocess.PIPE,
         text=True,
     ) as proc:
@@ -29,7 +29,7 @@ def echo_upstream() -> Iterator[str]:
         ready = proc.stdout.readline().split()
         assert ready[0] == "READY", ready
         try:
-            yield f"http://127.0.0.1:{ready[1]}"
+            yield f"{scheme}://127.0.0.1:{ready[1]}"
         finally:
             proc.terminate()
             proc.wait(timeout=10)
@@ -92,10 +92,13 @@ class RunningProxy:
 
 
 @contextlib.contextmanager
-def proxy(payload: dict[str, Any] | bytes, socket_path: Path) -> Iterator[RunningProxy]:
+def proxy(
+    payload: dict[str, Any] | bytes, socket_path: Path, env: dict[str, str] | None = None
+) -> Iterator[RunningProxy]:
     raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     with subprocess.Popen(
         [str(BIN / "bureau-proxy"), "--socket", str(socket_path)],
+        env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

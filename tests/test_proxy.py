@@ -199,3 +199,42 @@ def test_template_refuses_to_run_without_its_launcher() -> None:
     assert result.stderr == (
         "bureau-proxy template: started by bureau-launcher with --control-fd N\n"
     )
+
+
+def test_https_upstream_is_verified(tmp_path: Path) -> None:
+    """Credentials go to an HTTPS upstream only over a verified connection: the certificate
+    must chain to a trusted root and name the host the route names."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    env = {"PATH": "/usr/bin:/bin", "SSL_CERT_FILE": str(cert)}
+    with echo_upstream("--tls-cert", str(cert), "--tls-key", str(key), scheme="https") as url:
+        port = url.rsplit(":", 1)[1]
+        payload = _payload(f"https://localhost:{port}")
+        # The same server under a name its certificate does not carry.
+        payload["services"]["wrongname"] = {
+            "upstream_url": f"https://127.0.0.1:{port}",
+            "inject_headers": {"Authorization": "TOKEN"},
+        }
+        with proxy(payload, tmp_path / "s", env=env) as running:
+            seen = unix_request(running.socket, "GET", "/http/api/tls").json()
+            assert seen["headers"]["authorization"] == f"Bearer {CANARY}"
+            assert seen["headers"]["host"] == f"localhost:{port}"
+            again = unix_request(running.socket, "GET", "/http/api/again")  # a kept connection
+            assert again.json()["path"] == "/again"
+            refused = unix_request(running.socket, "GET", "/http/wrongname/x")
+            assert refused.status == 502
+            code, stderr = running.stop()
+        assert code == 0
+        assert "SSLCertVerificationError" in stderr
+        assert CANARY not in stderr
+    # Without the test root in the trust store, the same upstream is refused too.
+    with (
+        echo_upstream("--tls-cert", str(cert), "--tls-key", str(key), scheme="https") as url,
+        proxy(_payload(url.replace("127.0.0.1", "localhost")), tmp_path / "t") as running,
+    ):
+        assert unix_request(running.socket, "GET", "/http/api/x").status == 502
