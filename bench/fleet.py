@@ -315,6 +315,7 @@ def run(
                 results["rotations"] = len(latencies)
                 results["rotation_requests"] = client.requests
                 results["rotation_failures"] = client.failures
+                results["rotation_errors"] = client.errors[:5]
                 results["sync_floor_s"] = statistics.median(sync_floor(f, state, rotations))
             _, _, mem_state = first_boot(f, "mem")
             results["memory"] = memory.run(f.creds_file, FLEET, "machine/mem", mem_state, f.work)

@@ -104,6 +104,7 @@ def run(f: Fleet, workers: int, idle_seconds: float) -> dict[str, Any]:
                 client.join(timeout=30)
             requests = sum(c.requests for c in clients)
             failures = sum(c.failures for c in clients)
+            errors = [e for c in clients for e in c.errors][:5]
             # A quiet minute: no events, no requests; what does each daemon cost?
             time.sleep(2.0)
             before = [cpu_seconds(p.pid) for p in daemons]
@@ -122,6 +123,7 @@ def run(f: Fleet, workers: int, idle_seconds: float) -> dict[str, Any]:
         "median_served_s": statistics.median(served) - started,
         "requests": requests,
         "failures": failures,
+        "errors": errors,
         "idle_seconds": idle_seconds,
         "daemon_idle_cpu_median": statistics.median(idle),
         "daemon_idle_cpu_max": max(idle),

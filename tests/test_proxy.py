@@ -238,3 +238,59 @@ def test_https_upstream_is_verified(tmp_path: Path) -> None:
         proxy(_payload(url.replace("127.0.0.1", "localhost")), tmp_path / "t") as running,
     ):
         assert unix_request(running.socket, "GET", "/http/api/x").status == 502
+
+
+def test_handover_under_load_loses_no_request(upstream: str, tmp_path: Path) -> None:
+    """The launcher's rotation, done by hand many times: the next proxy binds a temporary
+    path, the path is renamed over the principal's socket, the old proxy gets SIGTERM.
+    Clients connecting all the while (a new connection per request) all get answers:
+    connections queued on the old listener are accepted and served, not reset."""
+    final = tmp_path / "p.sock"
+    errors: list[str] = []
+    answered = 0
+    stop = threading.Event()
+
+    def client() -> None:
+        nonlocal answered
+        while not stop.is_set():
+            try:
+                reply = unix_request(final, "GET", "/http/api/x", timeout=10)
+                assert reply.status == 200, reply.status
+                answered += 1
+            except Exception as exc:
+                errors.append(repr(exc))
+
+    def start(index: int) -> subprocess.Popen[bytes]:
+        temp = tmp_path / f".p.sock.{index}"
+        proc = subprocess.Popen(
+            [str(BIN / "bureau-proxy"), "--socket", str(temp), "--log-level", "warning"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps(_payload(upstream)).encode())
+        proc.stdin.close()
+        assert proc.stdout.readline().startswith(b"READY")
+        proc.stdout.close()
+        temp.rename(final)
+        return proc
+
+    old = start(0)
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        for index in range(1, 13):
+            time.sleep(0.1)
+            new = start(index)
+            old.send_signal(signal.SIGTERM)
+            assert old.wait(timeout=30) == 0
+            old = new
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+        old.kill()
+        old.wait()
+    assert errors == []
+    assert answered > 100

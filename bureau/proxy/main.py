@@ -26,6 +26,7 @@ from bureau.proxy_payload import ProxyPayload
 PROG = "bureau-proxy"
 MAX_PAYLOAD = 1 << 20
 DRAIN_SECONDS = 10.0
+ACCEPT_GRACE = 0.05
 
 
 def build_parser() -> Parser:
@@ -79,8 +80,12 @@ async def serve(payload: ProxyPayload, socket_path: Path, logger: Any, *, debug:
         logger.info("proxy serving", socket=str(socket_path), services=sorted(payload.services))
         await stop.wait()
         logger.info("draining")
-        server.close()
+        # The launcher renamed this socket's path to the next proxy before signalling:
+        # nothing new arrives here, but connections already queued on the listener are
+        # accepted and answered rather than reset with it.
         proxy.drain()
+        await asyncio.sleep(ACCEPT_GRACE)
+        server.close()
         try:
             async with asyncio.timeout(DRAIN_SECONDS):
                 while proxy.clients:

@@ -34,6 +34,8 @@ MAX_IDLE_PER_UPSTREAM = 64
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 300.0
 CLIENT_IDLE_TIMEOUT = 75.0
+# Draining, a connection that has sent nothing for this long is closed.
+DRAIN_IDLE = 1.0
 UPSTREAM_IDLE_TIMEOUT = 30.0
 SWEEP_SECONDS = 1.0
 
@@ -283,14 +285,14 @@ class ClientConnection(asyncio.Protocol):
         self.last_active = time.monotonic()
         self.broken: bytes | None = None
         self.out: list[bytes] = []
+        self.served = 0
+        self.in_message = False
 
     # -- transport callbacks -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.proxy.clients.add(self)
-        if self.proxy.draining:
-            transport.close()
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
@@ -343,6 +345,7 @@ class ClientConnection(asyncio.Protocol):
     # -- parser callbacks ----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self.in_message = True
         self.url.clear()
         self.route = None
         self.drop = None
@@ -400,6 +403,7 @@ class ClientConnection(asyncio.Protocol):
             self.parsing.request_body(body)
 
     def on_message_complete(self) -> None:
+        self.in_message = False
         if self.parsing is not None:
             self.parsing.request_complete()
             self.parsing = None
@@ -482,12 +486,13 @@ class ClientConnection(asyncio.Protocol):
                 break
             queue.popleft()
             head.finished = True
+            self.served += 1
             if not head.keep_alive:
                 self._close_after_writes()
                 return
             if queue:
                 self._start(queue[0])
-        if not queue and (self.closing or self.proxy.draining):
+        if self.idle() and (self.closing or (self.proxy.draining and self.served)):
             self._close_after_writes()
 
     # -- output and flow ---------------------------------------------------------------
@@ -564,9 +569,14 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def idle(self) -> bool:
+        return not self.queue and not self.in_message
+
     def drain(self) -> None:
-        """SIGTERM: idle connections close now, busy ones after their current answer."""
-        if not self.queue:
+        """SIGTERM: idle kept-alive connections close now, busy ones after their current
+        answer. A connection that has not sent its first request yet gets it answered:
+        it connected before the socket was handed to the next proxy."""
+        if self.idle() and self.served:
             self._close_after_writes()
 
     def check(self, now: float) -> None:
@@ -589,7 +599,7 @@ class ClientConnection(asyncio.Protocol):
                     active.request_done = True
                     active.response_complete()
                 self.flush()
-        elif now - self.last_active > CLIENT_IDLE_TIMEOUT:
+        elif now - self.last_active > (DRAIN_IDLE if self.proxy.draining else CLIENT_IDLE_TIMEOUT):
             self._close_after_writes()
 
 
@@ -610,15 +620,18 @@ class UpstreamConnection(asyncio.Protocol):
         self.listed: list[bytes] | None = None
         self.length: bytes | None = None
         self.chunked = False
-        self.until_close = False
-        self.reused = False
+        self.interim = False
+        self.closed = False
+        self._new_exchange(reused=False)
+
+    def _new_exchange(self, *, reused: bool) -> None:
+        self.reused = reused
         self.got_bytes = False
         self.message_done = False
-        self.interim = False
         self.reusable = False
-        self.closed = False
-        self.last_active = time.monotonic()
+        self.until_close = False
         self.client_chunked = False
+        self.last_active = time.monotonic()
 
     def usable(self) -> bool:
         return not self.closed and self.transport is not None and not self.transport.is_closing()
@@ -629,13 +642,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.parser_spent:
             self.parser = httptools.HttpResponseParser(self)
             self.parser_spent = False
-        self.reused = reused
-        self.got_bytes = False
-        self.message_done = False
-        self.reusable = False
-        self.until_close = False
-        self.client_chunked = False
-        self.last_active = time.monotonic()
+        self._new_exchange(reused=reused)
         if not exchange.client.writable:
             self.pause()
         pending = exchange.body_pending
