@@ -69,19 +69,7 @@ def run(f: Fleet, workers: int, idle_seconds: float) -> dict[str, Any]:
                 creds, f"{FLEET}/machine/{name}", f"{FLEET}/agent/{name}", auto_start=True
             )
         with contextlib.ExitStack() as stack:
-            daemons = []
-            for name, state, run_dir in zip(names, states, run_dirs, strict=True):
-                common = ["--machine-name", f"machine/{name}", "--state-dir", str(state),
-                          "--run-dir", str(run_dir)]  # fmt: skip
-                launcher = [str(BIN / "bureau-launcher"), *common]
-                daemon = [str(BIN / "bureau-daemon"), *common]
-                logs = f.work / "sim-logs"
-                logs.mkdir(exist_ok=True)
-                stack.enter_context(service(launcher, logs / f"{name}.l.sock", logs / f"{name}.l"))
-                proc, _ = stack.enter_context(
-                    service(daemon, logs / f"{name}.d.sock", logs / f"{name}.d")
-                )
-                daemons.append(proc)
+            daemons = _start_workers(stack, f.work, names, states, run_dirs)
             clients = [
                 Client(run_dir / "fleet/prod/agent" / f"{name}.proxy.sock", pace=PACE)
                 for name, run_dir in zip(names, run_dirs, strict=True)
@@ -105,12 +93,7 @@ def run(f: Fleet, workers: int, idle_seconds: float) -> dict[str, Any]:
             requests = sum(c.requests for c in clients)
             failures = sum(c.failures for c in clients)
             errors = [e for c in clients for e in c.errors][:5]
-            # A quiet minute: no events, no requests; what does each daemon cost?
-            time.sleep(2.0)
-            before = [cpu_seconds(p.pid) for p in daemons]
-            time.sleep(idle_seconds)
-            after = [cpu_seconds(p.pid) for p in daemons]
-            idle = [(b - a) / idle_seconds for a, b in zip(before, after, strict=True)]
+            idle = _idle_cpu(daemons, idle_seconds)
     finally:
         upstream.terminate()
         upstream.wait(timeout=30)
@@ -128,6 +111,37 @@ def run(f: Fleet, workers: int, idle_seconds: float) -> dict[str, Any]:
         "daemon_idle_cpu_median": statistics.median(idle),
         "daemon_idle_cpu_max": max(idle),
     }
+
+
+def _start_workers(
+    stack: contextlib.ExitStack[Any],
+    work: Path,
+    names: list[str],
+    states: list[Path],
+    run_dirs: list[Path],
+) -> list[subprocess.Popen[bytes]]:
+    """A launcher and a daemon per worker, each READY; returns the daemons."""
+    logs = work / "sim-logs"
+    logs.mkdir(exist_ok=True)
+    daemons = []
+    for name, state, run_dir in zip(names, states, run_dirs, strict=True):
+        common = ["--machine-name", f"machine/{name}", "--state-dir", str(state),
+                  "--run-dir", str(run_dir)]  # fmt: skip
+        launcher = [str(BIN / "bureau-launcher"), *common]
+        daemon = [str(BIN / "bureau-daemon"), *common]
+        stack.enter_context(service(launcher, logs / f"{name}.l.sock", logs / f"{name}.l"))
+        proc, _ = stack.enter_context(service(daemon, logs / f"{name}.d.sock", logs / f"{name}.d"))
+        daemons.append(proc)
+    return daemons
+
+
+def _idle_cpu(daemons: list[subprocess.Popen[bytes]], seconds: float) -> list[float]:
+    """A quiet spell (no events, no requests): each daemon's CPU as a share of one CPU."""
+    time.sleep(2.0)
+    before = [cpu_seconds(p.pid) for p in daemons]
+    time.sleep(seconds)
+    after = [cpu_seconds(p.pid) for p in daemons]
+    return [(b - a) / seconds for a, b in zip(before, after, strict=True)]
 
 
 def _kill_proxies_under(root: Path) -> None:
