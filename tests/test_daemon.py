@@ -3,13 +3,15 @@ credential path end to end, as operators and principals see it."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
-from conftest import Fleet, RunningHub, run
+from conftest import Fleet, run
+from fault_front import FaultFront
 from launcher_proc import daemon, launcher, proxies_under
 from machine_helpers import Enrolled, enroll, provision_credentials, services_file
 from processes import echo_upstream, unix_request
@@ -19,6 +21,7 @@ from bureau.matrix_http import MatrixHTTP
 from bureau.operator import credentials
 from bureau.secret import Secret
 
+SYNC = "/_matrix/client/v3/sync"
 PRINCIPAL = "agent/alpha"
 
 
@@ -215,10 +218,17 @@ def test_principals_outlive_the_daemon_and_the_next_one_adopts(
         assert _token(socket) == "Bearer survivor-2"
 
 
-def test_homeserver_outage(fleet: Fleet, hub: RunningHub, tmp_path: Path, run_dir: Path) -> None:
+def test_homeserver_outage(fleet: Fleet, tmp_path: Path, run_dir: Path) -> None:
+    """The homeserver goes away (connections refused, open ones cut) and comes back: the
+    proxy serves the last good credentials throughout, the daemon backs off instead of
+    storming, never logs in again, and resumes syncing where it stopped."""
     machine = enroll(fleet, tmp_path)
     name, state = machine.machine.short_name, machine.state_dir
-    with echo_upstream() as upstream, launcher(name, state, run_dir):
+    with (
+        FaultFront(fleet.hub.url) as front,
+        echo_upstream() as upstream,
+        launcher(name, state, run_dir),
+    ):
         services = services_file(tmp_path, upstream)
         _assign(fleet, machine)
         assert (
@@ -228,18 +238,21 @@ def test_homeserver_outage(fleet: Fleet, hub: RunningHub, tmp_path: Path, run_di
             == 0
         )
         socket = _socket(run_dir)
-        with daemon(name, state, run_dir) as the_daemon:
+        with daemon(name, state, run_dir, "--homeserver", front.url) as the_daemon:
             assert _eventually(lambda: _token(socket)) == "Bearer before-outage"
-            hub.hub.down()
-            try:
-                mark = the_daemon.wait_for("sync failed; retrying", timeout=60)
-                deadline = time.monotonic() + 30
-                while time.monotonic() < deadline:  # proxies serve through the outage
-                    assert _token(socket) == "Bearer before-outage"
-                    time.sleep(1)
-            finally:
-                hub.hub.up()
-            the_daemon.wait_for("sync resumed", timeout=90, start=mark)
+            front.fault("refuse")
+            mark = the_daemon.wait_for("sync failed; retrying", timeout=60)
+            deadline = time.monotonic() + 12
+            while time.monotonic() < deadline:  # proxies serve through the outage
+                assert _token(socket) == "Bearer before-outage"
+                time.sleep(1)
+            front.fault("pass")
+            resumed = the_daemon.wait_for("sync resumed", timeout=60, start=mark)
+            # Backoff 1, 2, 4, 8 s (jittered, capped at 30): a handful of attempts in
+            # ~12 s, not a storm.
+            failed = sum("sync failed; retrying" in ln for ln in the_daemon.lines[mark:resumed])
+            assert 2 <= failed <= 6, failed
+            assert front.requests_to("/_matrix/client/v3/login") == []
             assert (
                 provision_credentials(
                     fleet, machine, PRINCIPAL, services, "TOKEN=after-outage\n"
@@ -247,6 +260,55 @@ def test_homeserver_outage(fleet: Fleet, hub: RunningHub, tmp_path: Path, run_di
                 == 0
             )
             assert _eventually(lambda: _token(socket) == "Bearer after-outage", 60)
+
+
+def _sync_retries(service: Any, start: int) -> list[float]:
+    """The retry_in of each "sync failed; retrying" the daemon logged from line start."""
+    delays = []
+    for line in service.lines[start:]:
+        if "sync failed; retrying" in line:
+            delays.append(float(json.loads(line)["retry_in"]))
+    return delays
+
+
+def _answered_gaps(front: FaultFront, since: float) -> list[float]:
+    """Seconds between consecutive /sync requests the front answered with a status."""
+    times = [s.at for s in front.requests_to(SYNC, since) if s.outcome == "status"]
+    return [b - a for a, b in itertools.pairwise(times)]
+
+
+def test_rate_limits_are_honoured_and_capped(fleet: Fleet, tmp_path: Path, run_dir: Path) -> None:
+    """429 from the homeserver: no /sync before the server's hint (Retry-After, else
+    retry_after_ms), and a hint of an hour is capped at the backoff ceiling of 30 s."""
+    machine = enroll(fleet, tmp_path)
+    name, state = machine.machine.short_name, machine.state_dir
+    limited = {"errcode": "M_LIMIT_EXCEEDED", "error": "Too Many Requests"}
+    with (
+        FaultFront(fleet.hub.url) as front,
+        launcher(name, state, run_dir),
+        daemon(name, state, run_dir, "--homeserver", front.url) as the_daemon,
+    ):
+        for headers, body, hint in (
+            ({"Retry-After": "2"}, limited, 2.0),
+            ({}, {**limited, "retry_after_ms": 2500}, 2.5),
+        ):
+            since = time.monotonic()
+            mark = len(the_daemon.lines)
+            front.fault("status", 429, body, headers, paths=(SYNC,), cut_open=True)
+            deadline = time.monotonic() + 30
+            while len(_answered_gaps(front, since)) < 2:
+                assert time.monotonic() < deadline, front.seen[-5:]
+                time.sleep(0.1)
+            assert all(gap >= hint for gap in _answered_gaps(front, since))
+            assert hint in _sync_retries(the_daemon, mark)
+        mark = len(the_daemon.lines)
+        front.fault("status", 429, limited, {"Retry-After": "3600"}, paths=(SYNC,))
+        deadline = time.monotonic() + 30
+        while 30.0 not in _sync_retries(the_daemon, mark):
+            assert time.monotonic() < deadline, _sync_retries(the_daemon, mark)
+            time.sleep(0.1)
+        assert max(_sync_retries(the_daemon, mark)) == 30.0
+        assert the_daemon.stop() == 0  # SIGTERM ends the wait at once
 
 
 def test_removed_from_config_room_stops_everything(

@@ -16,6 +16,7 @@ import aiohttp
 import nio
 
 from bureau.errors import MatrixError, MatrixUnreachable
+from bureau.matrix_http import BACKOFF_CAP_SECONDS
 from bureau.schema import Session
 
 SYNC_TIMEOUT_MS = 30_000
@@ -40,6 +41,10 @@ def _raise_for(resp: Any, what: str) -> Any:
         retry_after = float(header)
     elif resp.retry_after_ms:
         retry_after = resp.retry_after_ms / 1000
+    if retry_after is not None:
+        # The server's hint is honoured but capped: a misconfigured or hostile server must
+        # not park the daemon for hours.
+        retry_after = min(retry_after, BACKOFF_CAP_SECONDS)
     raise MatrixError(
         what,
         status,
