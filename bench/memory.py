@@ -10,11 +10,10 @@ for the machine.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from servers import upstream
 
 from bureau import names
 from bureau.credentials_event import ServiceRoute
+from bureau.daemon.launcher_client import LauncherClient
 from bureau.operator import credentials
 from bureau.operator.principal_credentials import (
     CredentialRequest,
@@ -74,23 +74,6 @@ def total_mib(pids: list[int]) -> tuple[float, float]:
     return pss / 1024, rss / 1024
 
 
-def ensure(launcher_socket: Path, principal: str, content: dict[str, Any]) -> None:
-    request = {"action": "ensure", "principal": principal, "credentials": content}
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(60)
-        sock.connect(str(launcher_socket))
-        sock.sendall(json.dumps(request).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    reply = json.loads(data)
-    if not reply.get("ok"):
-        raise RuntimeError(f"ensure {principal}: {reply}")
-
-
 def run(creds_file: Path, fleet: str, machine: str, state: Path, work: Path) -> dict[str, Any]:
     """``machine`` is the name within the fleet (machine/NAME), first-booted into state."""
     with upstream(work / "upstream") as (origin, port):
@@ -131,8 +114,9 @@ def _measure(
                     if proc.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError(f"launcher did not start; see {log.name}")
                     time.sleep(0.05)
+                client = LauncherClient(launcher_socket)
                 for principal, content in events[:count]:
-                    ensure(launcher_socket, principal, content)
+                    asyncio.run(client.ensure(principal, content))
                 time.sleep(1.0)  # let start-up garbage settle
                 pids = tree(proc.pid)
                 pss, rss = total_mib(pids)

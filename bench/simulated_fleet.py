@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet import BIN, FLEET, REPO, Client, Fleet, first_boot, service
+from proxy_overhead import cpu_seconds
 
 from bureau.credentials_event import ServiceRoute
 from bureau.operator import assignments, credentials
@@ -30,12 +31,6 @@ from bureau.operator.principal_credentials import CredentialRequest, provision
 from bureau.secret import Secret
 
 PACE = 0.1
-
-
-def cpu_seconds(pid: int) -> float:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run(f: Fleet, workers: int, idle_seconds: float) -> dict[str, Any]:
@@ -138,9 +133,9 @@ def _start_workers(
 def _idle_cpu(daemons: list[subprocess.Popen[bytes]], seconds: float) -> list[float]:
     """A quiet spell (no events, no requests): each daemon's CPU as a share of one CPU."""
     time.sleep(2.0)
-    before = [cpu_seconds(p.pid) for p in daemons]
+    before = [cpu_seconds([p.pid]) for p in daemons]
     time.sleep(seconds)
-    after = [cpu_seconds(p.pid) for p in daemons]
+    after = [cpu_seconds([p.pid]) for p in daemons]
     return [(b - a) / seconds for a, b in zip(before, after, strict=True)]
 
 

@@ -9,15 +9,6 @@ import resource
 from pathlib import Path
 
 _PR_SET_DUMPABLE = 4
-
-
-def no_dumps() -> None:
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
-
-
 _PR_SET_NAME = 15
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -26,6 +17,11 @@ def _prctl(option: int, arg: int | bytes, what: str) -> None:
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     if libc.prctl(option, arg, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), f"prctl({what}) failed")
+
+
+def no_dumps() -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    _prctl(_PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE, 0")
 
 
 def become_subreaper() -> None:

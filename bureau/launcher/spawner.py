@@ -54,17 +54,18 @@ class Spawner:
             self._ensure_template()
 
     def spawn(self, argv: list[str]) -> Spawned:
-        """Blocking: call from a worker thread."""
+        """Blocking: call from a worker thread. A template that has died is started again
+        and asked once more."""
         with self._lock:
-            for attempt in (1, 2):
-                control = self._ensure_template()
-                try:
-                    return self._ask(control, argv)
-                except (OSError, ValueError) as exc:
-                    self._stop_template()
-                    if attempt == 2:
-                        raise SpawnError(f"proxy template failed: {exc}") from None
-        raise AssertionError("unreachable")
+            try:
+                return self._ask(self._ensure_template(), argv)
+            except (OSError, ValueError):
+                self._stop_template()
+            try:
+                return self._ask(self._ensure_template(), argv)
+            except (OSError, ValueError) as exc:
+                self._stop_template()
+                raise SpawnError(f"proxy template failed: {exc}") from None
 
     def close(self) -> None:
         with self._lock:
@@ -96,27 +97,26 @@ class Spawner:
     def _ask(self, control: socket.socket, argv: list[str]) -> Spawned:
         stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
         stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
+        pid = None
         try:
             fds = array.array("i", [stdin_r, stdout_w])
             message = json.dumps({"argv": argv}).encode()
             control.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
             reply = json.loads(control.recv(4096) or b"null")
-        except BaseException:
-            for fd in (stdin_w, stdout_r):
-                os.close(fd)
-            raise
+            if not isinstance(reply, dict):
+                raise ValueError("no answer")
+            if "pid" not in reply:
+                raise SpawnError(str(reply.get("error", "unknown failure")))
+            pid = int(reply["pid"])
         finally:
+            # The proxy's ends are the template's (now the proxy's); ours stay only for a
+            # proxy that exists.
             os.close(stdin_r)
             os.close(stdout_w)
-        if not isinstance(reply, dict):
-            for fd in (stdin_w, stdout_r):
-                os.close(fd)
-            raise ValueError("no answer")
-        if "pid" not in reply:
-            for fd in (stdin_w, stdout_r):
-                os.close(fd)
-            raise SpawnError(str(reply.get("error", "unknown failure")))
-        return Spawned(int(reply["pid"]), stdin_w, stdout_r)
+            if pid is None:
+                os.close(stdin_w)
+                os.close(stdout_r)
+        return Spawned(pid, stdin_w, stdout_r)
 
     def _stop_template(self) -> None:
         if self._control is not None:

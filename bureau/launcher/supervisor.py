@@ -284,19 +284,21 @@ class Supervisor:
         except SpawnError as exc:
             raise LauncherError(f"proxy for {principal}: {exc}") from None
         pid = spawned.pid
+        reaped = None
         try:
             await asyncio.to_thread(_deliver, spawned.stdin, payload)
             del payload
             async with asyncio.timeout(READY_TIMEOUT):
                 line = await asyncio.to_thread(_ready_line, spawned.stdout)
             if not line.startswith(b"READY"):
-                how = await asyncio.to_thread(_reap, pid)
-                raise LauncherError(f"proxy for {principal} exited with {how} at start")
+                reaped = await asyncio.to_thread(_reap, pid)
+                raise LauncherError(f"proxy for {principal} exited with {reaped} at start")
             temp.rename(final)
         except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            await asyncio.to_thread(_reap, pid)
+            if reaped is None:  # once reaped, the pid may already be someone else's
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                await asyncio.to_thread(_reap, pid)
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
             raise

@@ -65,15 +65,7 @@ async def serve(payload: ProxyPayload, socket_path: Path, logger: Any, *, debug:
         raise BureauError(f"--socket {socket_path}: {exc.strerror or exc}") from None
     finally:
         os.umask(old_umask)
-    # Timeouts are checked once a second rather than armed per request.
-    sweeper = [loop.call_later(SWEEP_SECONDS, lambda: None)]
-
-    def sweep() -> None:
-        proxy.sweep()
-        sweeper[0] = loop.call_later(SWEEP_SECONDS, sweep)
-
-    sweeper[0].cancel()
-    sweeper[0] = loop.call_later(SWEEP_SECONDS, sweep)
+    sweeper = loop.create_task(_sweep(proxy))
     try:
         sys.stdout.write(f"READY {os.getpid()}\n")
         sys.stdout.flush()
@@ -93,11 +85,18 @@ async def serve(payload: ProxyPayload, socket_path: Path, logger: Any, *, debug:
         except TimeoutError:
             logger.warning("drain timed out", connections=len(proxy.clients))
     finally:
-        sweeper[0].cancel()
+        sweeper.cancel()
         server.close()
         await proxy.cancel_tasks()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+
+
+async def _sweep(proxy: Proxy) -> None:
+    """Timeouts, checked once a second rather than armed per request."""
+    while True:
+        await asyncio.sleep(SWEEP_SECONDS)
+        proxy.sweep()
 
 
 def _main(argv: list[str]) -> int:

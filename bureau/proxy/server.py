@@ -52,7 +52,6 @@ class Proxy:
         debug: bool = False,
         clock: Any = time.time,
     ) -> None:
-        self.principal = payload.principal
         self.routes = {name.encode(): r for name, r in http_rules.compile_routes(payload).items()}
         self.expires = payload.expires_epoch
         self.log = log
@@ -176,7 +175,6 @@ class Exchange:
         "response_started",
         "route",
         "started",
-        "target",
         "upstream",
     )
 
@@ -186,7 +184,6 @@ class Exchange:
         self.keep_alive = keep_alive
         self.head_only = method == b"HEAD"
         self.route: CompiledRoute | None = None
-        self.target = b""
         self.local: bytes | None = None
         self.head = b""
         self.chunked_request = False
