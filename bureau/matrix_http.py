@@ -134,6 +134,9 @@ class MatrixHTTP:
             conn.request(method, self._prefix + path, body=payload, headers=headers)
             resp = conn.getresponse()
             raw = resp.read(_MAX_BODY)
+            if resp.length:
+                # Content-Length promised more than arrived before the connection ended.
+                raise http.client.IncompleteRead(raw, resp.length)
             resp_headers = {k.lower(): v for k, v in resp.getheaders()}
         except (OSError, http.client.HTTPException) as exc:
             reason = getattr(exc, "strerror", None) or type(exc).__name__
@@ -145,6 +148,8 @@ class MatrixHTTP:
         try:
             parsed = json.loads(raw) if raw else {}
         except ValueError:
+            if resp.status < 400:
+                raise MatrixError(what, resp.status, "", "the answer is not JSON") from None
             parsed = {}
         return Response(resp.status, parsed, resp_headers)
 
@@ -215,7 +220,12 @@ class MatrixHTTP:
         if device_id:
             body["device_id"] = device_id
         data = self.call("POST", f"{CLIENT}/login", body, what=f"log in as {localpart}")
-        return Login(data["user_id"], Secret(data["access_token"]), data["device_id"])
+        what = f"log in as {localpart}"
+        return Login(
+            _text(data, "user_id", what),
+            Secret(_text(data, "access_token", what)),
+            _text(data, "device_id", what),
+        )
 
     def register_with_token(
         self, localpart: str, password: Secret, registration_token: Secret
@@ -224,7 +234,7 @@ class MatrixHTTP:
         body = {"username": localpart, "password": password.reveal(), "inhibit_login": True}
         stages = {"m.login.registration_token": {"token": registration_token.reveal()}}
         data = self._uia(f"{CLIENT}/register", body, stages, what=f"register {localpart}")
-        return str(data["user_id"])
+        return _text(data, "user_id", f"register {localpart}")
 
     def register_server_admin(
         self, localpart: str, password: Secret, shared_secret: Secret
@@ -232,7 +242,7 @@ class MatrixHTTP:
         """Synapse's shared-secret registration of a server admin (its admin API)."""
         path = "/_synapse/admin/v1/register"
         what = f"register server admin {localpart}"
-        nonce = str(self.call("GET", path, what=what)["nonce"])
+        nonce = _text(self.call("GET", path, what=what), "nonce", what)
         signed = "\x00".join((nonce, localpart, password.reveal(), "admin")).encode()
         mac = hmac.new(shared_secret.reveal().encode(), signed, hashlib.sha1)
         body = {
@@ -289,7 +299,10 @@ class MatrixHTTP:
 
     def whoami(self) -> tuple[str, str | None]:
         data = self.call("GET", f"{CLIENT}/account/whoami", what="check the access token")
-        return str(data["user_id"]), data.get("device_id")
+        device = data.get("device_id")
+        return _text(data, "user_id", "check the access token"), (
+            device if isinstance(device, str) else None
+        )
 
     def change_password(self, user_id: str, current: Secret, new: Secret) -> None:
         body = {"new_password": new.reveal(), "logout_devices": False}
@@ -313,14 +326,14 @@ class MatrixHTTP:
             return None
         if resp.status >= 400:
             raise _error(f"resolve {alias}", resp)
-        return str(resp.body["room_id"])
+        return _text(resp.body, "room_id", f"resolve {alias}")
 
     def create_room(self, content: dict[str, Any], *, what: str) -> str:
-        return str(self.call("POST", f"{CLIENT}/createRoom", content, what=what)["room_id"])
+        return _text(self.call("POST", f"{CLIENT}/createRoom", content, what=what), "room_id", what)
 
     def join(self, room: str) -> str:
         data = self.call("POST", f"{CLIENT}/join/{segment(room)}", {}, what=f"join {room}")
-        return str(data["room_id"])
+        return _text(data, "room_id", f"join {room}")
 
     def invite(self, room_id: str, user_id: str) -> None:
         what = f"invite {user_id} to {room_id}"
@@ -370,6 +383,14 @@ def _next_stage(flows: list[Any], known: dict[str, dict[str, Any]], done: set[st
             if stage not in done:
                 return str(stage)
     return None
+
+
+def _text(data: dict[str, Any], name: str, what: str) -> str:
+    """A string field the homeserver's success answer must carry."""
+    value = data.get(name)
+    if not isinstance(value, str) or not value:
+        raise MatrixError(what, 0, "", f"the homeserver's answer has no {name}")
+    return value
 
 
 def _error(what: str, resp: Response) -> MatrixError:

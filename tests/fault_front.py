@@ -7,7 +7,8 @@ delays, answers with an error status of its choosing, or cuts a response mid-bod
         ... point a daemon at front.url ...
         front.fault("pass")
 
-Faults apply to requests whose path starts with one of ``paths`` (default: all). Every
+Faults apply to requests whose path starts with one of ``paths`` (default: all), and of
+those to ``count`` requests after the first ``skip`` (default: every one). Every
 request is recorded (time, method, path, what the front did) for assertions about
 retries and backoff.
 """
@@ -44,6 +45,9 @@ class _Fault:
     body: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    skip: int = 0
+    count: int | None = None
+    matched: int = 0
 
 
 class FaultFront:
@@ -82,13 +86,15 @@ class FaultFront:
         paths: tuple[str, ...] = ("",),
         delay: float = 0.0,
         cut_open: bool = False,
+        skip: int = 0,
+        count: int | None = None,
     ) -> None:
         """From now on, requests under ``paths`` meet ``mode``. ``cut_open`` also cuts the
         connections open now (a long-poll in flight would otherwise still pass)."""
         assert mode in MODES, mode
         with self._changed:
             was = self._fault.mode
-            self._fault = _Fault(mode, paths, status, body or {}, headers or {}, delay)
+            self._fault = _Fault(mode, paths, status, body or {}, headers or {}, delay, skip, count)
             self._changed.notify_all()
         if mode == "refuse" and was != "refuse":
             self._close()
@@ -151,9 +157,13 @@ class FaultFront:
     def _current(self, path: str) -> _Fault:
         with self._changed:
             fault = self._fault
-        if any(path.startswith(p) for p in fault.paths):
+            if not any(path.startswith(p) for p in fault.paths):
+                return _Fault()
+            fault.matched += 1
+            past_skip = fault.matched - fault.skip
+            if past_skip < 1 or (fault.count is not None and past_skip > fault.count):
+                return _Fault()
             return fault
-        return _Fault()
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         length = int(handler.headers.get("Content-Length") or 0)

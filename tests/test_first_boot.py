@@ -8,11 +8,12 @@ import os
 import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
-import structlog
 from conftest import BIN, Fleet, one_line_error, run
+from fault_front import FaultFront
 from machine_helpers import Provisioned, boot, provision
 
 from bureau import key_store, names, rooms
@@ -23,7 +24,9 @@ from bureau.operator import credentials
 from bureau.secret import Secret
 
 
-def _assert_enrolled(machine: Provisioned, one_time_password: str) -> None:
+def _assert_enrolled(
+    machine: Provisioned, one_time_password: str, homeserver_url: str | None = None
+) -> None:
     """Everything a completed first boot leaves behind."""
     hub = machine.fleet.hub
     assert not machine.bootstrap.exists()
@@ -35,7 +38,7 @@ def _assert_enrolled(machine: Provisioned, one_time_password: str) -> None:
     assert stat.S_IMODE(session_file.stat().st_mode) == 0o600
     session = json.loads(session_file.read_text())
     assert session["user_id"] == machine.user_id
-    assert session["homeserver_url"] == hub.url
+    assert session["homeserver_url"] == (homeserver_url or hub.url)
     client = MatrixHTTP(hub.url, Secret(session["access_token"]))
     assert client.whoami() == (machine.user_id, session["device_id"])
 
@@ -76,38 +79,129 @@ def test_first_boot_enrolls_the_machine(fleet: Fleet, tmp_path: Path) -> None:
     _assert_enrolled(machine, otp)
 
 
-@pytest.mark.parametrize(
-    "crash_after",
-    [step for step in first_boot.Step if step is not first_boot.Step.BOOTSTRAP_DELETED],
-)
-def test_interrupted_first_boot_converges_on_rerun(
-    fleet: Fleet, tmp_path: Path, crash_after: first_boot.Step
+@pytest.mark.parametrize("killed_after", list(first_boot.Step))
+def test_sigkill_after_each_first_boot_step_converges_on_rerun(
+    fleet: Fleet, tmp_path: Path, killed_after: first_boot.Step
 ) -> None:
+    """A real launcher process SIGKILLed right after each step: nothing unwinds, and the
+    next run still converges to a fully enrolled machine."""
     machine = provision(fleet, tmp_path)
     otp = machine.one_time_password
-
-    class Crash(BaseException):
-        pass
-
-    def checkpoint(step: first_boot.Step) -> None:
-        if step is crash_after:
-            raise Crash(step)
-
-    machine.state_dir.mkdir(mode=0o700)
-    keys = first_boot.KeyOptions(machine.state_dir, key_store.KeyStorage.AUTO, None)
-    with pytest.raises(Crash), structlog.testing.capture_logs():
-        first_boot.boot_with_bootstrap(
-            bootstrap_file=machine.bootstrap,
-            machine_name=machine.short_name,
-            keys=keys,
-            log=structlog.get_logger(),
-            checkpoint=checkpoint,
-        )
-    assert machine.bootstrap.exists()
+    killed = subprocess.run(
+        [
+            str(BIN / "python"),
+            str(Path(__file__).with_name("kill_at_step.py")),
+            killed_after.value,
+            *_boot_args(machine),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert "first boot complete" not in killed.stderr
+    assert machine.bootstrap.exists() is (killed_after is not first_boot.Step.BOOTSTRAP_DELETED)
 
     rerun = boot(machine)
     assert rerun.returncode == 0, rerun.stderr
     _assert_enrolled(machine, otp)
+    assert [p.name for p in machine.state_dir.iterdir() if ".tmp-" in p.name] == []
+
+
+def _boot_args(machine: Provisioned, *extra: str) -> list[str]:
+    return [
+        "--bootstrap-file",
+        str(machine.bootstrap),
+        "--machine-name",
+        machine.short_name,
+        "--state-dir",
+        str(machine.state_dir),
+        "--first-boot-only",
+        *extra,
+    ]
+
+
+def _point_at(machine: Provisioned, url: str) -> None:
+    """Send this machine's first boot through ``url`` (a fault front) instead."""
+    data = json.loads(machine.bootstrap.read_text())
+    data["homeserver_url"] = url
+    machine.bootstrap.write_text(json.dumps(data))
+
+
+def _log_events(stderr: str, event: str) -> list[dict[str, object]]:
+    lines = [json.loads(ln) for ln in stderr.splitlines() if ln.startswith("{")]
+    return [ln for ln in lines if ln.get("event") == event]
+
+
+def test_homeserver_down_at_first_boot_is_waited_out(fleet: Fleet, tmp_path: Path) -> None:
+    machine = provision(fleet, tmp_path)
+    otp = machine.one_time_password
+    with FaultFront(fleet.hub.url) as front:
+        _point_at(machine, front.url)
+        front.fault("refuse")
+        with subprocess.Popen(
+            [str(BIN / "bureau-launcher"), *_boot_args(machine)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as proc:
+            time.sleep(6)
+            front.fault("pass")
+            _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 0, stderr
+        waits = _log_events(stderr, "homeserver unavailable; first boot will resume")
+        # Jittered doubling from 1 s: 0.5-1, 1-2, 2-4 s... so 6 s of outage is 2 to 4 waits.
+        assert 2 <= len(waits) <= 4, stderr
+        delays = [float(str(w["retry_in_seconds"])) for w in waits]
+        for attempt, delay in enumerate(delays):
+            assert 2**attempt / 2 - 0.05 <= delay <= 2**attempt + 0.05, delays
+        assert all("cannot reach homeserver" in str(w["problem"]) for w in waits)
+        assert "Traceback" not in stderr
+        _assert_enrolled(machine, otp, homeserver_url=front.url)
+
+
+def test_homeserver_wait_bounds_first_boot(fleet: Fleet, tmp_path: Path) -> None:
+    machine = provision(fleet, tmp_path)
+    before = machine.bootstrap.read_bytes()
+    with FaultFront(fleet.hub.url) as front:
+        _point_at(machine, front.url)
+        before = machine.bootstrap.read_bytes()
+        front.fault("status", 500, {"errcode": "M_UNKNOWN", "error": "database is down"})
+        result = run("bureau-launcher", *_boot_args(machine, "--homeserver-wait", "2"))
+    assert result.returncode == 1
+    line = one_line_error(result)
+    assert "500 M_UNKNOWN database is down" in line
+    assert "still failing after 2 s of retries; --homeserver-wait" in line
+    assert machine.bootstrap.read_bytes() == before
+    assert not (machine.state_dir / "session.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("path", "skip"),
+    [
+        ("/_matrix/client/v3/login", 0),
+        # The first POST only asks which auth flows there are; the second one changes it.
+        ("/_matrix/client/v3/account/password", 1),
+    ],
+)
+def test_answer_lost_after_the_homeserver_acted_converges(
+    fleet: Fleet, tmp_path: Path, path: str, skip: int
+) -> None:
+    """The homeserver logs in or rotates the password, then the answer is cut mid-body:
+    the launcher cannot know it happened, and must still converge in the same run."""
+    machine = provision(fleet, tmp_path)
+    otp = machine.one_time_password
+    with FaultFront(fleet.hub.url) as front:
+        _point_at(machine, front.url)
+        front.fault("cut", paths=(path,), skip=skip, count=1)
+        result = run("bureau-launcher", *_boot_args(machine))
+        assert result.returncode == 0, result.stderr
+        assert [s.outcome for s in front.requests_to(path)][skip] == "cut"
+        assert (
+            len(_log_events(result.stderr, "homeserver unavailable; first boot will resume")) == 1
+        )
+        _assert_enrolled(machine, otp, homeserver_url=front.url)
 
 
 def test_sigterm_during_first_boot_then_rerun(fleet: Fleet, tmp_path: Path) -> None:
@@ -287,6 +381,8 @@ def test_bad_bootstrap_files(fleet: Fleet, tmp_path: Path, case: str, expected: 
         "--state-dir",
         tmp_path / "state",
         "--first-boot-only",
+        "--homeserver-wait",
+        "0",
     )
     assert result.returncode == 1
     line = one_line_error(result)

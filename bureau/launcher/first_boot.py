@@ -14,12 +14,19 @@ the launcher is run again, with no clean-up by an operator:
 The key is on disk before the password that derives from it is set, so the machine is
 never locked out of its account. ``checkpoint`` is called after each step (tests use it
 to stop a boot at an exact point, as a crash would).
+
+Because every step is idempotent, a homeserver that is down, overloaded or rate-limiting
+is waited out by running the whole sequence again (``until_done``), with jittered,
+capped backoff; only answers that retrying cannot change (a refused password, a bad
+bootstrap file) end the boot at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -27,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from bureau import key_store, names, rooms
-from bureau.errors import BureauError, InputError, MatrixError
+from bureau.errors import BureauError, InputError, MatrixError, MatrixUnreachable
 from bureau.files import read_private_json, remove_durably
 from bureau.machine_state import load_session, save_session
-from bureau.matrix_http import Login, MatrixHTTP
+from bureau.matrix_http import BACKOFF_CAP_SECONDS, Login, MatrixHTTP, backoff_seconds
 from bureau.operator.fleet import (
     ensure_config_room,
     fleet_room_aliases,
@@ -54,6 +61,9 @@ class Step(StrEnum):
 
 
 Checkpoint = Callable[[Step], None]
+# Told how long the next wait is and why, before it starts (the launcher extends its
+# systemd start timeout by it).
+Waiting = Callable[[float, str], None]
 
 
 def _no_checkpoint(step: Step) -> None:
@@ -299,3 +309,50 @@ def _session_from(login: Login, machine: Machine) -> Session:
     if login.user_id != machine.user_id:
         raise MatrixError(f"the homeserver logged us in as {login.user_id}, not {machine.user_id}")
     return Session(machine.homeserver_url, login.user_id, login.access_token, login.device_id)
+
+
+def transient(exc: MatrixError) -> bool:
+    """Would the same request succeed later? Unreachable, 5xx and 429: yes. Pure."""
+    return isinstance(exc, MatrixUnreachable) or exc.status >= 500 or exc.status == 429
+
+
+def until_done(
+    boot: Callable[[], Session],
+    *,
+    wait_seconds: float,
+    log: Any,
+    waiting: Waiting,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    rng: Callable[[], float] = random.random,
+) -> Session:
+    """Run ``boot`` again after each transient homeserver failure, with jittered backoff
+    (1 s doubling, cap 30 s; a server's Retry-After, capped, where it gave one) until it
+    succeeds or ``wait_seconds`` have passed."""
+    deadline = clock() + wait_seconds
+    failures = 0
+    while True:
+        try:
+            return boot()
+        except MatrixError as exc:
+            if not transient(exc):
+                raise
+            hinted = exc.retry_after
+            delay = backoff_seconds(failures, rng) if hinted is None else hinted
+            delay = min(delay, BACKOFF_CAP_SECONDS)
+            if clock() + delay > deadline:
+                if wait_seconds <= 0:
+                    raise
+                raise BureauError(
+                    f"{exc} (still failing after {wait_seconds:g} s of retries; "
+                    "--homeserver-wait sets how long first boot waits)"
+                ) from None
+            failures += 1
+            log.warning(
+                "homeserver unavailable; first boot will resume",
+                problem=str(exc),
+                attempt=failures,
+                retry_in_seconds=round(delay, 1),
+            )
+            waiting(delay, f"homeserver unavailable ({exc.what}); retrying in {delay:.0f} s")
+            sleep(delay)

@@ -13,6 +13,7 @@ import os
 import pwd
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,11 @@ from bureau.files import read_secret_input
 from bureau.launcher import first_boot, server
 from bureau.machine_state import load_session, session_path
 from bureau.notify import Notifier
-from bureau.schema import validate_homeserver_url
+from bureau.schema import Session, validate_homeserver_url
 
 PROG = "bureau-launcher"
 FIRST_BOOT_STEP_SECONDS = 60
+HOMESERVER_WAIT_SECONDS = 600
 
 
 def build_parser() -> Parser:
@@ -68,6 +70,15 @@ def build_parser() -> Parser:
         default="auto",
         help="where a newly generated private key rests (default auto: "
         "systemd-creds when it works here, else plain)",
+    )
+    p.add_argument(
+        "--homeserver-wait",
+        type=float,
+        default=HOMESERVER_WAIT_SECONDS,
+        metavar="SECONDS",
+        help="how long first boot keeps retrying a homeserver that is unreachable, failing "
+        f"(5xx) or rate-limiting before it exits 1 (default {HOMESERVER_WAIT_SECONDS}; "
+        "0: no retries)",
     )
     legacy = p.add_argument_group("legacy first boot (development and tests)")
     legacy.add_argument(
@@ -194,9 +205,18 @@ def _main(argv: list[str] | None) -> int:
     notifier = Notifier()  # first: no child may inherit the notify socket
     raise_interrupted_on_signals()
 
+    if args.homeserver_wait < 0:
+        raise UsageError("--homeserver-wait: must be 0 or more seconds")
+
     def progress(step: first_boot.Step) -> None:
         # A slow homeserver must not make systemd give up on a first boot that advances.
         notifier.extend_timeout(FIRST_BOOT_STEP_SECONDS, f"first boot: {step}")
+
+    def waiting(seconds: float, why: str) -> None:
+        notifier.extend_timeout(seconds + FIRST_BOOT_STEP_SECONDS, f"first boot: {why}")
+
+    def until_done(boot: Callable[[], Session]) -> None:
+        first_boot.until_done(boot, wait_seconds=args.homeserver_wait, log=logger, waiting=waiting)
 
     state_dir: Path = args.state_dir.absolute()
     _prepare_state_dir(state_dir)
@@ -209,19 +229,27 @@ def _main(argv: list[str] | None) -> int:
         args.bootstrap_file.exists()
         or not _first_boot_done(state_dir, args.machine_name, creds_dir)
     ):
-        first_boot.boot_with_bootstrap(
-            bootstrap_file=args.bootstrap_file,
-            machine_name=args.machine_name,
-            keys=keys,
-            log=logger,
-            checkpoint=progress,
+        until_done(
+            lambda: first_boot.boot_with_bootstrap(
+                bootstrap_file=args.bootstrap_file,
+                machine_name=args.machine_name,
+                keys=keys,
+                log=logger,
+                checkpoint=progress,
+            )
         )
         logger.info("first boot complete")
     elif args.registration_token_file is not None:
         machine = _legacy_machine(args)
         token = read_secret_input(args.registration_token_file, "--registration-token-file")
-        first_boot.boot_legacy(
-            registration_token=token, machine=machine, keys=keys, log=logger, checkpoint=progress
+        until_done(
+            lambda: first_boot.boot_legacy(
+                registration_token=token,
+                machine=machine,
+                keys=keys,
+                log=logger,
+                checkpoint=progress,
+            )
         )
         logger.info("first boot complete (legacy registration-token path)")
     elif not _first_boot_done(state_dir, args.machine_name, creds_dir):
