@@ -12,15 +12,29 @@ import stat
 import sys
 from pathlib import Path
 
-from bureau.errors import InputError
+from bureau.errors import BureauError, InputError
 from bureau.secret import Secret
+
+TEMPORARY_MARK = ".tmp-"
 
 
 def atomic_write(path: Path, data: bytes, mode: int) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a
-    part, and never with a looser mode than ``mode`` (umask cannot widen or narrow it)."""
+    part, and never with a looser mode than ``mode`` (umask cannot widen or narrow it).
+    A failure (a full disk, a read-only directory) leaves the old file as it was and is
+    a BureauError naming the file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+    try:
+        _write_and_rename(path, data, mode)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise BureauError(
+            f"{path}: cannot write it: {reason}; the previous version, if any, is unchanged"
+        ) from None
+
+
+def _write_and_rename(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}{TEMPORARY_MARK}{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         os.fchmod(fd, mode)
@@ -39,6 +53,17 @@ def atomic_write(path: Path, data: bytes, mode: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def remove_stale_temporaries(directory: Path) -> list[str]:
+    """Delete what a writer killed mid-write (SIGKILL, power loss) left of atomic_write's
+    temporary files; returns their names. Only the directory's own process may call it."""
+    removed = []
+    for entry in directory.iterdir():
+        if entry.name.startswith(".") and TEMPORARY_MARK in entry.name and entry.is_file():
+            entry.unlink()
+            removed.append(entry.name)
+    return sorted(removed)
 
 
 def fsync_dir(directory: Path) -> None:

@@ -4,6 +4,7 @@ each other's rooms."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import secrets
@@ -122,6 +123,36 @@ def run_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def small_tmpfs() -> Iterator[Path]:
+    """A 256 KiB tmpfs of its own, to fill up: a disk that is really full (ENOSPC from the
+    kernel), not a simulated one. Needs CAP_SYS_ADMIN, as the suite's other root-only
+    tests need root."""
+    path = Path(tempfile.mkdtemp(prefix="bureau-full-", dir="/tmp"))
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(path)], check=True
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+        path.rmdir()
+
+
+def fill_up(directory: Path) -> Path:
+    """Write a file until the filesystem has no space left; delete it to make room."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        while True:
+            os.write(fd, bytes(4096))
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC, exc
+    finally:
+        os.close(fd)
+    return filler
 
 
 @pytest.fixture

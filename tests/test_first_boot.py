@@ -3,6 +3,7 @@ interruption at every step, key storage, later starts, and bad bootstrap files."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BIN, Fleet, one_line_error, run
+from conftest import BIN, Fleet, fill_up, one_line_error, run
 from fault_front import FaultFront
 from machine_helpers import Provisioned, boot, provision
 
@@ -87,21 +88,11 @@ def test_sigkill_after_each_first_boot_step_converges_on_rerun(
     next run still converges to a fully enrolled machine."""
     machine = provision(fleet, tmp_path)
     otp = machine.one_time_password
-    killed = subprocess.run(
-        [
-            str(BIN / "python"),
-            str(Path(__file__).with_name("kill_at_step.py")),
-            killed_after.value,
-            *_boot_args(machine),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert "first boot complete" not in killed.stderr
+    _kill_after(killed_after, machine)
     assert machine.bootstrap.exists() is (killed_after is not first_boot.Step.BOOTSTRAP_DELETED)
+    # A kill in the middle of a write leaves a temporary file; the next run clears it.
+    stale = machine.state_dir / ".session.json.tmp-0badf00d"
+    stale.write_text('{"access_tok')
 
     rerun = boot(machine)
     assert rerun.returncode == 0, rerun.stderr
@@ -132,6 +123,65 @@ def _point_at(machine: Provisioned, url: str) -> None:
 def _log_events(stderr: str, event: str) -> list[dict[str, object]]:
     lines = [json.loads(ln) for ln in stderr.splitlines() if ln.startswith("{")]
     return [ln for ln in lines if ln.get("event") == event]
+
+
+def _kill_after(step: first_boot.Step, machine: Provisioned) -> None:
+    killed = subprocess.run(
+        [
+            str(BIN / "python"),
+            str(Path(__file__).with_name("kill_at_step.py")),
+            step.value,
+            *_boot_args(machine),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert "first boot complete" not in killed.stderr
+
+
+def test_disk_full_while_storing_the_key(fleet: Fleet, tmp_path: Path, small_tmpfs: Path) -> None:
+    machine = dataclasses.replace(provision(fleet, tmp_path), state_dir=small_tmpfs)
+    otp = machine.one_time_password
+    bootstrap = machine.bootstrap.read_bytes()
+    filler = fill_up(small_tmpfs)
+
+    full = boot(machine)
+    assert full.returncode == 1
+    line = one_line_error(full)
+    assert f"{small_tmpfs}/machine-key" in line
+    assert "cannot write it: No space left on device" in line
+    assert machine.bootstrap.read_bytes() == bootstrap
+    assert sorted(p.name for p in small_tmpfs.iterdir()) == ["filler"]
+
+    filler.unlink()
+    assert boot(machine).returncode == 0
+    _assert_enrolled(machine, otp)
+
+
+def test_disk_full_while_rewriting_session_json(
+    fleet: Fleet, tmp_path: Path, small_tmpfs: Path
+) -> None:
+    """Killed after session.json was written, then re-run on a full disk: the rewrite
+    fails, session.json is intact, and the run after that (with room again) converges."""
+    machine = dataclasses.replace(provision(fleet, tmp_path), state_dir=small_tmpfs)
+    otp = machine.one_time_password
+    _kill_after(first_boot.Step.SESSION_SAVED, machine)
+    session = (small_tmpfs / "session.json").read_bytes()
+    filler = fill_up(small_tmpfs)
+
+    full = boot(machine)
+    assert full.returncode == 1
+    line = one_line_error(full)
+    assert f"{small_tmpfs}/session.json: cannot write it: No space left on device" in line
+    assert (small_tmpfs / "session.json").read_bytes() == session
+    assert machine.bootstrap.exists()
+
+    filler.unlink()
+    assert boot(machine).returncode == 0
+    _assert_enrolled(machine, otp)
 
 
 def test_homeserver_down_at_first_boot_is_waited_out(fleet: Fleet, tmp_path: Path) -> None:

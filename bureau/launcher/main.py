@@ -20,7 +20,7 @@ from typing import Any
 from bureau import key_store, log, names
 from bureau.edge import Parser, raise_interrupted_on_signals, run
 from bureau.errors import BureauError, InputError, UsageError
-from bureau.files import read_secret_input
+from bureau.files import read_secret_input, remove_stale_temporaries
 from bureau.launcher import first_boot, server
 from bureau.machine_state import load_session, session_path
 from bureau.notify import Notifier
@@ -99,10 +99,13 @@ def build_parser() -> Parser:
     return p
 
 
-def _prepare_state_dir(state_dir: Path) -> None:
+def _prepare_state_dir(state_dir: Path, logger: Any) -> None:
     if state_dir.exists() and not state_dir.is_dir():
         raise InputError(str(state_dir), None, "is not a directory (--state-dir)")
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    removed = remove_stale_temporaries(state_dir)
+    if removed:
+        logger.info("removed what an interrupted write left behind", files=removed)
 
 
 def _legacy_machine(args: argparse.Namespace) -> first_boot.Machine:
@@ -219,7 +222,7 @@ def _main(argv: list[str] | None) -> int:
         first_boot.until_done(boot, wait_seconds=args.homeserver_wait, log=logger, waiting=waiting)
 
     state_dir: Path = args.state_dir.absolute()
-    _prepare_state_dir(state_dir)
+    _prepare_state_dir(state_dir, logger)
     creds_dir = os.environ.get("CREDENTIALS_DIRECTORY")
     keys = first_boot.KeyOptions(state_dir, key_store.KeyStorage(args.key_storage), creds_dir)
 
