@@ -102,10 +102,15 @@ RunningLauncher = Service
 
 @contextlib.contextmanager
 def launcher(
-    machine_name: str, state_dir: Path, run_dir: Path, *extra: str
+    machine_name: str,
+    state_dir: Path,
+    run_dir: Path,
+    *extra: str,
+    program: list[str] | None = None,
 ) -> Iterator[RunningLauncher]:
+    """``program`` replaces the bureau-launcher executable (a test runner around it)."""
     argv = [
-        str(BIN / "bureau-launcher"),
+        *(program or [str(BIN / "bureau-launcher")]),
         "--machine-name",
         machine_name,
         "--state-dir",

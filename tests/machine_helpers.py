@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from conftest import Fleet, fresh, run
+from processes import unix_request
 
 from bureau import names
 
@@ -119,3 +122,42 @@ def provision_credentials(
         services,
         stdin=secrets,
     )
+
+
+def proxy_socket(run_dir: Path, principal: str = "agent/alpha") -> Path:
+    return run_dir / "fleet" / "prod" / f"{principal}.proxy.sock"
+
+
+def served_token(socket: Path) -> str | None:
+    try:
+        reply = unix_request(socket, "GET", "/http/api/x", timeout=5)
+    except OSError:
+        return None
+    if reply.status != 200:
+        return None
+    return str(reply.json()["headers"].get("authorization"))
+
+
+def eventually(check: Any, seconds: float = 30) -> Any:
+    deadline = time.monotonic() + seconds
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)
+
+
+def assign(fleet: Fleet, machine: Enrolled, principal: str = "agent/alpha", *flags: str) -> None:
+    result = run(
+        "bureau",
+        "machine",
+        "assign",
+        machine.machine.short_name,
+        "--principal",
+        principal,
+        "--credential-file",
+        fleet.credential_file,
+        *flags,
+    )
+    assert result.returncode == 0, result.stderr

@@ -13,8 +13,17 @@ from typing import Any
 from conftest import Fleet, run
 from fault_front import FaultFront
 from launcher_proc import daemon, launcher, proxies_under
-from machine_helpers import Enrolled, enroll, provision_credentials, services_file
-from processes import echo_upstream, unix_request
+from machine_helpers import (
+    Enrolled,
+    assign,
+    enroll,
+    eventually,
+    provision_credentials,
+    proxy_socket,
+    served_token,
+    services_file,
+)
+from processes import echo_upstream
 
 from bureau import names, rooms
 from bureau.matrix_http import MatrixHTTP
@@ -23,45 +32,6 @@ from bureau.secret import Secret
 
 SYNC = "/_matrix/client/v3/sync"
 PRINCIPAL = "agent/alpha"
-
-
-def _socket(run_dir: Path, principal: str = PRINCIPAL) -> Path:
-    return run_dir / "fleet" / "prod" / f"{principal}.proxy.sock"
-
-
-def _token(socket: Path) -> str | None:
-    try:
-        reply = unix_request(socket, "GET", "/http/api/x", timeout=5)
-    except OSError:
-        return None
-    if reply.status != 200:
-        return None
-    return str(reply.json()["headers"].get("authorization"))
-
-
-def _eventually(check: Any, seconds: float = 30) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.1)
-
-
-def _assign(fleet: Fleet, machine: Enrolled, principal: str = PRINCIPAL, *flags: str) -> None:
-    result = run(
-        "bureau",
-        "machine",
-        "assign",
-        machine.machine.short_name,
-        "--principal",
-        principal,
-        "--credential-file",
-        fleet.credential_file,
-        *flags,
-    )
-    assert result.returncode == 0, result.stderr
 
 
 def _status(fleet: Fleet, machine: Enrolled) -> dict[str, Any] | None:
@@ -79,7 +49,7 @@ def test_provision_assign_serve_rotate_unassign(
     with echo_upstream() as upstream, launcher(name, state, run_dir) as the_launcher:
         services = services_file(tmp_path, upstream)
         with daemon(name, state, run_dir) as the_daemon:
-            socket = _socket(run_dir)
+            socket = proxy_socket(run_dir)
             # Provisioned but not assigned: not started.
             assert (
                 provision_credentials(
@@ -96,11 +66,11 @@ def test_provision_assign_serve_rotate_unassign(
             time.sleep(2)
             assert not socket.exists()
 
-            _assign(fleet, machine)
-            assert _eventually(lambda: _token(socket)) == "Bearer alpha-canary-1"
-            assert not _socket(run_dir, "agent/unassigned").exists()
+            assign(fleet, machine)
+            assert eventually(lambda: served_token(socket)) == "Bearer alpha-canary-1"
+            assert not proxy_socket(run_dir, "agent/unassigned").exists()
 
-            status = _eventually(
+            status = eventually(
                 lambda: (
                     (_status(fleet, machine) or {}).get("sandboxes", {}).get("running") == 1
                     and _status(fleet, machine)
@@ -125,7 +95,7 @@ def test_provision_assign_serve_rotate_unassign(
                 ).returncode
                 == 0
             )
-            assert _eventually(lambda: _token(socket) == "Bearer alpha-canary-2")
+            assert eventually(lambda: served_token(socket) == "Bearer alpha-canary-2")
 
             unassigned = run(
                 "bureau",
@@ -138,7 +108,7 @@ def test_provision_assign_serve_rotate_unassign(
                 fleet.credential_file,
             )
             assert unassigned.returncode == 0
-            _eventually(lambda: not socket.exists() and proxies_under(run_dir) == [])
+            eventually(lambda: not socket.exists() and proxies_under(run_dir) == [])
             assert the_daemon.stop() == 0
             daemon_log = the_daemon.log()
         launcher_log = the_launcher.log()
@@ -166,7 +136,7 @@ def test_daemon_never_holds_plaintext(fleet: Fleet, tmp_path: Path, run_dir: Pat
     ]
     with echo_upstream() as upstream, launcher(name, state, run_dir):
         services = services_file(tmp_path, upstream)
-        _assign(fleet, machine)
+        assign(fleet, machine)
         with daemon(name, state, run_dir, prefix=strace) as the_daemon:
             assert (
                 provision_credentials(
@@ -174,7 +144,10 @@ def test_daemon_never_holds_plaintext(fleet: Fleet, tmp_path: Path, run_dir: Pat
                 ).returncode
                 == 0
             )
-            assert _eventually(lambda: _token(_socket(run_dir))) == "Bearer plaintext-canary-9"
+            assert (
+                eventually(lambda: served_token(proxy_socket(run_dir)))
+                == "Bearer plaintext-canary-9"
+            )
             the_daemon.stop()
             log = the_daemon.log()
     traced = trace.read_text(errors="replace")
@@ -191,19 +164,19 @@ def test_principals_outlive_the_daemon_and_the_next_one_adopts(
     name, state = machine.machine.short_name, machine.state_dir
     with echo_upstream() as upstream, launcher(name, state, run_dir):
         services = services_file(tmp_path, upstream)
-        _assign(fleet, machine)
+        assign(fleet, machine)
         assert (
             provision_credentials(
                 fleet, machine, PRINCIPAL, services, "TOKEN=survivor-1\n"
             ).returncode
             == 0
         )
-        socket = _socket(run_dir)
+        socket = proxy_socket(run_dir)
         with daemon(name, state, run_dir) as first:
-            assert _eventually(lambda: _token(socket)) == "Bearer survivor-1"
+            assert eventually(lambda: served_token(socket)) == "Bearer survivor-1"
             (pid,) = proxies_under(run_dir)
             first.stop(signal.SIGKILL)
-        assert _token(socket) == "Bearer survivor-1"
+        assert served_token(socket) == "Bearer survivor-1"
         with daemon(name, state, run_dir) as second:
             assert proxies_under(run_dir) == [pid]  # adopted, not restarted
             assert (
@@ -212,10 +185,10 @@ def test_principals_outlive_the_daemon_and_the_next_one_adopts(
                 ).returncode
                 == 0
             )
-            assert _eventually(lambda: _token(socket) == "Bearer survivor-2")
+            assert eventually(lambda: served_token(socket) == "Bearer survivor-2")
             # SIGTERM: a clean stop that leaves principals serving.
             assert second.stop() == 0
-        assert _token(socket) == "Bearer survivor-2"
+        assert served_token(socket) == "Bearer survivor-2"
 
 
 def test_homeserver_outage(fleet: Fleet, tmp_path: Path, run_dir: Path) -> None:
@@ -230,21 +203,21 @@ def test_homeserver_outage(fleet: Fleet, tmp_path: Path, run_dir: Path) -> None:
         launcher(name, state, run_dir),
     ):
         services = services_file(tmp_path, upstream)
-        _assign(fleet, machine)
+        assign(fleet, machine)
         assert (
             provision_credentials(
                 fleet, machine, PRINCIPAL, services, "TOKEN=before-outage\n"
             ).returncode
             == 0
         )
-        socket = _socket(run_dir)
+        socket = proxy_socket(run_dir)
         with daemon(name, state, run_dir, "--homeserver", front.url) as the_daemon:
-            assert _eventually(lambda: _token(socket)) == "Bearer before-outage"
+            assert eventually(lambda: served_token(socket)) == "Bearer before-outage"
             front.fault("refuse")
             mark = the_daemon.wait_for("sync failed; retrying", timeout=60)
             deadline = time.monotonic() + 12
             while time.monotonic() < deadline:  # proxies serve through the outage
-                assert _token(socket) == "Bearer before-outage"
+                assert served_token(socket) == "Bearer before-outage"
                 time.sleep(1)
             front.fault("pass")
             resumed = the_daemon.wait_for("sync resumed", timeout=60, start=mark)
@@ -259,7 +232,7 @@ def test_homeserver_outage(fleet: Fleet, tmp_path: Path, run_dir: Path) -> None:
                 ).returncode
                 == 0
             )
-            assert _eventually(lambda: _token(socket) == "Bearer after-outage", 60)
+            assert eventually(lambda: served_token(socket) == "Bearer after-outage", 60)
 
 
 def _sync_retries(service: Any, start: int) -> list[float]:
@@ -318,13 +291,13 @@ def test_removed_from_config_room_stops_everything(
     name, state = machine.machine.short_name, machine.state_dir
     with echo_upstream() as upstream, launcher(name, state, run_dir):
         services = services_file(tmp_path, upstream)
-        _assign(fleet, machine)
+        assign(fleet, machine)
         assert (
             provision_credentials(fleet, machine, PRINCIPAL, services, "TOKEN=kicked\n").returncode
             == 0
         )
         with daemon(name, state, run_dir) as the_daemon:
-            assert _eventually(lambda: _token(_socket(run_dir))) == "Bearer kicked"
+            assert eventually(lambda: served_token(proxy_socket(run_dir))) == "Bearer kicked"
             admin = credentials.admin_client(fleet.creds)
             room = admin.resolve_alias(
                 names.room_alias(machine.machine.localpart, fleet.hub.server_name)
@@ -337,7 +310,7 @@ def test_removed_from_config_room_stops_everything(
                 what="kick",
             )
             assert the_daemon.proc.wait(timeout=60) == 77
-            _eventually(lambda: proxies_under(run_dir) == [])
+            eventually(lambda: proxies_under(run_dir) == [])
             assert "removed from its config room; every principal was stopped" in the_daemon.log()
 
 
@@ -346,15 +319,15 @@ def test_revoked_token_stops_everything(fleet: Fleet, tmp_path: Path, run_dir: P
     name, state = machine.machine.short_name, machine.state_dir
     with echo_upstream() as upstream, launcher(name, state, run_dir):
         services = services_file(tmp_path, upstream)
-        _assign(fleet, machine)
+        assign(fleet, machine)
         assert (
             provision_credentials(fleet, machine, PRINCIPAL, services, "TOKEN=revoked\n").returncode
             == 0
         )
         with daemon(name, state, run_dir) as the_daemon:
-            assert _eventually(lambda: _token(_socket(run_dir))) == "Bearer revoked"
+            assert eventually(lambda: served_token(proxy_socket(run_dir))) == "Bearer revoked"
             session = json.loads((state / "session.json").read_text())
             MatrixHTTP(fleet.hub.url, Secret(session["access_token"])).logout()
             assert the_daemon.proc.wait(timeout=90) == 77
-            _eventually(lambda: proxies_under(run_dir) == [])
+            eventually(lambda: proxies_under(run_dir) == [])
             assert "access token was revoked" in the_daemon.log()

@@ -229,13 +229,22 @@ class Daemon:
 
     async def _reconcile_loop(self) -> None:
         await self._synced.wait()
+        unavailable = 0
         while True:
             self._reconcile_now.clear()
+            wait = self._reconcile_seconds
             try:
                 await self._reconcile()
             except LauncherUnavailable as exc:
-                self._log.warning("launcher unavailable; will retry", error=str(exc))
+                # A launcher restarting (systemd brings it back in seconds) is asked again
+                # soon: 1 s doubling, up to the reconcile interval.
+                wait = min(2.0**unavailable, self._reconcile_seconds)
+                unavailable += 1
+                self._log.warning(
+                    "launcher unavailable; will retry", error=str(exc), retry_in_seconds=wait
+                )
             else:
+                unavailable = 0
                 if not self._reconciled.is_set():
                     self._reconciled.set()
                     self._log.info("ready: first sync done and principals reconciled")
@@ -245,7 +254,7 @@ class Daemon:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
             # that lands as the event fires, and the daemon would not stop on SIGTERM.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._reconcile_seconds):
+                async with asyncio.timeout(wait):
                     await self._reconcile_now.wait()
 
     def _summary(self) -> str:

@@ -129,6 +129,24 @@ def rfc3339_now_from(epoch: float) -> str:
     return rfc3339_now(datetime.fromtimestamp(epoch, UTC))
 
 
+def _proxy_pids_under(run_dir: Path) -> list[int]:
+    """Our own processes titled ``bureau-proxy --socket PATH`` with PATH in run_dir."""
+    found = []
+    prefix = os.fsencode(run_dir) + b"/"
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != os.getuid():
+                continue
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        if argv[:2] == [b"bureau-proxy", b"--socket"] and argv[2].startswith(prefix):
+            found.append(int(entry.name))
+    return found
+
+
 def process_start_time(pid: int) -> int | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -378,9 +396,26 @@ class Supervisor:
 
     async def adopt(self) -> None:
         """Take over the proxies an earlier launcher left running; start again those that
-        died with it."""
-        if not self._state_dir.is_dir():
-            return
+        died with it. A proxy that launcher was still starting when it died (killed between
+        spawning and installing it) was never reachable: it is stopped, and its temporary
+        socket removed."""
+        if self._state_dir.is_dir():
+            await self._adopt_recorded()
+        adopted = {p.pid for p in self._proxies.values()}
+        for pid in _proxy_pids_under(self._run_dir):
+            if pid not in adopted:
+                self._log.warning("stopping a proxy that was never installed", pid=pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+        proxies = self._run_dir / "fleet"
+        if proxies.is_dir():
+            installed = {p.socket for p in self._proxies.values()}
+            for path in proxies.rglob(".*.proxy.sock.*"):
+                if path not in installed:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+
+    async def _adopt_recorded(self) -> None:
         for path in sorted(self._state_dir.glob("*.json")):
             try:
                 record = json.loads(path.read_text())

@@ -8,6 +8,7 @@ to the proxy that replaced this one."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -67,8 +68,15 @@ async def serve(payload: ProxyPayload, socket_path: Path, logger: Any, *, debug:
         os.umask(old_umask)
     sweeper = loop.create_task(_sweep(proxy))
     try:
-        sys.stdout.write(f"READY {os.getpid()}\n")
-        sys.stdout.flush()
+        try:
+            # Unbuffered: nothing of it may be left for a flush at exit to fail on again.
+            os.write(sys.stdout.fileno(), f"READY {os.getpid()}\n".encode())
+        except BrokenPipeError:
+            # The launcher died before reading READY: it never moved this socket into
+            # place, so no client can reach it, and the next launcher starts a new proxy.
+            with contextlib.suppress(FileNotFoundError):
+                socket_path.unlink()
+            raise BureauError("the launcher went away before this proxy was ready") from None
         logger.info("proxy serving", socket=str(socket_path), services=sorted(payload.services))
         await stop.wait()
         logger.info("draining")

@@ -1,0 +1,47 @@
+"""Run bureau-launcher as usual, but SIGKILL it while it delivers the Nth payload to a
+proxy: before any byte, after half of it, after all of it (its end of the pipe still
+open, READY not yet read), or once the proxy has said READY (its socket not yet moved
+into place).
+
+    python kill_launcher_at.py {before,half,all,ready} N [bureau-launcher arguments...]
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import sys
+
+from bureau.launcher import main, supervisor
+
+POINT, KILL_AT = sys.argv[1], int(sys.argv[2])
+_deliver = supervisor._deliver
+_ready_line = supervisor._ready_line
+_deliveries = itertools.count(1)
+
+
+def _deliver_and_die(fd: int, payload: bytes) -> None:
+    if next(_deliveries) < KILL_AT or POINT == "ready":
+        _deliver(fd, payload)
+        return
+    if POINT == "half":
+        os.write(fd, payload[: len(payload) // 2])
+    elif POINT == "all":
+        os.write(fd, payload)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+_readies = itertools.count(1)
+
+
+def _ready_and_die(fd: int) -> bytes:
+    line = _ready_line(fd)
+    if next(_readies) >= KILL_AT and POINT == "ready":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return line
+
+
+supervisor._deliver = _deliver_and_die
+supervisor._ready_line = _ready_and_die
+main.main(sys.argv[3:])
