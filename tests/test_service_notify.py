@@ -7,13 +7,22 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Fleet
-from launcher_proc import daemon, launcher, proxies_under
-from machine_helpers import boot, enroll, provision, provision_credentials, services_file
+from conftest import BIN, Fleet
+from fault_front import FaultFront
+from launcher_proc import daemon, launcher, proxies_under, service
+from machine_helpers import (
+    assign,
+    boot,
+    enroll,
+    provision,
+    provision_credentials,
+    services_file,
+)
 from processes import echo_upstream, launcher_call, unix_request
 
 
@@ -102,9 +111,7 @@ def test_launcher_and_daemon_readiness_watchdog_and_stop(
             assert the_launcher.socket.exists()
             assert listener.until("WATCHDOG=1") == "WATCHDOG=1"
 
-            from test_daemon import _assign  # noqa: PLC0415 -- shared arrangement
-
-            _assign(fleet, machine)
+            assign(fleet, machine)
             with daemon(name, state, run_dir) as the_daemon:
                 # READY from the daemon only once the principal is reconciled: by then its
                 # proxy serves.
@@ -129,3 +136,51 @@ def test_launcher_and_daemon_readiness_watchdog_and_stop(
             assert status["running"] == 1
             assert the_launcher.stop() == 0
             assert listener.until("STOPPING=1").startswith("STOPPING=1\nSTATUS=stopping")
+
+
+# The phase, and the log line that says the daemon is in it.
+PHASES = {
+    "homeserver-down": "token check failed; retrying",
+    "first-sync-hangs": "connected",
+    "serving": "ready: first sync done",
+}
+
+
+@pytest.mark.parametrize("phase", list(PHASES))
+def test_sigterm_whenever_it_comes_stops_the_daemon_promptly(
+    fleet: Fleet, tmp_path: Path, run_dir: Path, listener: Listener, phase: str
+) -> None:
+    """Whether the daemon is backing off from a homeserver that is down, waiting on a sync
+    that never answers, or serving: STOPPING=1 first, exit 0 well within systemd's stop
+    timeout, and its state on disk as it was."""
+    machine = enroll(fleet, tmp_path)
+    name, state = machine.machine.short_name, machine.state_dir
+    before = {p.name: p.read_bytes() for p in state.iterdir()}
+    with FaultFront(fleet.hub.url) as front, launcher(name, state, run_dir):
+        if phase == "homeserver-down":
+            front.fault("refuse")
+        elif phase == "first-sync-hangs":
+            front.fault("hang", paths=("/_matrix/client/v3/sync",))
+        argv = [
+            str(BIN / "bureau-daemon"),
+            "--machine-name",
+            name,
+            "--state-dir",
+            str(state),
+            "--run-dir",
+            str(run_dir),
+            "--homeserver",
+            front.url,
+        ]
+        with service(argv, PHASES[phase]) as the_daemon:
+            time.sleep(0.5)  # let whatever the phase sends arrive first
+            mark = len(listener.seen)
+            started = time.monotonic()
+            assert the_daemon.stop() == 0, the_daemon.log()
+            took = time.monotonic() - started
+            time.sleep(0.2)
+            after = [m for m in listener.seen[mark:] if m != "WATCHDOG=1"]
+            assert after and after[0].startswith("STOPPING=1\nSTATUS="), after
+    assert took < 5, took  # systemd's TimeoutStopSec is 30
+    assert "Traceback" not in the_daemon.log()
+    assert {p.name: p.read_bytes() for p in state.iterdir()} == before
