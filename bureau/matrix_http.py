@@ -399,4 +399,5 @@ def _error(what: str, resp: Response) -> MatrixError:
         resp.status,
         str(resp.body.get("errcode", "")),
         str(resp.body.get("error", ""))[:200],
+        soft_logout=resp.body.get("soft_logout") is True,
     )

@@ -82,8 +82,18 @@ class Enrolled:
         return (self.machine.state_dir / "machine-key.pub").read_text().strip()
 
 
-def enroll(fleet: Fleet, tmp_path: Path) -> Enrolled:
+def point_at(machine: Provisioned, url: str) -> None:
+    """Send this machine's first boot, and so its session, through ``url`` (a fault
+    front) instead of the hub."""
+    data = json.loads(machine.bootstrap.read_text())
+    data["homeserver_url"] = url
+    machine.bootstrap.write_text(json.dumps(data))
+
+
+def enroll(fleet: Fleet, tmp_path: Path, homeserver_url: str | None = None) -> Enrolled:
     machine = provision(fleet, tmp_path)
+    if homeserver_url is not None:
+        point_at(machine, homeserver_url)
     result = boot(machine, "--key-storage", "plain")
     assert result.returncode == 0, result.stderr
     return Enrolled(machine)

@@ -331,3 +331,80 @@ def test_revoked_token_stops_everything(fleet: Fleet, tmp_path: Path, run_dir: P
             assert the_daemon.proc.wait(timeout=90) == 77
             eventually(lambda: proxies_under(run_dir) == [])
             assert "access token was revoked" in the_daemon.log()
+
+
+WHOAMI = "/_matrix/client/v3/account/whoami"
+SOFT_LOGOUT = {"errcode": "M_UNKNOWN_TOKEN", "error": "Token expired", "soft_logout": True}
+
+
+def test_soft_logout_logs_in_again_with_the_same_device(
+    fleet: Fleet, tmp_path: Path, run_dir: Path
+) -> None:
+    """The homeserver soft-logs the machine out (its /sync, then the launcher's own check,
+    answer 401 soft_logout): the launcher logs in again keeping the device, the daemon
+    resumes its sync with the new token, and principals run on throughout."""
+    with FaultFront(fleet.hub.url) as front:
+        machine = enroll(fleet, tmp_path, homeserver_url=front.url)
+        name, state = machine.machine.short_name, machine.state_dir
+        with (
+            echo_upstream() as upstream,
+            launcher(name, state, run_dir) as the_launcher,
+            daemon(name, state, run_dir) as the_daemon,
+        ):
+            services = services_file(tmp_path, upstream)
+            assign(fleet, machine)
+            provisioned = provision_credentials(
+                fleet, machine, PRINCIPAL, services, "TOKEN=soft-1\n"
+            )
+            assert provisioned.returncode == 0
+            assert eventually(lambda: served_token(proxy_socket(run_dir))) == "Bearer soft-1"
+            (proxy_pid,) = proxies_under(run_dir)
+            before = json.loads((state / "session.json").read_text())
+            mark, since = len(the_daemon.lines), time.monotonic()
+            front.fault("status", 401, SOFT_LOGOUT, paths=(SYNC, WHOAMI), count=2, cut_open=True)
+            the_daemon.wait_for("logged in again; resuming", start=mark)
+            after = json.loads((state / "session.json").read_text())
+            assert after["device_id"] == before["device_id"]
+            assert after["access_token"] != before["access_token"]
+            client = MatrixHTTP(fleet.hub.url, Secret(after["access_token"]))
+            assert client.whoami() == (machine.machine.user_id, before["device_id"])
+            assert len(front.requests_to("/_matrix/client/v3/login", since)) == 1
+            # The sync goes on: a new value still arrives, served by a new proxy; the
+            # old one ran on until then.
+            assert proxies_under(run_dir) == [proxy_pid]
+            rotated = provision_credentials(fleet, machine, PRINCIPAL, services, "TOKEN=soft-2\n")
+            assert rotated.returncode == 0
+            assert eventually(lambda: served_token(proxy_socket(run_dir)) == "Bearer soft-2")
+            assert "logged in again after a soft logout" in the_launcher.log()
+        for log in (the_launcher.log(), the_daemon.log()):
+            assert after["access_token"] not in log
+            assert before["access_token"] not in log
+
+
+def test_a_revoked_session_is_not_revived_on_the_daemons_word(
+    fleet: Fleet, tmp_path: Path, run_dir: Path
+) -> None:
+    """The daemon is told soft_logout, but the launcher's own check finds the session
+    ended for good: no new login, principals stopped, exit 77."""
+    with FaultFront(fleet.hub.url) as front:
+        machine = enroll(fleet, tmp_path, homeserver_url=front.url)
+        name, state = machine.machine.short_name, machine.state_dir
+        with (
+            echo_upstream() as upstream,
+            launcher(name, state, run_dir),
+            daemon(name, state, run_dir) as the_daemon,
+        ):
+            services = services_file(tmp_path, upstream)
+            assign(fleet, machine)
+            provisioned = provision_credentials(fleet, machine, PRINCIPAL, services, "TOKEN=hard\n")
+            assert provisioned.returncode == 0
+            assert eventually(lambda: served_token(proxy_socket(run_dir))) == "Bearer hard"
+            since = time.monotonic()
+            front.fault("status", 401, SOFT_LOGOUT, paths=(SYNC,), count=1)
+            session = json.loads((state / "session.json").read_text())
+            MatrixHTTP(fleet.hub.url, Secret(session["access_token"])).logout()
+            assert the_daemon.proc.wait(timeout=90) == 77
+            eventually(lambda: proxies_under(run_dir) == [])
+            assert front.requests_to("/_matrix/client/v3/login", since) == []
+            assert "ended this machine's session for good" in the_daemon.log()
+            assert json.loads((state / "session.json").read_text()) == session

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import BIN, Fleet, fill_up, one_line_error, run
 from fault_front import FaultFront
-from machine_helpers import Provisioned, boot, provision
+from machine_helpers import Provisioned, boot, point_at, provision
 
 from bureau import key_store, names, rooms
 from bureau.errors import MatrixError
@@ -113,13 +113,6 @@ def _boot_args(machine: Provisioned, *extra: str) -> list[str]:
     ]
 
 
-def _point_at(machine: Provisioned, url: str) -> None:
-    """Send this machine's first boot through ``url`` (a fault front) instead."""
-    data = json.loads(machine.bootstrap.read_text())
-    data["homeserver_url"] = url
-    machine.bootstrap.write_text(json.dumps(data))
-
-
 def _log_events(stderr: str, event: str) -> list[dict[str, object]]:
     lines = [json.loads(ln) for ln in stderr.splitlines() if ln.startswith("{")]
     return [ln for ln in lines if ln.get("event") == event]
@@ -188,7 +181,7 @@ def test_homeserver_down_at_first_boot_is_waited_out(fleet: Fleet, tmp_path: Pat
     machine = provision(fleet, tmp_path)
     otp = machine.one_time_password
     with FaultFront(fleet.hub.url) as front:
-        _point_at(machine, front.url)
+        point_at(machine, front.url)
         front.fault("refuse")
         with subprocess.Popen(
             [str(BIN / "bureau-launcher"), *_boot_args(machine)],
@@ -215,7 +208,7 @@ def test_homeserver_wait_bounds_first_boot(fleet: Fleet, tmp_path: Path) -> None
     machine = provision(fleet, tmp_path)
     before = machine.bootstrap.read_bytes()
     with FaultFront(fleet.hub.url) as front:
-        _point_at(machine, front.url)
+        point_at(machine, front.url)
         before = machine.bootstrap.read_bytes()
         front.fault("status", 500, {"errcode": "M_UNKNOWN", "error": "database is down"})
         result = run("bureau-launcher", *_boot_args(machine, "--homeserver-wait", "2"))
@@ -243,7 +236,7 @@ def test_answer_lost_after_the_homeserver_acted_converges(
     machine = provision(fleet, tmp_path)
     otp = machine.one_time_password
     with FaultFront(fleet.hub.url) as front:
-        _point_at(machine, front.url)
+        point_at(machine, front.url)
         front.fault("cut", paths=(path,), skip=skip, count=1)
         result = run("bureau-launcher", *_boot_args(machine))
         assert result.returncode == 0, result.stderr

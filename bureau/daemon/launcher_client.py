@@ -59,3 +59,9 @@ class LauncherClient:
 
     async def stop(self, principal: str) -> dict[str, Any]:
         return await self.call(Request("stop", principal))
+
+    async def relogin(self) -> bool:
+        """Ask the launcher to log the machine in again (after a soft logout); True when
+        it did, False when the session still worked."""
+        response = await self.call(Request("relogin"))
+        return bool(response.get("renewed"))

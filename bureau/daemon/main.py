@@ -77,6 +77,7 @@ def _main(argv: list[str]) -> int:
         heartbeat_seconds=args.heartbeat_interval,
         notifier=notifier,
         run_dir=args.run_dir.absolute(),
+        state_dir=args.state_dir,
     )
     try:
         code = asyncio.run(daemon.run())

@@ -85,6 +85,13 @@ class MachineMatrix:
             session.user_id, session.device_id or "", session.access_token.reveal()
         )
 
+    def restore(self, session: Session) -> None:
+        """Use a renewed session (same user and device, new token) from now on."""
+        self._session = session
+        self._client.restore_login(
+            session.user_id, session.device_id or "", session.access_token.reveal()
+        )
+
     async def _call(self, what: str, coro: Any) -> Any:
         try:
             return _raise_for(await coro, what)

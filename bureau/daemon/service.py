@@ -32,6 +32,7 @@ from bureau.daemon.matrix import MachineMatrix
 from bureau.daemon.reconcile import Ensure, Stop, plan
 from bureau.errors import InputError, MatrixError
 from bureau.machine_config import MachineConfig
+from bureau.machine_state import load_session
 from bureau.matrix_http import backoff_seconds
 from bureau.notify import Notifier
 from bureau.operator.fleet import fleet_room_aliases
@@ -56,6 +57,7 @@ class Daemon:
         log: Any,
         notifier: Notifier,
         run_dir: Path,
+        state_dir: Path,
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
         reconcile_seconds: float = RECONCILE_SECONDS,
         rng: Callable[[], float] = random.random,
@@ -71,6 +73,8 @@ class Daemon:
         self._reconcile_seconds = reconcile_seconds
         self._notifier = notifier
         self._run_dir = run_dir
+        self._state_dir = state_dir
+        self._unrenewed = 0  # soft logouts in a row the launcher found nothing to mend
         self._running = 0
         self._rng = rng
         self._stop = asyncio.Event()
@@ -134,6 +138,8 @@ class Daemon:
             try:
                 return await call()
             except MatrixError as exc:
+                if exc.errcode == "M_UNKNOWN_TOKEN" and await self._logged_in_again(exc):
+                    continue
                 if exc.errcode == "M_UNKNOWN_TOKEN" or exc.status == 403:
                     raise
                 delay = exc.retry_after or backoff_seconds(attempt, self._rng)
@@ -163,6 +169,48 @@ class Daemon:
         self._log.info("connected", config_room=self._config_room)
         return True
 
+    async def _logged_in_again(self, exc: MatrixError) -> bool:
+        """After M_UNKNOWN_TOKEN: a soft logout is mended by the launcher logging the
+        machine in again with the same device (only it holds the key the password derives
+        from); the sync goes on from its token. False: the session is gone for good."""
+        if not exc.soft_logout:
+            return False
+        self._log.warning("soft logout; asking the launcher to log in again")
+        attempt = 0
+        while True:
+            try:
+                renewed = await self._launcher.relogin()
+                break
+            except LauncherRefused as refused:
+                self._log.error("the launcher could not log in again", error=str(refused))
+                return False
+            except LauncherUnavailable as unavailable:
+                delay = backoff_seconds(attempt, self._rng)
+                attempt += 1
+                self._log.warning(
+                    "launcher unavailable; will retry", error=str(unavailable), retry_in=delay
+                )
+                await asyncio.sleep(delay)
+        if not renewed:
+            # The launcher found the session working: a passing fault, or a front that
+            # lies. Try again, but never in a tight loop.
+            delay = backoff_seconds(self._unrenewed, self._rng)
+            self._unrenewed += 1
+            self._log.warning("the launcher finds the session valid", retry_in=delay)
+            await asyncio.sleep(delay)
+            return True
+        self._unrenewed = 0
+        try:
+            session = load_session(self._state_dir)
+        except InputError as unreadable:
+            self._log.error("cannot read the renewed session", problem=str(unreadable))
+            return False
+        if session is None or session.user_id != self._machine_user:
+            return False
+        self._matrix.restore(session)
+        self._log.info("logged in again; resuming", device_id=session.device_id)
+        return True
+
     async def _join_alias(self, alias: str) -> str:
         return await self._matrix.join(await self._matrix.resolve_alias(alias))
 
@@ -175,6 +223,8 @@ class Daemon:
                 batch = await self._matrix.sync(self._since, STATE_TYPES)
             except MatrixError as exc:
                 if exc.errcode == "M_UNKNOWN_TOKEN":
+                    if await self._logged_in_again(exc):
+                        continue
                     self._die("the access token was revoked")
                     return
                 delay = exc.retry_after or backoff_seconds(attempt, self._rng)

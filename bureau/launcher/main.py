@@ -188,6 +188,7 @@ def _serve(
         server.serve(
             machine_user=session.user_id,
             secret_key=secret_key,
+            state_dir=state_dir,
             run_dir=args.run_dir.absolute(),
             allowed_uids=allowed,
             log=logger,

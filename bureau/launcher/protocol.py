@@ -6,6 +6,7 @@ response per connection. Pure.
     {"action": "ensure", "principal": "@<lp>:<server>",
      "credentials": {<the m.bureau.credentials content, verbatim>}}
     {"action": "stop", "principal": "@<lp>:<server>"}
+    {"action": "relogin"}     after the homeserver soft-logged the machine out
 
 Every response has "ok": true|false; failures carry "error", a one-line message that never
 holds credential content.
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_MESSAGE = 256 * 1024
-ACTIONS = ("status", "list", "ensure", "stop")
+ACTIONS = ("status", "list", "ensure", "stop", "relogin")
 
 
 class ProtocolError(Exception):

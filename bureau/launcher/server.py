@@ -11,9 +11,13 @@ import os
 import signal
 import socket
 import struct
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from bureau.errors import BureauError
+from bureau.launcher import relogin
 from bureau.launcher.protocol import (
     MAX_MESSAGE,
     ProtocolError,
@@ -47,12 +51,19 @@ def summary(status: dict[str, Any]) -> str:
 
 class LauncherServer:
     def __init__(
-        self, supervisor: Supervisor, allowed_uids: set[int], log: Any, notifier: Notifier
+        self,
+        supervisor: Supervisor,
+        allowed_uids: set[int],
+        log: Any,
+        notifier: Notifier,
+        relogin: Callable[[], bool],
     ) -> None:
         self._supervisor = supervisor
         self._allowed = allowed_uids
         self._log = log
         self._notifier = notifier
+        self._relogin = relogin
+        self._relogin_lock = asyncio.Lock()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -87,6 +98,11 @@ class LauncherServer:
                 return ok(**self._supervisor.status())
             if request.action == "list":
                 return ok(principals=self._supervisor.list())
+            if request.action == "relogin":
+                # One at a time: a second caller finds the session already renewed.
+                async with self._relogin_lock:
+                    renewed = await asyncio.to_thread(self._relogin)
+                return ok(renewed=renewed)
             # parse_request guarantees a principal for both, and credentials for ensure.
             principal = str(request.principal)
             if request.action == "ensure":
@@ -95,7 +111,7 @@ class LauncherServer:
                 result = await self._supervisor.stop(principal)
             self._notifier.status(summary(self._supervisor.status()))
             return ok(**result)
-        except (ProtocolError, LauncherError) as exc:
+        except (ProtocolError, LauncherError, BureauError) as exc:
             self._log.warning("request refused", error=str(exc))
             return failure(str(exc))
 
@@ -104,6 +120,7 @@ async def serve(
     *,
     machine_user: str,
     secret_key: Secret,
+    state_dir: Path,
     run_dir: Path,
     allowed_uids: set[int],
     log: Any,
@@ -126,7 +143,13 @@ async def serve(
                 tasks=tasks,
             )
             await supervisor.adopt()
-            handler = LauncherServer(supervisor, allowed_uids, log, notifier).handle
+            handler = LauncherServer(
+                supervisor,
+                allowed_uids,
+                log,
+                notifier,
+                partial(relogin.relogin, state_dir, secret_key, log),
+            ).handle
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()  # a stale socket from a launcher that died
             old_umask = os.umask(0o117)  # bound 0660 from the start
