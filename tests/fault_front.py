@@ -8,7 +8,8 @@ delays, answers with an error status of its choosing, or cuts a response mid-bod
         front.fault("pass")
 
 Faults apply to requests whose path starts with one of ``paths`` (default: all), and of
-those to ``count`` requests after the first ``skip`` (default: every one). Every
+those to ``count`` requests after the first ``skip`` (default: every one), until a
+request under ``until`` arrives (then everything passes again). Every
 request is recorded (time, method, path, what the front did) for assertions about
 retries and backoff.
 """
@@ -47,6 +48,7 @@ class _Fault:
     delay: float = 0.0
     skip: int = 0
     count: int | None = None
+    until: str | None = None
     matched: int = 0
 
 
@@ -88,13 +90,16 @@ class FaultFront:
         cut_open: bool = False,
         skip: int = 0,
         count: int | None = None,
+        until: str | None = None,
     ) -> None:
         """From now on, requests under ``paths`` meet ``mode``. ``cut_open`` also cuts the
         connections open now (a long-poll in flight would otherwise still pass)."""
         assert mode in MODES, mode
         with self._changed:
             was = self._fault.mode
-            self._fault = _Fault(mode, paths, status, body or {}, headers or {}, delay, skip, count)
+            self._fault = _Fault(
+                mode, paths, status, body or {}, headers or {}, delay, skip, count, until
+            )
             self._changed.notify_all()
         if mode == "refuse" and was != "refuse":
             self._close()
@@ -157,6 +162,10 @@ class FaultFront:
     def _current(self, path: str) -> _Fault:
         with self._changed:
             fault = self._fault
+            if fault.until is not None and path.startswith(fault.until):
+                self._fault = _Fault()
+                self._changed.notify_all()
+                return self._fault
             if not any(path.startswith(p) for p in fault.paths):
                 return _Fault()
             fault.matched += 1

@@ -361,7 +361,14 @@ def test_soft_logout_logs_in_again_with_the_same_device(
             (proxy_pid,) = proxies_under(run_dir)
             before = json.loads((state / "session.json").read_text())
             mark, since = len(the_daemon.lines), time.monotonic()
-            front.fault("status", 401, SOFT_LOGOUT, paths=(SYNC, WHOAMI), count=2, cut_open=True)
+            front.fault(
+                "status",
+                401,
+                SOFT_LOGOUT,
+                paths=(SYNC, WHOAMI),
+                until="/_matrix/client/v3/login",
+                cut_open=True,
+            )
             the_daemon.wait_for("logged in again; resuming", start=mark)
             after = json.loads((state / "session.json").read_text())
             assert after["device_id"] == before["device_id"]

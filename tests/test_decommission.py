@@ -10,15 +10,26 @@ from pathlib import Path
 
 from conftest import Fleet, one_line_error, run
 from launcher_proc import daemon, launcher, proxies_under
-from machine_helpers import boot, enroll, provision, provision_credentials, services_file
+from machine_helpers import (
+    assign,
+    boot,
+    enroll,
+    eventually,
+    provision,
+    provision_credentials,
+    proxy_socket,
+    served_token,
+    services_file,
+)
 from processes import echo_upstream
-from test_daemon import PRINCIPAL, _assign, _eventually, _socket, _token
 
 from bureau import names, rooms
 from bureau.errors import MatrixError
 from bureau.matrix_http import MatrixHTTP
 from bureau.operator import credentials
 from bureau.secret import Secret
+
+PRINCIPAL = "agent/alpha"
 
 
 def _decommission(fleet: Fleet, name: str):  # type: ignore[no-untyped-def]
@@ -36,18 +47,18 @@ def test_decommission_stops_the_machine_and_the_name_can_come_back(
     session = json.loads((state / "session.json").read_text())
     with echo_upstream() as upstream, launcher(name, state, run_dir):
         services = services_file(tmp_path, upstream)
-        _assign(fleet, machine)
+        assign(fleet, machine)
         result = provision_credentials(fleet, machine, PRINCIPAL, services, "TOKEN=decom-1\n")
         assert result.returncode == 0
         with daemon(name, state, run_dir) as the_daemon:
-            assert _eventually(lambda: _token(_socket(run_dir))) == "Bearer decom-1"
+            assert eventually(lambda: served_token(proxy_socket(run_dir))) == "Bearer decom-1"
             result = _decommission(fleet, name)
             assert result.returncode == 0, result.stderr
             assert f"{machine.machine.localpart} is decommissioned" in result.stdout
             assert "machine key tombstoned" in result.stdout
             assert the_daemon.proc.wait(timeout=60) == 77
             assert proxies_under(run_dir) == []
-            assert not _socket(run_dir).exists()
+            assert not proxy_socket(run_dir).exists()
             assert "every principal was stopped" in the_daemon.log()
 
     admin = credentials.admin_client(fleet.creds)

@@ -18,12 +18,13 @@ import pytest
 import structlog
 from conftest import BIN, Fleet
 from launcher_proc import kill_proxies_under
-from machine_helpers import enroll, provision_credentials, services_file
+from machine_helpers import assign, enroll, provision_credentials, proxy_socket, services_file
 from processes import echo_upstream, unix_request
-from test_daemon import PRINCIPAL, _assign, _socket
 
 from bureau import journal, log
 from bureau.secret import Secret
+
+PRINCIPAL = "agent/alpha"
 
 
 def test_encoding_is_the_native_protocol() -> None:
@@ -137,7 +138,7 @@ def test_processes_log_to_the_journal_by_principal(
     try:
         with echo_upstream() as upstream:
             services = services_file(tmp_path, upstream)
-            _assign(fleet, machine)
+            assign(fleet, machine)
             result = provision_credentials(
                 fleet, machine, PRINCIPAL, services, "TOKEN=journal-canary-2\n"
             )
@@ -163,7 +164,7 @@ def test_processes_log_to_the_journal_by_principal(
                 SYSLOG_IDENTIFIER="bureau-launcher", BUREAU_EVENT="proxy started"
             )
             assert started["BUREAU_PRINCIPAL"] == principal
-            reply = unix_request(_socket(run_dir), "GET", "/http/api/x")
+            reply = unix_request(proxy_socket(run_dir), "GET", "/http/api/x")
             assert reply.json()["headers"]["authorization"] == "Bearer journal-canary-2"
             # Everything about the principal, as `journalctl BUREAU_PRINCIPAL=...` would list.
             story = [e for e in listener.drain() if e.get("BUREAU_PRINCIPAL") == principal]

@@ -224,7 +224,10 @@ def test_refusals_keep_the_running_proxy(fleet: Fleet, tmp_path: Path, run_dir: 
             )
             assert "is a machine" in ensure(good, f"@{fleet.name}/machine/x:bureau.local")["error"]
             bad = launcher_call(running.socket, {"action": "explode"})
-            assert bad == {"ok": False, "error": "action must be one of status, list, ensure, stop"}
+            assert bad == {
+                "ok": False,
+                "error": "action must be one of status, list, ensure, stop, relogin",
+            }
 
             # Only the launcher's uid and the daemon's may talk to it.
             # Only the launcher's uid and the daemon's may talk to it. The socket's 0660 mode

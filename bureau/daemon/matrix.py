@@ -99,6 +99,12 @@ class MachineMatrix:
             raise MatrixUnreachable(
                 what, error=f"cannot reach homeserver: {type(exc).__name__}"
             ) from None
+        except nio.exceptions.LocalProtocolError:
+            # nio forgets the token on a soft logout; until the session is restored every
+            # call is the same soft logout, for whichever task makes it.
+            raise MatrixError(
+                what, 401, "M_UNKNOWN_TOKEN", "logged out (soft)", soft_logout=True
+            ) from None
 
     async def whoami(self) -> str:
         resp = await self._call("check the access token", self._client.whoami())

@@ -74,7 +74,8 @@ class Daemon:
         self._notifier = notifier
         self._run_dir = run_dir
         self._state_dir = state_dir
-        self._unrenewed = 0  # soft logouts in a row the launcher found nothing to mend
+        self._soft_logouts = 0  # in a row, with no successful sync between them
+        self._relogin_lock = asyncio.Lock()
         self._running = 0
         self._rng = rng
         self._stop = asyncio.Event()
@@ -175,41 +176,44 @@ class Daemon:
         from); the sync goes on from its token. False: the session is gone for good."""
         if not exc.soft_logout:
             return False
-        self._log.warning("soft logout; asking the launcher to log in again")
-        attempt = 0
-        while True:
-            try:
-                renewed = await self._launcher.relogin()
-                break
-            except LauncherRefused as refused:
-                self._log.error("the launcher could not log in again", error=str(refused))
-                return False
-            except LauncherUnavailable as unavailable:
-                delay = backoff_seconds(attempt, self._rng)
-                attempt += 1
-                self._log.warning(
-                    "launcher unavailable; will retry", error=str(unavailable), retry_in=delay
-                )
+        async with self._relogin_lock:  # the sync and the heartbeat may both get here
+            if self._soft_logouts:
+                # Soft logouts in a row with nothing working between them: a server that
+                # keeps doing it gets logins at the backoff's pace, not a storm.
+                delay = backoff_seconds(self._soft_logouts - 1, self._rng)
+                self._log.warning("soft logout again; waiting before logging in", retry_in=delay)
                 await asyncio.sleep(delay)
-        if not renewed:
-            # The launcher found the session working: a passing fault, or a front that
-            # lies. Try again, but never in a tight loop.
-            delay = backoff_seconds(self._unrenewed, self._rng)
-            self._unrenewed += 1
-            self._log.warning("the launcher finds the session valid", retry_in=delay)
-            await asyncio.sleep(delay)
+            self._soft_logouts += 1
+            self._log.warning("soft logout; asking the launcher to log in again")
+            attempt = 0
+            while True:
+                try:
+                    renewed = await self._launcher.relogin()
+                    break
+                except LauncherRefused as refused:
+                    self._log.error("the launcher could not log in again", error=str(refused))
+                    return False
+                except LauncherUnavailable as unavailable:
+                    delay = backoff_seconds(attempt, self._rng)
+                    attempt += 1
+                    self._log.warning(
+                        "launcher unavailable; will retry", error=str(unavailable), retry_in=delay
+                    )
+                    await asyncio.sleep(delay)
+            try:
+                session = load_session(self._state_dir)
+            except InputError as unreadable:
+                self._log.error("cannot read the renewed session", problem=str(unreadable))
+                return False
+            if session is None or session.user_id != self._machine_user:
+                return False
+            # Also when nothing was renewed: nio forgot the token on the soft logout.
+            self._matrix.restore(session)
+            if renewed:
+                self._log.info("logged in again; resuming", device_id=session.device_id)
+            else:
+                self._log.warning("the launcher found the session working; resuming")
             return True
-        self._unrenewed = 0
-        try:
-            session = load_session(self._state_dir)
-        except InputError as unreadable:
-            self._log.error("cannot read the renewed session", problem=str(unreadable))
-            return False
-        if session is None or session.user_id != self._machine_user:
-            return False
-        self._matrix.restore(session)
-        self._log.info("logged in again; resuming", device_id=session.device_id)
-        return True
 
     async def _join_alias(self, alias: str) -> str:
         return await self._matrix.join(await self._matrix.resolve_alias(alias))
@@ -236,6 +240,7 @@ class Daemon:
                 )
                 await asyncio.sleep(delay)
                 continue
+            self._soft_logouts = 0
             if attempt:
                 self._log.info("sync resumed")
                 self._notifier.status(self._summary())
