@@ -72,6 +72,12 @@ def valid_credential_name(name: str) -> bool:
     return bool(_CREDENTIAL_NAME.fullmatch(name))
 
 
+def has_control_character(value: str) -> bool:
+    """CR, LF, NUL and the other C0 controls (tab aside) and DEL: a credential becomes a
+    header value, and these would split or end the header."""
+    return any((ord(c) < 0x20 and c != "\t") or c == "\x7f" for c in value)
+
+
 @dataclass(frozen=True)
 class ServiceRoute:
     upstream_url: str
@@ -262,7 +268,7 @@ def open_plaintext(plaintext: bytes, event: CredentialsEvent, where: str) -> dic
     for name, value in data.items():
         if not valid_credential_name(name):
             raise InputError(where, name, "not a credential name")
-        if any(c in value for c in "\r\n\0"):
-            raise InputError(where, name, "value contains CR, LF or NUL; refused")
+        if has_control_character(value):
+            raise InputError(where, name, "value contains a control character; refused")
         credentials[name] = Secret(value)
     return credentials

@@ -141,9 +141,11 @@ def read_secret_input(path: str, what: str) -> Secret:
 
 
 def parse_env(text: str, where: str) -> dict[str, str]:
-    """KEY=VALUE lines, ``#`` comments and blank lines ignored, split at the first ``=``."""
+    """KEY=VALUE lines, ``#`` comments and blank lines ignored, split at the first ``=``.
+    Lines end at LF only (a CRLF's CR is trimmed): a CR or other control character inside
+    a value stays in it, for the caller to refuse."""
     result: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue

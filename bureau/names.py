@@ -10,7 +10,8 @@ import re
 
 LOCALPART_MAX = 84
 _LOCALPART_CHARS = re.compile(r"[a-z0-9._=\-/]+")
-_SERVER_BAD = re.compile(r"[\s@#]")
+# The spec's server name grammar: a DNS name, IPv4 or [IPv6] literal, optional :port.
+_SERVER_CHARS = re.compile(r"[A-Za-z0-9.\-:\[\]]+")
 _PORT = re.compile(r":(\d{1,5})$")
 
 
@@ -38,8 +39,10 @@ def validate_localpart(value: str) -> str:
 def validate_server_name(value: str) -> str:
     if not value:
         raise InvalidName("empty server name")
-    if _SERVER_BAD.search(value):
-        raise InvalidName(f"{value!r} must not contain whitespace, '@' or '#'")
+    if not _SERVER_CHARS.fullmatch(value):
+        raise InvalidName(
+            f"{value!r} may contain only letters, digits, '.', '-', ':' and [ ] (IPv6)"
+        )
     port = _PORT.search(value)
     if port and not 0 < int(port.group(1)) < 65536:
         raise InvalidName(f"{value!r} has an invalid port")
@@ -109,6 +112,7 @@ def parse_user_id(value: str) -> tuple[str, str]:
     if not value.startswith("@") or ":" not in value:
         raise InvalidName(f"{value!r} is not a Matrix user ID (@localpart:server)")
     localpart, server = value[1:].split(":", 1)
+    validate_server_name(server)
     return localpart, server
 
 

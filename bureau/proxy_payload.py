@@ -12,6 +12,7 @@ from typing import Any
 
 from bureau.credentials_event import (
     ServiceRoute,
+    has_control_character,
     parse_rfc3339,
     parse_services,
     services_json,
@@ -52,9 +53,9 @@ class ProxyPayload:
         for name, value in raw_credentials.items():
             if not valid_credential_name(name) or not isinstance(value, str):
                 raise InputError(WHERE, f"credentials.{name}", "expected name -> string")
-            if any(c in value for c in "\r\n\0"):
+            if has_control_character(value):
                 # A header value with CR/LF could inject headers of its own.
-                raise InputError(WHERE, f"credentials.{name}", "contains CR, LF or NUL")
+                raise InputError(WHERE, f"credentials.{name}", "contains a control character")
             credentials[name] = Secret(value)
         expires_at = obj.get("expires_at")
         if expires_at is not None:

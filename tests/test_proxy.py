@@ -163,8 +163,8 @@ def test_a_client_that_goes_away_is_no_upstream_error(upstream: str, tmp_path: P
 @pytest.mark.parametrize(
     ("credentials", "problem"),
     [
-        ({"TOKEN": "line\r\nX-Evil: 1"}, "credentials.TOKEN: contains CR, LF or NUL"),
-        ({"TOKEN": "nul\x00"}, "credentials.TOKEN: contains CR, LF or NUL"),
+        ({"TOKEN": "line\r\nX-Evil: 1"}, "credentials.TOKEN: contains a control character"),
+        ({"TOKEN": "nul\x00"}, "credentials.TOKEN: contains a control character"),
         ({"bad name": "x"}, "expected name -> string"),
     ],
 )

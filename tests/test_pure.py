@@ -10,6 +10,7 @@ import pytest
 import structlog
 
 from bureau import names, passwords, rooms
+from bureau.credentials_event import has_control_character
 from bureau.errors import BureauError, InputError, MatrixError, MatrixUnreachable
 from bureau.launcher import first_boot
 from bureau.matrix_http import retry_delay
@@ -47,6 +48,9 @@ def test_valid_localparts(name: str) -> None:
         ("a/./b", "starting with '.'"),
         ("a/../b", "starting with '.'"),
         ("a/.hidden", "starting with '.'"),
+        ("a\0b", "may contain only"),
+        ("agent%2Fx", "may contain only"),
+        ("agent/%2e%2e", "may contain only"),
     ],
 )
 def test_invalid_localparts(name: str, problem: str) -> None:
@@ -54,9 +58,16 @@ def test_invalid_localparts(name: str, problem: str) -> None:
         names.validate_localpart(name)
 
 
+def test_control_characters_in_credential_values() -> None:
+    assert not has_control_character("Bearer abc\tdef ~")
+    for bad in ("a\rb", "a\nb", "a\0b", "a\x0bb", "a\x1fb", "a\x7fb"):
+        assert has_control_character(bad), bad
+
+
 def test_server_names() -> None:
     assert names.validate_server_name("bureau.local:8448") == "bureau.local:8448"
-    for bad in ("", "a b", "x@y", "#x", "host:0", "host:70000", ":80"):
+    assert names.validate_server_name("[::1]:8448") == "[::1]:8448"
+    for bad in ("", "a b", "x@y", "#x", "host:0", "host:70000", ":80", "ho\0st", "h/st"):
         with pytest.raises(names.InvalidName):
             names.validate_server_name(bad)
 
@@ -160,7 +171,7 @@ def test_bootstrap_round_trip_and_repr() -> None:
         ({"homeserver_url": None}, "homeserver_url", "missing"),
         ({"homeserver_url": "ftp://x"}, "homeserver_url", "http"),
         ({"homeserver_url": "http://u:p@h"}, "homeserver_url", "credentials"),
-        ({"server_name": "a b"}, "server_name", "whitespace"),
+        ({"server_name": "a b"}, "server_name", "may contain only letters"),
         ({"machine_name": "machine/worker-01"}, "machine_name", "not a full machine name"),
         ({"machine_name": "other/fleet/x/machine/w"}, "machine_name", "belongs to fleet"),
         ({"machine_name": f"{FLEET}/agent/a"}, "machine_name", "not a machine"),

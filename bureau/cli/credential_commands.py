@@ -8,7 +8,12 @@ import sys
 from pathlib import Path
 
 from bureau.cli.common import Subparsers, add_credential_file, machine_name, principal_name, say
-from bureau.credentials_event import parse_rfc3339, parse_services, valid_credential_name
+from bureau.credentials_event import (
+    has_control_character,
+    parse_rfc3339,
+    parse_services,
+    valid_credential_name,
+)
 from bureau.errors import InputError, UsageError
 from bureau.files import parse_env, read_private_file
 from bureau.operator import credentials, principal_credentials
@@ -19,7 +24,13 @@ from bureau.secret import Secret
 def read_secrets(path: str) -> dict[str, Secret]:
     """KEY=VALUE lines from a private file or stdin; never from argv."""
     if path == "-":
-        text, where = sys.stdin.read(), "--secrets-file (stdin)"
+        where = "--secrets-file (stdin)"
+        # Bytes, not text mode: universal newlines would turn a CR inside a value into a
+        # line break instead of letting it be refused below.
+        try:
+            text = sys.stdin.buffer.read(1 << 20).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(where, None, "is not UTF-8 text") from None
     else:
         text, where = read_private_file(Path(path)), path
     secrets = {}
@@ -28,8 +39,8 @@ def read_secrets(path: str) -> dict[str, Secret]:
             raise InputError(where, key, "credential names are letters, digits and _")
         if not value:
             raise InputError(where, key, "empty value")
-        if any(c in value for c in "\r\0"):
-            raise InputError(where, key, "value contains CR or NUL")
+        if has_control_character(value):
+            raise InputError(where, key, "value contains a control character (CR, NUL, ...)")
         secrets[key] = Secret(value)
     if not secrets:
         raise InputError(where, None, "holds no KEY=VALUE lines")
