@@ -5,6 +5,7 @@ machine.conf (WIRE.md "Files")."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -79,17 +80,22 @@ def remove_durably(path: Path) -> None:
     fsync_dir(path.parent)
 
 
-def read_private_file(path: Path, max_bytes: int = 1 << 20) -> str:
+def read_private_file(path: Path, max_bytes: int = 1 << 20, *, strict: bool = False) -> str:
     """Read a file that holds a secret. Refuses directories, other non-regular files and
-    modes that let group or others read it; every error names the file."""
+    modes that let group or others read it; ``strict`` also refuses a symlink and a file
+    owned by anyone but this user or root (as ssh does), for files whose content is
+    trusted (a bootstrap file, read by root). Every error names the file."""
     where = str(path)
+    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_NOFOLLOW if strict else 0)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise InputError(where, None, "no such file") from None
     except PermissionError:
         raise InputError(where, None, "permission denied") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP and strict:
+            raise InputError(where, None, "is a symbolic link; give the file itself") from None
         raise InputError(where, None, exc.strerror or "cannot open") from None
     try:
         st = os.fstat(fd)
@@ -97,6 +103,13 @@ def read_private_file(path: Path, max_bytes: int = 1 << 20) -> str:
             raise InputError(where, None, "is a directory, expected a file")
         if not stat.S_ISREG(st.st_mode):
             raise InputError(where, None, "is not a regular file")
+        if strict and st.st_uid not in (os.geteuid(), 0):
+            raise InputError(
+                where,
+                None,
+                f"is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()}) or root; "
+                "someone else could have written it",
+            )
         loose = stat.S_IMODE(st.st_mode) & 0o077
         if loose:
             raise InputError(
@@ -116,8 +129,8 @@ def read_private_file(path: Path, max_bytes: int = 1 << 20) -> str:
         raise InputError(where, None, "is not UTF-8 text") from None
 
 
-def read_private_json(path: Path) -> object:
-    text = read_private_file(path)
+def read_private_json(path: Path, max_bytes: int = 1 << 20, *, strict: bool = False) -> object:
+    text = read_private_file(path, max_bytes, strict=strict)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

@@ -5,7 +5,7 @@ Pure: no I/O."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
@@ -79,6 +79,10 @@ class BootstrapConfig:
     @classmethod
     def from_json(cls, obj: object, where: str = "bootstrap.json") -> BootstrapConfig:
         data = _object(obj, where)
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            # Strict: a field we do not know may be one a newer bureau relies on.
+            raise InputError(where, unknown[0], "unknown field")
         homeserver_url = _checked(
             where, "homeserver_url", validate_homeserver_url, _field(data, "homeserver_url", where)
         )

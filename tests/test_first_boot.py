@@ -388,7 +388,14 @@ def _bootstrap_text(fleet: Fleet, **change: object) -> str:
     ("case", "expected"),
     [
         ("not-json", "not JSON"),
+        ("truncated", "not JSON"),
         ("missing-field", "password: missing"),
+        ("extra-field", "extra: unknown field"),
+        ("mistyped-field", "server_name: expected a non-empty string"),
+        ("not-an-object", "expected a JSON object"),
+        ("one-mebibyte", "is 1048576 bytes; at most 65536"),
+        ("symlink", "is a symbolic link; give the file itself"),
+        ("other-owner", "is owned by uid 65534, not by this user (uid 0) or root"),
         ("other-machine", "this bootstrap file is for another machine"),
         ("world-readable", "mode 0644 lets other users read it"),
         ("directory", "is a directory"),
@@ -400,6 +407,24 @@ def test_bad_bootstrap_files(fleet: Fleet, tmp_path: Path, case: str, expected: 
     mode = 0o600
     if case == "not-json":
         path.write_text("{not json")
+    elif case == "truncated":
+        path.write_text(_bootstrap_text(fleet)[:-20])
+    elif case == "extra-field":
+        path.write_text(_bootstrap_text(fleet, extra="x"))
+    elif case == "mistyped-field":
+        path.write_text(_bootstrap_text(fleet, server_name=8448))
+    elif case == "not-an-object":
+        path.write_text("[]")
+    elif case == "one-mebibyte":
+        path.write_text(" " * (1 << 20))
+    elif case == "symlink":
+        real = tmp_path / "real-bootstrap.json"
+        real.write_text(_bootstrap_text(fleet))
+        real.chmod(0o600)
+        path.symlink_to(real)
+    elif case == "other-owner":
+        path.write_text(_bootstrap_text(fleet))
+        os.chown(path, 65534, 65534)
     elif case == "missing-field":
         path.write_text(_bootstrap_text(fleet, password=None))
     elif case == "other-machine":
@@ -412,7 +437,8 @@ def test_bad_bootstrap_files(fleet: Fleet, tmp_path: Path, case: str, expected: 
         mode = 0o700
     elif case == "unreachable":
         path.write_text(_bootstrap_text(fleet, homeserver_url="http://127.0.0.1:1"))
-    path.chmod(mode)
+    if not path.is_symlink():
+        path.chmod(mode)
     before = b"" if path.is_dir() else path.read_bytes()
 
     result = run(

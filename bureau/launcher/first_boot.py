@@ -60,6 +60,7 @@ class Step(StrEnum):
     BOOTSTRAP_DELETED = "bootstrap-deleted"
 
 
+BOOTSTRAP_MAX_BYTES = 64 * 1024  # a real one is under 400 bytes
 Checkpoint = Callable[[Step], None]
 # Told how long the next wait is and why, before it starts (the launcher extends its
 # systemd start timeout by it).
@@ -97,7 +98,9 @@ class KeyOptions:
 def load_bootstrap(path: Path, machine_name: str) -> BootstrapConfig:
     """Read and check bootstrap.json against --machine-name (short or full)."""
     where = str(path)
-    config = BootstrapConfig.from_json(read_private_json(path), where)
+    # Strict: first boot runs as root, trusts what this file says, and deletes it.
+    raw = read_private_json(path, BOOTSTRAP_MAX_BYTES, strict=True)
+    config = BootstrapConfig.from_json(raw, where)
     try:
         wanted = names.expand_entity(machine_name, config.fleet_prefix, "machine")
     except names.InvalidName as exc:
