@@ -70,8 +70,12 @@ class HubSettings:
 
 
 class Hub:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, bcrypt_rounds: int = 12) -> None:
+        """``bcrypt_rounds`` is Synapse's password hashing cost, written into a newly
+        generated config; 12 (Synapse's default) unless a test suite, whose subject is
+        not hashing, asks for its minimum of 4."""
         self.dir = Path(state_dir).absolute()
+        self._bcrypt_rounds = bcrypt_rounds
         # Held so that the process we started is reaped by us, not reported as leaked.
         self._child: subprocess.Popen[bytes] | None = None
 
@@ -161,7 +165,11 @@ class Hub:
 
             log_config = self.dir / "log.config"
             atomic_write(log_config, yaml.safe_dump(_log_config(self.dir)).encode(), 0o600)
-            body = yaml.safe_dump(_synapse_config(self.dir, settings), sort_keys=False)
+            synapse_config = {
+                **_synapse_config(self.dir, settings),
+                "bcrypt_rounds": self._bcrypt_rounds,
+            }
+            body = yaml.safe_dump(synapse_config, sort_keys=False)
             atomic_write(config, body.encode(), 0o600)
             result = subprocess.run(
                 [

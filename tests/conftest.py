@@ -77,7 +77,9 @@ class RunningHub:
 @pytest.fixture(scope="session")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
     state = tmp_path_factory.mktemp("hub")
-    the_hub = Hub(state)
+    # Synapse's minimum hashing cost: every test logs in and rotates passwords, and at the
+    # default cost (0.27 s a hash here) hashing alone took minutes of the run.
+    the_hub = Hub(state, bcrypt_rounds=4)
     status, started = the_hub.up(port=free_port())
     assert started
     try:

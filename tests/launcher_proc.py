@@ -79,9 +79,14 @@ def service(
     *,
     prefix: list[str] | None = None,
     after_stop: Callable[[], None] = lambda: None,
+    cwd: Path | None = None,
 ) -> Iterator[Service]:
     with subprocess.Popen(
-        [*(prefix or []), *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        [*(prefix or []), *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
     ) as proc:
         running = Service(proc, wrapped=bool(prefix))
         thread = threading.Thread(target=running.pump, daemon=True)

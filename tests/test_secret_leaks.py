@@ -7,10 +7,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import signal
 import subprocess
+import tempfile
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from conftest import BIN, Fleet, fresh
+from launcher_proc import kill_proxies_under, proxies_under, service
+from machine_helpers import Enrolled, enroll, provision_credentials, services_file
+from processes import echo_upstream, launcher_call
+
+from bureau import names, rooms
+from bureau.operator import credentials
 
 
 def _traced(trace: Path, program: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -114,3 +125,93 @@ def test_first_boot_leaks_no_secret(fleet: Fleet, tmp_path: Path) -> None:
             assert value.encode() not in data, f"{canary} leaked into {path}"
     # And the key is sealed, never plain, in its store.
     assert not (state / "machine-key.txt").exists()
+
+
+def _cores(*roots: Path) -> list[Path]:
+    return [p for root in roots for p in root.rglob("core*")]
+
+
+def _abort(pid: int) -> None:
+    """SIGABRT a process that holds a secret, after checking it cannot dump core."""
+    limits = Path(f"/proc/{pid}/limits").read_text().splitlines()
+    core = next(ln for ln in limits if ln.startswith("Max core file size"))
+    assert core.split()[4:6] == ["0", "0"], core
+    os.kill(pid, signal.SIGABRT)
+
+
+def test_launcher_template_and_proxies_cannot_be_dumped(fleet: Fleet, tmp_path: Path) -> None:
+    """Every process that holds the key or a credential (launcher, template, proxy) has a
+    core limit of 0 and PR_SET_DUMPABLE 0 set: SIGABRT leaves no core file, where an
+    ordinary process in the same directory leaves one."""
+    machine = enroll(fleet, tmp_path)
+    base = Path(tempfile.mkdtemp(prefix="bureau-nd-", dir="/tmp"))
+    run_dir, cwd = base / "run", base / "cwd"
+    cwd.mkdir()
+    try:
+        # The control: a dumpable process in the same directory leaves a core there.
+        control = subprocess.run(
+            [str(BIN / "python"), "-c", _ABORT_WITH_CORE], cwd=cwd, check=False
+        )
+        assert control.returncode == -signal.SIGABRT
+        made = _cores(cwd)
+        assert made, "core_pattern sends cores elsewhere: this test could not see them"
+        for core in made:
+            core.unlink()
+
+        with echo_upstream() as upstream:
+            services = services_file(tmp_path, upstream)
+            secret = "TOKEN=dump-canary\n"
+            assert (
+                provision_credentials(fleet, machine, "agent/alpha", services, secret).returncode
+                == 0
+            )
+            content = _credentials_event(fleet, machine)
+            argv = [
+                str(BIN / "bureau-launcher"),
+                "--machine-name",
+                machine.machine.short_name,
+                "--state-dir",
+                str(machine.state_dir),
+                "--run-dir",
+                str(run_dir),
+            ]
+            stop_proxies = partial(kill_proxies_under, run_dir)
+            with service(argv, "launcher serving", cwd=cwd, after_stop=stop_proxies) as running:
+                principal = f"@{fleet.name}/agent/alpha:{fleet.hub.server_name}"
+                request = {"action": "ensure", "principal": principal, "credentials": content}
+                assert launcher_call(run_dir / "launcher.sock", request)["ok"]
+                (proxy,) = proxies_under(run_dir)
+                template = _child_titled(running.proc.pid, b"bureau-proxy-template")
+                _abort(proxy)
+                running.wait_for('"exit": "signal SIGABRT"')
+                _abort(template)
+                _abort(running.proc.pid)
+                assert running.proc.wait(timeout=30) == -signal.SIGABRT
+        assert _cores(cwd, machine.state_dir, run_dir) == []
+    finally:
+        kill_proxies_under(run_dir)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+_ABORT_WITH_CORE = (
+    "import os, resource; "
+    "resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY,) * 2); os.abort()"
+)
+
+
+def _child_titled(parent: int, title: bytes) -> int:
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    for child in map(int, children):
+        if Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0] == title:
+            return child
+    raise AssertionError(f"no child of {parent} titled {title!r}")
+
+
+def _credentials_event(fleet: Fleet, machine: Enrolled) -> dict[str, Any]:
+    admin = credentials.admin_client(fleet.creds)
+    server = fleet.hub.server_name
+    room = admin.resolve_alias(names.room_alias(machine.machine.localpart, server))
+    assert room is not None
+    content = admin.get_state(room, rooms.CREDENTIALS, f"{fleet.name}/agent/alpha:{server}")
+    assert content is not None
+    return content

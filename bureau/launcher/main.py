@@ -21,6 +21,7 @@ from bureau import key_store, log, names
 from bureau.edge import Parser, raise_interrupted_on_signals, run
 from bureau.errors import BureauError, InputError, UsageError
 from bureau.files import read_secret_input, remove_stale_temporaries
+from bureau.hardening import no_dumps
 from bureau.launcher import first_boot, server
 from bureau.machine_state import load_session, session_path
 from bureau.notify import Notifier
@@ -199,6 +200,8 @@ def _serve(
 
 
 def _main(argv: list[str] | None) -> int:
+    # Before the key is anywhere in memory: no core dump, no ptrace by same-uid processes.
+    no_dumps()
     args = build_parser().parse_args(argv)
     try:
         level = log.resolve_level(args.log_level)

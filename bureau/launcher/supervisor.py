@@ -137,11 +137,15 @@ def _proxy_pids_under(run_dir: Path) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            if entry.stat().st_uid != os.getuid():
-                continue
+            # Status, not the directory's owner: /proc of a non-dumpable process (every
+            # proxy) belongs to root whoever runs it.
+            status = (entry / "status").read_text()
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue  # gone meanwhile
+        uid_line = next((ln for ln in status.splitlines() if ln.startswith("Uid:")), "")
+        if uid_line.split()[1:2] != [str(os.getuid())]:
+            continue
         if argv[:2] == [b"bureau-proxy", b"--socket"] and argv[2].startswith(prefix):
             found.append(int(entry.name))
     return found
