@@ -11,7 +11,8 @@ from typing import Any
 from conftest import Fleet, fresh, run
 from processes import unix_request
 
-from bureau import names
+from bureau import names, rooms
+from bureau.operator import credentials
 
 
 @dataclass(frozen=True)
@@ -171,3 +172,33 @@ def assign(fleet: Fleet, machine: Enrolled, principal: str = "agent/alpha", *fla
         *flags,
     )
     assert result.returncode == 0, result.stderr
+
+
+def credentials_event(
+    fleet: Fleet, machine: Enrolled, principal: str = "agent/alpha"
+) -> dict[str, Any]:
+    """The m.bureau.credentials content published for a principal on this machine."""
+    admin = credentials.admin_client(fleet.creds)
+    server = fleet.hub.server_name
+    room = admin.resolve_alias(names.room_alias(machine.machine.localpart, server))
+    assert room is not None
+    content = admin.get_state(room, rooms.CREDENTIALS, f"{fleet.name}/{principal}:{server}")
+    assert content is not None
+    return content
+
+
+def credentials_listed(fleet: Fleet, machine: Enrolled) -> list[dict[str, Any]]:
+    """What `bureau credentials list --json` shows for this machine."""
+    listed = run(
+        "bureau",
+        "credentials",
+        "list",
+        "--credential-file",
+        fleet.credential_file,
+        "--machine",
+        machine.machine.short_name,
+        "--json",
+    )
+    assert listed.returncode == 0, listed.stderr
+    result: list[dict[str, Any]] = json.loads(listed.stdout)
+    return result

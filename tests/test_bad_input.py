@@ -11,9 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Fleet, fresh, one_line_error, run
+from conftest import Fleet, fresh, one_line_error
 from launcher_proc import launcher, proxies_under
-from machine_helpers import Enrolled, enroll, provision_credentials, services_file
+from machine_helpers import (
+    credentials_event,
+    credentials_listed,
+    enroll,
+    provision_credentials,
+    services_file,
+)
 from processes import echo_upstream, launcher_call, unix_request
 
 from bureau import names, rooms
@@ -24,17 +30,6 @@ from bureau.operator import credentials
 from bureau.secret import Secret
 
 DAMAGED = "not encrypted to this machine's key, or damaged"
-
-
-def _event(fleet: Fleet, machine: Enrolled, principal: str) -> dict[str, Any]:
-    admin = credentials.admin_client(fleet.creds)
-    room = admin.resolve_alias(names.room_alias(machine.machine.localpart, fleet.hub.server_name))
-    assert room is not None
-    content = admin.get_state(
-        room, rooms.CREDENTIALS, f"{fleet.name}/{principal}:{fleet.hub.server_name}"
-    )
-    assert content is not None
-    return content
 
 
 def _split_age(data: bytes) -> tuple[bytes, bytes, bytes]:
@@ -86,7 +81,7 @@ def test_malformed_credentials_are_refused_and_the_proxy_runs_on(
             fleet, machine, "agent/alpha", services, "TOKEN=kept-canary\n"
         )
         assert provisioned.returncode == 0, provisioned.stderr
-        good = _event(fleet, machine, "agent/alpha")
+        good = credentials_event(fleet, machine)
         ciphertext = base64.b64decode(good["ciphertext"])
         route = good["services"]["api"]
         event_cases: dict[str, tuple[dict[str, Any], str]] = {
@@ -220,14 +215,4 @@ def test_bad_services_files_publish_nothing(
     line = one_line_error(result)
     assert message in line
     assert "split-canary" not in result.stderr
-    listed = run(
-        "bureau",
-        "credentials",
-        "list",
-        "--credential-file",
-        fleet.credential_file,
-        "--machine",
-        machine.machine.short_name,
-        "--json",
-    )
-    assert json.loads(listed.stdout) == []
+    assert credentials_listed(fleet, machine) == []

@@ -253,16 +253,7 @@ def test_sigterm_during_first_boot_then_rerun(fleet: Fleet, tmp_path: Path) -> N
     machine = provision(fleet, tmp_path)
     otp = machine.one_time_password
     with subprocess.Popen(
-        [
-            str(BIN / "bureau-launcher"),
-            "--bootstrap-file",
-            str(machine.bootstrap),
-            "--machine-name",
-            machine.short_name,
-            "--state-dir",
-            str(machine.state_dir),
-            "--first-boot-only",
-        ],
+        [str(BIN / "bureau-launcher"), *_boot_args(machine)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -17,23 +17,19 @@ from typing import Any
 import pytest
 from conftest import Fleet, one_line_error, run
 from launcher_proc import launcher, proxies_under
-from machine_helpers import Enrolled, enroll, provision, provision_credentials, services_file
+from machine_helpers import (
+    credentials_event,
+    enroll,
+    provision,
+    provision_credentials,
+    services_file,
+)
 from processes import echo_upstream, launcher_call, unix_request
 
 from bureau import names, rooms
 from bureau.operator import credentials
 
 PRINCIPAL = "agent/alpha"
-
-
-def _event(fleet: Fleet, machine: Enrolled, principal: str = PRINCIPAL) -> dict[str, Any]:
-    admin = credentials.admin_client(fleet.creds)
-    server = fleet.hub.server_name
-    room = admin.resolve_alias(names.room_alias(machine.machine.localpart, server))
-    assert room is not None
-    content = admin.get_state(room, rooms.CREDENTIALS, f"{fleet.name}/{principal}:{server}")
-    assert content is not None
-    return content
 
 
 def _principal_id(fleet: Fleet, principal: str = PRINCIPAL) -> str:
@@ -63,7 +59,7 @@ def test_ensure_serves_rotates_restarts_and_stops(
             ).returncode
             == 0
         )
-        first = _event(fleet, machine)
+        first = credentials_event(fleet, machine)
         with launcher(machine.machine.short_name, machine.state_dir, run_dir) as running:
             assert (running.socket.stat().st_mode & 0o777) == 0o660
             principal = _principal_id(fleet)
@@ -91,7 +87,7 @@ def test_ensure_serves_rotates_restarts_and_stops(
                 ).returncode
                 == 0
             )
-            second = _event(fleet, machine)
+            second = credentials_event(fleet, machine)
             failures: list[str] = []
             seen: list[str] = []
             stop = threading.Event()
@@ -171,14 +167,14 @@ def test_refusals_keep_the_running_proxy(fleet: Fleet, tmp_path: Path, run_dir: 
             ).returncode
             == 0
         )
-        good = _event(fleet, machine)
+        good = credentials_event(fleet, machine)
         assert (
             provision_credentials(
                 fleet, other, PRINCIPAL, services, "TOKEN=other-canary\n"
             ).returncode
             == 0
         )
-        for_other = _event(fleet, other)
+        for_other = credentials_event(fleet, other)
         principal = _principal_id(fleet)
         with launcher(machine.machine.short_name, machine.state_dir, run_dir) as running:
 
@@ -263,7 +259,7 @@ def test_restarted_launcher_adopts_running_proxies(
             ).returncode
             == 0
         )
-        content = _event(fleet, machine)
+        content = credentials_event(fleet, machine)
         principal = _principal_id(fleet)
         with launcher(machine.machine.short_name, machine.state_dir, run_dir) as first:
             socket = Path(
@@ -302,7 +298,7 @@ def test_age_cli_interoperability(fleet: Fleet, tmp_path: Path, run_dir: Path) -
             ).returncode
             == 0
         )
-        published = _event(fleet, machine)
+        published = credentials_event(fleet, machine)
         # age -d with the plain key opens what `bureau credentials provision` published.
         opened = subprocess.run(
             ["age", "-d", "-i", str(machine.plain_key)],
@@ -377,7 +373,7 @@ def test_credentials_provision_and_list(fleet: Fleet, tmp_path: Path) -> None:
         machine.public_key,
     )
     assert result.returncode == 0, result.stderr
-    content = _event(fleet, machine)
+    content = credentials_event(fleet, machine)
     assert content["keys"] == ["EXTRA", "TOKEN"]
     assert content["encrypted_for"] == [machine.machine.user_id, "escrow:operator"]
     assert content["provisioned_by"] == fleet.creds.admin_user

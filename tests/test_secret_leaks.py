@@ -13,15 +13,11 @@ import subprocess
 import tempfile
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from conftest import BIN, Fleet, fresh
 from launcher_proc import kill_proxies_under, proxies_under, service
-from machine_helpers import Enrolled, enroll, provision_credentials, services_file
+from machine_helpers import credentials_event, enroll, provision_credentials, services_file
 from processes import echo_upstream, launcher_call
-
-from bureau import names, rooms
-from bureau.operator import credentials
 
 
 def _traced(trace: Path, program: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -165,7 +161,7 @@ def test_launcher_template_and_proxies_cannot_be_dumped(fleet: Fleet, tmp_path: 
                 provision_credentials(fleet, machine, "agent/alpha", services, secret).returncode
                 == 0
             )
-            content = _credentials_event(fleet, machine)
+            content = credentials_event(fleet, machine)
             argv = [
                 str(BIN / "bureau-launcher"),
                 "--machine-name",
@@ -205,13 +201,3 @@ def _child_titled(parent: int, title: bytes) -> int:
         if Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0] == title:
             return child
     raise AssertionError(f"no child of {parent} titled {title!r}")
-
-
-def _credentials_event(fleet: Fleet, machine: Enrolled) -> dict[str, Any]:
-    admin = credentials.admin_client(fleet.creds)
-    server = fleet.hub.server_name
-    room = admin.resolve_alias(names.room_alias(machine.machine.localpart, server))
-    assert room is not None
-    content = admin.get_state(room, rooms.CREDENTIALS, f"{fleet.name}/agent/alpha:{server}")
-    assert content is not None
-    return content
