@@ -295,9 +295,7 @@ class Daemon:
                 # soon: 1 s doubling, up to the reconcile interval.
                 wait = min(2.0**unavailable, self._reconcile_seconds)
                 unavailable += 1
-                self._log.warning(
-                    "launcher unavailable; will retry", error=str(exc), retry_in_seconds=wait
-                )
+                self._log.warning("launcher unavailable; will retry", error=str(exc), retry_in=wait)
             else:
                 unavailable = 0
                 if not self._reconciled.is_set():
