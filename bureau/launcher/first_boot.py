@@ -355,7 +355,7 @@ def until_done(
                 "homeserver unavailable; first boot will resume",
                 problem=str(exc),
                 attempt=failures,
-                retry_in_seconds=round(delay, 1),
+                retry_in=round(delay, 1),
             )
             waiting(delay, f"homeserver unavailable ({exc.what}); retrying in {delay:.0f} s")
             sleep(delay)
