@@ -165,10 +165,7 @@ class Hub:
 
             log_config = self.dir / "log.config"
             atomic_write(log_config, yaml.safe_dump(_log_config(self.dir)).encode(), 0o600)
-            synapse_config = {
-                **_synapse_config(self.dir, settings),
-                "bcrypt_rounds": self._bcrypt_rounds,
-            }
+            synapse_config = _synapse_config(self.dir, settings, self._bcrypt_rounds)
             body = yaml.safe_dump(synapse_config, sort_keys=False)
             atomic_write(config, body.encode(), 0o600)
             result = subprocess.run(
@@ -381,9 +378,10 @@ def _log_config(state_dir: Path) -> dict[str, Any]:
     }
 
 
-def _synapse_config(state_dir: Path, settings: HubSettings) -> dict[str, Any]:
+def _synapse_config(state_dir: Path, settings: HubSettings, bcrypt_rounds: int) -> dict[str, Any]:
     return {
         "server_name": settings.server_name,
+        "bcrypt_rounds": bcrypt_rounds,
         "public_baseurl": settings.url + "/",
         "listeners": [
             {

@@ -146,7 +146,7 @@ def _proxy_pids_under(run_dir: Path) -> list[int]:
         uid_line = next((ln for ln in status.splitlines() if ln.startswith("Uid:")), "")
         if uid_line.split()[1:2] != [str(os.getuid())]:
             continue
-        if argv[:2] == [b"bureau-proxy", b"--socket"] and argv[2].startswith(prefix):
+        if argv[:2] == [b"bureau-proxy", b"--socket"] and argv[2:3] and argv[2].startswith(prefix):
             found.append(int(entry.name))
     return found
 
@@ -411,13 +411,13 @@ class Supervisor:
                 self._log.warning("stopping a proxy that was never installed", pid=pid)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
+        # A temporary socket is renamed away once its proxy is installed: any left now
+        # belonged to a start that never finished.
         proxies = self._run_dir / "fleet"
         if proxies.is_dir():
-            installed = {p.socket for p in self._proxies.values()}
             for path in proxies.rglob(".*.proxy.sock.*"):
-                if path not in installed:
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
 
     async def _adopt_recorded(self) -> None:
         for path in sorted(self._state_dir.glob("*.json")):
