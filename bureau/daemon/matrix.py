@@ -126,6 +126,13 @@ class MachineMatrix:
             self._client.room_put_state(room_id, event_type, content, state_key=state_key),
         )
 
+    async def room_state(self, room_id: str) -> list[dict[str, Any]]:
+        """The room's current state as the homeserver resolved it."""
+        resp = await self._call(
+            f"read the state of {room_id}", self._client.room_get_state(room_id)
+        )
+        return [event for event in resp.events if isinstance(event, dict)]
+
     async def sync(self, since: str | None, state_types: list[str]) -> SyncBatch:
         resp = await self._call(
             "sync",

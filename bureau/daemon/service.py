@@ -250,9 +250,28 @@ class Daemon:
                 self._die("removed from its config room")
                 return
             changed = self._apply(batch.state)
+            if changed:
+                try:
+                    await self._read_config_room()
+                except MatrixError as exc:
+                    self._die(str(exc))
+                    return
             if changed or not self._synced.is_set():
                 self._synced.set()
                 self._reconcile_now.set()
+
+    async def _read_config_room(self) -> None:
+        """Replace what the sync said of the config room with the room's resolved state.
+        The two differ when publishers race: the room's history forks, and a later sync's
+        state block re-sends a value its timeline had already superseded. Seen with
+        concurrent credential updates: without this read the daemon kept the older bundle
+        until the next event for that principal, which may never come."""
+        room = self._config_room
+        events = await self._retrying(
+            "reading the config room's state", partial(self._matrix.room_state, room)
+        )
+        self._credentials = {}
+        self._apply([(room, event) for event in events])
 
     def _apply(self, events: list[tuple[str, dict[str, Any]]]) -> bool:
         changed = False
