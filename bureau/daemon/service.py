@@ -249,32 +249,38 @@ class Daemon:
             if self._config_room in batch.left:
                 self._die("removed from its config room")
                 return
-            changed = self._apply(batch.state)
-            if changed:
-                try:
-                    await self._read_config_room()
-                except MatrixError as exc:
-                    self._die(str(exc))
-                    return
+            # A sync's timeline and state blocks do not add up to the room's state when
+            # publishers race: the history forks, and a later batch's state block re-sends
+            # a value its timeline had already superseded (seen with concurrent credential
+            # updates: the daemon kept an older bundle until the next event for that
+            # principal, which may never come). So a batch only says which rooms changed;
+            # what they hold is read back as the homeserver resolved it.
+            touched = {
+                room_id
+                for room_id, event in batch.state
+                if room_id in (self._config_room, self._fleet_room)
+                and event.get("type") in STATE_TYPES
+            }
+            try:
+                for room_id in sorted(touched):
+                    await self._read_room_state(room_id)
+            except MatrixError as exc:
+                self._die(str(exc))
+                return
+            changed = self._config_room in touched
             if changed or not self._synced.is_set():
                 self._synced.set()
                 self._reconcile_now.set()
 
-    async def _read_config_room(self) -> None:
-        """Replace what the sync said of the config room with the room's resolved state.
-        The two differ when publishers race: the room's history forks, and a later sync's
-        state block re-sends a value its timeline had already superseded. Seen with
-        concurrent credential updates: without this read the daemon kept the older bundle
-        until the next event for that principal, which may never come."""
-        room = self._config_room
+    async def _read_room_state(self, room_id: str) -> None:
         events = await self._retrying(
-            "reading the config room's state", partial(self._matrix.room_state, room)
+            f"reading the state of {room_id}", partial(self._matrix.room_state, room_id)
         )
-        self._credentials = {}
-        self._apply([(room, event) for event in events])
+        if room_id == self._config_room:
+            self._credentials = {}
+        self._apply([(room_id, event) for event in events])
 
-    def _apply(self, events: list[tuple[str, dict[str, Any]]]) -> bool:
-        changed = False
+    def _apply(self, events: list[tuple[str, dict[str, Any]]]) -> None:
         machine_key = names.state_key(self._localpart, self._server)
         for room_id, event in events:
             kind, key, content = event.get("type"), event.get("state_key"), event.get("content")
@@ -288,16 +294,12 @@ class Daemon:
                 except InputError as exc:
                     # Keep running what ran: a typo must not stop a fleet.
                     self._log.error("ignoring invalid machine config", problem=str(exc))
-                    continue
-                changed = True
             elif kind == rooms.CREDENTIALS and isinstance(key, str):
                 principal = "@" + key
                 if content:
                     self._credentials[principal] = dict(content)
                 else:
                     self._credentials.pop(principal, None)
-                changed = True
-        return changed
 
     # -- reconcile -----------------------------------------------------------------------
 
