@@ -162,7 +162,10 @@ def test_launcher_template_and_proxies_cannot_be_dumped(fleet: Fleet, tmp_path: 
                 == 0
             )
             content = credentials_event(fleet, machine)
+            # Without CAP_SYS_PTRACE (it needs none), so that a peer without it can tell
+            # dumpable from not: the kernel lets it open a dumpable process's memory only.
             argv = [
+                *NO_PTRACE,
                 str(BIN / "bureau-launcher"),
                 "--machine-name",
                 machine.machine.short_name,
@@ -178,6 +181,14 @@ def test_launcher_template_and_proxies_cannot_be_dumped(fleet: Fleet, tmp_path: 
                 assert launcher_call(run_dir / "launcher.sock", request)["ok"]
                 (proxy,) = proxies_under(run_dir)
                 template = _child_titled(running.proc.pid, b"bureau-proxy-template")
+                with subprocess.Popen([*NO_PTRACE, "sleep", "60"]) as control_sleep:
+                    try:
+                        readable = _memory_readable(
+                            control_sleep.pid, running.proc.pid, template, proxy
+                        )
+                    finally:
+                        control_sleep.kill()
+                assert readable == [True, False, False, False], "control, launcher, template, proxy"
                 _abort(proxy)
                 running.wait_for('"exit": "signal SIGABRT"')
                 _abort(template)
@@ -193,6 +204,30 @@ _ABORT_WITH_CORE = (
     "import os, resource; "
     "resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY,) * 2); os.abort()"
 )
+
+
+NO_PTRACE = ["setpriv", "--bounding-set=-sys_ptrace"]
+
+
+def _memory_readable(*pids: int) -> list[bool]:
+    """Whether a process of the same user without CAP_SYS_PTRACE may open each one's
+    /proc/PID/mem: the kernel's own answer to PR_GET_DUMPABLE, seen from outside."""
+    probe = (
+        "import sys\n"
+        "for pid in sys.argv[1:]:\n"
+        "    try:\n"
+        "        open(f'/proc/{pid}/mem', 'rb').close()\n"
+        "        print('yes')\n"
+        "    except PermissionError:\n"
+        "        print('no')\n"
+    )
+    answer = subprocess.run(
+        [*NO_PTRACE, str(BIN / "python"), "-c", probe, *map(str, pids)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [line == "yes" for line in answer.stdout.split()]
 
 
 def _child_titled(parent: int, title: bytes) -> int:
