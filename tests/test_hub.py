@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 import urllib.error
 import urllib.request
@@ -57,21 +58,51 @@ def test_conflicting_server_name_is_refused(hub: RunningHub) -> None:
 
 
 def test_full_cycle_up_status_down(tmp_path: Path) -> None:
+    """Also under umask 000: what the hub and Synapse write (the database holds every
+    access token) is the hub user's alone, and its log holds no registration token."""
     state = tmp_path / "hub"
     port = free_port()
-    up = run(
-        "bureau",
-        "hub",
-        "up",
-        "--state-dir",
-        state,
-        "--port",
-        str(port),
-        "--server-name",
-        "cycle.test",
-    )
+    umask = os.umask(0)
+    try:
+        up = run(
+            "bureau",
+            "hub",
+            "up",
+            "--state-dir",
+            state,
+            "--port",
+            str(port),
+            "--server-name",
+            "cycle.test",
+        )
+    finally:
+        os.umask(umask)
     try:
         assert up.returncode == 0, up.stderr
+        token = (state / "registration-token").read_text().strip()
+        registered = run(
+            "bureau",
+            "matrix",
+            "setup",
+            "--homeserver",
+            up.stdout.strip(),
+            "--server-name",
+            "cycle.test",
+            "--registration-token-file",
+            state / "registration-token",
+            "--credential-file",
+            tmp_path / "bureau-creds",
+        )
+        assert registered.returncode == 0, registered.stderr
+        assert token not in (state / "homeserver.log").read_text()
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in state.iterdir()}
+        public = {"hub.json", "hub.pid"}  # port, server name and pid: `bureau hub status`
+        assert {modes[name] for name in public} == {0o644}
+        private = {name: mode for name, mode in modes.items() if name not in public}
+        assert {name: mode & 0o077 for name, mode in private.items()} == dict.fromkeys(
+            private, 0
+        ), private
+        assert {"homeserver.db", "homeserver.log", "synapse.out", "signing.key"} <= set(private)
         url = up.stdout.strip()
         assert url == f"http://127.0.0.1:{port}"
         with urllib.request.urlopen(f"{url}/_matrix/client/versions") as resp:  # noqa: S310
