@@ -34,6 +34,23 @@ def atomic_write(path: Path, data: bytes, mode: int) -> None:
         ) from None
 
 
+def make_dirs(path: Path, mode: int) -> None:
+    """``mkdir -p`` where every directory it creates has ``mode`` exactly, whatever the
+    umask. Path.mkdir gives the parents it creates 0777 less the umask: world-writable
+    under umask 000, where anyone could swap a socket. Existing directories are left as
+    they are. Between mkdir and chmod a directory is at most as open as ``mode``."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=mode)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: theirs to set
+        directory.chmod(mode)
+
+
 def _write_and_rename(path: Path, data: bytes, mode: int) -> None:
     tmp = path.with_name(f".{path.name}{TEMPORARY_MARK}{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bureau.errors import HubError, MatrixError
-from bureau.files import atomic_write
+from bureau.files import atomic_write, make_dirs
 from bureau.matrix_http import MatrixHTTP
 from bureau.passwords import ADMIN_LOCALPART, admin_password
 from bureau.secret import Secret
@@ -124,7 +124,7 @@ class Hub:
         self, port: int | None = None, server_name: str | None = None, wait_seconds: float = 180
     ) -> tuple[HubStatus, bool]:
         """Start the hub unless it runs. Returns its status and whether it was started."""
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_dirs(self.dir, 0o700)
         settings = self._settings_for(port, server_name)
         running = self.status()
         if running is not None:

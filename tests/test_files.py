@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bureau.errors import InputError
-from bureau.files import atomic_write, parse_env, read_private_file, render_env
+from bureau.files import atomic_write, make_dirs, parse_env, read_private_file, render_env
 
 
 def test_atomic_write_sets_final_mode_whatever_the_umask(tmp_path: Path) -> None:
@@ -22,6 +22,21 @@ def test_atomic_write_sets_final_mode_whatever_the_umask(tmp_path: Path) -> None
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert path.read_bytes() == b"two"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["secret"]
+
+
+def test_make_dirs_gives_every_directory_it_creates_the_mode(tmp_path: Path) -> None:
+    """Parents too, under umask 000 and 077 alike; what existed keeps its mode."""
+    (tmp_path / "kept").mkdir(mode=0o711)
+    (tmp_path / "kept").chmod(0o711)
+    for umask, mode in ((0o000, 0o755), (0o077, 0o750)):
+        os.umask(umask)
+        leaf = tmp_path / "kept" / f"u{umask:o}" / "a" / "b"
+        make_dirs(leaf, mode)
+        made = [leaf.parent.parent, leaf.parent, leaf]
+        assert [stat.S_IMODE(d.stat().st_mode) for d in made] == [mode] * 3
+        make_dirs(leaf, 0o700)  # exists: unchanged
+        assert stat.S_IMODE(leaf.stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "kept").stat().st_mode) == 0o711
 
 
 def test_atomic_write_leaves_old_file_when_it_fails(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from bureau import key_store, log, names
 from bureau.edge import Parser, raise_interrupted_on_signals, run
 from bureau.errors import BureauError, InputError, UsageError
-from bureau.files import read_secret_input, remove_stale_temporaries
+from bureau.files import make_dirs, read_secret_input, remove_stale_temporaries
 from bureau.hardening import no_dumps
 from bureau.launcher import first_boot, server
 from bureau.machine_state import load_session, session_path
@@ -103,7 +103,7 @@ def build_parser() -> Parser:
 def _prepare_state_dir(state_dir: Path, logger: Any) -> None:
     if state_dir.exists() and not state_dir.is_dir():
         raise InputError(str(state_dir), None, "is not a directory (--state-dir)")
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_dirs(state_dir, 0o700)
     removed = remove_stale_temporaries(state_dir)
     if removed:
         logger.info("removed what an interrupted write left behind", files=removed)

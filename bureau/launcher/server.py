@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bureau.errors import BureauError
+from bureau.files import make_dirs
 from bureau.launcher import relogin
 from bureau.launcher.protocol import (
     MAX_MESSAGE,
@@ -130,7 +131,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    run_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+    make_dirs(run_dir, 0o755)
     path = run_dir / SOCKET_NAME
     supervisor: Supervisor | None = None
     try:

@@ -34,7 +34,7 @@ from bureau.credentials_event import (
     rfc3339_now,
 )
 from bureau.errors import InputError
-from bureau.files import atomic_write
+from bureau.files import atomic_write, make_dirs
 from bureau.launcher.spawner import Spawner, SpawnError
 from bureau.proxy_payload import ProxyPayload
 from bureau.secret import Secret
@@ -296,7 +296,7 @@ class Supervisor:
                 f"socket path {final} is too long for a Unix socket; use a shorter --run-dir"
             )
         payload = self._open(principal, event)
-        final.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        make_dirs(final.parent, 0o755)
         temp = final.with_name(f".{final.name}.{secrets.token_hex(4)}")
         # Forked by the template in its own session (a signal to the launcher's group must
         # not reach it) and outliving this launcher, to be adopted by the next one.
@@ -330,7 +330,7 @@ class Supervisor:
 
     def _install(self, proxy: Proxy) -> None:
         self._proxies[proxy.principal] = proxy
-        self._state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_dirs(self._state_dir, 0o700)
         record = {
             "principal": proxy.principal,
             "pid": proxy.pid,

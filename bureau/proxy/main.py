@@ -20,6 +20,7 @@ import uvloop
 from bureau import log
 from bureau.edge import Parser, run
 from bureau.errors import BureauError, InputError, UsageError
+from bureau.files import make_dirs
 from bureau.hardening import no_dumps
 from bureau.proxy.server import SWEEP_SECONDS, ClientConnection, Proxy
 from bureau.proxy_payload import ProxyPayload
@@ -55,7 +56,7 @@ async def serve(payload: ProxyPayload, socket_path: Path, logger: Any, *, debug:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     proxy = Proxy(payload, logger, debug=debug)
-    socket_path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(socket_path.parent, 0o755)
     # Bind with the final mode: no moment where the socket is wider than 0660.
     old_umask = os.umask(0o117)
     try:
