@@ -47,6 +47,8 @@ def make_dirs(path: Path, mode: int) -> None:
         try:
             directory.mkdir(mode=mode)
         except FileExistsError:
+            if not directory.is_dir():
+                raise
             continue  # made meanwhile by someone else: theirs to set
         directory.chmod(mode)
 

@@ -37,6 +37,9 @@ def test_make_dirs_gives_every_directory_it_creates_the_mode(tmp_path: Path) -> 
         make_dirs(leaf, 0o700)  # exists: unchanged
         assert stat.S_IMODE(leaf.stat().st_mode) == mode
     assert stat.S_IMODE((tmp_path / "kept").stat().st_mode) == 0o711
+    (tmp_path / "file").write_text("")
+    with pytest.raises(FileExistsError):
+        make_dirs(tmp_path / "file", 0o755)
 
 
 def test_atomic_write_leaves_old_file_when_it_fails(tmp_path: Path) -> None:
