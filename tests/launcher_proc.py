@@ -131,11 +131,11 @@ def launcher(
         yield s
 
 
-@contextlib.contextmanager
-def daemon(
-    machine_name: str, state_dir: Path, run_dir: Path, *extra: str, prefix: list[str] | None = None
-) -> Iterator[Service]:
-    argv = [
+DAEMON_READY = "ready: first sync done"
+
+
+def daemon_argv(machine_name: str, state_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [
         str(BIN / "bureau-daemon"),
         "--machine-name",
         machine_name,
@@ -149,7 +149,14 @@ def daemon(
         "2",
         *extra,
     ]
-    with service(argv, "ready: first sync done", prefix=prefix) as running:
+
+
+@contextlib.contextmanager
+def daemon(
+    machine_name: str, state_dir: Path, run_dir: Path, *extra: str, prefix: list[str] | None = None
+) -> Iterator[Service]:
+    argv = daemon_argv(machine_name, state_dir, run_dir, *extra)
+    with service(argv, DAEMON_READY, prefix=prefix) as running:
         yield running
 
 

@@ -139,14 +139,21 @@ def proxy_socket(run_dir: Path, principal: str = "agent/alpha") -> Path:
     return run_dir / "fleet" / "prod" / f"{principal}.proxy.sock"
 
 
-def served_token(socket: Path) -> str | None:
+def served_headers(socket: Path) -> dict[str, str] | None:
+    """What the echo upstream received through the proxy on ``socket``; None if the
+    request did not go through."""
     try:
         reply = unix_request(socket, "GET", "/http/api/x", timeout=5)
     except OSError:
         return None
     if reply.status != 200:
         return None
-    return str(reply.json()["headers"].get("authorization"))
+    return dict(reply.json()["headers"])
+
+
+def served_token(socket: Path) -> str | None:
+    headers = served_headers(socket)
+    return None if headers is None else str(headers.get("authorization"))
 
 
 def eventually(check: Any, seconds: float = 30) -> Any:

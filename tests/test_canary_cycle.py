@@ -24,9 +24,15 @@ from pathlib import Path
 
 import pytest
 from conftest import BIN, RunningHub, fresh
-from launcher_proc import kill_proxies_under, proxies_under, service
-from machine_helpers import eventually, proxy_socket
-from processes import echo_upstream, unix_request
+from launcher_proc import (
+    DAEMON_READY,
+    daemon_argv,
+    kill_proxies_under,
+    proxies_under,
+    service,
+)
+from machine_helpers import eventually, proxy_socket, served_headers
+from processes import echo_upstream
 
 from bureau import passwords
 
@@ -129,15 +135,9 @@ def _services(path: Path, upstream: str) -> Path:
     return path
 
 
-def _served(socket: Path) -> tuple[str, str] | None:
-    try:
-        reply = unix_request(socket, "GET", "/http/api/x", timeout=5)
-    except OSError:
-        return None
-    if reply.status != 200:
-        return None
-    headers = reply.json()["headers"]
-    return headers.get("authorization"), headers.get("x-api-key")
+def _served(socket: Path) -> tuple[str | None, str | None] | None:
+    headers = served_headers(socket)
+    return None if headers is None else (headers.get("authorization"), headers.get("x-api-key"))
 
 
 def _modes(roots: dict[str, Path]) -> dict[str, str]:
@@ -229,12 +229,8 @@ def test_a_machines_whole_life_leaks_no_canary(
             )
             one_time = json.loads((work / "bootstrap.json").read_text())["password"]
             bazel_token_file = base / "bazel.token"
-            cycle.run(
-                "fleet profile",
-                "bureau",
-                "fleet",
-                "profile",
-                "set",
+            # The same profile fleet-wide (published) and on a developer's checkout (enrolled).
+            profile = (
                 "shared-cache-backed",
                 "--cache-endpoint",
                 f"grpcs://{HOST}:9092",
@@ -242,8 +238,8 @@ def test_a_machines_whole_life_leaks_no_canary(
                 f"{HOST}=/usr/bin/gf-reapi-credhelper",
                 "--token-file",
                 bazel_token_file,
-                *operator,
             )
+            cycle.run("fleet profile", "bureau", "fleet", "profile", "set", *profile, *operator)
 
             launcher_argv = [
                 str(BIN / "bureau-launcher"),
@@ -259,19 +255,6 @@ def test_a_machines_whole_life_leaks_no_canary(
                 "systemd-creds",
                 "--log-level",
                 "debug",
-            ]
-            daemon_argv = [
-                str(BIN / "bureau-daemon"),
-                "--machine-name",
-                short,
-                "--state-dir",
-                str(state),
-                "--run-dir",
-                str(run_dir),
-                "--log-level",
-                "debug",
-                "--heartbeat-interval",
-                "2",
             ]
             services = _services(work / "services.json", upstream)
             socket = proxy_socket(run_dir)
@@ -302,7 +285,7 @@ def test_a_machines_whole_life_leaks_no_canary(
                 # before decommission stops them, they go before the launcher is stopped.
                 contextlib.ExitStack() as cleanup,
                 service(
-                    daemon_argv, "ready: first sync done", prefix=cycle.strace("daemon")
+                    daemon_argv(short, state, run_dir), DAEMON_READY, prefix=cycle.strace("daemon")
                 ) as daemon,
             ):
                 cleanup.callback(kill_proxies_under, run_dir)
@@ -325,18 +308,7 @@ def test_a_machines_whole_life_leaks_no_canary(
                 subprocess.run(["git", "init", "-q", str(repo)], check=True)
                 bazel_token_file.write_text(bazel_token + "\n")
                 bazel_token_file.chmod(0o600)
-                cycle.run(
-                    "enroll",
-                    "flywheel-enroll",
-                    "shared-cache-backed",
-                    "--cache-endpoint",
-                    f"grpcs://{HOST}:9092",
-                    "--credential-helper",
-                    f"{HOST}=/usr/bin/gf-reapi-credhelper",
-                    "--token-file",
-                    bazel_token_file,
-                    cwd=repo,
-                )
+                cycle.run("enroll", "flywheel-enroll", *profile, cwd=repo)
                 helped = cycle.run(
                     "credential helper",
                     "gf-reapi-credhelper",

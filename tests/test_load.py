@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from conftest import Fleet
 from launcher_proc import daemon, launcher, proxies_under
-from machine_helpers import Enrolled, enroll, eventually, proxy_socket
+from machine_helpers import Enrolled, enroll, eventually, proxy_socket, served_headers
 from processes import echo_upstream, unix_request
 
 from bureau import names, rooms
@@ -155,11 +155,8 @@ def _generation(principal: str, n: int, suffix: str = "") -> str:
 
 
 def _served(run_dir: Path, principal: str) -> str | None:
-    try:
-        reply = unix_request(proxy_socket(run_dir, principal), "GET", "/http/api/x", timeout=10)
-    except OSError:
-        return None
-    return reply.json()["headers"].get("x-generation") if reply.status == 200 else None
+    headers = served_headers(proxy_socket(run_dir, principal))
+    return None if headers is None else headers.get("x-generation")
 
 
 def _mismatched(run_dir: Path, wanted: dict[str, str]) -> dict[str, tuple[str | None, str]]:
