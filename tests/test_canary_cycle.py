@@ -177,6 +177,7 @@ INTENDED = {
 }
 
 
+@pytest.mark.slow
 def test_a_machines_whole_life_leaks_no_canary(
     hub: RunningHub, tmp_path: Path, zero_umask: None
 ) -> None:

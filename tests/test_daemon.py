@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import Fleet, run
 from fault_front import FaultFront
 from launcher_proc import daemon, launcher, proxies_under
@@ -191,6 +192,7 @@ def test_principals_outlive_the_daemon_and_the_next_one_adopts(
         assert served_token(socket) == "Bearer survivor-2"
 
 
+@pytest.mark.slow
 def test_homeserver_outage(fleet: Fleet, tmp_path: Path, run_dir: Path) -> None:
     """The homeserver goes away (connections refused, open ones cut) and comes back: the
     proxy serves the last good credentials throughout, the daemon backs off instead of
@@ -250,6 +252,7 @@ def _answered_gaps(front: FaultFront, since: float) -> list[float]:
     return [b - a for a, b in itertools.pairwise(times)]
 
 
+@pytest.mark.slow
 def test_rate_limits_are_honoured_and_capped(fleet: Fleet, tmp_path: Path, run_dir: Path) -> None:
     """429 from the homeserver: no /sync before the server's hint (Retry-After, else
     retry_after_ms), and a hint of an hour is capped at the backoff ceiling of 30 s."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from conftest import Fleet, one_line_error, run
 from launcher_proc import daemon, launcher, proxies_under
 from machine_helpers import (
@@ -38,6 +39,7 @@ def _decommission(fleet: Fleet, name: str):  # type: ignore[no-untyped-def]
     )
 
 
+@pytest.mark.slow
 def test_decommission_stops_the_machine_and_the_name_can_come_back(
     fleet: Fleet, tmp_path: Path, run_dir: Path
 ) -> None:

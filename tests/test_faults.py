@@ -111,6 +111,7 @@ def _only_other_than(pid: int, run_dir: Path) -> list[int] | None:
     return pids if len(pids) == 1 and pids != [pid] else None
 
 
+@pytest.mark.slow
 def test_killed_proxy_is_restarted_and_fails_closed_meanwhile(
     fleet: Fleet, tmp_path: Path, run_dir: Path
 ) -> None:
@@ -150,6 +151,7 @@ def test_killed_proxy_is_restarted_and_fails_closed_meanwhile(
     assert "ConnectionRefusedError" in failures  # the window was seen, and it was closed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["before", "half", "all", "ready"])
 def test_launcher_killed_while_handing_over_credentials(
     fleet: Fleet, tmp_path: Path, run_dir: Path, point: str

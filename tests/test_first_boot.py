@@ -177,6 +177,7 @@ def test_disk_full_while_rewriting_session_json(
     _assert_enrolled(machine, otp)
 
 
+@pytest.mark.slow
 def test_homeserver_down_at_first_boot_is_waited_out(fleet: Fleet, tmp_path: Path) -> None:
     machine = provision(fleet, tmp_path)
     otp = machine.one_time_password

@@ -57,6 +57,7 @@ def test_conflicting_server_name_is_refused(hub: RunningHub) -> None:
     assert "generated for server name 'bureau.local'" in one_line_error(result)
 
 
+@pytest.mark.slow
 def test_full_cycle_up_status_down(tmp_path: Path) -> None:
     """Also under umask 000: what the hub and Synapse write (the database holds every
     access token) is the hub user's alone, and its log holds no registration token."""

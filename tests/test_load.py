@@ -200,6 +200,7 @@ def _storm(publisher: Publisher) -> None:
             future.result()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_fifty_principals_and_two_hundred_updates(
     fleet: Fleet, tmp_path: Path, run_dir: Path

@@ -240,6 +240,7 @@ def test_https_upstream_is_verified(tmp_path: Path) -> None:
         assert unix_request(running.socket, "GET", "/http/api/x").status == 502
 
 
+@pytest.mark.slow
 def test_handover_under_load_loses_no_request(upstream: str, tmp_path: Path) -> None:
     """The launcher's rotation, done by hand many times: the next proxy binds a temporary
     path, the path is renamed over the principal's socket, the old proxy gets SIGTERM.
