@@ -181,3 +181,12 @@ def kill_proxies_under(run_dir: Path) -> None:
     for pid in proxies_under(run_dir):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def template_of(launcher_pid: int) -> int:
+    """The pid of the launcher's proxy template (a child titled bureau-proxy-template)."""
+    children = Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split()
+    for child in map(int, children):
+        if Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0] == b"bureau-proxy-template":
+            return child
+    raise AssertionError(f"launcher {launcher_pid} has no proxy template")

@@ -2,7 +2,7 @@
 credential updates in 10 s, with duplicates and publishers racing each other and clocks
 running backwards. Every principal ends on the value the homeserver holds last, no request
 ever sees a half-rotated bundle, none fails, and the machine's processes, descriptors and
-memory come back to where they were.
+memory (launcher, proxy template, daemon) come back to where they were.
 
 The operator side publishes through bureau.operator directly (what `bureau credentials
 provision` calls) so that 250 publications cost milliseconds each, not a CLI start."""
@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from conftest import Fleet
-from launcher_proc import daemon, launcher, proxies_under
+from launcher_proc import daemon, launcher, proxies_under, template_of
 from machine_helpers import Enrolled, enroll, eventually, proxy_socket, served_headers
 from processes import echo_upstream, unix_request
 
@@ -220,7 +220,7 @@ def test_fifty_principals_and_two_hundred_updates(
                 expected = _generation(principal, 0)
                 eventually(lambda p=principal, e=expected: _served(run_dir, p) == e, 120)
             assert len(proxies_under(run_dir)) == len(PRINCIPALS)
-            pids = (the_launcher.proc.pid, the_daemon.proc.pid)
+            pids = (the_launcher.proc.pid, template_of(the_launcher.proc.pid), the_daemon.proc.pid)
 
             with Clients(run_dir) as clients:
                 time.sleep(1)  # every descriptor a client load needs is open

@@ -12,7 +12,7 @@ from functools import partial
 from pathlib import Path
 
 from conftest import BIN, Fleet
-from launcher_proc import kill_proxies_under, proxies_under, service
+from launcher_proc import kill_proxies_under, proxies_under, service, template_of
 from machine_helpers import credentials_event, enroll, provision_credentials, services_file
 from processes import echo_upstream, launcher_call
 
@@ -75,7 +75,7 @@ def test_launcher_template_and_proxies_cannot_be_dumped(fleet: Fleet, tmp_path: 
                 request = {"action": "ensure", "principal": principal, "credentials": content}
                 assert launcher_call(run_dir / "launcher.sock", request)["ok"]
                 (proxy,) = proxies_under(run_dir)
-                template = _child_titled(running.proc.pid, b"bureau-proxy-template")
+                template = template_of(running.proc.pid)
                 with subprocess.Popen([*NO_PTRACE, "sleep", "60"]) as control_sleep:
                     try:
                         readable = _memory_readable(
@@ -123,11 +123,3 @@ def _memory_readable(*pids: int) -> list[bool]:
         check=True,
     )
     return [line == "yes" for line in answer.stdout.split()]
-
-
-def _child_titled(parent: int, title: bytes) -> int:
-    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-    for child in map(int, children):
-        if Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0] == title:
-            return child
-    raise AssertionError(f"no child of {parent} titled {title!r}")
