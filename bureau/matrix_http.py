@@ -219,8 +219,8 @@ class MatrixHTTP:
         }
         if device_id:
             body["device_id"] = device_id
-        data = self.call("POST", f"{CLIENT}/login", body, what=f"log in as {localpart}")
         what = f"log in as {localpart}"
+        data = self.call("POST", f"{CLIENT}/login", body, what=what)
         return Login(
             _text(data, "user_id", what),
             Secret(_text(data, "access_token", what)),

@@ -194,9 +194,9 @@ def credentials_event(
     return content
 
 
-def credentials_listed(fleet: Fleet, machine: Enrolled) -> list[dict[str, Any]]:
-    """What `bureau credentials list --json` shows for this machine."""
-    listed = run(
+def list_credentials(fleet: Fleet, machine: Enrolled, *flags: str):  # type: ignore[no-untyped-def]
+    """`bureau credentials list` for this machine, as run."""
+    return run(
         "bureau",
         "credentials",
         "list",
@@ -204,8 +204,13 @@ def credentials_listed(fleet: Fleet, machine: Enrolled) -> list[dict[str, Any]]:
         fleet.credential_file,
         "--machine",
         machine.machine.short_name,
-        "--json",
+        *flags,
     )
+
+
+def credentials_listed(fleet: Fleet, machine: Enrolled) -> list[dict[str, Any]]:
+    """What `bureau credentials list --json` shows for this machine."""
+    listed = list_credentials(fleet, machine, "--json")
     assert listed.returncode == 0, listed.stderr
     result: list[dict[str, Any]] = json.loads(listed.stdout)
     return result

@@ -133,3 +133,10 @@ def launcher_call(socket_path: Path, request: dict[str, Any], timeout: float = 6
                 break
             data += chunk
     return json.loads(data)
+
+
+def launcher_ensure(socket_path: Path, principal: str, content: dict[str, Any]) -> Any:
+    """The daemon's ensure request: run ``principal``'s proxy with these credentials."""
+    return launcher_call(
+        socket_path, {"action": "ensure", "principal": principal, "credentials": content}
+    )

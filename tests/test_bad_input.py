@@ -20,7 +20,7 @@ from machine_helpers import (
     provision_credentials,
     services_file,
 )
-from processes import echo_upstream, launcher_call, unix_request
+from processes import echo_upstream, launcher_ensure, unix_request
 
 from bureau import names, rooms
 from bureau.errors import MatrixError
@@ -106,26 +106,15 @@ def test_malformed_credentials_are_refused_and_the_proxy_runs_on(
             event_cases[f"age: {name}"] = (damaged, DAMAGED)
 
         with launcher(machine.machine.short_name, machine.state_dir, run_dir) as running:
-            socket = Path(
-                launcher_call(
-                    running.socket,
-                    {"action": "ensure", "principal": principal, "credentials": good},
-                )["socket"]
-            )
+            socket = Path(launcher_ensure(running.socket, principal, good)["socket"])
             (pid,) = proxies_under(run_dir)
             for case, (content, message) in event_cases.items():
-                reply = launcher_call(
-                    running.socket,
-                    {"action": "ensure", "principal": principal, "credentials": content},
-                )
+                reply = launcher_ensure(running.socket, principal, content)
                 assert reply["ok"] is False, case
                 assert message in reply["error"], (case, reply)
                 assert "\n" not in reply["error"]
             oversized = {**good, "padding": "x" * MAX_MESSAGE}
-            reply = launcher_call(
-                running.socket,
-                {"action": "ensure", "principal": principal, "credentials": oversized},
-            )
+            reply = launcher_ensure(running.socket, principal, oversized)
             assert reply == {"ok": False, "error": f"request larger than {MAX_MESSAGE} bytes"}
             # The running proxy saw none of it.
             assert proxies_under(run_dir) == [pid]

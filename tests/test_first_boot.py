@@ -113,6 +113,16 @@ def _boot_args(machine: Provisioned, *extra: str) -> list[str]:
     ]
 
 
+def _booting(machine: Provisioned) -> subprocess.Popen[str]:
+    """First boot as a background process whose log the test reads."""
+    return subprocess.Popen(
+        [str(BIN / "bureau-launcher"), *_boot_args(machine)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def _log_events(stderr: str, event: str) -> list[dict[str, object]]:
     lines = [json.loads(ln) for ln in stderr.splitlines() if ln.startswith("{")]
     return [ln for ln in lines if ln.get("event") == event]
@@ -184,12 +194,7 @@ def test_homeserver_down_at_first_boot_is_waited_out(fleet: Fleet, tmp_path: Pat
     with FaultFront(fleet.hub.url) as front:
         point_at(machine, front.url)
         front.fault("refuse")
-        with subprocess.Popen(
-            [str(BIN / "bureau-launcher"), *_boot_args(machine)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        ) as proc:
+        with _booting(machine) as proc:
             time.sleep(3)
             front.fault("pass")
             _, stderr = proc.communicate(timeout=60)
@@ -253,12 +258,7 @@ def test_sigterm_during_first_boot_then_rerun(fleet: Fleet, tmp_path: Path) -> N
     converges wherever it was stopped."""
     machine = provision(fleet, tmp_path)
     otp = machine.one_time_password
-    with subprocess.Popen(
-        [str(BIN / "bureau-launcher"), *_boot_args(machine)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as proc:
+    with _booting(machine) as proc:
         assert proc.stderr is not None
         first_line = proc.stderr.readline()
         assert "bootstrap file valid" in first_line

@@ -20,11 +20,12 @@ from launcher_proc import launcher, proxies_under
 from machine_helpers import (
     credentials_event,
     enroll,
+    list_credentials,
     provision,
     provision_credentials,
     services_file,
 )
-from processes import echo_upstream, launcher_call, unix_request
+from processes import echo_upstream, launcher_call, launcher_ensure, unix_request
 
 from bureau import names, rooms
 from bureau.operator import credentials
@@ -63,16 +64,12 @@ def test_ensure_serves_rotates_restarts_and_stops(
         with launcher(machine.machine.short_name, machine.state_dir, run_dir) as running:
             assert (running.socket.stat().st_mode & 0o777) == 0o660
             principal = _principal_id(fleet)
-            reply = launcher_call(
-                running.socket, {"action": "ensure", "principal": principal, "credentials": first}
-            )
+            reply = launcher_ensure(running.socket, principal, first)
             assert reply["ok"], (reply, running.log())
             socket = Path(reply["socket"])
             assert socket == run_dir / "fleet" / "prod" / "agent" / "alpha.proxy.sock"
             assert _seen_token(socket) == "Bearer first-canary-1"
-            again = launcher_call(
-                running.socket, {"action": "ensure", "principal": principal, "credentials": first}
-            )
+            again = launcher_ensure(running.socket, principal, first)
             assert again == {"ok": True, "changed": False, "socket": str(socket)}
             (listed,) = launcher_call(running.socket, {"action": "list"})["principals"]
             assert listed["principal"] == principal
@@ -103,9 +100,7 @@ def test_ensure_serves_rotates_restarts_and_stops(
             for thread in threads:
                 thread.start()
             time.sleep(0.3)
-            swapped = launcher_call(
-                running.socket, {"action": "ensure", "principal": principal, "credentials": second}
-            )
+            swapped = launcher_ensure(running.socket, principal, second)
             mark = len(seen)
             time.sleep(0.5)
             stop.set()
@@ -179,9 +174,7 @@ def test_refusals_keep_the_running_proxy(fleet: Fleet, tmp_path: Path, run_dir: 
         with launcher(machine.machine.short_name, machine.state_dir, run_dir) as running:
 
             def ensure(content: dict[str, Any], who: str = principal) -> dict[str, Any]:
-                reply: dict[str, Any] = launcher_call(
-                    running.socket, {"action": "ensure", "principal": who, "credentials": content}
-                )
+                reply: dict[str, Any] = launcher_ensure(running.socket, who, content)
                 return reply
 
             socket = Path(ensure(good)["socket"])
@@ -262,12 +255,7 @@ def test_restarted_launcher_adopts_running_proxies(
         content = credentials_event(fleet, machine)
         principal = _principal_id(fleet)
         with launcher(machine.machine.short_name, machine.state_dir, run_dir) as first:
-            socket = Path(
-                launcher_call(
-                    first.socket,
-                    {"action": "ensure", "principal": principal, "credentials": content},
-                )["socket"]
-            )
+            socket = Path(launcher_ensure(first.socket, principal, content)["socket"])
             (pid,) = proxies_under(run_dir)
             first.proc.send_signal(signal.SIGKILL)
             first.proc.wait(timeout=10)
@@ -276,10 +264,7 @@ def test_restarted_launcher_adopts_running_proxies(
             with launcher(machine.machine.short_name, machine.state_dir, run_dir) as second:
                 (listed,) = launcher_call(second.socket, {"action": "list"})["principals"]
                 assert listed["pid"] == pid
-                reply = launcher_call(
-                    second.socket,
-                    {"action": "ensure", "principal": principal, "credentials": content},
-                )
+                reply = launcher_ensure(second.socket, principal, content)
                 assert reply["changed"] is False
                 # An adopted proxy that dies is restarted too.
                 os.kill(pid, signal.SIGKILL)
@@ -340,9 +325,7 @@ def test_age_cli_interoperability(fleet: Fleet, tmp_path: Path, run_dir: Path) -
         admin.put_state(room, rooms.CREDENTIALS, principal[1:], content)
         fetched = admin.get_state(room, rooms.CREDENTIALS, principal[1:])
         with launcher(machine.machine.short_name, machine.state_dir, run_dir) as running:
-            reply = launcher_call(
-                running.socket, {"action": "ensure", "principal": principal, "credentials": fetched}
-            )
+            reply = launcher_ensure(running.socket, principal, fetched)
             assert reply["ok"], (reply, running.log())
             assert _seen_token(Path(reply["socket"])) == "Bearer by-hand"
 
@@ -379,29 +362,12 @@ def test_credentials_provision_and_list(fleet: Fleet, tmp_path: Path) -> None:
     assert content["provisioned_by"] == fleet.creds.admin_user
     assert content["expires_at"] == "2099-01-01T00:00:00Z"
     assert content["version"] == 1
-    listed = run(
-        "bureau",
-        "credentials",
-        "list",
-        "--credential-file",
-        fleet.credential_file,
-        "--machine",
-        machine.machine.short_name,
-        "--json",
-    )
+    listed = list_credentials(fleet, machine, "--json")
     (item,) = json.loads(listed.stdout)
     assert item["principal"] == _principal_id(fleet)
     assert item["keys"] == ["EXTRA", "TOKEN"]
     assert item["services"] == {"api": "http://127.0.0.1:9"}
-    table = run(
-        "bureau",
-        "credentials",
-        "list",
-        "--credential-file",
-        fleet.credential_file,
-        "--machine",
-        machine.machine.short_name,
-    )
+    table = list_credentials(fleet, machine)
     for output in (listed.stdout, table.stdout, result.stdout, result.stderr):
         assert "list-canary" not in output
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from conftest import BIN, Fleet
 from launcher_proc import kill_proxies_under, proxies_under, service, template_of
 from machine_helpers import credentials_event, enroll, provision_credentials, services_file
-from processes import echo_upstream, launcher_call
+from processes import echo_upstream, launcher_ensure
 
 
 def _cores(*roots: Path) -> list[Path]:
@@ -72,8 +72,7 @@ def test_launcher_template_and_proxies_cannot_be_dumped(fleet: Fleet, tmp_path: 
             stop_proxies = partial(kill_proxies_under, run_dir)
             with service(argv, "launcher serving", cwd=cwd, after_stop=stop_proxies) as running:
                 principal = f"@{fleet.name}/agent/alpha:{fleet.hub.server_name}"
-                request = {"action": "ensure", "principal": principal, "credentials": content}
-                assert launcher_call(run_dir / "launcher.sock", request)["ok"]
+                assert launcher_ensure(run_dir / "launcher.sock", principal, content)["ok"]
                 (proxy,) = proxies_under(run_dir)
                 template = template_of(running.proc.pid)
                 with subprocess.Popen([*NO_PTRACE, "sleep", "60"]) as control_sleep:
