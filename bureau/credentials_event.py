@@ -12,7 +12,6 @@ digest in the clear, for operators and tools.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 import re
@@ -78,6 +77,26 @@ def has_control_character(value: str) -> bool:
     return any((ord(c) < 0x20 and c != "\t") or c == "\x7f" for c in value)
 
 
+def check_upstream_url(url: str, where: str) -> None:
+    """An http(s) URL with a host and, if any, a port in 1-65535; nothing a proxy would have
+    to guess at. urlsplit raises plain ValueError for a broken IPv6 literal or a bad port:
+    caught here so that a malformed event is one refusal, never an uncaught exception."""
+    field_name = "upstream_url"
+    if not url.isascii() or has_control_character(url) or " " in url:
+        raise InputError(where, field_name, "must be ASCII without spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise InputError(where, field_name, f"{url!r} is not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(where, field_name, f"{url!r} is not an http(s) URL with a host")
+    if parts.netloc.endswith(":") or port == 0:
+        raise InputError(where, field_name, f"{url!r}: the port must be 1-65535")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise InputError(where, field_name, "must not carry credentials, query or fragment")
+
+
 @dataclass(frozen=True)
 class ServiceRoute:
     upstream_url: str
@@ -95,11 +114,7 @@ class ServiceRoute:
         url = obj.get("upstream_url")
         if not isinstance(url, str):
             raise InputError(where, "upstream_url", "expected a string")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InputError(where, "upstream_url", f"{url!r} is not an http(s) URL with a host")
-        if parts.username or parts.password or parts.query or parts.fragment:
-            raise InputError(where, "upstream_url", "must not carry credentials, query or fragment")
+        check_upstream_url(url, where)
         inject = obj.get("inject_headers")
         if not isinstance(inject, dict) or not inject:
             raise InputError(where, "inject_headers", "expected a non-empty object")
@@ -200,8 +215,9 @@ class CredentialsEvent:
         if keys != sorted(keys):
             raise InputError(where, "keys", "must be sorted")
         try:
+            # ValueError, not binascii.Error: a non-ASCII character raises the former.
             ciphertext = base64.b64decode(text("ciphertext"), validate=True)
-        except binascii.Error:
+        except ValueError:
             raise InputError(where, "ciphertext", "not standard padded base64") from None
         for key in ("provisioned_at", "expires_at"):
             if key in obj:

@@ -132,10 +132,26 @@ def service_room_localpart(fleet: str) -> str:
     return f"{fleet}/service"
 
 
+PROXY_SOCKET_SUFFIX = ".proxy.sock"
+
+
+def check_socket_name(principal_localpart: str) -> str:
+    """A principal whose name has a segment ending in ``.proxy.sock`` would need another
+    principal's socket path as a directory (``agent/alpha.proxy.sock/x`` lives under
+    ``agent/alpha``'s socket): refused wherever a principal is named for running."""
+    if any(s.endswith(PROXY_SOCKET_SUFFIX) for s in principal_localpart.split("/")):
+        raise InvalidName(
+            f"{principal_localpart!r} has a segment ending in {PROXY_SOCKET_SUFFIX!r}, "
+            "which collides with another principal's proxy socket"
+        )
+    return principal_localpart
+
+
 def proxy_socket_relpath(principal_localpart: str) -> str:
     """Where a principal's proxy listens, relative to the run dir (the upstream layout):
     ``bureau/fleet/prod/agent/alpha`` -> ``fleet/prod/agent/alpha.proxy.sock``."""
     parts = principal_localpart.split("/")
     if not is_full_entity(principal_localpart):
         raise InvalidName(f"{principal_localpart!r} is not a full entity name")
-    return "/".join(["fleet", *parts[2:]]) + ".proxy.sock"
+    check_socket_name(principal_localpart)
+    return "/".join(["fleet", *parts[2:]]) + PROXY_SOCKET_SUFFIX

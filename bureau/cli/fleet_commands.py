@@ -98,7 +98,7 @@ def machine_assign(args: argparse.Namespace) -> int:
 def machine_unassign(args: argparse.Namespace) -> int:
     creds = credentials.load(args.credential_file)
     machine = machine_name(creds, args.name, "NAME")
-    principal = principal_name(creds, args.principal)
+    principal = principal_name(creds, args.principal, to_run=False)
     changed = assignments.unassign(creds, machine, principal)
     say(f"{'unassigned' if changed else 'was not assigned'}: {principal} on {machine}")
     return 0

@@ -82,22 +82,33 @@ def status_content(
     principals: list[dict[str, Any]],
     sampler: CpuSampler,
     elapsed_seconds: float,
+    failures: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """``principals`` as the launcher lists them (principal, pid, status)."""
+    """``principals`` as the launcher lists them (principal, pid, status); ``failures``:
+    principal -> why the daemon's last request for it failed. A failed principal that
+    is not running is ``failed``; one still serving its previous credentials stays
+    ``running``; both carry the reason in ``error`` (OURS)."""
+    failures = failures or {}
     running = [p for p in principals if p.get("status") == "running"]
     ticks = max(1, round(elapsed_seconds * _CLOCK_TICKS))
+    entries: dict[str, dict[str, Any]] = {
+        str(p["principal"]): {
+            "cpu_percent": sampler.process_percent(int(p["pid"]), ticks),
+            "memory_mb": _rss_mb(sampler.proc, int(p["pid"])),
+            "status": "running" if p.get("status") == "running" else "starting",
+        }
+        for p in principals
+    }
+    for principal, reason in sorted(failures.items()):
+        entry = entries.setdefault(
+            principal, {"cpu_percent": 0, "memory_mb": 0, "status": "failed"}
+        )
+        entry["error"] = reason
     return {
         "principal": machine_user,
         "cpu_percent": sampler.machine_percent(),
         "memory_used_mb": memory_used_mb(sampler.proc),
         "sandboxes": {"running": len(running), "idle": 0},
         "uptime_seconds": uptime_seconds(sampler.proc),
-        "principals": {
-            str(p["principal"]): {
-                "cpu_percent": sampler.process_percent(int(p["pid"]), ticks),
-                "memory_mb": _rss_mb(sampler.proc, int(p["pid"])),
-                "status": "running" if p.get("status") == "running" else "starting",
-            }
-            for p in principals
-        },
+        "principals": entries,
     }

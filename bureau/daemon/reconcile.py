@@ -3,10 +3,15 @@ launcher runs, the actions that make them agree. Pure.
 
 Desired principals are the assignments with auto_start whose credentials event exists and
 is not a tombstone. A credentials event for a principal that is not assigned is ignored.
+
+Each principal stands alone: stops come first (revocation never waits behind a start that
+hangs or fails), and a principal whose last action failed is retried on its own backoff
+while the others go on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,9 +47,55 @@ def plan(
     """``running`` maps principal -> content digest, as the launcher reports it."""
     wanted = desired(config, credentials)
     actions: list[Action] = [
+        Stop(principal) for principal in sorted(running) if principal not in wanted
+    ]
+    actions += [
         Ensure(principal, content)
         for principal, content in sorted(wanted.items())
         if running.get(principal) != content_digest(content)
     ]
-    actions += [Stop(principal) for principal in sorted(running) if principal not in wanted]
     return actions
+
+
+# A refusal is the launcher's verdict on that content: asked again rarely, since only a new
+# event (which is tried at once) or a change on the machine can change it. A launcher that
+# did not answer is asked again sooner.
+REFUSED_CAP_SECONDS = 300.0
+UNANSWERED_CAP_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Failure:
+    """The last action for a principal failed; not tried again before ``retry_at``
+    (monotonic seconds) unless what is wanted of it changed."""
+
+    tried: str  # "stop", or the digest of the credentials an ensure carried
+    reason: str
+    attempts: int
+    retry_at: float
+
+
+def tried(action: Action) -> str:
+    return "stop" if isinstance(action, Stop) else content_digest(action.content)
+
+
+def is_due(failure: Failure | None, action: Action, now: float) -> bool:
+    return failure is None or failure.tried != tried(action) or now >= failure.retry_at
+
+
+def failed(
+    previous: Failure | None,
+    action: Action,
+    reason: str,
+    *,
+    refused: bool,
+    now: float,
+    rng: Callable[[], float],
+) -> Failure:
+    """The failure to record: attempts count up while the same thing keeps failing; the
+    delay doubles from 1 s to its cap, jittered between half and all of it."""
+    what = tried(action)
+    attempts = previous.attempts + 1 if previous and previous.tried == what else 1
+    cap = REFUSED_CAP_SECONDS if refused else UNANSWERED_CAP_SECONDS
+    base = min(2.0 ** (attempts - 1), cap)
+    return Failure(what, reason, attempts, now + base / 2 + rng() * base / 2)

@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from bureau import names, rooms
-from bureau.credentials_event import content_digest
 from bureau.daemon.heartbeat import CpuSampler, status_content
 from bureau.daemon.launcher_client import LauncherClient, LauncherRefused, LauncherUnavailable
 from bureau.daemon.matrix import MachineMatrix
-from bureau.daemon.reconcile import Ensure, Stop, plan
+from bureau.daemon.reconcile import Ensure, Failure, failed, is_due, plan
 from bureau.errors import InputError, MatrixError
 from bureau.machine_config import MachineConfig
 from bureau.machine_state import load_session
@@ -90,7 +89,7 @@ class Daemon:
         self._fleet_room = ""
         self._config = MachineConfig()
         self._credentials: dict[str, dict[str, Any]] = {}
-        self._refused: dict[str, str] = {}  # principal -> digest the launcher refused
+        self._failures: dict[str, Failure] = {}  # principal -> its last action's failure
         self._sampler = CpuSampler()
         self._last_status = time.monotonic()
 
@@ -319,6 +318,9 @@ class Daemon:
                 self._log.warning("launcher unavailable; will retry", error=str(exc), retry_in=wait)
             else:
                 unavailable = 0
+                if self._failures:
+                    retry_at = min(f.retry_at for f in self._failures.values())
+                    wait = min(wait, max(retry_at - time.monotonic(), 0.0))
                 if not self._reconciled.is_set():
                     self._reconciled.set()
                     self._log.info("ready: first sync done and principals reconciled")
@@ -332,29 +334,55 @@ class Daemon:
                     await self._reconcile_now.wait()
 
     def _summary(self) -> str:
-        return f"synced; {self._running} principals running"
+        failing = f"; {len(self._failures)} failing" if self._failures else ""
+        return f"synced; {self._running} principals running{failing}"
 
     async def _reconcile(self) -> None:
+        """One pass; a launcher that cannot even list is retried as a whole (raises
+        LauncherUnavailable). Each principal's action succeeds or fails on its own."""
         listed = await self._launcher.list()
         running = {str(p["principal"]): str(p["digest"]) for p in listed}
-        for action in plan(self._config, self._credentials, running):
-            if isinstance(action, Ensure):
-                digest = content_digest(action.content)
-                if self._refused.get(action.principal) == digest:
-                    continue  # refused already; a new event will try again
-                try:
+        actions = plan(self._config, self._credentials, running)
+        pending = {action.principal for action in actions}
+        for principal in [p for p in self._failures if p not in pending]:
+            del self._failures[principal]  # done elsewhere, or no longer wanted
+            self._status_now.set()
+        for action in actions:
+            previous = self._failures.get(action.principal)
+            if not is_due(previous, action, time.monotonic()):
+                continue
+            try:
+                if isinstance(action, Ensure):
                     await self._launcher.ensure(action.principal, action.content)
-                except LauncherRefused as exc:
-                    self._refused[action.principal] = digest
-                    self._log.warning(
-                        "launcher refused credentials", principal=action.principal, error=str(exc)
-                    )
-                    continue
-                self._refused.pop(action.principal, None)
-                self._log.info("principal running", principal=action.principal)
-            elif isinstance(action, Stop):
-                await self._launcher.stop(action.principal)
-                self._log.info("principal stopped", principal=action.principal)
+                else:
+                    await self._launcher.stop(action.principal)
+            except (LauncherRefused, LauncherUnavailable) as exc:
+                failure = failed(
+                    previous,
+                    action,
+                    str(exc),
+                    refused=isinstance(exc, LauncherRefused),
+                    now=time.monotonic(),
+                    rng=self._rng,
+                )
+                self._failures[action.principal] = failure
+                self._log.warning(
+                    "launcher refused credentials"
+                    if isinstance(action, Ensure)
+                    else "launcher could not stop a principal",
+                    principal=action.principal,
+                    error=failure.reason,
+                    retry_in=round(failure.retry_at - time.monotonic(), 1),
+                )
+                if previous is None or previous.reason != failure.reason:
+                    self._status_now.set()
+                continue
+            self._failures.pop(action.principal, None)
+            running_now = isinstance(action, Ensure)
+            self._log.info(
+                "principal running" if running_now else "principal stopped",
+                principal=action.principal,
+            )
             self._status_now.set()
         self._running = sum(1 for p in await self._launcher.list() if p.get("status") == "running")
 
@@ -389,8 +417,9 @@ class Daemon:
     async def _publish_status(self) -> None:
         now = time.monotonic()
         principals = await self._launcher.list()
+        failures = {p: f.reason for p, f in self._failures.items()}
         content = status_content(
-            self._machine_user, principals, self._sampler, now - self._last_status
+            self._machine_user, principals, self._sampler, now - self._last_status, failures
         )
         self._last_status = now
         await self._matrix.put_state(

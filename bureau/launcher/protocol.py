@@ -15,11 +15,16 @@ holds credential content.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 MAX_MESSAGE = 256 * 1024
+# A credentials event nests five deep (request, content, services, service, headers); the
+# bound leaves room and keeps json.loads far from the interpreter's recursion limit.
+MAX_DEPTH = 16
 ACTIONS = ("status", "list", "ensure", "stop", "relogin")
+_SIGNIFICANT = re.compile(rb'[][{}"\\]')
 
 
 class ProtocolError(Exception):
@@ -41,7 +46,37 @@ class Request:
         return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
 
+def nesting_depth(line: bytes) -> int:
+    """How deep the JSON's arrays and objects nest, brackets inside strings aside; one
+    linear pass, so that it can run before the recursive parser sees the line."""
+    depth = deepest = 0
+    in_string = False
+    escaped = -1  # the index a backslash escapes
+    for match in _SIGNIFICANT.finditer(line):
+        at = match.start()
+        if at == escaped:
+            continue
+        char = line[at : at + 1]
+        if in_string:
+            if char == b"\\":
+                escaped = at + 1
+            elif char == b'"':
+                in_string = False
+        elif char == b'"':
+            in_string = True
+        elif char in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in b"]}":
+            depth -= 1
+    return deepest
+
+
 def parse_request(line: bytes) -> Request:
+    if len(line) > MAX_MESSAGE:
+        raise ProtocolError(f"request larger than {MAX_MESSAGE} bytes")
+    if nesting_depth(line) > MAX_DEPTH:
+        raise ProtocolError(f"request nests deeper than {MAX_DEPTH} levels")
     try:
         obj = json.loads(line)
     except ValueError:

@@ -11,6 +11,8 @@ import os
 import signal
 import socket
 import struct
+import time
+import traceback
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -22,6 +24,7 @@ from bureau.launcher import relogin
 from bureau.launcher.protocol import (
     MAX_MESSAGE,
     ProtocolError,
+    Request,
     encode_response,
     failure,
     ok,
@@ -32,7 +35,13 @@ from bureau.notify import Notifier
 from bureau.secret import Secret
 
 SOCKET_NAME = "launcher.sock"
-REFUSAL_READ_SECONDS = 5.0
+# An allowed peer (the daemon) sends its one line at once; one that does not is dropped.
+REQUEST_READ_SECONDS = 10.0
+# Refused peers are logged at most this often, with how many there were meanwhile.
+REFUSAL_LOG_SECONDS = 10.0
+# How long a refused peer's request is waited for, and how many such peers at most.
+REFUSAL_GRACE_SECONDS = 0.5
+MAX_HELD_REFUSALS = 16
 
 
 class _Stopped(Exception):
@@ -65,20 +74,28 @@ class LauncherServer:
         self._notifier = notifier
         self._relogin = relogin
         self._relogin_lock = asyncio.Lock()
+        self._refusal_logged_at = -REFUSAL_LOG_SECONDS
+        self._refused_since_log = 0
+        self._held_refusals = 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Every connection gets one answer, whatever its request does to the code below:
+        an uncaught exception would close it unanswered, and the daemon would take the
+        launcher for gone and retry the whole machine forever."""
         try:
             uid = peer_uid(writer)
             if uid not in self._allowed:
-                self._log.warning("refused a connection", uid=uid)
-                response = failure("permission denied")
-                # Read (and ignore) the request first: a Unix socket closed with unread
-                # data resets the peer, which would then never see the refusal.
-                with contextlib.suppress(ValueError, TimeoutError):
-                    async with asyncio.timeout(REFUSAL_READ_SECONDS):
-                        await reader.readline()
+                await self._refuse(uid, reader, writer)
+                return
+            try:
+                async with asyncio.timeout(REQUEST_READ_SECONDS):
+                    line = await reader.readline()
+            except ValueError:  # longer than the stream limit
+                response = failure(f"request larger than {MAX_MESSAGE} bytes")
+            except TimeoutError:
+                return  # an allowed peer that sent nothing: nobody to answer
             else:
-                response = await self._answer(reader)
+                response = await self._answer(line)
             writer.write(encode_response(response))
             await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -88,33 +105,71 @@ class LauncherServer:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    async def _answer(self, reader: asyncio.StreamReader) -> dict[str, Any]:
+    async def _refuse(
+        self, uid: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """A peer of another uid gets its refusal at once. Its request is then read for a
+        moment (a Unix socket closed with unread data resets the peer, which would not see
+        the refusal), but only while few refused peers are held: a flood of them is closed
+        at once and cannot use up the launcher's descriptors. Logged at most once per
+        REFUSAL_LOG_SECONDS, with the count since."""
+        writer.write(encode_response(failure("permission denied")))
+        now = time.monotonic()
+        self._refused_since_log += 1
+        if now - self._refusal_logged_at >= REFUSAL_LOG_SECONDS:
+            self._log.warning("refused a connection", uid=uid, refused=self._refused_since_log)
+            self._refusal_logged_at, self._refused_since_log = now, 0
+        if self._held_refusals >= MAX_HELD_REFUSALS:
+            return
+        self._held_refusals += 1
         try:
-            line = await reader.readline()
-        except ValueError:  # longer than the stream limit
-            return failure(f"request larger than {MAX_MESSAGE} bytes")
+            await writer.drain()
+            with contextlib.suppress(ValueError, TimeoutError):
+                async with asyncio.timeout(REFUSAL_GRACE_SECONDS):
+                    await reader.readline()
+        finally:
+            self._held_refusals -= 1
+
+    async def _answer(self, line: bytes) -> dict[str, Any]:
+        principal = None
         try:
             request = parse_request(line)
-            if request.action == "status":
-                return ok(**self._supervisor.status())
-            if request.action == "list":
-                return ok(principals=self._supervisor.list())
-            if request.action == "relogin":
-                # One at a time: a second caller finds the session already renewed.
-                async with self._relogin_lock:
-                    renewed = await asyncio.to_thread(self._relogin)
-                return ok(renewed=renewed)
-            # parse_request guarantees a principal for both, and credentials for ensure.
-            principal = str(request.principal)
-            if request.action == "ensure":
-                result = await self._supervisor.ensure(principal, request.credentials or {})
-            else:
-                result = await self._supervisor.stop(principal)
-            self._notifier.status(summary(self._supervisor.status()))
-            return ok(**result)
+            principal = request.principal
+            return await self._act(request)
         except (ProtocolError, LauncherError, BureauError) as exc:
-            self._log.warning("request refused", error=str(exc))
+            self._log.warning("request refused", principal=principal, error=str(exc))
             return failure(str(exc))
+        except Exception as exc:  # answered, not raised: see handle()
+            # Named by type and place only: an exception's text may quote what it choked
+            # on, and that may be decrypted content.
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            self._log.error(
+                "request failed unexpectedly",
+                principal=principal,
+                exception=type(exc).__name__,
+                at=f"{Path(where.filename).name}:{where.lineno}",
+            )
+            subject = f" for {principal}" if principal else ""
+            return failure(f"the launcher failed{subject}: {type(exc).__name__}")
+
+    async def _act(self, request: Request) -> dict[str, Any]:
+        if request.action == "status":
+            return ok(**self._supervisor.status())
+        if request.action == "list":
+            return ok(principals=self._supervisor.list())
+        if request.action == "relogin":
+            # One at a time: a second caller finds the session already renewed.
+            async with self._relogin_lock:
+                renewed = await asyncio.to_thread(self._relogin)
+            return ok(renewed=renewed)
+        # parse_request guarantees a principal for both, and credentials for ensure.
+        principal = str(request.principal)
+        if request.action == "ensure":
+            result = await self._supervisor.ensure(principal, request.credentials or {})
+        else:
+            result = await self._supervisor.stop(principal)
+        self._notifier.status(summary(self._supervisor.status()))
+        return ok(**result)
 
 
 async def serve(

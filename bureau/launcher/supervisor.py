@@ -219,13 +219,15 @@ class Supervisor:
         return {"changed": True, "socket": str(new.socket)}
 
     async def stop(self, principal: str) -> dict[str, Any]:
-        self._check_principal(principal)
+        # Any name of this fleet may be stopped: one that could never run is not running.
+        runnable = self._check_principal(principal, to_run=False)
         async with self._lock(principal):
             current = self._proxies.pop(principal, None)
             if current is not None:
                 await self._retire(current)
-            with contextlib.suppress(FileNotFoundError):
-                self._socket_path(principal).unlink()
+            if runnable:
+                with contextlib.suppress(FileNotFoundError):
+                    self._socket_path(principal).unlink()
             with contextlib.suppress(FileNotFoundError):
                 self._state_file(principal).unlink()
         if current is not None:
@@ -234,7 +236,9 @@ class Supervisor:
 
     # -- validation ----------------------------------------------------------------------
 
-    def _check_principal(self, principal: str) -> str:
+    def _check_principal(self, principal: str, *, to_run: bool = True) -> bool:
+        """Refuses what is not a principal of this fleet; False (with ``to_run`` unset)
+        for a name that could never have a proxy socket of its own."""
         try:
             localpart, server = names.parse_user_id(principal)
             names.validate_localpart(localpart)
@@ -245,7 +249,13 @@ class Supervisor:
             raise LauncherError(f"principal {principal} is not in this machine's fleet")
         if localpart.split("/")[3] == "machine":
             raise LauncherError(f"principal {principal} is a machine")
-        return localpart
+        try:
+            names.check_socket_name(localpart)
+        except names.InvalidName as exc:
+            if to_run:
+                raise LauncherError(f"principal: {exc}") from None
+            return False
+        return True
 
     def _check_event(self, principal: str, content: dict[str, Any]) -> CredentialsEvent:
         try:
@@ -295,8 +305,14 @@ class Supervisor:
             raise LauncherError(
                 f"socket path {final} is too long for a Unix socket; use a shorter --run-dir"
             )
+        try:
+            make_dirs(final.parent, 0o755)
+        except OSError as exc:
+            raise LauncherError(
+                f"proxy socket directory for {principal}: {exc.strerror or type(exc).__name__}"
+                f" ({exc.filename})"
+            ) from None
         payload = self._open(principal, event)
-        make_dirs(final.parent, 0o755)
         temp = final.with_name(f".{final.name}.{secrets.token_hex(4)}")
         # Forked by the template in its own session (a signal to the launcher's group must
         # not reach it) and outliving this launcher, to be adopted by the next one.
@@ -374,8 +390,11 @@ class Supervisor:
                 try:
                     event = self._check_event(proxy.principal, proxy.content)
                     new = await self._launch(proxy.principal, event, proxy.content, proxy.digest)
-                except LauncherError as exc:
-                    self._log.error("restart failed", principal=proxy.principal, error=str(exc))
+                except Exception as exc:  # this task must live to retry
+                    # Whatever went wrong, this watcher keeps trying: an exception leaving
+                    # it would end the launcher's task group, and every principal with it.
+                    error = str(exc) if isinstance(exc, LauncherError) else type(exc).__name__
+                    self._log.error("restart failed", principal=proxy.principal, error=error)
                     delay = min(max(delay * 2, 1.0), BACKOFF_CAP)
                     continue
                 new.restarts, new.crash_streak = proxy.restarts + 1, streak
@@ -446,6 +465,7 @@ class Supervisor:
                 continue
             try:
                 await self.ensure(principal, content)
-            except LauncherError as exc:
-                self._log.error("could not recreate proxy", principal=principal, error=str(exc))
+            except Exception as exc:  # one record must not stop the others
+                error = str(exc) if isinstance(exc, LauncherError) else type(exc).__name__
+                self._log.error("could not recreate proxy", principal=principal, error=error)
                 path.unlink()
