@@ -120,12 +120,13 @@ def proxy(
             proc.communicate(timeout=30)
 
 
-def launcher_call(socket_path: Path, request: dict[str, Any], timeout: float = 60) -> Any:
-    """One request on the launcher socket, as the daemon sends it."""
+def launcher_call(socket_path: Path, request: dict[str, Any] | bytes, timeout: float = 60) -> Any:
+    """One request on the launcher socket, as the daemon sends it (or raw bytes)."""
+    raw = request if isinstance(request, bytes) else json.dumps(request).encode() + b"\n"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(str(socket_path))
-        sock.sendall(json.dumps(request).encode() + b"\n")
+        sock.sendall(raw)
         data = b""
         while not data.endswith(b"\n"):
             chunk = sock.recv(65536)

@@ -4,8 +4,8 @@ running backwards. Every principal ends on the value the homeserver holds last, 
 ever sees a half-rotated bundle, none fails, and the machine's processes, descriptors and
 memory (launcher, proxy template, daemon) come back to where they were.
 
-The operator side publishes through bureau.operator directly (what `bureau credentials
-provision` calls) so that 250 publications cost milliseconds each, not a CLI start."""
+The operator side publishes through tests/publisher.py (bureau.operator directly)
+so that 250 publications cost milliseconds each, not a CLI start."""
 
 from __future__ import annotations
 
@@ -21,88 +21,13 @@ from typing import Any
 import pytest
 from conftest import Fleet
 from launcher_proc import daemon, launcher, proxies_under, template_of
-from machine_helpers import Enrolled, enroll, eventually, proxy_socket, served_headers
+from machine_helpers import enroll, eventually, proxy_socket, served_headers
 from processes import echo_upstream, unix_request
-
-from bureau import names, rooms
-from bureau.credentials_event import ServiceRoute, content_digest
-from bureau.machine_config import Assignment, MachineConfig
-from bureau.operator.credentials import admin_client
-from bureau.operator.principal_credentials import (
-    CredentialRequest,
-    build_event,
-    config_room_of,
-    machine_public_key,
-)
-from bureau.secret import Secret
+from publisher import Publisher
 
 PRINCIPALS = [f"agent/p{i:02d}" for i in range(50)]
 UPDATES = 200
 SECONDS = 10.0
-
-
-class Publisher:
-    """Publishes generations of each principal's credentials; remembers which content
-    digest carries which generation, so the homeserver's final state can be read back as
-    the generation every proxy must end on."""
-
-    def __init__(self, fleet: Fleet, machine: Enrolled, upstream: str) -> None:
-        self._creds = fleet.creds
-        self._machine = machine.machine.localpart
-        admin = admin_client(self._creds)
-        self._key = machine_public_key(admin, self._creds, self._machine)
-        self._room = config_room_of(admin, self._creds, self._machine)
-        # Two headers from two credentials: a proxy holding half of one bundle and half of
-        # another would show a token and a generation that disagree.
-        self._services = {
-            "api": ServiceRoute(
-                upstream, {"Authorization": "TOKEN", "X-Generation": "GEN"}, "Bearer"
-            )
-        }
-        self.generation_of: dict[str, str] = {}
-        self._lock = threading.Lock()
-
-    def build(self, principal: str, generation: str, now: datetime | None = None) -> dict[str, Any]:
-        request = CredentialRequest(
-            machine=self._machine,
-            principal=self.localpart(principal),
-            services=self._services,
-            secrets={"TOKEN": Secret(f"{generation}-tok"), "GEN": Secret(generation)},
-            services_where="load test",
-        )
-        content = build_event(request, self._creds, self._key, now).to_json()
-        with self._lock:
-            self.generation_of[content_digest(content)] = generation
-        return content
-
-    def put(self, principal: str, content: dict[str, Any]) -> None:
-        admin_client(self._creds).put_state(
-            self._room, rooms.CREDENTIALS, self.state_key(principal), content
-        )
-
-    def current(self, principal: str) -> str:
-        content = admin_client(self._creds).get_state(
-            self._room, rooms.CREDENTIALS, self.state_key(principal)
-        )
-        return self.generation_of[content_digest(content)]
-
-    def assign_all(self) -> None:
-        server = self._creds.server_name
-        config = MachineConfig(
-            tuple(Assignment(names.user_id(self.localpart(p), server), True) for p in PRINCIPALS)
-        )
-        admin_client(self._creds).put_state(
-            self._room,
-            rooms.MACHINE_CONFIG,
-            names.state_key(self._machine, server),
-            config.to_json(),
-        )
-
-    def localpart(self, principal: str) -> str:
-        return f"{self._creds.fleet}/{principal}"
-
-    def state_key(self, principal: str) -> str:
-        return names.state_key(self.localpart(principal), self._creds.server_name)
 
 
 class Clients:
@@ -214,7 +139,7 @@ def test_fifty_principals_and_two_hundred_updates(
         publisher = Publisher(fleet, machine, upstream)
         for principal in PRINCIPALS:
             publisher.put(principal, publisher.build(principal, _generation(principal, 0)))
-        publisher.assign_all()
+        publisher.assign(PRINCIPALS)
         with daemon(name, state, run_dir) as the_daemon:
             for principal in PRINCIPALS:
                 expected = _generation(principal, 0)
