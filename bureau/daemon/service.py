@@ -28,7 +28,7 @@ from bureau import names, rooms
 from bureau.daemon.heartbeat import CpuSampler, status_content
 from bureau.daemon.launcher_client import LauncherClient, LauncherRefused, LauncherUnavailable
 from bureau.daemon.matrix import MachineMatrix
-from bureau.daemon.reconcile import Ensure, Failure, failed, is_due, plan
+from bureau.daemon.principals import Principals
 from bureau.errors import InputError, MatrixError
 from bureau.machine_config import MachineConfig
 from bureau.machine_state import load_session
@@ -75,7 +75,6 @@ class Daemon:
         self._state_dir = state_dir
         self._soft_logouts = 0  # in a row, with no successful sync between them
         self._relogin_lock = asyncio.Lock()
-        self._running = 0
         self._rng = rng
         self._stop = asyncio.Event()
         self._synced = asyncio.Event()
@@ -89,7 +88,7 @@ class Daemon:
         self._fleet_room = ""
         self._config = MachineConfig()
         self._credentials: dict[str, dict[str, Any]] = {}
-        self._failures: dict[str, Failure] = {}  # principal -> its last action's failure
+        self._principals = Principals(launcher, log, rng)
         self._sampler = CpuSampler()
         self._last_status = time.monotonic()
 
@@ -235,7 +234,7 @@ class Daemon:
                 self._log.warning("sync failed; retrying", error=str(exc), retry_in=delay)
                 self._notifier.status(
                     f"sync failing ({exc.errcode or exc.status or 'unreachable'}); "
-                    f"retrying in {delay:.0f} s; {self._running} principals running"
+                    f"retrying in {delay:.0f} s; {self._principals.running} principals running"
                 )
                 await asyncio.sleep(delay)
                 continue
@@ -318,8 +317,8 @@ class Daemon:
                 self._log.warning("launcher unavailable; will retry", error=str(exc), retry_in=wait)
             else:
                 unavailable = 0
-                if self._failures:
-                    retry_at = min(f.retry_at for f in self._failures.values())
+                retry_at = self._principals.next_retry()
+                if retry_at is not None:
                     wait = min(wait, max(retry_at - time.monotonic(), 0.0))
                 if not self._reconciled.is_set():
                     self._reconciled.set()
@@ -334,57 +333,13 @@ class Daemon:
                     await self._reconcile_now.wait()
 
     def _summary(self) -> str:
-        failing = f"; {len(self._failures)} failing" if self._failures else ""
-        return f"synced; {self._running} principals running{failing}"
+        failing = len(self._principals.failures)
+        running = f"synced; {self._principals.running} principals running"
+        return running + (f"; {failing} failing" if failing else "")
 
     async def _reconcile(self) -> None:
-        """One pass; a launcher that cannot even list is retried as a whole (raises
-        LauncherUnavailable). Each principal's action succeeds or fails on its own."""
-        listed = await self._launcher.list()
-        running = {str(p["principal"]): str(p["digest"]) for p in listed}
-        actions = plan(self._config, self._credentials, running)
-        pending = {action.principal for action in actions}
-        for principal in [p for p in self._failures if p not in pending]:
-            del self._failures[principal]  # done elsewhere, or no longer wanted
+        if await self._principals.reconcile(self._config, self._credentials):
             self._status_now.set()
-        for action in actions:
-            previous = self._failures.get(action.principal)
-            if not is_due(previous, action, time.monotonic()):
-                continue
-            try:
-                if isinstance(action, Ensure):
-                    await self._launcher.ensure(action.principal, action.content)
-                else:
-                    await self._launcher.stop(action.principal)
-            except (LauncherRefused, LauncherUnavailable) as exc:
-                failure = failed(
-                    previous,
-                    action,
-                    str(exc),
-                    refused=isinstance(exc, LauncherRefused),
-                    now=time.monotonic(),
-                    rng=self._rng,
-                )
-                self._failures[action.principal] = failure
-                self._log.warning(
-                    "launcher refused credentials"
-                    if isinstance(action, Ensure)
-                    else "launcher could not stop a principal",
-                    principal=action.principal,
-                    error=failure.reason,
-                    retry_in=round(failure.retry_at - time.monotonic(), 1),
-                )
-                if previous is None or previous.reason != failure.reason:
-                    self._status_now.set()
-                continue
-            self._failures.pop(action.principal, None)
-            running_now = isinstance(action, Ensure)
-            self._log.info(
-                "principal running" if running_now else "principal stopped",
-                principal=action.principal,
-            )
-            self._status_now.set()
-        self._running = sum(1 for p in await self._launcher.list() if p.get("status") == "running")
 
     async def _stop_every_principal(self) -> None:
         try:
@@ -417,7 +372,7 @@ class Daemon:
     async def _publish_status(self) -> None:
         now = time.monotonic()
         principals = await self._launcher.list()
-        failures = {p: f.reason for p, f in self._failures.items()}
+        failures = {p: f.reason for p, f in self._principals.failures.items()}
         content = status_content(
             self._machine_user, principals, self._sampler, now - self._last_status, failures
         )
