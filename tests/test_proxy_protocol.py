@@ -82,7 +82,12 @@ class Conn:
         return read_response(self.stream, head_only=head_only)
 
     def closed(self) -> bool:
-        return self.stream.read(1) == b""
+        """The proxy ended the connection: EOF, or a reset when it closed with bytes of
+        ours still unread (what the kernel says after a refusal cut a stream short)."""
+        try:
+            return self.stream.read(1) == b""
+        except ConnectionResetError:
+            return True
 
     def close(self) -> None:
         self.stream.close()
@@ -161,6 +166,9 @@ def test_expect_continue_is_relayed(conn: Conn) -> None:
     assert (final.status, final.json()["body_length"]) == (200, 4)
 
 
+CHUNKED_POST = b"POST /http/api/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
 @pytest.mark.parametrize(
     ("request_bytes", "status", "error"),
     [
@@ -180,6 +188,14 @@ def test_expect_continue_is_relayed(conn: Conn) -> None:
             "not supported",
         ),
         (b"GET /http/api/x HTTP/1.1\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", 431, "too large"),
+        # Bad body framing: a 400 in place of the answer, whatever reached the upstream.
+        (CHUNKED_POST.replace(b"chunked", b"xchunked") + b"0\r\n\r\n", 400, "malformed"),
+        (CHUNKED_POST + b"fffffffffffffffffff\r\n", 400, "malformed HTTP request"),
+        (CHUNKED_POST + b"0x5\r\nhello\r\n0\r\n\r\n", 400, "malformed HTTP request"),
+        (CHUNKED_POST + b"5\nhello\r\n0\r\n\r\n", 400, "malformed HTTP request"),
+        (CHUNKED_POST + b"5\r\nhello\r\n5;x\nworld\r\n0\r\n\r\n", 400, "malformed"),
+        # A coding the proxy would drop in re-framing the body.
+        (CHUNKED_POST.replace(b"chunked", b"gzip, chunked") + b"0\r\n\r\n", 501, "chunked"),
     ],
 )
 def test_refused_requests_get_one_answer_and_a_close(
@@ -191,6 +207,15 @@ def test_refused_requests_get_one_answer_and_a_close(
     assert error in answer.json()["error"]
     assert answer.headers["connection"] == "close"
     assert conn.closed()
+
+
+def test_trace_is_refused_before_anything_is_injected(conn: Conn) -> None:
+    """An upstream echoes a TRACE back, credentials included: it never gets one."""
+    conn.send(b"TRACE /http/api/x HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = conn.read()
+    assert (answer.status, answer.json()) == (405, {"error": "TRACE is not supported"})
+    conn.send(b"GET /http/api/next HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert conn.read().json()["path"] == "/next"
 
 
 @pytest.mark.parametrize(

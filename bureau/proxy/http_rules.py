@@ -39,6 +39,7 @@ REASONS = {
     200: "OK",
     400: "Bad Request",
     404: "Not Found",
+    405: "Method Not Allowed",
     413: "Content Too Large",
     431: "Request Header Fields Too Large",
     501: "Not Implemented",

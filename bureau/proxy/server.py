@@ -18,15 +18,15 @@ import asyncio
 import collections
 import ssl
 import time
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import httptools
 
-from bureau.proxy import http_rules
+from bureau.proxy import framing, http_rules
+from bureau.proxy.framing import MAX_HEAD_BYTES
 from bureau.proxy.http_rules import CompiledRoute, Upstream
 from bureau.proxy_payload import ProxyPayload
 
-MAX_HEAD_BYTES = 64 * 1024
 # A client may queue requests behind the one in flight; past this much buffered input the
 # proxy stops reading from it until it catches up.
 MAX_BUFFERED = 1 << 20
@@ -38,6 +38,7 @@ CLIENT_IDLE_TIMEOUT = 75.0
 DRAIN_IDLE = 1.0
 UPSTREAM_IDLE_TIMEOUT = 30.0
 SWEEP_SECONDS = 1.0
+HEAD_TOO_LARGE = "sent a response head too large"
 
 
 class Proxy:
@@ -112,7 +113,7 @@ class Proxy:
             exchange.upstream_failed(type(exc).__name__)
             exchange.client.flush()
             return
-        if exchange.finished:  # the client left while we connected
+        if exchange.finished or exchange.response_done:  # gone or answered while we connected
             conn.close()
             return
         conn.begin(exchange, reused=False)
@@ -224,17 +225,18 @@ class Exchange:
 
     # -- response, from the upstream connection ----------------------------------------
 
-    def upstream_failed(self, error: str) -> None:
-        """No response byte came: the client gets a 502 (unless it is already gone)."""
-        if self.finished:
+    def upstream_failed(self, error: str, problem: str = "unreachable") -> None:
+        """No final response head came, or not one the proxy can pass on: the client gets
+        a 502 (unless it is already gone or answered)."""
+        if self.finished or self.response_done:
             return
         service = self.route.service if self.route else "?"
-        self.client.proxy.log.warning("upstream unreachable", service=service, error=error)
+        self.client.proxy.log.warning(f"upstream {problem}", service=service, error=error)
         self.upstream = None
         if self.response_started:
             self.client.abort()
             return
-        message = f"upstream of {service!r} unreachable"
+        message = f"upstream of {service!r} {problem}"
         self.respond(http_rules.error_response(502, message, keep_alive=self.keep_alive))
         self.response_complete()
 
@@ -273,8 +275,10 @@ class ClientConnection(asyncio.Protocol):
         self.lines: list[bytes] = []
         self.listed: list[bytes] | None = None
         self.head_bytes = 0
+        self.meter = framing.HeadMeter()
         self.body_length: int | None = None
         self.chunked = False
+        self.coding: bytes | None = None
         self.buffered = 0
         self.reading = True
         self.writable = True
@@ -295,6 +299,7 @@ class ClientConnection(asyncio.Protocol):
         self.last_active = time.monotonic()
         if self.closing:
             return
+        head = self.meter.before()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -305,6 +310,9 @@ class ClientConnection(asyncio.Protocol):
                 self.queue[-1].request_done = True
         except httptools.HttpParserError:
             self._refuse(400, "malformed HTTP request")
+        else:
+            if self.meter.after(head, len(data)):
+                self._refuse(431, "request head too large")
         self.exchange_progress()
         self.flush()
         self._flow()
@@ -343,6 +351,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.in_message = True
+        self.meter.started()
         self.url.clear()
         self.route = None
         self.drop = None
@@ -351,19 +360,20 @@ class ClientConnection(asyncio.Protocol):
         self.head_bytes = 0
         self.body_length = None
         self.chunked = False
+        self.coding = None
 
     def on_url(self, url: bytes) -> None:
         self.url += url
         self.head_bytes += len(url)
         if self.head_bytes > MAX_HEAD_BYTES:
             self._refuse(431, "request head too large")
-            raise httptools.HttpParserError("head too large")
+            raise framing.Refused
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.head_bytes += len(name) + len(value) + 4
         if self.head_bytes > MAX_HEAD_BYTES:
             self._refuse(431, "request head too large")
-            raise httptools.HttpParserError("head too large")
+            raise framing.Refused
         drop = self.drop
         if drop is None:  # the first header: the URL is complete
             drop = self._resolve()
@@ -373,7 +383,8 @@ class ClientConnection(asyncio.Protocol):
         elif lower == b"content-length":
             self.body_length = int(value)  # llhttp has checked it is a number
         elif lower == b"transfer-encoding":
-            self.chunked = True  # llhttp refuses a request whose last coding is not chunked
+            self.chunked = True  # unless exactly chunked, _route refuses it
+            self.coding = value if self.coding is None else self.coding + b"," + value
         elif lower == b"connection" and value.lower() not in (b"keep-alive", b"close"):
             self.listed = [*(self.listed or []), value]
 
@@ -386,6 +397,7 @@ class ClientConnection(asyncio.Protocol):
         return self.drop
 
     def on_headers_complete(self) -> None:
+        self.meter.ended()
         parser = self.parser
         keep_alive = bool(parser.should_keep_alive()) and not self.proxy.draining
         exchange = Exchange(self, parser.get_method(), keep_alive)
@@ -410,13 +422,11 @@ class ClientConnection(asyncio.Protocol):
     def _route(self, exchange: Exchange) -> None:
         proxy = self.proxy
         keep = exchange.keep_alive
-        if self.parser.should_upgrade():
-            exchange.answer_locally(
-                http_rules.error_response(
-                    501, "CONNECT and Upgrade are not supported", keep_alive=False
-                ),
-                close=True,
-            )
+        refused = framing.refused_request(
+            exchange.method, self.coding, upgrade=self.parser.should_upgrade(), keep_alive=keep
+        )
+        if refused is not None:
+            exchange.answer_locally(refused[0], close=refused[1])
             return
         if self.drop is None:
             self._resolve()
@@ -546,8 +556,7 @@ class ClientConnection(asyncio.Protocol):
         self.closing = True
         self._pause()
         if self.parsing is not None and self.queue and self.parsing is self.queue[-1]:
-            # Its head was fine and its body is not: the exchange cannot complete.
-            self.abort()
+            self._cut_short(self.parsing, self.broken)
             return
         exchange = Exchange(self, b"", keep_alive=False)
         exchange.answer_locally(self.broken, close=True)
@@ -555,6 +564,23 @@ class ClientConnection(asyncio.Protocol):
         self.queue.append(exchange)
         if len(self.queue) == 1:
             self._start(exchange)
+
+    def _cut_short(self, exchange: Exchange, answer: bytes) -> None:
+        """Its head was fine and its body is not: the request ends here, answered with
+        ``answer`` unless an answer is already on its way, and the connection closes."""
+        exchange.request_done = True
+        exchange.keep_alive = False
+        if exchange.response_started:
+            if not exchange.response_done:
+                self.abort()  # mid-answer: there is no room for another
+            return
+        if exchange.upstream is not None:
+            exchange.upstream.abandon()  # it holds part of a request: never reused
+            exchange.upstream = None
+        exchange.answer_locally(answer, close=True)
+        if exchange is self.queue[0]:
+            exchange.respond(answer)
+            exchange.response_done = True
 
     def _close_after_writes(self) -> None:
         self.closing = True
@@ -601,7 +627,10 @@ class ClientConnection(asyncio.Protocol):
 
 
 class UpstreamConnection(asyncio.Protocol):
-    """A kept-alive connection to one upstream, carrying one exchange at a time."""
+    """A kept-alive connection to one upstream, carrying one exchange at a time. Whatever
+    the upstream sends beyond the one response it owes is never relayed and ends the
+    connection: relayed, it would answer the client's next request, maybe for another
+    service."""
 
     def __init__(self, proxy: Proxy, upstream: Upstream) -> None:
         self.proxy = proxy
@@ -617,8 +646,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.listed: list[bytes] | None = None
         self.length: bytes | None = None
         self.chunked = False
+        self.coding: bytes | None = None
         self.interim = False
         self.closed = False
+        self.head_bytes = 0
+        self.meter = framing.HeadMeter()
+        # Why a parser callback stopped the parser: what the client's 502 says.
+        self.refusal: str | None = None
         self._new_exchange(reused=False)
 
     def _new_exchange(self, *, reused: bool) -> None:
@@ -698,16 +732,22 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.got_bytes = True
         client = exchange.client
+        head = self.meter.before()
         try:
             self.parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-            self.closed = True
-            self._fail("malformed upstream response")
-            if self.transport is not None:
-                self.transport.abort()
+            if self.message_done:
+                # The one response is whole; what came after it is never relayed, and a
+                # connection that sent it is out of step for good.
+                self.reusable = False
+                self._finish()
+            else:
+                self._refuse(self.refusal or "sent a malformed response")
         else:
             if self.message_done:
                 self._finish()
+            elif self.meter.after(head, len(data)):
+                self._refuse(HEAD_TOO_LARGE)
         client.flush()
 
     def eof_received(self) -> bool:
@@ -738,17 +778,28 @@ class UpstreamConnection(asyncio.Protocol):
     # -- parser callbacks --------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self.message_done:
+            raise framing.Refused  # a second response to one request: never relayed
+        self.meter.started()
+        self.head_bytes = 0
         self.lines = []
         self.reason = b""
         self.listed = None
         self.length = None
         self.chunked = False
+        self.coding = None
         self.interim = False
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
+        self.head_bytes += len(reason)
+        if self.head_bytes > MAX_HEAD_BYTES:
+            self._stop(HEAD_TOO_LARGE)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_bytes += len(name) + len(value) + 4
+        if self.head_bytes > MAX_HEAD_BYTES:
+            self._stop(HEAD_TOO_LARGE)
         # The client sees the upstream's headers as they came, minus the connection-level
         # ones: written out here, so the head needs no second pass.
         lower = name.lower()
@@ -757,11 +808,13 @@ class UpstreamConnection(asyncio.Protocol):
         elif lower == b"content-length":
             self.length = value
         elif lower == b"transfer-encoding":
-            self.chunked = b"chunked" in value.lower()
+            self.chunked = True  # unless exactly chunked, on_headers_complete refuses it
+            self.coding = value if self.coding is None else self.coding + b"," + value
         elif lower == b"connection" and value.lower() not in (b"keep-alive", b"close"):
             self.listed = [*(self.listed or []), value]
 
     def on_headers_complete(self) -> None:
+        self.meter.ended()
         exchange = self.exchange
         if exchange is None:
             return
@@ -772,37 +825,33 @@ class UpstreamConnection(asyncio.Protocol):
         client_11 = exchange.client.parser.get_http_version() == "1.1"
         if 100 <= status < 200:
             # Interim (100 Continue and friends): relayed to an HTTP/1.1 client, and the
-            # final response is still to come.
+            # final response, or a 502 in its place, is still to come.
             self.interim = True
             if client_11 and status != 101:
-                exchange.respond(http_rules.response_head(status, self.reason, lines, b"", True))
+                exchange.client.write(
+                    http_rules.response_head(status, self.reason, lines, b"", True)
+                )
             return
-        keep_alive = exchange.keep_alive and not self.proxy.draining
-        length = self.length
-        if exchange.head_only or status in (204, 304):
-            framing = b""
-            if exchange.head_only and length is not None:
-                framing = b"Content-Length: " + length + b"\r\n"
-        elif length is not None and not self.chunked:
-            framing = b"Content-Length: " + length + b"\r\n"
-        else:
-            self.until_close = not self.chunked
-            if client_11:
-                framing = b"Transfer-Encoding: chunked\r\n"
-                self.client_chunked = True
-            else:
-                framing = b""
-                keep_alive = False  # an HTTP/1.0 client learns the end from the close
+        head_only = exchange.head_only
+        no_body = head_only or status in (204, 304)
+        if self.coding is not None and not no_body and not framing.only_chunked(self.coding):
+            self._stop("used a transfer coding the proxy cannot pass on")
+        line, self.until_close, self.client_chunked, close = framing.response_framing(
+            status, head_only, self.length, self.chunked, client_11
+        )
+        keep_alive = exchange.keep_alive and not self.proxy.draining and not close
         exchange.keep_alive = keep_alive
-        exchange.respond(http_rules.response_head(status, self.reason, lines, framing, keep_alive))
+        exchange.respond(http_rules.response_head(status, self.reason, lines, line, keep_alive))
         self.reusable = bool(self.parser.should_keep_alive())
-        if exchange.head_only:
+        if head_only:
             # llhttp cannot be told the response to HEAD has no body; the exchange ends
             # here and this parser is replaced before the connection carries another.
             self.message_done = True
             self.parser_spent = True
 
     def on_body(self, body: bytes) -> None:
+        if self.message_done:
+            raise framing.Refused  # a body after a HEAD response: not the client's
         exchange = self.exchange
         if exchange is None or self.interim:
             return
@@ -833,9 +882,22 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
         exchange.response_complete()
 
-    def _fail(self, error: str) -> None:
+    def _stop(self, problem: str) -> NoReturn:
+        """From a parser callback: stop the parser; data_received refuses the response."""
+        self.refusal = problem
+        raise framing.Refused
+
+    def _refuse(self, problem: str) -> None:
+        """A response the proxy will not pass on: a 502 in its place, and this connection,
+        with whatever else the upstream has queued on it, is dropped."""
+        self.closed = True
+        self._fail(problem, problem)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _fail(self, error: str, problem: str = "unreachable") -> None:
         exchange = self.exchange
         self.exchange = None
         self.proxy.forget(self)
         if exchange is not None:
-            exchange.upstream_failed(error)
+            exchange.upstream_failed(error, problem)
