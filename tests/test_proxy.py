@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import signal
 import socket
@@ -12,10 +13,15 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from processes import BIN, echo_upstream, proxy, unix_request
+
+from bureau.errors import InputError
+from bureau.proxy import main as proxy_main
+from bureau.proxy_payload import ProxyPayload
 
 CANARY = "canary-token-7f3a9c"
 API_KEY = "canary-apikey-51be"
@@ -185,6 +191,98 @@ def test_bad_payload_is_refused_without_echoing_values(
     assert "Traceback" not in err
     assert "X-Evil" not in err
     assert not (tmp_path / "s").exists()
+
+
+# The launcher's way of starting a proxy, done by hand: this helper is a child subreaper,
+# asks the template for a proxy over its control socket, writes the payload to the proxy's
+# stdin and prints the proxy's exit code. The template's stderr (and so the proxy's) is
+# the helper's.
+BY_TEMPLATE = """
+import array, json, os, socket, subprocess, sys
+from bureau.hardening import become_subreaper
+become_subreaper()
+ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+template = subprocess.Popen(
+    [sys.executable, "-m", "bureau.proxy.template", "--control-fd", str(theirs.fileno())],
+    stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),),
+)
+theirs.close()
+stdin_r, stdin_w = os.pipe()
+stdout_r, stdout_w = os.pipe()
+fds = array.array("i", [stdin_r, stdout_w])
+message = json.dumps({"argv": sys.argv[1:]}).encode()
+ours.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+pid = json.loads(ours.recv(4096))["pid"]
+os.close(stdin_r)
+os.close(stdout_w)
+os.write(stdin_w, sys.stdin.buffer.read())
+os.close(stdin_w)
+code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+ours.close()
+template.wait(30)
+print(code)
+"""
+
+
+def _start_failing(how: str, payload: bytes, socket_path: Path) -> tuple[int, str]:
+    """Start a proxy that cannot start, directly or forked by the template: its exit code
+    and its stderr."""
+    argv = ["--socket", str(socket_path)]
+    if how == "directly":
+        command = [str(BIN / "bureau-proxy"), *argv]
+    else:
+        command = [sys.executable, "-c", BY_TEMPLATE, *argv]
+    result = subprocess.run(command, input=payload, capture_output=True, timeout=60, check=False)
+    code = result.returncode if how == "directly" else int(result.stdout)
+    return code, result.stderr.decode()
+
+
+@pytest.mark.parametrize("how", ["directly", "by the template"])
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("port out of range", "port"),
+        ("port zero", "port"),
+        ("a file where the socket's directory goes", "file exists"),
+    ],
+)
+def test_a_proxy_that_cannot_start_says_why_in_one_line(
+    tmp_path: Path, how: str, case: str, reason: str
+) -> None:
+    upstream = "http://127.0.0.1:8080"
+    socket_path = tmp_path / "run" / "s"
+    if case == "port out of range":
+        upstream = "http://127.0.0.1:99999"
+    elif case == "port zero":
+        upstream = "http://127.0.0.1:0"
+    else:
+        (tmp_path / "run").write_text("in the way")
+    code, stderr = _start_failing(how, json.dumps(_payload(upstream)).encode(), socket_path)
+    lines = stderr.splitlines()
+    assert code != 0
+    assert len(lines) == 1, stderr
+    assert reason in lines[0].lower()
+    assert CANARY not in stderr
+    assert API_KEY not in stderr
+
+
+def test_a_payload_that_fails_to_load_unexpectedly_still_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever the payload's parser raises, the proxy's reason is one line, and a
+    credential value the exception quotes is masked."""
+
+    def broken(cls: type[ProxyPayload], raw: bytes) -> ProxyPayload:
+        raise RuntimeError(f"cannot take {CANARY}\nat all")
+
+    monkeypatch.setattr(ProxyPayload, "from_bytes", classmethod(broken))
+    raw = json.dumps(_payload("http://127.0.0.1:9")).encode()
+    monkeypatch.setattr(sys, "stdin", SimpleNamespace(buffer=io.BytesIO(raw)))
+    with pytest.raises(InputError) as refused:
+        proxy_main.read_payload()
+    assert str(refused.value) == (
+        "proxy payload (stdin): RuntimeError: cannot take <redacted> at all"
+    )
 
 
 def test_template_refuses_to_run_without_its_launcher() -> None:

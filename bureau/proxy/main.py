@@ -3,12 +3,17 @@ principal's requests. Started by the launcher, which writes the payload to stdin
 closes it; the proxy answers "READY <pid>" on stdout once its socket accepts connections.
 SIGTERM: stop accepting, let in-flight requests finish (bounded), exit 0. The proxy never
 unlinks its socket path: the launcher owns the path, and after a rotation the path belongs
-to the proxy that replaced this one."""
+to the proxy that replaced this one.
+
+Any other exit says why in one log line, and never with a credential value: an expected
+failure exits 1 (2 for usage), anything else 70 with its type and message, any credential
+in that message masked."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -23,9 +28,10 @@ from bureau.errors import BureauError, InputError, UsageError
 from bureau.files import make_dirs
 from bureau.hardening import no_dumps
 from bureau.proxy.server import SWEEP_SECONDS, ClientConnection, Proxy
-from bureau.proxy_payload import ProxyPayload
+from bureau.proxy_payload import WHERE, ProxyPayload
 
 PROG = "bureau-proxy"
+EX_SOFTWARE = 70  # sysexits: an internal error, not the input's fault
 MAX_PAYLOAD = 1 << 20
 DRAIN_SECONDS = 10.0
 ACCEPT_GRACE = 0.05
@@ -46,8 +52,36 @@ def build_parser() -> Parser:
 def read_payload() -> ProxyPayload:
     raw = sys.stdin.buffer.read(MAX_PAYLOAD + 1)
     if len(raw) > MAX_PAYLOAD:
-        raise InputError("proxy payload (stdin)", None, f"larger than {MAX_PAYLOAD} bytes")
-    return ProxyPayload.from_bytes(raw)
+        raise InputError(WHERE, None, f"larger than {MAX_PAYLOAD} bytes")
+    try:
+        payload = ProxyPayload.from_bytes(raw)
+    except BureauError:
+        raise
+    except Exception as exc:
+        # Whatever the parser raised, the proxy still says why it stops.
+        raise InputError(WHERE, None, describe(exc, _raw_credentials(raw))) from None
+    return payload  # an upstream_url's port is checked there too (ServiceRoute)
+
+
+def describe(exc: BaseException, secrets: list[str]) -> str:
+    """An unexpected exception as one line, each credential value in it masked: its
+    message is not ours to vouch for."""
+    text = f"{type(exc).__name__}: {exc}"
+    for secret in sorted(secrets, key=len, reverse=True):  # the longest first: none is left half
+        if secret:
+            text = text.replace(secret, "<redacted>")
+    return " ".join(text.split())  # one line, once nothing is left to mask
+
+
+def _raw_credentials(raw: bytes) -> list[str]:
+    """The credential values in a payload that did not load, to mask in why it did not."""
+    try:
+        credentials = json.loads(raw).get("credentials")
+    except (ValueError, AttributeError, RecursionError):
+        return []
+    if not isinstance(credentials, dict):
+        return []
+    return [v for v in credentials.values() if isinstance(v, str)]
 
 
 async def serve(payload: ProxyPayload, socket_path: Path, logger: Any, *, debug: bool) -> None:
@@ -115,15 +149,32 @@ def _main(argv: list[str]) -> int:
         log.configure(level, identifier=PROG)
     except ValueError as exc:
         raise UsageError(f"--log-level: {exc}") from None
-    no_dumps()
-    payload = read_payload()
-    logger = log.get(PROG).bind(principal=payload.principal)
+    logger = log.get(PROG)
     if args.machine:
         logger = logger.bind(machine=args.machine)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(payload, args.socket, logger, debug=level == "debug"))
+    secrets: list[str] = []
+    try:
+        no_dumps()
+        payload = read_payload()
+        secrets = [s.reveal() for s in payload.credentials.values()]
+        logger = logger.bind(principal=payload.principal)
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve(payload, args.socket, logger, debug=level == "debug"))
+    except BureauError as exc:
+        logger.error("proxy exiting", reason=str(exc))
+        return exc.exit_code
+    except Exception as exc:
+        # A bug, or a failure nobody foresaw: still one line saying why, rather than a
+        # traceback nobody sees once the template's fork exits.
+        logger.error("proxy exiting", reason=describe(exc, secrets))
+        return EX_SOFTWARE
     return 0
 
 
 def main(argv: list[str] | None = None) -> None:
-    run(PROG, lambda: _main(argv if argv is not None else sys.argv[1:]))
+    try:
+        run(PROG, lambda: _main(argv if argv is not None else sys.argv[1:]))
+    except Exception as exc:
+        # Before logging was set up; no payload has been read yet.
+        sys.stderr.write(f"{PROG}: exiting: {describe(exc, [])}\n")
+        raise SystemExit(EX_SOFTWARE) from None

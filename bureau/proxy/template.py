@@ -45,8 +45,11 @@ def _receive(control: socket.socket) -> tuple[list[str], list[int]] | None:
 
 
 def _run_proxy(control: socket.socket, argv: list[str], stdin: int, stdout: int) -> None:
-    """In the grandchild: become the proxy. Never returns."""
-    code = 70
+    """In the grandchild: become the proxy. Never returns. The proxy says why it exits on
+    every path it knows of; whatever else ends this process says so in one line too, not
+    in a traceback os._exit would drop."""
+    code = proxy_main.EX_SOFTWARE
+    proxy_ran = False
     try:
         os.setsid()
         control.close()
@@ -59,10 +62,18 @@ def _run_proxy(control: socket.socket, argv: list[str], stdin: int, stdout: int)
         gc.unfreeze()
         set_process_name("bureau-proxy")
         set_title(["bureau-proxy", *argv])
+        proxy_ran = True
         try:
             proxy_main.main(argv)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
+            if exc.code is None:
+                code = 0  # sys.exit(): a clean stop
+    except BaseException as exc:
+        # Once the proxy has run, its type alone: the message might quote its payload.
+        why = type(exc).__name__ if proxy_ran else proxy_main.describe(exc, [])
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(f"bureau-proxy: exiting: {why}\n")
     finally:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):
