@@ -1,6 +1,10 @@
 """Files that matter: atomic writes with their final mode from the start, private-file
-reads that refuse loose modes, and the KEY=VALUE format of the credential file and
-machine.conf (WIRE.md "Files")."""
+reads that refuse loose modes, directories checked for who could write into them, and
+the KEY=VALUE format of the credential file and machine.conf (WIRE.md "Files").
+
+Who may own what bureau trusts (``trusted_owners``): this user and root, and, when this
+user is root, the ``bureau`` service account, which owns these files on a packaged host
+and holds the machine key anyway. Anyone else could have planted what they hold."""
 
 from __future__ import annotations
 
@@ -8,15 +12,127 @@ import contextlib
 import errno
 import json
 import os
+import pwd
 import secrets
 import stat
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
 from bureau.errors import BureauError, InputError
 from bureau.secret import Secret
 
 TEMPORARY_MARK = ".tmp-"
+SERVICE_USER = "bureau"  # the packaged units' User=
+
+
+class UnsafePath(InputError):
+    """A file or directory someone else could have written: a configuration error that
+    restarting cannot mend (exit 2, which the units do not restart after)."""
+
+    exit_code = 2
+
+
+def trusted_owners() -> frozenset[int]:
+    me = os.geteuid()
+    owners = {me, 0}
+    if me == 0:
+        with contextlib.suppress(KeyError):
+            owners.add(pwd.getpwnam(SERVICE_USER).pw_uid)
+    return frozenset(owners)
+
+
+def _user_text(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _me() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+def _owners_text(owners: Collection[int]) -> str:
+    me = os.geteuid()
+    others = sorted(uid for uid in owners if uid not in (me, 0))
+    text = f"this user (uid {me}) or root"
+    return text + "".join(f" or {_user_text(uid)}" for uid in others)
+
+
+def check_owned_dir(
+    path: Path, what: str, fix_mode: int, owners: Collection[int] | None = None
+) -> None:
+    """Refuse a directory someone else could put files into or rename ours out of: owned
+    by anyone but ``owners`` (default trusted_owners()), or writable by group or others.
+    Symbolic links are followed (an operator may link the state directory elsewhere; the
+    target is what is checked). The error is one line: the path, what is wrong, the fix."""
+    allowed = trusted_owners() if owners is None else owners
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise InputError(str(path), None, f"{what}: no such directory") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise InputError(str(path), None, f"{what} is not a directory")
+    _refuse_loose_dir(path, st, what, fix_mode, allowed)
+
+
+def _refuse_loose_dir(
+    path: Path, st: os.stat_result, what: str, fix_mode: int, owners: Collection[int]
+) -> None:
+    mode = stat.S_IMODE(st.st_mode)
+    foreign = st.st_uid not in owners
+    loose = bool(mode & 0o022)
+    if not foreign and not loose:
+        return
+    found = []
+    if foreign:
+        found.append(f"is owned by {_user_text(st.st_uid)}, not by {_owners_text(owners)}")
+    if loose:
+        found.append(f"has mode {mode:04o} (group or others may write to it)")
+    fix = f"chmod {fix_mode:o} {path}"
+    if foreign:
+        # Chowning alone would adopt whatever the other user put there.
+        fix = f"check what it holds, then run: chown {_me()}: {path} && {fix}"
+    else:
+        fix = f"run: {fix}"
+    raise UnsafePath(
+        str(path),
+        None,
+        f"{what} {' and '.join(found)}, so others could plant files in it or replace ours; {fix}",
+    )
+
+
+def check_owned_tree(top: Path, what: str, owners: Collection[int] | None = None) -> None:
+    """``top`` and everything below it, as lstat sees it: every entry owned by ``owners``
+    (default trusted_owners()), no directory writable by group or others, no symbolic
+    link (nothing of ours is one). For the launcher's subdirectories of its run dir, where
+    an entry planted while the run dir was loose would outlive the mode's repair."""
+    allowed = trusted_owners() if owners is None else owners
+    pending = [top]
+    while pending:
+        path = pending.pop()
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue  # gone meanwhile (a proxy's temporary socket)
+        if stat.S_ISLNK(st.st_mode):
+            raise UnsafePath(
+                str(path), None, f"in {what}: is a symbolic link; remove it: rm {path}"
+            )
+        if stat.S_ISDIR(st.st_mode):
+            _refuse_loose_dir(path, st, f"in {what}: the directory", 0o755, allowed)
+            pending.extend(path.iterdir())
+        elif st.st_uid not in allowed:
+            raise UnsafePath(
+                str(path),
+                None,
+                f"in {what}: owned by {_user_text(st.st_uid)}, not by {_owners_text(allowed)}; "
+                f"someone else put it there; remove it: rm {path}",
+            )
 
 
 def atomic_write(path: Path, data: bytes, mode: int) -> None:
@@ -34,22 +150,30 @@ def atomic_write(path: Path, data: bytes, mode: int) -> None:
         ) from None
 
 
-def make_dirs(path: Path, mode: int) -> None:
+def make_dirs(path: Path, mode: int, owners: Collection[int] | None = None) -> None:
     """``mkdir -p`` where every directory it creates has ``mode`` exactly, whatever the
     umask. Path.mkdir gives the parents it creates 0777 less the umask: world-writable
-    under umask 000, where anyone could swap a socket. Existing directories are left as
-    they are. Between mkdir and chmod a directory is at most as open as ``mode``."""
+    under umask 000, where anyone could swap a socket. Between mkdir and chmod a directory
+    is at most as open as ``mode``. A directory asked for that exists already, or one
+    made meanwhile by someone else, is checked, not changed: it must pass check_owned_dir
+    (an UnsafePath otherwise). The parents it finds are the caller's to vouch for (/run,
+    /var/lib, a home); the launcher checks its own directories whole at start."""
+    allowed = trusted_owners() if owners is None else owners
     missing = []
     while not path.is_dir():
         missing.append(path)
         path = path.parent
+    if not missing:
+        check_owned_dir(path, "the directory", mode, allowed)
+        return
     for directory in reversed(missing):
         try:
             directory.mkdir(mode=mode)
         except FileExistsError:
             if not directory.is_dir():
                 raise
-            continue  # made meanwhile by someone else: theirs to set
+            check_owned_dir(directory, "the directory", mode, allowed)
+            continue  # made meanwhile, and safe: its mode is its maker's to set
         directory.chmod(mode)
 
 
@@ -99,13 +223,22 @@ def remove_durably(path: Path) -> None:
     fsync_dir(path.parent)
 
 
-def read_private_file(path: Path, max_bytes: int = 1 << 20, *, strict: bool = False) -> str:
-    """Read a file that holds a secret. Refuses directories, other non-regular files and
-    modes that let group or others read it; ``strict`` also refuses a symlink and a file
-    owned by anyone but this user or root (as ssh does), for files whose content is
-    trusted (a bootstrap file, read by root). Every error names the file."""
+def read_private_bytes(
+    path: Path,
+    max_bytes: int = 1 << 20,
+    *,
+    strict: bool = False,
+    owners: Collection[int] | None = None,
+) -> bytes:
+    """Read a file that holds a secret. Refuses directories, FIFOs and other non-regular
+    files (opened non-blocking, so a FIFO cannot hang the reader) and modes that let
+    group or others read it; ``strict`` also refuses a symlink and a file owned by anyone
+    but ``owners`` (default trusted_owners(): this user or root, as ssh does), for files
+    whose content is trusted (the machine key, session.json, a bootstrap file read by
+    root). Every error is one line naming the file."""
     where = str(path)
-    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_NOFOLLOW if strict else 0)
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+    flags |= os.O_NOFOLLOW if strict else 0
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
@@ -114,24 +247,26 @@ def read_private_file(path: Path, max_bytes: int = 1 << 20, *, strict: bool = Fa
         raise InputError(where, None, "permission denied") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP and strict:
-            raise InputError(where, None, "is a symbolic link; give the file itself") from None
+            raise UnsafePath(where, None, "is a symbolic link; give the file itself") from None
         raise InputError(where, None, exc.strerror or "cannot open") from None
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             raise InputError(where, None, "is a directory, expected a file")
         if not stat.S_ISREG(st.st_mode):
-            raise InputError(where, None, "is not a regular file")
-        if strict and st.st_uid not in (os.geteuid(), 0):
-            raise InputError(
+            raise InputError(where, None, f"is {_kind(st.st_mode)}, not a regular file")
+        allowed = trusted_owners() if owners is None else owners
+        if strict and st.st_uid not in allowed:
+            raise UnsafePath(
                 where,
                 None,
-                f"is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()}) or root; "
+                f"is owned by uid {st.st_uid}, not by {_owners_text(allowed)}; "
                 "someone else could have written it",
             )
         loose = stat.S_IMODE(st.st_mode) & 0o077
         if loose:
-            raise InputError(
+            # Strict files configure a service: exit 2, which systemd does not restart.
+            raise (UnsafePath if strict else InputError)(
                 where,
                 None,
                 f"mode {stat.S_IMODE(st.st_mode):04o} lets other users read it; "
@@ -139,17 +274,58 @@ def read_private_file(path: Path, max_bytes: int = 1 << 20, *, strict: bool = Fa
             )
         if st.st_size > max_bytes:
             raise InputError(where, None, f"is {st.st_size} bytes; at most {max_bytes}")
-        raw = os.read(fd, max_bytes + 1)
+        raw = _read_up_to(fd, max_bytes + 1)
     finally:
         os.close(fd)
+    if len(raw) > max_bytes:  # grew since fstat
+        raise InputError(where, None, f"is more than {max_bytes} bytes")
+    return raw
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a special file"
+
+
+def _read_up_to(fd: int, limit: int) -> bytes:
+    chunks = []
+    while limit > 0:
+        chunk = os.read(fd, limit)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        limit -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_private_file(
+    path: Path,
+    max_bytes: int = 1 << 20,
+    *,
+    strict: bool = False,
+    owners: Collection[int] | None = None,
+) -> str:
+    """read_private_bytes, as UTF-8 text."""
+    raw = read_private_bytes(path, max_bytes, strict=strict, owners=owners)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise InputError(where, None, "is not UTF-8 text") from None
+        raise InputError(str(path), None, "is not UTF-8 text") from None
 
 
-def read_private_json(path: Path, max_bytes: int = 1 << 20, *, strict: bool = False) -> object:
-    text = read_private_file(path, max_bytes, strict=strict)
+def read_private_json(
+    path: Path,
+    max_bytes: int = 1 << 20,
+    *,
+    strict: bool = False,
+    owners: Collection[int] | None = None,
+) -> object:
+    text = read_private_file(path, max_bytes, strict=strict, owners=owners)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

@@ -8,7 +8,9 @@
 
 The key crosses to systemd-creds over a pipe, never argv or environment, and a sealed key
 is decrypted and compared before it is trusted, so a machine never rotates its password
-to one derived from a key it cannot read back.
+to one derived from a key it cannot read back. A stored key is read strictly (no symlink,
+0600, owned by this user or root; files.read_private_bytes): a key someone else planted
+would have the machine publish it and derive its password from it.
 """
 
 from __future__ import annotations
@@ -16,18 +18,20 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Collection
 from enum import StrEnum
 from pathlib import Path
 
 from bureau import age_keys
 from bureau.errors import KeyStoreError
-from bureau.files import atomic_write, read_private_file
+from bureau.files import atomic_write, read_private_bytes, read_private_file
 from bureau.secret import Secret
 
 CREDENTIAL_NAME = "machine-key"
 SEALED_FILE = "machine-key.cred"
 PLAIN_FILE = "machine-key.txt"
 PUBLIC_FILE = "machine-key.pub"
+SEALED_MAX_BYTES = 64 * 1024  # a sealed age key is about 1 KiB
 
 
 class KeyStorage(StrEnum):
@@ -72,20 +76,31 @@ def resolve(storage: KeyStorage) -> KeyStorage:
     return KeyStorage.SYSTEMD_CREDS if systemd_creds_works() else KeyStorage.PLAIN
 
 
-def load(state_dir: Path, credentials_directory: str | None) -> tuple[Secret, str] | None:
-    """The stored key and where it came from, in WIRE.md's order, or None when none."""
+def load(
+    state_dir: Path, credentials_directory: str | None, owners: Collection[int] | None = None
+) -> tuple[Secret, str] | None:
+    """The stored key and where it came from, in WIRE.md's order, or None when none.
+    Files in ``state_dir`` must be owned by ``owners`` (default files.trusted_owners());
+    what systemd delivers in ``credentials_directory`` is systemd's, not checked."""
     if credentials_directory:
         delivered = Path(credentials_directory) / CREDENTIAL_NAME
         if delivered.exists():
             return Secret(delivered.read_text().strip()), str(delivered)
     sealed = state_dir / SEALED_FILE
-    if sealed.exists():
-        raw = _systemd_creds(["decrypt", f"--name={CREDENTIAL_NAME}", str(sealed), "-"], b"")
+    if _present(sealed):
+        # Read here (strictly), decrypted from the pipe: systemd-creds would open any file.
+        blob = read_private_bytes(sealed, SEALED_MAX_BYTES, strict=True, owners=owners)
+        raw = _systemd_creds(["decrypt", f"--name={CREDENTIAL_NAME}", "-", "-"], blob)
         return Secret(raw.decode().strip()), str(sealed)
     plain = state_dir / PLAIN_FILE
-    if plain.exists():
-        return Secret(read_private_file(plain).strip()), str(plain)
+    if _present(plain):
+        return Secret(read_private_file(plain, strict=True, owners=owners).strip()), str(plain)
     return None
+
+
+def _present(path: Path) -> bool:
+    # A dangling symlink is present too: reading it strictly says what is wrong.
+    return path.exists() or path.is_symlink()
 
 
 def store(state_dir: Path, secret_key: Secret, storage: KeyStorage) -> Path:

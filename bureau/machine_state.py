@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 
 from bureau.files import atomic_write, read_private_json
@@ -15,11 +16,14 @@ def session_path(state_dir: Path) -> Path:
     return state_dir / SESSION_FILE
 
 
-def load_session(state_dir: Path) -> Session | None:
+def load_session(state_dir: Path, owners: Collection[int] | None = None) -> Session | None:
+    """session.json, read strictly: its token is the machine's, so a file someone else
+    could have written (another owner than ``owners``, default files.trusted_owners(); a
+    symlink; a loose mode) is an error, never a session."""
     path = session_path(state_dir)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return None
-    return Session.from_json(read_private_json(path), str(path))
+    return Session.from_json(read_private_json(path, strict=True, owners=owners), str(path))
 
 
 def save_session(state_dir: Path, session: Session) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,52 @@ def test_make_dirs_gives_every_directory_it_creates_the_mode(tmp_path: Path) -> 
     (tmp_path / "file").write_text("")
     with pytest.raises(FileExistsError):
         make_dirs(tmp_path / "file", 0o755)
+
+
+def test_make_dirs_refuses_an_existing_directory_someone_else_could_write(
+    tmp_path: Path,
+) -> None:
+    """An existing directory is checked, not silently taken: another owner, or a mode that
+    lets group or others write, is one line naming it and the fix. The packaged run dir's
+    0750 passes."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, 4242, 4242)
+    with pytest.raises(InputError, match=rf"^{theirs}: the directory is owned by uid 4242, "):
+        make_dirs(theirs, 0o755)
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    loose.chmod(0o777)
+    with pytest.raises(InputError, match=rf"has mode 0777 .*; run: chmod 750 {loose}$"):
+        make_dirs(loose, 0o750)
+    packaged = tmp_path / "run"
+    packaged.mkdir()
+    packaged.chmod(0o750)
+    make_dirs(packaged, 0o755)
+    make_dirs(packaged / "fleet" / "prod", 0o755)
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    """Opened non-blocking and refused by type: a FIFO nobody writes to would otherwise
+    hang the reader for good (a thread is the guard: the test fails, never hangs)."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            read_private_file(fifo, strict=True)
+        except InputError as exc:
+            errors.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    blocked = reader.is_alive()
+    if blocked:  # release it: a writer that closes at once gives the reader EOF
+        os.close(os.open(fifo, os.O_WRONLY))
+    assert not blocked, "read_private_file blocked on a FIFO"
+    assert [str(e) for e in errors] == [f"{fifo}: is a FIFO, not a regular file"]
 
 
 def test_atomic_write_leaves_old_file_when_it_fails(tmp_path: Path) -> None:

@@ -1,13 +1,24 @@
-"""The daemon's side of the launcher socket: one request, one response, per connection."""
+"""The daemon's side of the launcher socket: one request, one response, per connection.
+
+Before it sends anything (an ``ensure`` carries a principal's credentials event) it asks
+the kernel who is listening (SO_PEERCRED): only a launcher of a trusted uid is talked to.
+Trusted is files.trusted_owners(): the daemon's own uid, as in the packaged units where
+both run as ``bureau``, or root (a first boot's, or a launcher run by hand); for a root
+daemon, the ``bureau`` account too. Anyone else answering there bound the socket in a run
+dir they could write to."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from bureau.errors import BureauError
+from bureau.files import trusted_owners
 from bureau.launcher.protocol import MAX_MESSAGE, Request
 
 TIMEOUT = 60.0  # an ensure waits for a proxy to start
@@ -21,9 +32,32 @@ class LauncherRefused(BureauError):
     pass
 
 
+class LauncherImpostor(LauncherUnavailable):
+    """Someone other than a trusted launcher answers on the launcher socket: retried like
+    an absent launcher (the real one may bind again), and never sent a request."""
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the process at the other end of a connected Unix socket."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _ = struct.unpack("3i", raw)
+    return int(pid), int(uid)
+
+
+def check_peer(sock: socket.socket, path: Path, owners: Collection[int]) -> None:
+    pid, uid = peer_credentials(sock)
+    if uid not in owners:
+        raise LauncherImpostor(
+            f"{path} is answered by uid {uid} (pid {pid}), which is not a trusted launcher "
+            f"(uids {', '.join(map(str, sorted(owners)))}); nothing sent to it: someone "
+            f"else can write to {path.parent} (bureau machine doctor --fix repairs that)"
+        )
+
+
 class LauncherClient:
-    def __init__(self, socket_path: Path) -> None:
+    def __init__(self, socket_path: Path, owners: Collection[int] | None = None) -> None:
         self.socket_path = socket_path
+        self._owners = trusted_owners() if owners is None else owners
 
     async def call(self, request: Request) -> dict[str, Any]:
         try:
@@ -33,6 +67,7 @@ class LauncherClient:
                 f"launcher socket {self.socket_path}: {exc.strerror or exc}"
             ) from None
         try:
+            check_peer(writer.get_extra_info("socket"), self.socket_path, self._owners)
             writer.write(request.to_line())
             await writer.drain()
             async with asyncio.timeout(TIMEOUT):

@@ -35,7 +35,7 @@ from typing import Any
 
 from bureau import key_store, names, rooms
 from bureau.errors import BureauError, InputError, MatrixError, MatrixUnreachable
-from bureau.files import read_private_json, remove_durably
+from bureau.files import UnsafePath, read_private_json, remove_durably
 from bureau.machine_state import load_session, save_session
 from bureau.matrix_http import BACKOFF_CAP_SECONDS, Login, MatrixHTTP, backoff_seconds
 from bureau.operator.fleet import (
@@ -119,6 +119,8 @@ def _reusable_session(state_dir: Path, machine: Machine, log: Any) -> Session | 
     """session.json from an earlier run whose token still answers for this machine."""
     try:
         session = load_session(state_dir)
+    except UnsafePath:
+        raise  # someone else could have written it: theirs to explain, not ours to replace
     except InputError as exc:
         log.warning("ignoring unusable session file", problem=str(exc))
         return None

@@ -20,7 +20,13 @@ from typing import Any
 from bureau import key_store, log, names
 from bureau.edge import Parser, raise_interrupted_on_signals, run
 from bureau.errors import BureauError, InputError, UsageError
-from bureau.files import make_dirs, read_secret_input, remove_stale_temporaries
+from bureau.files import (
+    check_owned_dir,
+    check_owned_tree,
+    make_dirs,
+    read_secret_input,
+    remove_stale_temporaries,
+)
 from bureau.hardening import no_dumps
 from bureau.launcher import first_boot, server
 from bureau.machine_state import load_session, session_path
@@ -30,6 +36,8 @@ from bureau.schema import Session, validate_homeserver_url
 PROG = "bureau-launcher"
 FIRST_BOOT_STEP_SECONDS = 60
 HOMESERVER_WAIT_SECONDS = 600
+# What the launcher keeps under its run dir: adoption records, and the proxies' sockets.
+RUN_DIR_PARTS = ("launcher", "fleet")
 
 
 def build_parser() -> Parser:
@@ -101,8 +109,16 @@ def build_parser() -> Parser:
 
 
 def _prepare_state_dir(state_dir: Path, logger: Any) -> None:
-    if state_dir.exists() and not state_dir.is_dir():
+    try:
+        exists = state_dir.exists()
+    except PermissionError:
+        raise InputError(str(state_dir), None, "--state-dir: permission denied") from None
+    if exists and not state_dir.is_dir():
         raise InputError(str(state_dir), None, "is not a directory (--state-dir)")
+    # Before anything in it is read: a key or session planted by whoever could write
+    # there would become the machine's.
+    if exists:
+        check_owned_dir(state_dir, "--state-dir", 0o700)
     make_dirs(state_dir, 0o700)
     removed = remove_stale_temporaries(state_dir)
     if removed:
@@ -170,6 +186,20 @@ def _daemon_uid(value: str | None) -> set[int]:
         raise UsageError(f"--daemon-user: no such user {value!r}") from None
 
 
+def _check_run_dir(run_dir: Path) -> None:
+    """The run dir and what the launcher keeps in it (adoption records, proxy sockets):
+    whoever could write there could rename the launcher's socket away and bind their own,
+    or plant a record or a socket; an entry planted while the run dir was loose outlives
+    the repair of its mode, so everything below is checked too. The packaged run dir is
+    0750 (bureau-operators may enter it, not write)."""
+    if run_dir.exists() or run_dir.is_symlink():
+        check_owned_dir(run_dir, "--run-dir", 0o750)
+    for part in RUN_DIR_PARTS:
+        below = run_dir / part
+        if below.exists() or below.is_symlink():
+            check_owned_tree(below, f"--run-dir {run_dir}")
+
+
 def _serve(
     args: argparse.Namespace,
     state_dir: Path,
@@ -177,6 +207,8 @@ def _serve(
     logger: Any,
     notifier: Notifier,
 ) -> int:
+    run_dir: Path = args.run_dir.absolute()
+    _check_run_dir(run_dir)
     session = load_session(state_dir)
     found = key_store.load(state_dir, creds_dir)
     if session is None or found is None:
@@ -190,7 +222,7 @@ def _serve(
             machine_user=session.user_id,
             secret_key=secret_key,
             state_dir=state_dir,
-            run_dir=args.run_dir.absolute(),
+            run_dir=run_dir,
             allowed_uids=allowed,
             log=logger,
             notifier=notifier,
