@@ -7,6 +7,7 @@ publishes what the machine doctor then trusts in nix.conf."""
 from __future__ import annotations
 
 import json
+import os
 import stat
 import subprocess
 import sys
@@ -111,26 +112,26 @@ def test_fix_makes_an_enrolled_machine_pass_and_a_second_fix_changes_nothing(
     )
     assert profile.returncode == 0, profile.stderr
 
-    first = _doctor(root, "--fix")
-    assert first.returncode == 1  # no machine yet: nothing can make a session
-    assert "fixed user bureau" in first.stdout
-    assert "FAIL  session" in first.stdout
-
-    # The key sealed with systemd-creds, as script/bootstrap-machine does it.
+    # As script/bootstrap-machine does it: first boot as root, the key sealed with
+    # systemd-creds, before the doctor gives the state directory to bureau (root trusts
+    # a directory of its own, not one of an account this host's NSS does not know).
     machine, state = _first_boot(fleet, tmp_path, root, "systemd-creds")
 
-    second = _doctor(root, "--fix")
-    assert "fixed file /var/lib/bureau/session.json" in second.stdout
-    assert "fixed file /etc/bureau/machine.conf" in second.stdout
-    assert "fixed nix.conf trusts the fleet cache" in second.stdout
-    assert "fixed fleet profile /run/bureau/profile.env" in second.stdout
-    assert _failing(second.stdout) == [
+    first = _doctor(root, "--fix")
+    assert first.returncode == 1  # the launcher is not running yet
+    assert "fixed user bureau" in first.stdout
+    assert "fixed directory /var/lib/bureau" in first.stdout
+    assert "fixed file /var/lib/bureau/session.json" in first.stdout
+    assert "fixed file /etc/bureau/machine.conf" in first.stdout
+    assert "fixed nix.conf trusts the fleet cache" in first.stdout
+    assert "fixed fleet profile /run/bureau/profile.env" in first.stdout
+    assert _failing(first.stdout) == [
         "FAIL  launcher socket /run/bureau/launcher.sock: No such file or directory "
         "(fix: start bureau-launcher)"
     ]
 
     # What systemd would do next: start the launcher on the root's directories.
-    with launcher(machine.short_name, state, root / "run/bureau"):
+    with launcher(machine.short_name, state, root / "run/bureau", program=_on_this_host(root)):
         passing = _doctor(root, "--fix")
         assert passing.returncode == 0, passing.stdout
         assert "fixed" not in passing.stdout
@@ -139,11 +140,7 @@ def test_fix_makes_an_enrolled_machine_pass_and_a_second_fix_changes_nothing(
         assert again.returncode == 0
         assert again.stdout == passing.stdout  # nothing left to change
 
-    bureau = {
-        line.split(":")[0]: int(line.split(":")[2])
-        for line in (root / "etc/passwd").read_text().splitlines()
-    }["bureau"]
-    assert (state / "session.json").stat().st_uid == bureau
+    assert (state / "session.json").stat().st_uid == _bureau_uid(root)
     assert stat.S_IMODE((state / "machine-key.cred").stat().st_mode) == 0o600
     conf = (root / "etc/bureau/machine.conf").read_text()
     assert f"BUREAU_MACHINE_NAME={machine.localpart}\n" in conf
@@ -156,6 +153,33 @@ def test_fix_makes_an_enrolled_machine_pass_and_a_second_fix_changes_nothing(
     assert nix.count(f"extra-trusted-public-keys = {CACHE_KEY}\n") == 1
     launcher_binary = root / "usr/local/bin/bureau-launcher"
     assert launcher_binary.resolve() == (Path(sys.executable).parent / "bureau-launcher").resolve()
+
+
+def _bureau_uid(root: Path) -> int:
+    return {
+        line.split(":")[0]: int(line.split(":")[2])
+        for line in (root / "etc/passwd").read_text().splitlines()
+    }["bureau"]
+
+
+def _on_this_host(root: Path) -> list[str]:
+    """bureau-launcher as root with the root's account database as its own (in a mount
+    namespace of its own): the files the doctor gave to the root's bureau account are
+    the launcher's, as they are on the host itself (first boot or a launcher run by root
+    trusts root, itself and bureau)."""
+    bind = 'mount --bind "$0" /etc/passwd && exec "$@"'
+    launcher_binary = str(Path(sys.executable).parent / "bureau-launcher")
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        bind,
+        str(root / "etc/passwd"),
+        launcher_binary,
+    ]
 
 
 def test_edited_unit_is_drift_and_fix_restores_it(root: Path) -> None:
@@ -184,6 +208,62 @@ def test_plain_key_is_sealed_by_fix(fleet: Fleet, root: Path, tmp_path: Path) ->
     # The sealed key is the same key: the machine still logs in with its session and the
     # published key matches.
     assert "ok    published key" in fixed.stdout
+
+
+def test_fix_repairs_owners_and_modes_but_adopts_nothing_someone_else_wrote(
+    fleet: Fleet, root: Path, tmp_path: Path
+) -> None:
+    """The state dir opened to another user (4242) who swapped in a key of their own, a
+    session readable by all, and a record and a proxy directory planted in the run dir:
+    --fix gives the directories back to bureau with their modes and tightens the session,
+    removes what was planted in the run dir, and neither hands the planted key to bureau
+    nor seals it (the launcher would then publish it); that stays a failure to act on."""
+    _, state = _first_boot(fleet, tmp_path, root, "plain")
+    os.chown(state, 4242, 4242)
+    state.chmod(0o777)
+    (state / "session.json").chmod(0o644)
+    key, public = state / "machine-key.txt", state / "machine-key.pub"
+    generated = subprocess.run(["age-keygen"], check=True, capture_output=True).stdout
+    key.write_bytes(next(ln for ln in generated.splitlines() if ln.startswith(b"AGE-SECRET")))
+    derived = subprocess.run(["age-keygen", "-y", str(key)], check=True, capture_output=True)
+    public.write_bytes(derived.stdout)
+    for planted in (key, public):
+        os.chown(planted, 4242, 4242)
+    records = root / "run/bureau/launcher/proxies"
+    records.mkdir(parents=True)
+    (records / "0badf00d.json").write_text("{}")
+    os.chown(records / "0badf00d.json", 4242, 4242)
+    proxies = root / "run/bureau/fleet/prod"
+    proxies.mkdir(parents=True)
+    os.chown(proxies, 4242, 4242)
+    proxies.chmod(0o777)
+
+    fixed = _doctor(root, "--fix")
+    assert "fixed directory /var/lib/bureau" in fixed.stdout
+    assert "fixed file /var/lib/bureau/session.json" in fixed.stdout
+    assert "fixed contents of /run/bureau" in fixed.stdout
+    assert "fixed file /var/lib/bureau/machine-key.txt" not in fixed.stdout
+    assert "fixed machine key" not in fixed.stdout
+    failing = _failing(fixed.stdout)
+    assert (
+        "FAIL  file /var/lib/bureau/machine-key.txt: is 0600 4242: 4242 could have written it "
+        "(fix: if it is not this machine's, remove it and provision the machine again; else "
+        "chown bureau: /var/lib/bureau/machine-key.txt)"
+    ) in failing
+    assert any(
+        line.startswith("FAIL  machine key: cannot be read: ") and "owned by uid 4242" in line
+        for line in failing
+    ), failing
+
+    bureau = _bureau_uid(root)
+    for path, mode in ((state, 0o700), (state / "session.json", 0o600), (proxies, 0o755)):
+        assert (path.stat().st_uid, stat.S_IMODE(path.stat().st_mode)) == (bureau, mode), path
+    assert key.stat().st_uid == 4242
+    assert not (state / "machine-key.cred").exists()
+    assert not (records / "0badf00d.json").exists()
+    again = _doctor(root, "--fix")
+    assert "fixed" not in again.stdout
+    assert _failing(again.stdout) == _failing(fixed.stdout)
 
 
 def test_matrix_doctor_finds_and_restores_power_levels(fleet: Fleet) -> None:

@@ -30,6 +30,13 @@ MACHINE_CONF = Path("/etc/bureau/machine.conf")
 CONF_HEADER = "Bureau machine settings: the EnvironmentFile of bureau-launcher and bureau-daemon."
 
 
+def trusted(host: Host) -> frozenset[int]:
+    """Who may own the machine's files, as the doctor sees them: root, whoever runs it,
+    and this host's bureau account (the root's own /etc/passwd under --root)."""
+    account = host.user(USER)
+    return frozenset({0, os.geteuid(), *([account.id] if account else [])})
+
+
 class HostChecks:
     def __init__(self, host: Host, start_services: bool = True) -> None:
         self.host = host
@@ -118,17 +125,30 @@ class HostChecks:
         os.chown(path, account.id, team.id, follow_symlinks=False)
 
     def private_files(self) -> Iterator[Finding]:
-        """session.json and the key: 0600 and the launcher's, or the units cannot read them."""
+        """session.json and the key: 0600 and the launcher's, or the units cannot read them.
+        One owned by someone else (neither root nor bureau) is not handed to bureau: that
+        would make a key or session they planted the machine's."""
         state = self.host.path(STATE_DIR)
+        owners = trusted(self.host)
         for file_name in ("session.json", key_store.SEALED_FILE, key_store.PLAIN_FILE):
             path = state / file_name
             try:
-                st = path.stat()
+                st = path.lstat()
             except (FileNotFoundError, PermissionError):
                 continue  # absent ones are the session and key checks' business
             name = f"file {STATE_DIR / file_name}"
-            have = f"{stat.S_IMODE(st.st_mode):04o} {self.host.name_of_uid(st.st_uid)}"
-            if have != f"0600 {USER}":
+            owner = self.host.name_of_uid(st.st_uid)
+            have = f"{stat.S_IMODE(st.st_mode):04o} {owner}"
+            if not stat.S_ISREG(st.st_mode):
+                yield fail(name, "is not a regular file", f"remove it: rm {STATE_DIR / file_name}")
+            elif st.st_uid not in owners:
+                yield fail(
+                    name,
+                    f"is {have}: {owner} could have written it",
+                    "if it is not this machine's, remove it and provision the machine again; "
+                    f"else chown {USER}: {STATE_DIR / file_name}",
+                )
+            elif have != f"0600 {USER}":
                 yield fail(name, f"is {have}", f"make it 0600 {USER}", self._private_fix(path))
             else:
                 yield ok(name, f"0600 {USER}")
@@ -198,7 +218,7 @@ class HostChecks:
 
     def _conf_from_session(self) -> MachineConf | None:
         try:
-            session = load_session(self.host.path(STATE_DIR))
+            session = load_session(self.host.path(STATE_DIR), trusted(self.host))
         except (InputError, PermissionError):
             return None
         return MachineConf.from_session(session) if session is not None else None
@@ -299,7 +319,7 @@ class HostChecks:
             yield fail(name, "no private key", "the key is lost: decommission and provision again")
             return
         try:
-            found = key_store.load(state, None)
+            found = key_store.load(state, None, trusted(self.host))
             if found is None:
                 raise BureauError("vanished while checked")
             secret, source = found
@@ -324,7 +344,7 @@ class HostChecks:
             return
         yield ok(name, f"sealed, decrypts to {public}")
 
-    @staticmethod
-    def _seal(state: Path, secret: Secret, plain: Path) -> None:
-        key_store.store(state, secret, key_store.KeyStorage.SYSTEMD_CREDS)
+    def _seal(self, state: Path, secret: Secret, plain: Path) -> None:
+        sealed = key_store.store(state, secret, key_store.KeyStorage.SYSTEMD_CREDS)
+        self._private_fix(sealed)()  # written by root: the launcher's, as the plain one was
         plain.unlink()

@@ -1,6 +1,7 @@
 """`bureau machine doctor`: the checks in the order their fixes depend on each other (the
-user before the directories it owns, the key sealed before its owner is set, everything
-in place before the services start, the services before their sockets)."""
+user before the directories it owns, the key's owner and mode before it is read, what the
+launcher keeps in the run dir before the launcher is started, everything in place before
+the services start, the services before their sockets)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from bureau.doctor.findings import Check, Report, examine
 from bureau.doctor.host_checks import HostChecks
 from bureau.doctor.machine_checks import MachineChecks
+from bureau.doctor.run_dir_checks import RunDirChecks
 from bureau.host import Host
 
 
@@ -18,6 +20,7 @@ def machine_doctor(
     host = Host(root)
     local = HostChecks(host, start_services=start_services)
     remote = MachineChecks(host, nix_conf_dir, start_services=start_services)
+    run_dir = RunDirChecks(host)
     checks: list[Check] = [
         local.user,
         local.operators_group,
@@ -25,9 +28,10 @@ def machine_doctor(
         local.binaries,
         local.units,
         local.enabled,
-        local.machine_key,
         local.private_files,
+        local.machine_key,
         local.machine_conf,
+        run_dir.entries,
         remote.session,
         remote.published_key,
         remote.substituter,

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from bureau import key_store, names, nix_conf, rooms
+from bureau.daemon.launcher_client import LauncherImpostor, check_peer, peer_credentials
 from bureau.doctor.findings import Finding, fail, not_applicable, ok
-from bureau.doctor.host_checks import RUN_DIR, STATE_DIR
+from bureau.doctor.host_checks import RUN_DIR, STATE_DIR, trusted
 from bureau.errors import BureauError, InputError, MatrixError
 from bureau.files import atomic_write
 from bureau.host import Host, run_tool
@@ -43,7 +44,7 @@ class MachineChecks:
         """The session answers whoami as this machine; the checks after it need it."""
         self._client = None
         try:
-            session = load_session(self.host.path(STATE_DIR))
+            session = load_session(self.host.path(STATE_DIR), trusted(self.host))
         except PermissionError:
             yield fail("session", f"{STATE_DIR} is not readable", "run the doctor as root")
             return
@@ -196,15 +197,19 @@ class MachineChecks:
         if not self.start_services and not launcher.exists():
             yield not_applicable(name, "services not started (--no-start)")
             return
+        owners = trusted(self.host)
         try:
-            principals = _launcher_list(launcher)
+            principals = _launcher_list(launcher, owners)
+        except LauncherImpostor as exc:
+            yield fail(name, str(exc), "stop that process, then restart bureau-launcher")
+            return
         except OSError as exc:
             yield fail(name, exc.strerror or str(exc), "start bureau-launcher")
             return
         yield ok(name, f"{len(principals)} principals")
         for item in principals:
             principal, path = str(item.get("principal")), Path(str(item.get("socket")))
-            if _proxy_healthy(path):
+            if _proxy_healthy(path, owners):
                 yield ok(f"proxy of {principal}")
             else:
                 yield fail(
@@ -226,10 +231,11 @@ class _Quiet:
 _quiet = _Quiet()
 
 
-def _launcher_list(path: Path) -> list[dict[str, Any]]:
+def _launcher_list(path: Path, owners: Collection[int]) -> list[dict[str, Any]]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(SOCKET_TIMEOUT)
         sock.connect(str(path))
+        check_peer(sock, path, owners)
         sock.sendall(Request("list").to_line())
         data = sock.makefile("rb").readline(MAX_MESSAGE)
     try:
@@ -241,11 +247,15 @@ def _launcher_list(path: Path) -> list[dict[str, Any]]:
     return [p for p in response.get("principals", []) if isinstance(p, dict)]
 
 
-def _proxy_healthy(path: Path) -> bool:
+def _proxy_healthy(path: Path, owners: Collection[int]) -> bool:
+    """A proxy answers /health on its socket, and it is bureau's (not a socket someone
+    else bound in its place)."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(SOCKET_TIMEOUT)
             sock.connect(str(path))
+            if peer_credentials(sock)[1] not in owners:
+                return False
             sock.sendall(b"GET /health HTTP/1.0\r\nHost: bureau\r\n\r\n")
             return sock.makefile("rb").readline(1024).split()[1:2] == [b"200"]
     except OSError:
