@@ -347,6 +347,24 @@ def test_launcher_client_checks_the_peer_before_it_sends(loose_parent: Path) -> 
         assert bool(heard) is trusted, heard
 
 
+def test_doctor_reports_a_launcher_socket_answered_by_another_uid(empty_root: Path) -> None:
+    run_dir = empty_root / "run/bureau"
+    run_dir.mkdir(parents=True)
+    for directory in (empty_root, empty_root / "run", run_dir):
+        directory.chmod(0o755)
+    run_dir.chmod(0o777)
+    impostor = _impostor(run_dir / "launcher.sock", NOBODY)
+    try:
+        result = run("bureau", "machine", "doctor", "--root", empty_root)
+    finally:
+        heard = _heard(impostor)
+    assert heard == []
+    line = next(ln for ln in result.stdout.splitlines() if "launcher socket" in ln)
+    assert line.startswith("FAIL  launcher socket /run/bureau/launcher.sock: "), line
+    assert f"is answered by uid {NOBODY}" in line, line
+    assert "directory /run/bureau: is 0777 root:root" in result.stdout
+
+
 # -- FIFOs where a file is expected ------------------------------------------------------
 
 
