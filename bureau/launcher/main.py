@@ -100,7 +100,7 @@ def build_parser() -> Parser:
     p.add_argument(
         "--daemon-user",
         help="user (name or uid) of bureau-daemon, allowed on the launcher socket besides the "
-        "launcher's own user",
+        "launcher's own user and root",
     )
     p.add_argument(
         "--log-level", help="debug, info, warning, error (default: $BUREAU_LOG_LEVEL or info)"
@@ -216,7 +216,8 @@ def _serve(
     secret_key, source = found
     logger = logger.bind(machine=session.user_id)
     logger.info("machine key loaded", source=source)
-    allowed = {os.getuid(), *_daemon_uid(args.daemon_user)}
+    # Root too: it can read the key anyway, and `bureau machine doctor` runs as root.
+    allowed = {os.getuid(), 0, *_daemon_uid(args.daemon_user)}
     asyncio.run(
         server.serve(
             machine_user=session.user_id,

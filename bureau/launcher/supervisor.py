@@ -34,7 +34,7 @@ from bureau.credentials_event import (
     rfc3339_now,
 )
 from bureau.errors import InputError
-from bureau.files import atomic_write, make_dirs
+from bureau.files import atomic_write, make_dirs, read_private_json
 from bureau.launcher.spawner import Spawner, SpawnError
 from bureau.proxy_payload import ProxyPayload
 from bureau.secret import Secret
@@ -441,10 +441,11 @@ class Supervisor:
     async def _adopt_recorded(self) -> None:
         for path in sorted(self._state_dir.glob("*.json")):
             try:
-                record = json.loads(path.read_text())
+                # Strict: a record decides which pid the launcher adopts and signals.
+                record: Any = read_private_json(path, strict=True)
                 principal, content = str(record["principal"]), dict(record["content"])
                 pid, start_time = int(record["pid"]), record["start_time"]
-            except (OSError, ValueError, KeyError, TypeError):
+            except (InputError, OSError, ValueError, KeyError, TypeError):
                 self._log.warning("ignoring unreadable proxy record", path=str(path))
                 path.unlink()
                 continue
