@@ -13,10 +13,11 @@ import errno
 import json
 import os
 import pwd
+import re
 import secrets
 import stat
 import sys
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from bureau.errors import BureauError, InputError
@@ -348,23 +349,33 @@ def read_secret_input(path: str, what: str) -> Secret:
     return Secret(value)
 
 
-def parse_env(text: str, where: str) -> dict[str, str]:
-    """KEY=VALUE lines, ``#`` comments and blank lines ignored, split at the first ``=``.
-    Lines end at LF only (a CRLF's CR is trimmed): a CR or other control character inside
-    a value stays in it, for the caller to refuse."""
-    result: dict[str, str] = {}
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def env_lines(text: str, where: str) -> Iterator[tuple[str, str, str]]:
+    """(``line N``, name, value) for each NAME=VALUE line; ``#`` comments and blank lines
+    are skipped, a line is split at its first ``=``. Lines end at LF only (a CRLF's CR is
+    trimmed): a CR or other control character inside a value stays in it, for the caller
+    to refuse. Errors name the line by number, never by content: a line that is not
+    NAME=VALUE may be a raw secret pasted in."""
+    seen: set[str] = set()
     for number, line in enumerate(text.split("\n"), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
-        key, sep, value = stripped.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise InputError(where, f"line {number}", "expected KEY=VALUE")
-        if key in result:
-            raise InputError(where, key, f"set twice (again on line {number})")
-        result[key] = value.strip()
-    return result
+        name, sep, value = stripped.partition("=")
+        name, at = name.strip(), f"line {number}"
+        if not sep or not _ENV_NAME.fullmatch(name):
+            raise InputError(where, at, "expected NAME=VALUE with a name of letters, digits and _")
+        if name in seen:
+            raise InputError(where, at, f"sets {name} again")
+        seen.add(name)
+        yield at, name, value.strip()
+
+
+def parse_env(text: str, where: str) -> dict[str, str]:
+    """The credential file's and machine.conf's format: see env_lines."""
+    return {name: value for _, name, value in env_lines(text, where)}
 
 
 def render_env(values: dict[str, str], header: str = "") -> str:

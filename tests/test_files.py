@@ -121,7 +121,13 @@ def test_env_format() -> None:
         "A": "1",
         "B": "x=y",
     }
-    with pytest.raises(InputError, match="f: line 2: expected KEY=VALUE"):
+    with pytest.raises(InputError, match="f: line 2: expected NAME=VALUE"):
         parse_env("A=1\nnonsense\n", "f")
-    with pytest.raises(InputError, match="f: A: set twice"):
+    with pytest.raises(InputError, match="f: line 2: sets A again"):
         parse_env("A=1\nA=2\n", "f")
+    # A pasted token with base64 padding looks like NAME=VALUE: named by line, not echoed.
+    with pytest.raises(InputError) as refused:
+        parse_env("A=1\nsk-live-canary==\n", "f")
+    assert str(refused.value) == (
+        "f: line 2: expected NAME=VALUE with a name of letters, digits and _"
+    )

@@ -15,7 +15,7 @@ from bureau.credentials_event import (
     valid_credential_name,
 )
 from bureau.errors import InputError, UsageError
-from bureau.files import read_private_file
+from bureau.files import env_lines, read_private_file
 from bureau.operator import credentials, principal_credentials
 from bureau.schema import is_age_public_key
 from bureau.secret import Secret
@@ -37,27 +37,19 @@ def read_secrets(path: str) -> dict[str, Secret]:
 
 
 def parse_secrets(text: str, where: str) -> dict[str, Secret]:
-    """KEY=VALUE lines, ``#`` comments and blank lines ignored. Errors name the line by its
-    number, never by its content: a line that is not KEY=VALUE may be a raw token."""
+    """NAME=VALUE lines (files.env_lines: errors by line number, never content), each a
+    credential name and a non-empty single-line value."""
     secrets: dict[str, Secret] = {}
-    for number, line in enumerate(text.split("\n"), start=1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        key, sep, value = stripped.partition("=")
-        key, value = key.strip(), value.strip()
-        at = f"line {number}"
-        if not sep or not valid_credential_name(key):
-            raise InputError(where, at, "expected NAME=VALUE with a name of letters, digits and _")
-        if key in secrets:
-            raise InputError(where, at, f"sets {key} again")
+    for at, name, value in env_lines(text, where):
+        if not valid_credential_name(name):
+            raise InputError(where, at, "credential names are at most 128 letters, digits and _")
         if not value:
-            raise InputError(where, at, f"{key} has an empty value")
+            raise InputError(where, at, f"{name} has an empty value")
         if has_control_character(value):
             raise InputError(
-                where, at, f"{key}'s value contains a control character (CR, NUL, ...)"
+                where, at, f"{name}'s value contains a control character (CR, NUL, ...)"
             )
-        secrets[key] = Secret(value)
+        secrets[name] = Secret(value)
     if not secrets:
         raise InputError(where, None, "holds no NAME=VALUE lines")
     return secrets
