@@ -7,6 +7,8 @@ list`, and the healthy ones still rotate, stop and start."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -243,3 +245,55 @@ def test_a_raw_token_on_the_secrets_input_is_never_echoed(fleet: Fleet, tmp_path
     assert result.returncode != 0
     assert "line 1: expected NAME=VALUE" in one_line_error(result)
     assert "canary" not in result.stderr
+
+
+def test_a_proxy_killed_by_a_nameless_signal_is_restarted(
+    fleet: Fleet, tmp_path: Path, run_dir: Path
+) -> None:
+    """Real-time signals have no name in Python's signal.Signals: describing such an exit
+    once raised inside the proxy's watcher and ended the launcher."""
+    machine = enroll(fleet, tmp_path)
+    with (
+        echo_upstream() as upstream,
+        launcher(machine.machine.short_name, machine.state_dir, run_dir) as running,
+    ):
+        publisher = Publisher(fleet, machine, upstream)
+        principal = publisher.user_id(ROTATED)
+        assert launcher_ensure(running.socket, principal, publisher.build(ROTATED, "g1"))["ok"]
+        (pid,) = proxies_under(run_dir)
+        os.kill(pid, signal.SIGRTMIN + 1)
+        running.wait_for("proxy restarted")
+        assert running.proc.poll() is None
+        assert _generation(run_dir, ROTATED) == "g1"
+        assert f"signal {int(signal.SIGRTMIN) + 1}" in running.log()
+
+
+def test_a_record_of_a_name_that_can_no_longer_run_is_dropped(
+    fleet: Fleet, tmp_path: Path, run_dir: Path
+) -> None:
+    """An adoption record left by an earlier version for a principal whose name is now
+    refused (its socket would collide) is dropped; the launcher starts and serves."""
+    machine = enroll(fleet, tmp_path)
+    records = run_dir / "launcher" / "proxies"
+    records.mkdir(parents=True, mode=0o700)
+    with subprocess.Popen(["sleep", "600"]) as sleeper:
+        stat = Path(f"/proc/{sleeper.pid}/stat").read_text()
+        start_time = int(stat[stat.rindex(")") + 2 :].split()[19])
+        record = {
+            "principal": f"@{fleet.name}/{ROTATED}.proxy.sock/x:{fleet.hub.server_name}",
+            "pid": sleeper.pid,
+            "start_time": start_time,
+            "digest": "sha256:00",
+            "content": {},
+            "started_at": 0,
+        }
+        path = records / "old.json"
+        path.write_text(json.dumps(record))
+        path.chmod(0o600)
+        try:
+            with launcher(machine.machine.short_name, machine.state_dir, run_dir) as running:
+                assert launcher_call(running.socket, {"action": "list"})["principals"] == []
+                assert "ignoring unusable proxy record" in running.log()
+                assert not path.exists()
+        finally:
+            sleeper.kill()

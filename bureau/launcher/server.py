@@ -1,5 +1,5 @@
 """The launcher's Unix socket: one JSON request and one JSON response per connection,
-only from the launcher's own uid or the daemon's (SO_PEERCRED). Lifecycle: adopt earlier
+only from the launcher's own uid, root's or the daemon's (SO_PEERCRED). Lifecycle: adopt earlier
 proxies, bind (0660), serve until SIGTERM, close the socket. Proxies keep running when
 the launcher stops: the next launcher adopts them."""
 
@@ -77,6 +77,7 @@ class LauncherServer:
         self._refusal_logged_at = -REFUSAL_LOG_SECONDS
         self._refused_since_log = 0
         self._held_refusals = 0
+        self._last_refused_uid = -1
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Every connection gets one answer, whatever its request does to the code below:
@@ -114,11 +115,14 @@ class LauncherServer:
         at once and cannot use up the launcher's descriptors. Logged at most once per
         REFUSAL_LOG_SECONDS, with the count since."""
         writer.write(encode_response(failure("permission denied")))
-        now = time.monotonic()
         self._refused_since_log += 1
-        if now - self._refusal_logged_at >= REFUSAL_LOG_SECONDS:
-            self._log.warning("refused a connection", uid=uid, refused=self._refused_since_log)
-            self._refusal_logged_at, self._refused_since_log = now, 0
+        self._last_refused_uid = uid
+        wait = self._refusal_logged_at + REFUSAL_LOG_SECONDS - time.monotonic()
+        if wait <= 0:
+            self._log_refusals()
+        elif self._refused_since_log == 1:
+            # The tail of a burst is reported when its window ends, not at the next one.
+            asyncio.get_running_loop().call_later(wait, self._log_refusals)
         if self._held_refusals >= MAX_HELD_REFUSALS:
             return
         self._held_refusals += 1
@@ -129,6 +133,13 @@ class LauncherServer:
                     await reader.readline()
         finally:
             self._held_refusals -= 1
+
+    def _log_refusals(self) -> None:
+        if self._refused_since_log:
+            self._log.warning(
+                "refused a connection", uid=self._last_refused_uid, refused=self._refused_since_log
+            )
+        self._refusal_logged_at, self._refused_since_log = time.monotonic(), 0
 
     async def _answer(self, line: bytes) -> dict[str, Any]:
         principal = None

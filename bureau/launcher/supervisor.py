@@ -33,7 +33,7 @@ from bureau.credentials_event import (
     parse_rfc3339,
     rfc3339_now,
 )
-from bureau.errors import InputError
+from bureau.errors import BureauError, InputError
 from bureau.files import atomic_write, make_dirs, read_private_json
 from bureau.launcher.spawner import Spawner, SpawnError
 from bureau.proxy_payload import ProxyPayload
@@ -44,6 +44,7 @@ SUN_PATH_MAX = 107
 DRAIN_TIMEOUT = 15.0
 BACKOFF_CAP = 30.0
 STABLE_SECONDS = 60.0
+POLL_SECONDS = 1.0  # watching a proxy without a pidfd
 # What a proxy inherits: no notify socket, no credentials directory, nothing else. The
 # journal variables let its logs reach the journal with their fields.
 _CHILD_ENV = (
@@ -88,7 +89,11 @@ def _reap(pid: int) -> str:
     except ChildProcessError:
         return "status unknown"
     if os.WIFSIGNALED(status):
-        return f"signal {signal.Signals(os.WTERMSIG(status)).name}"
+        number = os.WTERMSIG(status)
+        try:
+            return f"signal {signal.Signals(number).name}"
+        except ValueError:  # real-time signals have no name
+            return f"signal {number}"
     return f"status {os.waitstatus_to_exitcode(status)}"
 
 
@@ -345,7 +350,19 @@ class Supervisor:
         return proxy
 
     def _install(self, proxy: Proxy) -> None:
+        """The proxy is the principal's from now on. Its adoption record is written for
+        the next launcher; a record that cannot be written (a full or unsafe run dir) is
+        logged, not raised: the proxy serves, and the next launcher, finding no record,
+        stops it and the daemon has it started again."""
         self._proxies[proxy.principal] = proxy
+        try:
+            self._write_record(proxy)
+        except (BureauError, OSError) as exc:
+            self._log.error(
+                "could not record the proxy for adoption", principal=proxy.principal, error=str(exc)
+            )
+
+    def _write_record(self, proxy: Proxy) -> None:
         make_dirs(self._state_dir, 0o700)
         record = {
             "principal": proxy.principal,
@@ -365,6 +382,15 @@ class Supervisor:
         except ProcessLookupError:
             proxy.exited.set()
             how = "status unknown"
+        except OSError as exc:  # EMFILE, say: watched by polling instead
+            self._log.warning(
+                "watching a proxy by polling", principal=proxy.principal, error=str(exc)
+            )
+            alive = proxy.start_time is not None
+            while alive and process_start_time(proxy.pid) == proxy.start_time:
+                await asyncio.sleep(POLL_SECONDS)
+            proxy.exited.set()
+            how = _reap(proxy.pid)
         else:
             loop = asyncio.get_running_loop()
             loop.add_reader(fd, proxy.exited.set)
@@ -405,6 +431,8 @@ class Supervisor:
     async def _retire(self, proxy: Proxy) -> None:
         """SIGTERM: the proxy stops accepting and drains; SIGKILL if it overstays."""
         proxy.retiring = True
+        if proxy.exited.is_set():
+            return  # gone, and perhaps reaped: its pid may be someone else's by now
         with contextlib.suppress(ProcessLookupError):
             os.kill(proxy.pid, signal.SIGTERM)
         try:
@@ -445,21 +473,22 @@ class Supervisor:
                 record: Any = read_private_json(path, strict=True)
                 principal, content = str(record["principal"]), dict(record["content"])
                 pid, start_time = int(record["pid"]), record["start_time"]
-            except (InputError, OSError, ValueError, KeyError, TypeError):
-                self._log.warning("ignoring unreadable proxy record", path=str(path))
-                path.unlink()
-                continue
-            alive = start_time is not None and process_start_time(pid) == start_time
-            if alive:
+                alive = start_time is not None and process_start_time(pid) == start_time
                 proxy = Proxy(
                     principal,
                     pid,
                     start_time,
-                    self._socket_path(principal),
+                    self._socket_path(principal),  # refuses a name that can no longer run
                     str(record["digest"]),
                     content,
                     float(record.get("started_at", time.time())),
                 )
+            except (InputError, names.InvalidName, OSError, ValueError, KeyError, TypeError):
+                # Its proxy, if it runs, is stopped below as one this launcher did not adopt.
+                self._log.warning("ignoring unusable proxy record", path=str(path))
+                path.unlink()
+                continue
+            if alive:
                 self._proxies[principal] = proxy
                 self._tasks.create_task(self._watch(proxy))
                 self._log.info("adopted running proxy", principal=principal, pid=pid)
