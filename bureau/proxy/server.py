@@ -23,6 +23,7 @@ from typing import Any, NoReturn, cast
 import httptools
 
 from bureau.proxy import framing, http_rules
+from bureau.proxy.exchange import Exchange
 from bureau.proxy.framing import MAX_HEAD_BYTES
 from bureau.proxy.http_rules import CompiledRoute, Upstream
 from bureau.proxy_payload import ProxyPayload
@@ -155,106 +156,6 @@ class Proxy:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-class Exchange:
-    """One request and its response, from the first header to the last body byte."""
-
-    __slots__ = (
-        "body_pending",
-        "chunked_request",
-        "client",
-        "finished",
-        "has_body",
-        "head",
-        "head_only",
-        "keep_alive",
-        "local",
-        "method",
-        "request_done",
-        "response_done",
-        "response_started",
-        "route",
-        "started",
-        "upstream",
-    )
-
-    def __init__(self, client: ClientConnection, method: bytes, keep_alive: bool) -> None:
-        self.client = client
-        self.method = method
-        self.keep_alive = keep_alive
-        self.head_only = method == b"HEAD"
-        self.route: CompiledRoute | None = None
-        self.local: bytes | None = None
-        self.head = b""
-        self.chunked_request = False
-        self.has_body = False
-        # Request body bytes waiting for an upstream connection (already framed).
-        self.body_pending: list[bytes] = []
-        self.request_done = False
-        self.response_started = False
-        self.response_done = False
-        self.finished = False
-        self.upstream: UpstreamConnection | None = None
-        self.started = 0.0
-
-    def answer_locally(self, response: bytes, *, close: bool = False) -> None:
-        self.local = response
-        if close:
-            self.keep_alive = False
-
-    # -- request body, from the client's parser ----------------------------------------
-
-    def request_body(self, data: bytes) -> None:
-        if self.local is not None or self.response_done:
-            return  # nobody will read it: an answered request's body is dropped
-        framed = http_rules.chunk(data) if self.chunked_request else [data]
-        if self.upstream is not None:
-            self.upstream.send(framed)
-        else:
-            self.body_pending += framed
-            self.client.buffered += len(data)
-
-    def request_complete(self) -> None:
-        self.request_done = True
-        if self.local is None and not self.response_done and self.chunked_request:
-            if self.upstream is not None:
-                self.upstream.send([http_rules.LAST_CHUNK])
-            else:
-                self.body_pending.append(http_rules.LAST_CHUNK)
-
-    # -- response, from the upstream connection ----------------------------------------
-
-    def upstream_failed(self, error: str, problem: str = "unreachable") -> None:
-        """No final response head came, or not one the proxy can pass on: the client gets
-        a 502 (unless it is already gone or answered)."""
-        if self.finished or self.response_done:
-            return
-        service = self.route.service if self.route else "?"
-        self.client.proxy.log.warning(f"upstream {problem}", service=service, error=error)
-        self.upstream = None
-        if self.response_started:
-            self.client.abort()
-            return
-        message = f"upstream of {service!r} {problem}"
-        self.respond(http_rules.error_response(502, message, keep_alive=self.keep_alive))
-        self.response_complete()
-
-    def respond(self, data: bytes | list[bytes]) -> None:
-        self.response_started = True
-        self.client.write(data)
-
-    def response_complete(self) -> None:
-        self.response_done = True
-        self.upstream = None
-        if self.client.proxy.debug and self.route is not None:
-            self.client.proxy.log.debug(
-                "forwarded",
-                service=self.route.service,
-                method=self.method.decode("ascii", "replace"),
-                ms=round((time.monotonic() - self.started) * 1000, 1),
-            )
-        self.client.exchange_progress()
 
 
 class ClientConnection(asyncio.Protocol):
