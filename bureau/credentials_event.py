@@ -61,9 +61,14 @@ def rfc3339_now(now: datetime | None = None) -> str:
     return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _shown(value: str, limit: int = 80) -> str:
+    """A value quoted in an error, cut short: errors travel into logs and heartbeats."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
+
+
 def parse_rfc3339(value: str) -> datetime:
     if not _RFC3339.fullmatch(value):
-        raise ValueError(f"{value!r} is not an RFC 3339 time (e.g. 2026-12-31T23:59:59Z)")
+        raise ValueError(f"{_shown(value)} is not an RFC 3339 time (e.g. 2026-12-31T23:59:59Z)")
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
@@ -88,11 +93,11 @@ def check_upstream_url(url: str, where: str) -> None:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise InputError(where, field_name, f"{url!r} is not a valid URL ({exc})") from None
+        raise InputError(where, field_name, f"{_shown(url)} is not a valid URL ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InputError(where, field_name, f"{url!r} is not an http(s) URL with a host")
+        raise InputError(where, field_name, f"{_shown(url)} is not an http(s) URL with a host")
     if parts.netloc.endswith(":") or port == 0:
-        raise InputError(where, field_name, f"{url!r}: the port must be 1-65535")
+        raise InputError(where, field_name, f"{_shown(url)}: the port must be 1-65535")
     if parts.username or parts.password or parts.query or parts.fragment:
         raise InputError(where, field_name, "must not carry credentials, query or fragment")
 
@@ -283,7 +288,10 @@ def open_plaintext(plaintext: bytes, event: CredentialsEvent, where: str) -> dic
     credentials: dict[str, Secret] = {}
     for name, value in data.items():
         if not valid_credential_name(name):
-            raise InputError(where, name, "not a credential name")
+            # Not named: a name that is not a credential name may be anything.
+            raise InputError(
+                where, None, "decrypted bundle holds a key that is not a credential name"
+            )
         if has_control_character(value):
             raise InputError(where, name, "value contains a control character; refused")
         credentials[name] = Secret(value)

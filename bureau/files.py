@@ -358,7 +358,7 @@ def env_lines(text: str, where: str) -> Iterator[tuple[str, str, str]]:
     trimmed): a CR or other control character inside a value stays in it, for the caller
     to refuse. Errors name the line by number, never by content: a line that is not
     NAME=VALUE may be a raw secret pasted in."""
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     for number, line in enumerate(text.split("\n"), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
@@ -368,8 +368,8 @@ def env_lines(text: str, where: str) -> Iterator[tuple[str, str, str]]:
         if not sep or not _ENV_NAME.fullmatch(name):
             raise InputError(where, at, "expected NAME=VALUE with a name of letters, digits and _")
         if name in seen:
-            raise InputError(where, at, f"sets {name} again")
-        seen.add(name)
+            raise InputError(where, at, f"sets the name line {seen[name]} set")
+        seen[name] = number
         yield at, name, value.strip()
 
 

@@ -69,6 +69,26 @@ class MachineConfig:
         ]
         return cls(tuple(items))
 
+    @classmethod
+    def from_json_each(
+        cls, obj: object, where: str = "m.bureau.machine_config"
+    ) -> tuple[MachineConfig, list[tuple[str | None, InputError]]]:
+        """The valid assignments, and for each invalid one its principal (when it names
+        one) and the problem: one bad entry must not stand in for the whole machine. An
+        event that is not a config at all raises InputError."""
+        if obj is None or obj == {}:
+            return cls(), []
+        if not isinstance(obj, dict) or not isinstance(obj.get("principals", []), list):
+            raise InputError(where, "principals", "expected a list")
+        valid, invalid = [], []
+        for i, item in enumerate(obj.get("principals", [])):
+            try:
+                valid.append(Assignment.from_json(item, f"{where}: principals[{i}]"))
+            except InputError as exc:
+                named = item.get("principal") if isinstance(item, dict) else None
+                invalid.append((named if isinstance(named, str) else None, exc))
+        return cls(tuple(valid)), invalid
+
     def to_json(self) -> dict[str, Any]:
         return {"principals": [a.to_json() for a in self.principals]}
 

@@ -75,11 +75,15 @@ class Publisher:
         config = MachineConfig(
             tuple(Assignment(names.user_id(self.localpart(p), server), True) for p in principals)
         )
+        self.put_config(config.to_json())
+
+    def put_config(self, content: dict[str, Any]) -> None:
+        """The machine's config as given, valid or not."""
         admin_client(self._creds).put_state(
             self._room,
             rooms.MACHINE_CONFIG,
-            names.state_key(self._machine, server),
-            config.to_json(),
+            names.state_key(self._machine, self._creds.server_name),
+            content,
         )
 
     def localpart(self, principal: str) -> str:

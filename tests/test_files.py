@@ -123,7 +123,7 @@ def test_env_format() -> None:
     }
     with pytest.raises(InputError, match="f: line 2: expected NAME=VALUE"):
         parse_env("A=1\nnonsense\n", "f")
-    with pytest.raises(InputError, match="f: line 2: sets A again"):
+    with pytest.raises(InputError, match="f: line 2: sets the name line 1 set"):
         parse_env("A=1\nA=2\n", "f")
     # A pasted token with base64 padding looks like NAME=VALUE: named by line, not echoed.
     with pytest.raises(InputError) as refused:

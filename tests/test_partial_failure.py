@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 from conftest import Fleet, one_line_error
-from launcher_proc import daemon, launcher, proxies_under
+from launcher_proc import daemon, daemon_argv, launcher, proxies_under, service
 from machine_helpers import (
     Enrolled,
     enroll,
@@ -102,16 +104,33 @@ def test_bad_events_beside_healthy_principals_fail_alone(
 
         # Each bad principal is failed in the heartbeat, with a reason naming its field.
         def failed() -> dict[str, Any] | None:
+            """The first heartbeat that shows the bad ones failed and the healthy ones
+            running (an earlier one may predate STARTED's start)."""
             entries = _status(fleet, machine).get("principals", {})
             found = {p: entries.get(publisher.user_id(p), {}).get("status") for p in bad}
-            return entries if set(found.values()) == {"failed"} else None
+            healthy = all(publisher.user_id(p) in entries for p in (ROTATED, STARTED))
+            return entries if healthy and set(found.values()) == {"failed"} else None
 
         entries = eventually(failed)
         for principal, (_, reason) in bad.items():
             assert reason in entries[publisher.user_id(principal)]["error"]
         for principal in (ROTATED, STARTED):
             assert entries[publisher.user_id(principal)]["status"] == "running"
+            assert "error" not in entries[publisher.user_id(principal)]
         assert publisher.user_id(REVOKED) not in entries
+
+        # A malformed assignment (STARTED's) beside a revocation (ROTATED's): the
+        # revocation applies, STARTED keeps its last good assignment and runs on.
+        config = {
+            "principals": [
+                {"principal": publisher.user_id(STARTED), "auto_start": "yes"},
+                *({"principal": publisher.user_id(p), "auto_start": True} for p in bad),
+            ]
+        }
+        publisher.put_config(config)
+        eventually(lambda: not proxy_socket(run_dir, ROTATED).exists())
+        the_daemon.wait_for("ignoring an invalid assignment")
+        assert _generation(run_dir, STARTED) == "g1"
 
         listed = list_credentials(fleet, machine)
         assert listed.returncode == 0, listed.stderr
@@ -297,3 +316,34 @@ def test_a_record_of_a_name_that_can_no_longer_run_is_dropped(
                 assert not path.exists()
         finally:
             sleeper.kill()
+
+
+def test_a_launcher_that_refuses_to_list_is_waited_for(
+    fleet: Fleet, tmp_path: Path, run_dir: Path
+) -> None:
+    """A launcher answering every request with a refusal (a wrong --daemon-user, say) is
+    treated as absent: the daemon backs off and asks again, and does not exit."""
+    machine = enroll(fleet, tmp_path)
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(run_dir / "launcher.sock"))
+        listener.listen(16)
+        answered = threading.Event()
+
+        def refuse_all() -> None:
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(b'{"ok":false,"error":"permission denied"}\n')
+                    answered.set()
+
+        threading.Thread(target=refuse_all, daemon=True).start()
+        argv = daemon_argv(machine.machine.short_name, machine.state_dir, run_dir)
+        with service(argv, "launcher refused to list its principals") as the_daemon:
+            marker = the_daemon.wait_for("launcher unavailable; will retry")
+            the_daemon.wait_for("launcher unavailable; will retry", start=marker + 1)
+            assert the_daemon.proc.poll() is None
+            assert answered.is_set()

@@ -16,6 +16,7 @@ from bureau.cli.credential_commands import parse_secrets
 from bureau.credentials_event import CredentialsEvent, content_digest
 from bureau.daemon.heartbeat import CpuSampler, status_content
 from bureau.daemon.reconcile import (
+    MAX_REASON,
     REFUSED_CAP_SECONDS,
     UNANSWERED_CAP_SECONDS,
     Ensure,
@@ -79,6 +80,17 @@ def test_each_principal_backs_off_on_its_own() -> None:
     # A failure of something else starts counting again.
     stop = failed(later, Stop(P.format("a")), "gone", refused=False, now=0.0, rng=lambda: 1.0)
     assert stop.attempts == 1
+
+
+def test_failure_reasons_are_short_enough_for_a_heartbeat() -> None:
+    huge = "http://[::1" + "x" * 60_000
+    with pytest.raises(InputError) as refused:
+        CredentialsEvent.from_json(
+            {**GOOD, "services": {"api": {**GOOD["services"]["api"], "upstream_url": huge}}}
+        )
+    assert len(str(refused.value)) < 300
+    failure = failed(None, Stop(P.format("a")), "x" * 60_000, refused=True, now=0, rng=lambda: 0)
+    assert len(failure.reason) == MAX_REASON
 
 
 def test_machine_status_shows_failed_principals(tmp_path: Any) -> None:
@@ -190,9 +202,11 @@ def test_socket_names_cannot_collide() -> None:
     [
         ("sk-live-canary-token==\n", "line 1: expected NAME=VALUE"),
         ("# comment\nsk-live-canary-token\n", "line 2: expected NAME=VALUE"),
-        ("A=1\nA=sk-live-canary-token\n", "line 2: sets A again"),
-        ("A=\n", "line 1: A has an empty value"),
-        ("A=sk-live-canary\x00token\n", "line 1: A's value contains a control character"),
+        ("A=1\nA=sk-live-canary-token\n", "line 2: sets the name line 1 set"),
+        ("c2tsaXZlY2FuYXJ5=\n", "line 1: has no value"),
+        ("c2tsaXZlY2FuYXJ5==\n", "line 1: has no value"),
+        ("c2tsaXZlY2FuYXJ5\nA=1\nc2tsaXZlY2FuYXJ5\n", "line 1: expected NAME=VALUE"),
+        ("A=sk-live-canary\x00token\n", "line 1: the value contains a control character"),
         ("\n# nothing\n", "holds no NAME=VALUE lines"),
     ],
 )
@@ -202,3 +216,4 @@ def test_secrets_lines_are_named_by_number_never_content(text: str, problem: str
     assert problem in str(refused.value)
     assert "canary" not in str(refused.value)
     assert "sk-" not in str(refused.value)
+    assert "c2tsaXZlY2FuYXJ5" not in str(refused.value)

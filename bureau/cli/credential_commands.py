@@ -37,18 +37,17 @@ def read_secrets(path: str) -> dict[str, Secret]:
 
 
 def parse_secrets(text: str, where: str) -> dict[str, Secret]:
-    """NAME=VALUE lines (files.env_lines: errors by line number, never content), each a
-    credential name and a non-empty single-line value."""
+    """NAME=VALUE lines (files.env_lines), each a credential name and a non-empty
+    single-line value. Errors name the line, never its name or value: a pasted base64
+    token (``dG9rZW4=``) parses as a name and an empty value, or a value of ``=``."""
     secrets: dict[str, Secret] = {}
     for at, name, value in env_lines(text, where):
         if not valid_credential_name(name):
             raise InputError(where, at, "credential names are at most 128 letters, digits and _")
-        if not value:
-            raise InputError(where, at, f"{name} has an empty value")
+        if not value.strip("="):
+            raise InputError(where, at, "has no value (a pasted base64 token? write NAME=token)")
         if has_control_character(value):
-            raise InputError(
-                where, at, f"{name}'s value contains a control character (CR, NUL, ...)"
-            )
+            raise InputError(where, at, "the value contains a control character (CR, NUL, ...)")
         secrets[name] = Secret(value)
     if not secrets:
         raise InputError(where, None, "holds no NAME=VALUE lines")

@@ -19,9 +19,12 @@ from typing import Any
 
 from bureau.errors import BureauError
 from bureau.files import trusted_owners
-from bureau.launcher.protocol import MAX_MESSAGE, Request
+from bureau.launcher.protocol import Request
 
 TIMEOUT = 60.0  # an ensure waits for a proxy to start
+# Answers are the launcher's (trusted once SO_PEERCRED says so); a list of many principals
+# is larger than any request.
+MAX_ANSWER = 16 << 20
 
 
 class LauncherUnavailable(BureauError):
@@ -61,7 +64,7 @@ class LauncherClient:
 
     async def call(self, request: Request) -> dict[str, Any]:
         try:
-            reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=MAX_MESSAGE)
+            reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=MAX_ANSWER)
         except OSError as exc:
             raise LauncherUnavailable(
                 f"launcher socket {self.socket_path}: {exc.strerror or exc}"
@@ -74,6 +77,8 @@ class LauncherClient:
                 line = await reader.readline()
         except (OSError, TimeoutError) as exc:
             raise LauncherUnavailable(f"launcher did not answer: {type(exc).__name__}") from None
+        except ValueError:  # past the stream's limit
+            raise LauncherUnavailable(f"launcher answered more than {MAX_ANSWER} bytes") from None
         finally:
             writer.close()
         try:
@@ -86,8 +91,16 @@ class LauncherClient:
         return response
 
     async def list(self) -> list[dict[str, Any]]:
-        response = await self.call(Request("list"))
-        return list(response.get("principals", []))
+        """What runs. A launcher that will not say is as good as absent for the caller,
+        which backs off and asks again (LauncherUnavailable), never gives up."""
+        try:
+            response = await self.call(Request("list"))
+        except LauncherRefused as exc:
+            raise LauncherUnavailable(f"launcher refused to list its principals: {exc}") from None
+        principals = response.get("principals")
+        if not isinstance(principals, list) or not all(isinstance(p, dict) for p in principals):
+            raise LauncherUnavailable("launcher listed its principals in an unknown shape")
+        return principals
 
     async def ensure(self, principal: str, credentials: dict[str, Any]) -> dict[str, Any]:
         return await self.call(Request("ensure", principal, credentials))

@@ -62,6 +62,8 @@ def plan(
 # did not answer is asked again sooner.
 REFUSED_CAP_SECONDS = 300.0
 UNANSWERED_CAP_SECONDS = 30.0
+# A reason goes into machine_status, one state event of at most 64 KiB for the machine.
+MAX_REASON = 200
 
 
 @dataclass(frozen=True)
@@ -98,4 +100,6 @@ def failed(
     attempts = previous.attempts + 1 if previous and previous.tried == what else 1
     cap = REFUSED_CAP_SECONDS if refused else UNANSWERED_CAP_SECONDS
     base = min(2.0 ** (attempts - 1), cap)
+    if len(reason) > MAX_REASON:
+        reason = reason[: MAX_REASON - 3] + "..."
     return Failure(what, reason, attempts, now + base / 2 + rng() * base / 2)

@@ -287,17 +287,35 @@ class Daemon:
             if room_id != self._config_room:
                 continue
             if kind == rooms.MACHINE_CONFIG and key == machine_key:
-                try:
-                    self._config = MachineConfig.from_json(content)
-                except InputError as exc:
-                    # Keep running what ran: a typo must not stop a fleet.
-                    self._log.error("ignoring invalid machine config", problem=str(exc))
+                self._config = self._read_config(content)
             elif kind == rooms.CREDENTIALS and isinstance(key, str):
                 principal = "@" + key
                 if content:
                     self._credentials[principal] = dict(content)
                 else:
                     self._credentials.pop(principal, None)
+
+    def _read_config(self, content: object) -> MachineConfig:
+        """Keep running what ran: a typo must not stop a fleet, nor hold up the rest of
+        it. An invalid assignment keeps that principal's last good one (if any); the
+        others, revocations included, apply."""
+        try:
+            config, invalid = MachineConfig.from_json_each(content)
+        except InputError as exc:
+            self._log.error("ignoring invalid machine config", problem=str(exc))
+            return self._config
+        kept = []
+        for principal, problem in invalid:
+            previous = self._config.find(principal) if principal else None
+            if previous is not None and config.find(previous.principal) is None:
+                kept.append(previous)
+            self._log.error(
+                "ignoring an invalid assignment",
+                principal=principal,
+                problem=str(problem),
+                kept_previous=previous is not None,
+            )
+        return MachineConfig((*config.principals, *kept))
 
     # -- reconcile -----------------------------------------------------------------------
 
