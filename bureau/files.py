@@ -126,7 +126,14 @@ def check_owned_tree(top: Path, what: str, owners: Collection[int] | None = None
             )
         if stat.S_ISDIR(st.st_mode):
             _refuse_loose_dir(path, st, f"in {what}: the directory", 0o755, allowed)
-            pending.extend(path.iterdir())
+            try:
+                pending.extend(path.iterdir())
+            except FileNotFoundError:
+                continue
+            except PermissionError:
+                raise UnsafePath(
+                    str(path), None, f"in {what}: cannot be read; run: chmod u+rx {path}"
+                ) from None
         elif st.st_uid not in allowed:
             raise UnsafePath(
                 str(path),

@@ -6,6 +6,7 @@ refuses to serve over one (files.check_owned_tree)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Collection, Iterator
@@ -56,15 +57,17 @@ class RunDirChecks:
             pending = [top]
             while pending:
                 path = pending.pop()
-                st = path.lstat()
-                if stat.S_ISDIR(st.st_mode):
-                    # A directory holds nothing of its own; what is in it is checked next.
-                    if st.st_uid not in owners:
-                        os.chown(path, account.id, team.id, follow_symlinks=False)
-                    path.chmod(stat.S_IMODE(st.st_mode) & ~0o022)
-                    pending.extend(path.iterdir())
-                elif stat.S_ISLNK(st.st_mode) or st.st_uid not in owners:
-                    path.unlink()
+                # Proxies' temporary sockets come and go while the doctor walks.
+                with contextlib.suppress(FileNotFoundError):
+                    st = path.lstat()
+                    if stat.S_ISDIR(st.st_mode):
+                        # A directory holds nothing of its own; what is in it is next.
+                        if st.st_uid not in owners:
+                            os.chown(path, account.id, team.id, follow_symlinks=False)
+                        path.chmod(stat.S_IMODE(st.st_mode) & ~0o022)
+                        pending.extend(path.iterdir())
+                    elif stat.S_ISLNK(st.st_mode) or st.st_uid not in owners:
+                        path.unlink()
 
 
 def _unsafe(top: Path, owners: Collection[int]) -> Iterator[tuple[Path, str]]:
@@ -83,4 +86,5 @@ def _unsafe(top: Path, owners: Collection[int]) -> Iterator[tuple[Path, str]]:
         if stat.S_ISDIR(st.st_mode):
             if st.st_mode & 0o022:
                 yield path, f"has mode {stat.S_IMODE(st.st_mode):04o}"
-            pending.extend(path.iterdir())
+            with contextlib.suppress(FileNotFoundError):
+                pending.extend(path.iterdir())
