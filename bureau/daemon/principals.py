@@ -50,20 +50,18 @@ class Principals:
                 else:
                     await self._launcher.stop(action.principal)
             except (LauncherRefused, LauncherUnavailable) as exc:
+                refused = isinstance(exc, LauncherRefused)
+                now = time.monotonic()
                 failure = failed(
-                    previous,
-                    action,
-                    str(exc),
-                    refused=isinstance(exc, LauncherRefused),
-                    now=time.monotonic(),
-                    rng=self._rng,
+                    previous, action, str(exc), refused=refused, now=now, rng=self._rng
                 )
                 self.failures[action.principal] = failure
                 self._log.warning(
-                    "launcher refused credentials" if starting else "could not stop a principal",
+                    "could not start a principal" if starting else "could not stop a principal",
                     principal=action.principal,
+                    refused=refused,
                     error=failure.reason,
-                    retry_in=round(failure.retry_at - time.monotonic(), 1),
+                    retry_in=round(failure.retry_at - now, 1),
                 )
                 changed = changed or previous is None or previous.reason != failure.reason
                 continue
