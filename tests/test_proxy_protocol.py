@@ -123,6 +123,21 @@ def test_chunked_request_body_reaches_the_upstream_whole(conn: Conn) -> None:
     assert seen["headers"]["authorization"] == f"Bearer {TOKEN}"
 
 
+def test_request_trailers_are_dropped(conn: Conn) -> None:
+    """The body ends with a bare last chunk upstream: trailers are not forwarded (the echo
+    upstream would take one for the end of the body, and the next request would break)."""
+    conn.send(
+        b"POST /http/api/trailed HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\nX-Trailer: one\r\nAuthorization: Bearer forged\r\n\r\n"
+        b"GET /http/api/next HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    seen = conn.read().json()
+    assert (seen["path"], seen["body_length"]) == ("/trailed", 5)
+    assert "x-trailer" not in seen["headers"]
+    assert seen["headers"]["authorization"] == f"Bearer {TOKEN}"
+    assert conn.read().json()["path"] == "/next"
+
+
 def test_upstream_framing_is_redone_by_the_proxy(conn: Conn, proxy_socket: Path) -> None:
     conn.send(b"GET /http/api/chunked HTTP/1.1\r\nHost: x\r\n\r\n")
     chunked = conn.read()

@@ -70,7 +70,7 @@ class Exchange:
             self.upstream.send(framed)
         else:
             self.body_pending += framed
-            self.client.buffered += len(data)
+            self.client.buffered += sum(map(len, framed))
 
     def request_complete(self) -> None:
         self.request_done = True
@@ -79,6 +79,14 @@ class Exchange:
                 self.upstream.send([http_rules.LAST_CHUNK])
             else:
                 self.body_pending.append(http_rules.LAST_CHUNK)
+                self.client.buffered += len(http_rules.LAST_CHUNK)
+
+    def release(self) -> None:
+        """The body held for an upstream connection is sent, or never will be: it no
+        longer counts against the client's reading."""
+        if self.body_pending:
+            self.client.body_flushed(sum(map(len, self.body_pending)))
+            self.body_pending = []
 
     # -- response, from the upstream connection ----------------------------------------
 
@@ -90,6 +98,7 @@ class Exchange:
         service = self.route.service if self.route else "?"
         self.client.proxy.log.warning(f"upstream {problem}", service=service, error=error)
         self.upstream = None
+        self.release()
         if self.response_started:
             self.client.abort()
             return

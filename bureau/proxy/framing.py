@@ -1,6 +1,7 @@
 """How far bureau-proxy lets either side's bytes go: a head's size while it arrives, the
-transfer codings a message may use, and the one response an upstream owes per request.
-Pure: no sockets, no clock.
+trailers after a chunked body, how much a client may have waiting, the transfer codings a
+message may use, and the one response an upstream owes per request. Pure: no sockets, no
+clock.
 
 Heads are bounded as they arrive, not once complete. httptools gathers a header's name and
 value across reads before it calls on_header, re-copying what it has on every read, so a
@@ -9,6 +10,24 @@ the exact count on_url, on_status and on_header keep, a connection counts every 
 began and ended inside the same head (HeadMeter); either count past MAX_HEAD_BYTES ends the
 exchange. The read a head begins in is not counted (it may hold earlier messages too), so a
 head costs at most the limit plus a read or two before it is cut.
+
+Trailers, the header lines after a chunked body's last chunk, are gathered by httptools the
+same way and reported through the same on_header, after on_headers_complete. The proxy never
+forwards them (it ends a chunked body with a bare last chunk, both ways) but bounds them as
+it bounds a head: both counts restart at each chunk's size line, and a read that begins
+after a size line and ends with no body byte parsed since is inside trailers (a chunk's data
+reaches on_body in the read it arrives in). So trailers too cost at most the limit plus a
+read or two. A client's are a 431 and a close; an upstream's fail the exchange and drop that
+upstream connection, and the client's connection is cut (the response head and part of the
+body are already relayed).
+
+A client is read from only while what it sends has somewhere to go: not while its answers
+back up (its transport's write buffer is past the high-water mark; the upstream answering is
+paused too), while more than MAX_PIPELINED of its requests wait, while more than
+MAX_BUFFERED bytes of request body wait for an upstream connection, or while the upstream
+connection its body streams to is full. So a client that pipelines requests and never reads
+the answers costs a bounded amount. The check follows each read (httptools parses all of
+it), so the bound may be passed by one read's worth of requests.
 """
 
 from __future__ import annotations
@@ -16,6 +35,10 @@ from __future__ import annotations
 from bureau.proxy.http_rules import error_response
 
 MAX_HEAD_BYTES = 64 * 1024
+# A client's requests waiting for their turn, and the request body bytes waiting for an
+# upstream connection, past which the proxy stops reading from that client.
+MAX_PIPELINED = 64
+MAX_BUFFERED = 1 << 20
 
 
 class Refused(Exception):
@@ -23,37 +46,48 @@ class Refused(Exception):
 
 
 class HeadMeter:
-    """Per connection: which head the parser is in, and the bytes of whole reads inside it.
-    The connection calls started() from on_message_begin and ended() from
-    on_headers_complete, and brackets each feed_data with before() and after(). (The
-    exact count of parsed parts stays inline in the callbacks: they run per header.)"""
+    """Per connection: which head or trailers the parser may be in, and the bytes of whole
+    reads inside them. The connection calls started() from on_message_begin and chunk()
+    from on_chunk_header (a chunk's data follows, or after the last chunk its trailers),
+    clears ``inside`` from on_headers_complete and on_body, and brackets each feed_data with
+    before() and after(). (The exact count of parsed parts stays inline in the callbacks:
+    they run per header.)"""
 
-    __slots__ = ("heads", "in_head", "reads")
+    __slots__ = ("heads", "inside", "reads", "trailers")
 
     def __init__(self) -> None:
         self.heads = 0
-        self.in_head = False
+        self.inside = False
         self.reads = 0
+        self.trailers = False
 
     def started(self) -> None:
         self.heads += 1
-        self.in_head = True
+        self.inside = True
         self.reads = 0
+        self.trailers = False
 
-    def ended(self) -> None:
-        self.in_head = False
+    def chunk(self) -> None:
+        self.heads += 1
+        self.inside = True
+        self.reads = 0
+        self.trailers = True
 
     def before(self) -> int:
         """A token for after(): which head, if any, the parser is in before this read."""
-        return self.heads if self.in_head else -1
+        return self.heads if self.inside else -1
 
     def after(self, token: int, size: int) -> bool:
         """True once the head is past the limit: this read of ``size`` bytes began and
-        ended inside the same head, so all of it is head."""
-        if self.in_head and self.heads == token:
+        ended inside the same head or trailers, so all of it is head or trailers."""
+        if self.inside and self.heads == token:
             self.reads += size
             return self.reads > MAX_HEAD_BYTES
         return False
+
+    def what(self) -> str:
+        """What was too large, for the refusal."""
+        return "trailers" if self.trailers else "head"
 
 
 def refused_request(

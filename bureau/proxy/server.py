@@ -4,9 +4,10 @@ framework between a client's bytes and the upstream's.
 One ClientConnection per accepted socket parses requests and answers them in order (a
 pipelined request waits for the one before it). Each request forwarded upstream borrows a
 kept-alive UpstreamConnection from its route's pool, or opens one. Bodies stream both
-ways; a full write buffer on one side pauses reading on the other. Redirects come back as
-they are, never followed: a followed redirect would carry the injected credentials to
-wherever it points.
+ways; a full write buffer on one side pauses reading on the other, and a client is not read
+from while its answers back up or too many of its requests wait (framing.py). Redirects
+come back as they are, never followed: a followed redirect would carry the injected
+credentials to wherever it points.
 
 Callbacks from a parser never start or finish another exchange while that parser is
 still running: they set state, and the protocol acts on it once feed_data returns.
@@ -24,13 +25,10 @@ import httptools
 
 from bureau.proxy import framing, http_rules
 from bureau.proxy.exchange import Exchange
-from bureau.proxy.framing import MAX_HEAD_BYTES
+from bureau.proxy.framing import MAX_BUFFERED, MAX_HEAD_BYTES, MAX_PIPELINED
 from bureau.proxy.http_rules import CompiledRoute, Upstream
 from bureau.proxy_payload import ProxyPayload
 
-# A client may queue requests behind the one in flight; past this much buffered input the
-# proxy stops reading from it until it catches up.
-MAX_BUFFERED = 1 << 20
 MAX_IDLE_PER_UPSTREAM = 64
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 300.0
@@ -40,6 +38,7 @@ DRAIN_IDLE = 1.0
 UPSTREAM_IDLE_TIMEOUT = 30.0
 SWEEP_SECONDS = 1.0
 HEAD_TOO_LARGE = "sent a response head too large"
+TOO_LARGE = {"head": HEAD_TOO_LARGE, "trailers": "sent response trailers too large"}
 
 
 class Proxy:
@@ -213,10 +212,10 @@ class ClientConnection(asyncio.Protocol):
             self._refuse(400, "malformed HTTP request")
         else:
             if self.meter.after(head, len(data)):
-                self._refuse(431, "request head too large")
+                self._refuse(431, f"request {self.meter.what()} too large")
         self.exchange_progress()
         self.flush()
-        self._flow()
+        self.flow()
 
     def eof_received(self) -> bool:
         # A client that half-closes after its request still gets the answers it is owed.
@@ -237,7 +236,9 @@ class ClientConnection(asyncio.Protocol):
         self.transport = None
 
     def pause_writing(self) -> None:
+        # Answers back up: read neither the upstream's answer nor the client's requests.
         self.writable = False
+        self._pause()
         active = self.queue[0] if self.queue else None
         if active is not None and active.upstream is not None:
             active.upstream.pause()
@@ -247,6 +248,7 @@ class ClientConnection(asyncio.Protocol):
         active = self.queue[0] if self.queue else None
         if active is not None and active.upstream is not None:
             active.upstream.resume()
+        self.flow()
 
     # -- parser callbacks ----------------------------------------------------------------
 
@@ -273,7 +275,7 @@ class ClientConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self.head_bytes += len(name) + len(value) + 4
         if self.head_bytes > MAX_HEAD_BYTES:
-            self._refuse(431, "request head too large")
+            self._refuse(431, f"request {self.meter.what()} too large")
             raise framing.Refused
         drop = self.drop
         if drop is None:  # the first header: the URL is complete
@@ -298,7 +300,7 @@ class ClientConnection(asyncio.Protocol):
         return self.drop
 
     def on_headers_complete(self) -> None:
-        self.meter.ended()
+        self.meter.inside = False
         parser = self.parser
         keep_alive = bool(parser.should_keep_alive()) and not self.proxy.draining
         exchange = Exchange(self, parser.get_method(), keep_alive)
@@ -308,7 +310,14 @@ class ClientConnection(asyncio.Protocol):
         if len(self.queue) == 1:
             self._start(exchange)
 
+    def on_chunk_header(self) -> None:
+        # This chunk's data follows, or after the last chunk the trailers (never forwarded,
+        # still gathered by httptools): counted afresh like a head.
+        self.meter.chunk()
+        self.head_bytes = 0
+
     def on_body(self, body: bytes) -> None:
+        self.meter.inside = False
         if self.parsing is not None:
             self.parsing.request_body(body)
 
@@ -398,8 +407,12 @@ class ClientConnection(asyncio.Protocol):
             if not head.keep_alive:
                 self._close_after_writes()
                 return
+            if head.body_pending:
+                head.release()
             if queue:
                 self._start(queue[0])
+        if not self.reading:
+            self.flow()
         if self.idle() and (self.closing or (self.proxy.draining and self.served)):
             self._close_after_writes()
 
@@ -422,21 +435,24 @@ class ClientConnection(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.writelines(out)
 
-    def _flow(self) -> None:
-        queued = len(self.queue) > 1 or (self.queue and self.queue[0].upstream is None)
-        if self.buffered > MAX_BUFFERED and queued:
-            self._pause()
-
-    def upstream_writable(self, writable: bool) -> None:
-        if writable:
+    def flow(self) -> None:
+        """Read from the client only while what it sends has somewhere to go: its answers
+        are not backing up, few requests wait, their bodies fit (see framing.py)."""
+        queue = self.queue
+        upstream = queue[0].upstream if queue else None
+        if (
+            self.writable
+            and len(queue) <= MAX_PIPELINED
+            and self.buffered <= MAX_BUFFERED
+            and (upstream is None or not upstream.full)
+        ):
             self._resume()
         else:
             self._pause()
 
     def body_flushed(self, amount: int) -> None:
         self.buffered = max(0, self.buffered - amount)
-        if self.buffered <= MAX_BUFFERED:
-            self._resume()
+        self.flow()
 
     def _pause(self) -> None:
         if self.reading and self.transport is not None:
@@ -550,6 +566,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.coding: bytes | None = None
         self.interim = False
         self.closed = False
+        self.full = False
         self.head_bytes = 0
         self.meter = framing.HeadMeter()
         # Why a parser callback stopped the parser: what the client's 502 says.
@@ -579,8 +596,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.pause()
         pending = exchange.body_pending
         if pending:
-            exchange.client.body_flushed(sum(len(p) for p in pending))
-            exchange.body_pending = []
+            exchange.release()
             self.send([exchange.head, *pending])
         elif self.transport is not None and not self.closed:
             self.transport.write(exchange.head)
@@ -618,12 +634,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def pause_writing(self) -> None:
+        self.full = True  # the client's reading waits while its exchange is on this one
         if self.exchange is not None:
-            self.exchange.client.upstream_writable(False)
+            self.exchange.client.flow()
 
     def resume_writing(self) -> None:
+        self.full = False
         if self.exchange is not None:
-            self.exchange.client.upstream_writable(True)
+            self.exchange.client.flow()
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
@@ -648,7 +666,7 @@ class UpstreamConnection(asyncio.Protocol):
             if self.message_done:
                 self._finish()
             elif self.meter.after(head, len(data)):
-                self._refuse(HEAD_TOO_LARGE)
+                self._refuse(TOO_LARGE[self.meter.what()])
         client.flush()
 
     def eof_received(self) -> bool:
@@ -700,7 +718,7 @@ class UpstreamConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self.head_bytes += len(name) + len(value) + 4
         if self.head_bytes > MAX_HEAD_BYTES:
-            self._stop(HEAD_TOO_LARGE)
+            self._stop(TOO_LARGE[self.meter.what()])
         # The client sees the upstream's headers as they came, minus the connection-level
         # ones: written out here, so the head needs no second pass.
         lower = name.lower()
@@ -715,7 +733,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.listed = [*(self.listed or []), value]
 
     def on_headers_complete(self) -> None:
-        self.meter.ended()
+        self.meter.inside = False
         exchange = self.exchange
         if exchange is None:
             return
@@ -750,7 +768,12 @@ class UpstreamConnection(asyncio.Protocol):
             self.message_done = True
             self.parser_spent = True
 
+    def on_chunk_header(self) -> None:
+        self.meter.chunk()  # as the client's: the trailers, if any, are bounded like a head
+        self.head_bytes = 0
+
     def on_body(self, body: bytes) -> None:
+        self.meter.inside = False
         if self.message_done:
             raise framing.Refused  # a body after a HEAD response: not the client's
         exchange = self.exchange
