@@ -9,15 +9,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 from conftest import Fleet, one_line_error
-from launcher_proc import daemon, daemon_argv, launcher, proxies_under, service
+from launcher_proc import daemon, launcher, proxies_under
 from machine_helpers import (
     Enrolled,
     enroll,
@@ -316,34 +314,3 @@ def test_a_record_of_a_name_that_can_no_longer_run_is_dropped(
                 assert not path.exists()
         finally:
             sleeper.kill()
-
-
-def test_a_launcher_that_refuses_to_list_is_waited_for(
-    fleet: Fleet, tmp_path: Path, run_dir: Path
-) -> None:
-    """A launcher answering every request with a refusal (a wrong --daemon-user, say) is
-    treated as absent: the daemon backs off and asks again, and does not exit."""
-    machine = enroll(fleet, tmp_path)
-    with socket.socket(socket.AF_UNIX) as listener:
-        listener.bind(str(run_dir / "launcher.sock"))
-        listener.listen(16)
-        answered = threading.Event()
-
-        def refuse_all() -> None:
-            while True:
-                try:
-                    conn, _ = listener.accept()
-                except OSError:
-                    return
-                with conn:
-                    conn.recv(65536)
-                    conn.sendall(b'{"ok":false,"error":"permission denied"}\n')
-                    answered.set()
-
-        threading.Thread(target=refuse_all, daemon=True).start()
-        argv = daemon_argv(machine.machine.short_name, machine.state_dir, run_dir)
-        with service(argv, "launcher refused to list its principals") as the_daemon:
-            marker = the_daemon.wait_for("launcher unavailable; will retry")
-            the_daemon.wait_for("launcher unavailable; will retry", start=marker + 1)
-            assert the_daemon.proc.poll() is None
-            assert answered.is_set()

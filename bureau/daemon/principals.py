@@ -1,24 +1,44 @@
-"""The daemon's side of running principals: one reconcile pass asks the launcher, action
-by action, to make what runs match what is wanted (daemon/reconcile.py decides). Each
-principal stands alone: a refusal or a launcher that did not answer is that principal's
-failure, retried on its own backoff, and shown in machine_status."""
+"""The daemon's side of running principals: a reconcile pass lists what the launcher runs,
+plans (daemon/reconcile.py) and hands each principal's action to a task of its own. Each
+principal stands alone: a start that hangs holds up no other principal, a stop never waits
+behind another principal's start, and a refusal or a launcher that did not answer is that
+principal's failure, retried on its own backoff and shown in machine_status. The
+launcher orders requests for one principal; here one principal has one request in flight,
+except that a stop is sent at once behind a start still in flight."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
 
 from bureau.daemon.launcher_client import LauncherClient, LauncherRefused, LauncherUnavailable
-from bureau.daemon.reconcile import Ensure, Failure, failed, is_due, plan
+from bureau.daemon.reconcile import Action, Ensure, Failure, Stop, failed, is_due, plan, tried
 from bureau.machine_config import MachineConfig
+
+# Starts in flight at once (each decrypts and forks a proxy in the launcher); stops are
+# never counted against it.
+MAX_STARTING = 8
 
 
 class Principals:
-    def __init__(self, launcher: LauncherClient, log: Any, rng: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        launcher: LauncherClient,
+        log: Any,
+        rng: Callable[[], float],
+        on_done: Callable[[], None],
+    ) -> None:
+        """``on_done`` is called as each action ends, so that a new pass sees its result."""
         self._launcher = launcher
         self._log = log
         self._rng = rng
+        self._on_done = on_done
+        self._inflight: dict[str, tuple[str, asyncio.Task[None]]] = {}
+        self._starting = asyncio.Semaphore(MAX_STARTING)
+        self._changed = False
         self.failures: dict[str, Failure] = {}  # principal -> its last action's failure
         self.running = 0
 
@@ -27,49 +47,83 @@ class Principals:
         return min((f.retry_at for f in self.failures.values()), default=None)
 
     async def reconcile(
-        self, config: MachineConfig, credentials: dict[str, dict[str, Any]]
+        self, config: MachineConfig, credentials: dict[str, dict[str, Any]], *, settle: bool
     ) -> bool:
-        """One pass; True when what the heartbeat reports changed. A launcher that cannot
-        even list raises LauncherUnavailable, and the whole pass is tried again."""
-        changed = False
+        """One pass; True when what the heartbeat reports changed since the last one.
+        ``settle`` waits for the actions it started (the first pass, before READY). A
+        launcher that cannot even list raises LauncherUnavailable: the pass is retried."""
         listed = await self._launcher.list()
+        self.running = sum(1 for p in listed if p.get("status") == "running")
         running = {str(p["principal"]): str(p["digest"]) for p in listed}
         actions = plan(config, credentials, running)
-        pending = {action.principal for action in actions}
+        pending = {action.principal for action in actions} | set(self._inflight)
         for principal in [p for p in self.failures if p not in pending]:
             del self.failures[principal]  # done elsewhere, or no longer wanted
-            changed = True
+            self._changed = True
+        now = time.monotonic()
         for action in actions:
-            previous = self.failures.get(action.principal)
-            if not is_due(previous, action, time.monotonic()):
-                continue
-            starting = isinstance(action, Ensure)
-            try:
-                if isinstance(action, Ensure):
+            busy = self._inflight.get(action.principal)
+            if busy is not None and (busy[0] == tried(action) or not isinstance(action, Stop)):
+                continue  # in hand; or a new start waits for the one in flight to end
+            if is_due(self.failures.get(action.principal), action, now):
+                task = asyncio.create_task(self._apply(action))
+                self._inflight[action.principal] = (tried(action), task)
+        if settle and self._inflight:
+            await asyncio.gather(*(task for _, task in self._inflight.values()))
+            listed = await self._launcher.list()
+            self.running = sum(1 for p in listed if p.get("status") == "running")
+        changed, self._changed = self._changed, False
+        return changed
+
+    async def close(self) -> None:
+        """Cancel what is in flight (the daemon is stopping); the launcher finishes or
+        drops each request on its own."""
+        tasks = [task for _, task in self._inflight.values()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _apply(self, action: Action) -> None:
+        starting = isinstance(action, Ensure)
+        previous = self.failures.get(action.principal)
+        try:
+            if isinstance(action, Ensure):
+                async with self._starting:
                     await self._launcher.ensure(action.principal, action.content)
-                else:
-                    await self._launcher.stop(action.principal)
-            except (LauncherRefused, LauncherUnavailable) as exc:
-                refused = isinstance(exc, LauncherRefused)
-                now = time.monotonic()
-                failure = failed(
-                    previous, action, str(exc), refused=refused, now=now, rng=self._rng
-                )
-                self.failures[action.principal] = failure
-                self._log.warning(
-                    "could not start a principal" if starting else "could not stop a principal",
-                    principal=action.principal,
-                    refused=refused,
-                    error=failure.reason,
-                    retry_in=round(failure.retry_at - now, 1),
-                )
-                changed = changed or previous is None or previous.reason != failure.reason
-                continue
+            else:
+                await self._launcher.stop(action.principal)
+        except (LauncherRefused, LauncherUnavailable) as exc:
+            self._failed(action, previous, str(exc), refused=isinstance(exc, LauncherRefused))
+        except Exception as exc:  # a task of its own: nobody else would see it
+            self._failed(action, previous, type(exc).__name__, refused=False)
+        else:
             self.failures.pop(action.principal, None)
+            self._changed = True
             self._log.info(
                 "principal running" if starting else "principal stopped",
                 principal=action.principal,
             )
-            changed = True
-        self.running = sum(1 for p in await self._launcher.list() if p.get("status") == "running")
-        return changed
+        finally:
+            mine = self._inflight.get(action.principal)
+            if mine is not None and mine[1] is asyncio.current_task():
+                del self._inflight[action.principal]
+            self._on_done()
+
+    def _failed(
+        self, action: Action, previous: Failure | None, reason: str, *, refused: bool
+    ) -> None:
+        now = time.monotonic()
+        failure = failed(previous, action, reason, refused=refused, now=now, rng=self._rng)
+        self.failures[action.principal] = failure
+        self._changed = self._changed or previous is None or previous.reason != failure.reason
+        self._log.warning(
+            "could not start a principal"
+            if isinstance(action, Ensure)
+            else "could not stop a principal",
+            principal=action.principal,
+            refused=refused,
+            error=failure.reason,
+            retry_in=round(failure.retry_at - now, 1),
+        )

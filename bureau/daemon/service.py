@@ -88,7 +88,7 @@ class Daemon:
         self._fleet_room = ""
         self._config = MachineConfig()
         self._credentials: dict[str, dict[str, Any]] = {}
-        self._principals = Principals(launcher, log, rng)
+        self._principals = Principals(launcher, log, rng, self._reconcile_now.set)
         self._sampler = CpuSampler()
         self._last_status = time.monotonic()
 
@@ -320,6 +320,12 @@ class Daemon:
     # -- reconcile -----------------------------------------------------------------------
 
     async def _reconcile_loop(self) -> None:
+        try:
+            await self._reconciling()
+        finally:
+            await self._principals.close()
+
+    async def _reconciling(self) -> None:
         await self._synced.wait()
         unavailable = 0
         while True:
@@ -356,7 +362,9 @@ class Daemon:
         return running + (f"; {failing} failing" if failing else "")
 
     async def _reconcile(self) -> None:
-        if await self._principals.reconcile(self._config, self._credentials):
+        # The first pass waits for its actions: READY means the principals are in place.
+        settle = not self._reconciled.is_set()
+        if await self._principals.reconcile(self._config, self._credentials, settle=settle):
             self._status_now.set()
 
     async def _stop_every_principal(self) -> None:
