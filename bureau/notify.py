@@ -33,6 +33,7 @@ class Notifier:
             # delay a state change by this much, never hang the event loop.
             self._notifier.socket.settimeout(SEND_TIMEOUT)
         self.watchdog_seconds: float | None = None
+        self._status = ""
         usec, pid = environ.get("WATCHDOG_USEC", ""), environ.get("WATCHDOG_PID", "")
         if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
             self.watchdog_seconds = int(usec) / 2_000_000
@@ -49,15 +50,28 @@ class Notifier:
     def enabled(self) -> bool:
         return self._notifier is not None
 
-    def _send(self, *lines: str) -> None:
-        if self._notifier is not None:
-            self._notifier.notify("\n".join(lines))
+    def _send(self, *lines: str, wait: bool = True) -> bool:
+        """State changes (READY, STOPPING, more start-up time) wait up to SEND_TIMEOUT for
+        room in a receiver's queue, on the event loop's own thread; a STATUS alone never
+        waits: it is dropped when the queue is full (the next one supersedes it)."""
+        sock = self._notifier.socket if self._notifier is not None else None
+        if sock is None:
+            return False
+        try:
+            sock.send("\n".join(lines).encode(), 0 if wait else socket.MSG_DONTWAIT)
+        except OSError:
+            return False
+        return True
 
     def ready(self, status: str) -> None:
-        self._send("READY=1", f"STATUS={_one_line(status)}")
+        self._status = _one_line(status)
+        self._send("READY=1", f"STATUS={self._status}")
 
     def status(self, status: str) -> None:
-        self._send(f"STATUS={_one_line(status)}")
+        line = _one_line(status)
+        # The same line again tells nobody anything; one dropped is sent with the next.
+        if line != self._status and self._send(f"STATUS={line}", wait=False):
+            self._status = line
 
     def extend_timeout(self, seconds: float, status: str) -> None:
         """Ask for more start-up time while slow work (first boot) still progresses."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -120,3 +121,30 @@ def test_a_blocked_event_loop_stops_the_pings(listener: tuple[str, socket.socket
     # Every 0.05 s over the 0.84 s run would be about 17 pings had they come from a
     # thread; from the loop, the 0.6 s block sends none: about 6.
     assert 3 <= pings <= 9
+
+
+def test_a_receiver_that_stops_reading_never_blocks_a_status(
+    listener: tuple[str, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STATUS lines are sent without waiting: with a full queue and a send that would
+    otherwise wait for ever (SEND_TIMEOUT None), each returns; the line dropped is sent
+    once there is room, and a line already sent is not sent again."""
+    monkeypatch.setattr("bureau.notify.SEND_TIMEOUT", None)
+    path, sock = listener
+    notifier = _notifier(NOTIFY_SOCKET=path)
+    for number in range(1000):  # far past the kernel's queue of datagrams
+        notifier.status(f"synced; {number} principals running")
+    received = []
+    sock.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            received.append(sock.recv(4096))
+    assert 0 < len(received) < 1000
+    notifier.status("synced; 999 principals running")
+    sock.settimeout(5)
+    assert sock.recv(4096) == b"STATUS=synced; 999 principals running"
+    notifier.status("synced; 999 principals running")
+    sock.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        sock.recv(4096)
+    notifier.close()
