@@ -13,11 +13,11 @@ import os
 import signal
 import sys
 
-from bureau.launcher import main, supervisor
+from bureau.launcher import main, proxy_kind
 
 POINT, KILL_AT = sys.argv[1], int(sys.argv[2])
-_deliver = supervisor._deliver
-_ready_line = supervisor._ready_line
+_deliver = proxy_kind.deliver
+_ready_line = proxy_kind.ready_line
 _deliveries = itertools.count(1)
 
 
@@ -42,6 +42,6 @@ def _ready_and_die(fd: int) -> bytes:
     return line
 
 
-supervisor._deliver = _deliver_and_die
-supervisor._ready_line = _ready_and_die
+proxy_kind.deliver = _deliver_and_die  # type: ignore[assignment]
+proxy_kind.ready_line = _ready_and_die  # type: ignore[assignment]
 main.main(sys.argv[3:])

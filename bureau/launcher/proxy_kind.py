@@ -1,0 +1,149 @@
+"""A principal's proxy as one kind of supervised child: check the credentials event,
+decrypt it, start ``bureau-proxy`` from the template with the plaintext on its stdin, and
+put its socket in place.
+
+Plaintext exists only between decryption and the write to the new proxy's stdin. Socket
+paths belong to the launcher: a proxy binds a fresh temporary path, and once it answers
+"READY" the launcher renames that path over the principal's, so a client connecting at any
+moment reaches an old or a new proxy, never nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from bureau import age_keys, names
+from bureau.credentials_event import CredentialsEvent, open_plaintext, parse_rfc3339
+from bureau.errors import InputError
+from bureau.files import make_dirs
+from bureau.launcher.children import LauncherError
+from bureau.launcher.processes import deliver, ready_line, reap, titled_under
+from bureau.launcher.spawner import Spawner, SpawnError
+from bureau.proxy_payload import ProxyPayload
+from bureau.secret import Secret
+
+READY_TIMEOUT = 20.0
+SUN_PATH_MAX = 107
+TEMPORARY_GLOB = ".*.proxy.sock.*"
+
+
+class ProxyKind:
+    name = "proxy"
+
+    def __init__(
+        self, *, machine_user: str, secret_key: Secret, run_dir: Path, spawner: Spawner, log: Any
+    ) -> None:
+        self._log = log
+        self._machine_user = machine_user
+        self._key = secret_key
+        self._run_dir = run_dir
+        self._spawner = spawner
+
+    def socket_path(self, principal: str) -> Path:
+        localpart, _ = names.parse_user_id(principal)
+        return self._run_dir / names.proxy_socket_relpath(localpart)
+
+    def check_event(self, principal: str, content: dict[str, Any]) -> CredentialsEvent:
+        try:
+            event = CredentialsEvent.from_json(content, f"credentials for {principal}")
+        except InputError as exc:
+            raise LauncherError(str(exc)) from None
+        if event.principal != principal:
+            raise LauncherError(f"credentials are for {event.principal}, not {principal}")
+        if self._machine_user not in event.encrypted_for:
+            raise LauncherError(f"credentials for {principal} are not encrypted for this machine")
+        if event.expires_at and parse_rfc3339(event.expires_at).timestamp() <= time.time():
+            raise LauncherError(f"credentials for {principal} expired at {event.expires_at}")
+        return event
+
+    def _payload(self, principal: str, event: CredentialsEvent) -> bytes:
+        """Decrypt and build the proxy's payload; the plaintext lives only in here."""
+        try:
+            plaintext = age_keys.decrypt(event.ciphertext, self._key)
+        except age_keys.DecryptFailed as exc:
+            raise LauncherError(f"credentials for {principal}: {exc}") from None
+        try:
+            credentials = open_plaintext(plaintext, event, f"credentials for {principal}")
+        except InputError as exc:
+            raise LauncherError(str(exc)) from None
+        finally:
+            del plaintext
+        return ProxyPayload(principal, event.services, credentials, event.expires_at).to_bytes()
+
+    async def launch(self, principal: str, spec: dict[str, Any]) -> int:
+        event = self.check_event(principal, spec)
+        final = self.socket_path(principal)
+        # The temporary name adds 10 bytes; sun_path holds 107 and a NUL.
+        if len(os.fsencode(final)) + 10 > SUN_PATH_MAX:
+            raise LauncherError(
+                f"socket path {final} is too long for a Unix socket; use a shorter --run-dir"
+            )
+        try:
+            make_dirs(final.parent, 0o755)
+        except OSError as exc:
+            raise LauncherError(
+                f"proxy socket directory for {principal}: {exc.strerror or type(exc).__name__}"
+                f" ({exc.filename})"
+            ) from None
+        payload = self._payload(principal, event)
+        temp = final.with_name(f".{final.name}.{secrets.token_hex(4)}")
+        # Forked by the template in its own session (a signal to the launcher's group must
+        # not reach it) and outliving this launcher, to be adopted by the next one.
+        argv = ["--socket", str(temp), "--machine", self._machine_user]
+        try:
+            spawned = await asyncio.to_thread(self._spawner.spawn, argv)
+        except SpawnError as exc:
+            raise LauncherError(f"proxy for {principal}: {exc}") from None
+        pid = spawned.pid
+        reaped = None
+        try:
+            await asyncio.to_thread(deliver, spawned.stdin, payload)
+            del payload
+            async with asyncio.timeout(READY_TIMEOUT):
+                line = await asyncio.to_thread(ready_line, spawned.stdout)
+            if not line.startswith(b"READY"):
+                reaped = await asyncio.to_thread(reap, pid)
+                raise LauncherError(f"proxy for {principal} exited with {reaped} at start")
+            temp.rename(final)
+        except BaseException:
+            if reaped is None:  # once reaped, the pid may already be someone else's
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                await asyncio.to_thread(reap, pid)
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+            raise
+        return pid
+
+    def adoptable(self, principal: str) -> None:
+        self.socket_path(principal)  # refuses a name that can no longer run
+
+    def removed(self, principal: str) -> None:
+        with contextlib.suppress(FileNotFoundError, names.InvalidName):
+            self.socket_path(principal).unlink()
+
+    def sweep(self, adopted: set[int]) -> None:
+        """A proxy an earlier launcher was still starting when it died (killed between
+        spawning and installing it) was never reachable: it is stopped, and its temporary
+        socket removed (a temporary socket is renamed away once its proxy is installed)."""
+        for pid in titled_under(b"bureau-proxy", b"--socket", self._run_dir):
+            if pid not in adopted:
+                self._log.warning("stopping a proxy that was never installed", pid=pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+        proxies = self._run_dir / "fleet"
+        if proxies.is_dir():
+            for path in proxies.rglob(TEMPORARY_GLOB):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+    @staticmethod
+    def describe(spec: dict[str, Any]) -> dict[str, Any]:
+        """What ``list`` shows of a proxy's spec: names, never values."""
+        return {"keys": list(spec.get("keys", [])), "services": sorted(spec.get("services", {}))}
