@@ -26,6 +26,7 @@ from typing import Any
 
 from bureau.errors import HubError, MatrixError
 from bureau.files import atomic_write, make_dirs
+from bureau.launcher.processes import process_start_time
 from bureau.matrix_http import MatrixHTTP
 from bureau.passwords import ADMIN_LOCALPART, admin_password
 from bureau.secret import Secret
@@ -116,7 +117,7 @@ class Hub:
             pid, started = int(data["pid"]), int(data["start_time"])
         except (FileNotFoundError, ValueError, KeyError, TypeError):
             return None
-        return pid if _process_start_time(pid) == started else None
+        return pid if process_start_time(pid) == started else None
 
     # -- up ----------------------------------------------------------------------------
 
@@ -232,7 +233,7 @@ class Hub:
         finally:
             out.close()
         self._child = proc
-        started = _process_start_time(proc.pid)
+        started = process_start_time(proc.pid)
         atomic_write(
             self._pid_file, json.dumps({"pid": proc.pid, "start_time": started}).encode(), 0o644
         )
@@ -341,25 +342,14 @@ def _synapse_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k in keep}
 
 
-def _process_start_time(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] == "Z":  # exited, waiting to be reaped: not running
-        return None
-    return int(fields[19])
-
-
 def _terminate(pid: int, grace: float) -> None:
-    started = _process_start_time(pid)
+    started = process_start_time(pid)
     if started is None:
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while _process_start_time(pid) == started:
+    while process_start_time(pid) == started:
         _reap(pid)
         if time.monotonic() > deadline:
             with contextlib.suppress(ProcessLookupError):
