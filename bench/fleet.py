@@ -284,9 +284,10 @@ def run(
             services.write_text(json.dumps({"api": {
                 "upstream_url": f"http://127.0.0.1:{port}", "auth_scheme": "Bearer",
                 "inject_headers": {"Authorization": "TOKEN"}}}))  # fmt: skip
-            provision = ["bureau", "credentials", "provision", "--credential-file", f.creds_file,
-                         "--machine", "machine/worker", "--principal", "agent/bench",
-                         "--services", services]  # fmt: skip
+            provision: list[str | Path] = [
+                "bureau", "credentials", "provision", "--credential-file", f.creds_file,
+                "--machine", "machine/worker", "--principal", "agent/bench",
+                "--services", services]  # fmt: skip
             cli(*provision, stdin="TOKEN=rotation-0\n")
             cli("bureau", "machine", "assign", "machine/worker", "--principal", "agent/bench",
                 "--credential-file", f.creds_file)  # fmt: skip

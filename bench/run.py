@@ -68,7 +68,7 @@ def main() -> None:
     (args.out / "latest.md").write_text(report.markdown(results))
     report.plot(results, args.out / "latest.png")
     print((args.out / "latest.md").read_text())
-    failed = [r for r in results["proxy_overhead"] if r["errors"]]  # type: ignore[union-attr]
+    failed = [r for r in results["proxy_overhead"] if r["errors"]]
     if failed:
         sys.exit(f"bench: {len(failed)} cases had failed requests; the numbers are not valid")
 

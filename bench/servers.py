@@ -31,7 +31,7 @@ def wait_for_socket(path: Path, proc: subprocess.Popen[bytes], seconds: float = 
     deadline = time.monotonic() + seconds
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
         with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
             s.connect(str(path))
             return

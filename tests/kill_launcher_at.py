@@ -13,11 +13,11 @@ import os
 import signal
 import sys
 
-from bureau.launcher import main, proxy_kind
+from bureau.launcher import main, processes, proxy_kind
 
 POINT, KILL_AT = sys.argv[1], int(sys.argv[2])
-_deliver = proxy_kind.deliver
-_ready_line = proxy_kind.ready_line
+_deliver = processes.deliver
+_ready_line = processes.ready_line
 _deliveries = itertools.count(1)
 
 
@@ -42,6 +42,7 @@ def _ready_and_die(fd: int) -> bytes:
     return line
 
 
-proxy_kind.deliver = _deliver_and_die  # type: ignore[assignment]
-proxy_kind.ready_line = _ready_and_die  # type: ignore[assignment]
+# proxy_kind looks the two up in its own namespace at each call.
+setattr(proxy_kind, "deliver", _deliver_and_die)  # noqa: B010
+setattr(proxy_kind, "ready_line", _ready_and_die)  # noqa: B010
 main.main(sys.argv[3:])

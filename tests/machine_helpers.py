@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,7 +119,7 @@ def services_file(tmp_path: Path, upstream: str, name: str = "services.json") ->
 
 def provision_credentials(
     fleet: Fleet, machine: Enrolled, principal: str, services: Path, secrets: str
-):  # type: ignore[no-untyped-def]
+) -> subprocess.CompletedProcess[str]:
     return run(
         "bureau",
         "credentials",

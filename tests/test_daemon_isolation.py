@@ -16,6 +16,7 @@ from publisher import Publisher
 from scripted_launcher import scripted_launcher
 
 from bureau.credentials_event import content_digest
+from bureau.launcher.protocol import EnsureResult, PrincipalState, StopResult
 
 
 def test_a_launcher_that_refuses_to_list_is_waited_for(
@@ -43,20 +44,20 @@ def test_a_start_that_never_ends_holds_up_no_other_principal(
     running: dict[str, str] = {}  # principal -> digest, as the launcher would list them
 
     def answer(request: dict[str, Any]) -> dict[str, Any]:
-        principal = request.get("principal")
+        principal = str(request.get("principal"))
         if request["action"] == "list":
             listed = [
-                {"principal": p, "digest": d, "status": "running", "pid": 1}
+                PrincipalState(p, 1, "/s", d, (), (), "", 0, "running").to_json()
                 for p, d in sorted(running.items())
             ]
             return {"ok": True, "principals": listed}
         if request["action"] == "ensure":
             if principal == publisher.user_id(hung):
                 release.wait(60)
-            running[str(principal)] = content_digest(request["credentials"])
-            return {"ok": True, "changed": True}
-        running.pop(str(principal), None)
-        return {"ok": True, "stopped": True}
+            running[principal] = content_digest(request["credentials"])
+            return {"ok": True, **EnsureResult(True, "/s").to_json()}
+        running.pop(principal, None)
+        return {"ok": True, **StopResult(True).to_json()}
 
     with echo_upstream() as upstream, scripted_launcher(run_dir, answer) as launcher:
         publisher = Publisher(fleet, machine, upstream)

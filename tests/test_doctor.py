@@ -267,8 +267,8 @@ def test_fix_repairs_owners_and_modes_but_adopts_nothing_someone_else_wrote(
 
 
 def test_matrix_doctor_finds_and_restores_power_levels(fleet: Fleet) -> None:
-    doctor = ["bureau", "matrix", "doctor", "--credential-file", fleet.credential_file]
-    healthy = run(*doctor)
+    doctor = ["matrix", "doctor", "--credential-file", str(fleet.credential_file)]
+    healthy = run("bureau", *doctor)
     assert healthy.returncode == 0, healthy.stdout
     assert "ok    server admin" in healthy.stdout
     admin = credentials.admin_client(fleet.creds)
@@ -277,16 +277,16 @@ def test_matrix_doctor_finds_and_restores_power_levels(fleet: Fleet) -> None:
     assert room is not None
     levels = admin.get_state(room, "m.room.power_levels", "") or {}
     admin.put_state(room, "m.room.power_levels", "", {**levels, "state_default": 0})
-    broken = run(*doctor)
+    broken = run("bureau", *doctor)
     assert broken.returncode == 1
     assert f"FAIL  power levels of {alias}: state_default is 0, not 100" in broken.stdout
-    fixed = run(*doctor, "--fix")
+    fixed = run("bureau", *doctor, "--fix")
     assert fixed.returncode == 0, fixed.stdout
     assert f"fixed power levels of {alias}" in fixed.stdout
     expected = rooms.fleet_power_levels(fleet.creds.admin_user)
     restored = admin.get_state(room, "m.room.power_levels", "") or {}
     assert rooms.power_level_drift(restored, expected) == []
-    assert "fixed" not in run(*doctor, "--fix").stdout
+    assert "fixed" not in run("bureau", *doctor, "--fix").stdout
 
 
 def test_fleet_cache_set_refuses_a_bad_key_in_one_line(fleet: Fleet) -> None:

@@ -467,7 +467,7 @@ def test_legacy_registration_token_path(fleet: Fleet, tmp_path: Path) -> None:
     machine_name = f"machine/{os.urandom(4).hex()}"
     localpart = f"{fleet.name}/{machine_name}"
     state = tmp_path / "state"
-    args = [
+    args: list[str | Path] = [
         "--registration-token-file",
         "-",
         "--homeserver",

@@ -324,6 +324,7 @@ def test_age_cli_interoperability(fleet: Fleet, tmp_path: Path, run_dir: Path) -
         assert room is not None
         admin.put_state(room, rooms.CREDENTIALS, principal[1:], content)
         fetched = admin.get_state(room, rooms.CREDENTIALS, principal[1:])
+        assert fetched is not None
         with launcher(machine.machine.short_name, machine.state_dir, run_dir) as running:
             reply = launcher_ensure(running.socket, principal, fetched)
             assert reply["ok"], (reply, running.log())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ SEED_EXAMPLE = {
 }
 
 
-def _evaluate(cfg: dict[str, object]) -> dict[str, object]:
+def _evaluate(cfg: Mapping[str, object]) -> dict[str, object]:
     expression = (
         f"import {NIX / 'modules/profile-env.nix'} (builtins.fromJSON ''{json.dumps(cfg)}'')"
     )

@@ -181,7 +181,12 @@ def test_a_later_start_refuses_a_session_someone_else_wrote(fleet: Fleet, tmp_pa
     planted["access_token"] = "syt_planted"  # a token the planter holds
     session.write_text(json.dumps(planted))
     os.chown(session, OTHER, OTHER)
-    args = ["--machine-name", machine.short_name, "--state-dir", machine.state_dir]
+    args: list[str | Path] = [
+        "--machine-name",
+        machine.short_name,
+        "--state-dir",
+        machine.state_dir,
+    ]
 
     result = launcher_once(*args, "--first-boot-only")
 
@@ -251,7 +256,12 @@ def test_launcher_refuses_a_run_dir_someone_else_could_write(
     own (the daemon would send them every credentials event), or plant an adoption record
     or a proxy socket that outlives the run dir's repair. Each case on the real launcher."""
     machine = enroll(fleet, tmp_path).machine
-    args = ["--machine-name", machine.short_name, "--state-dir", machine.state_dir]
+    args: list[str | Path] = [
+        "--machine-name",
+        machine.short_name,
+        "--state-dir",
+        machine.state_dir,
+    ]
     for case, (_, named) in RUN_DIR_CASES.items():
         run_dir = loose_parent / case
         _arrange_run_dir(case, run_dir)

@@ -26,7 +26,13 @@ from bureau.daemon.reconcile import (
     plan,
 )
 from bureau.errors import InputError
-from bureau.launcher.protocol import MAX_DEPTH, ProtocolError, nesting_depth, parse_request
+from bureau.launcher.protocol import (
+    MAX_DEPTH,
+    PrincipalState,
+    ProtocolError,
+    nesting_depth,
+    parse_request,
+)
 from bureau.machine_config import Assignment, MachineConfig
 
 P = "@bureau/fleet/prod/agent/{}:bureau.local"
@@ -98,7 +104,7 @@ def test_machine_status_shows_failed_principals(tmp_path: Any) -> None:
     (proc / "stat").write_text("cpu 1 0 1 10 0 0 0 0 0 0\n")
     (proc / "meminfo").write_text("MemTotal: 2048 kB\nMemAvailable: 1024 kB\n")
     (proc / "uptime").write_text("12.5 1.0\n")
-    listed = [{"principal": P.format("old"), "pid": 999999, "status": "running"}]
+    listed = [PrincipalState(P.format("old"), 999999, "/s", "sha256:0", (), (), "", 0, "running")]
     failures = {P.format("bad"): "services: api: upstream_url: bad", P.format("old"): "expired"}
     content = status_content("@m:x", listed, CpuSampler(proc), 1.0, failures)
     assert content["principals"][P.format("bad")] == {

@@ -125,7 +125,7 @@ def test_bootstrap_machine_enrolls_a_worker_and_runs_again_harmlessly(
     assert published.returncode == 0, published.stderr
     machine = provision(fleet, tmp_path)
     env = {"BUREAU_ROOT": str(root), "BUREAU_VENV": str(VENV)}
-    args = [
+    args: list[str | Path] = [
         "--substituter-url",
         CACHE_URL,
         "--cache-public-key",

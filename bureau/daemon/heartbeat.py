@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bureau.launcher.protocol import PrincipalState
+
 PROC = Path("/proc")
 _CLOCK_TICKS = 100  # USER_HZ; fixed at 100 on Linux for /proc/<pid>/stat
 
@@ -79,23 +81,22 @@ class CpuSampler:
 
 def status_content(
     machine_user: str,
-    principals: list[dict[str, Any]],
+    principals: list[PrincipalState],
     sampler: CpuSampler,
     elapsed_seconds: float,
     failures: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """``principals`` as the launcher lists them (principal, pid, status); ``failures``:
-    principal -> why the daemon's last request for it failed. A failed principal that
-    is not running is ``failed``; one still serving its previous credentials stays
-    ``running``; both carry the reason in ``error`` (OURS)."""
+    """``principals`` as the launcher lists them; ``failures``: principal -> why the
+    daemon's last request for it failed. A failed principal that is not running is
+    ``failed``; one still serving its previous credentials stays ``running``; both carry
+    the reason in ``error`` (OURS)."""
     failures = failures or {}
-    running = [p for p in principals if p.get("status") == "running"]
     ticks = max(1, round(elapsed_seconds * _CLOCK_TICKS))
     entries: dict[str, dict[str, Any]] = {
-        str(p["principal"]): {
-            "cpu_percent": sampler.process_percent(int(p["pid"]), ticks),
-            "memory_mb": _rss_mb(sampler.proc, int(p["pid"])),
-            "status": "running" if p.get("status") == "running" else "starting",
+        p.principal: {
+            "cpu_percent": sampler.process_percent(p.pid, ticks),
+            "memory_mb": _rss_mb(sampler.proc, p.pid),
+            "status": "running" if p.running else "starting",
         }
         for p in principals
     }
@@ -108,7 +109,7 @@ def status_content(
         "principal": machine_user,
         "cpu_percent": sampler.machine_percent(),
         "memory_used_mb": memory_used_mb(sampler.proc),
-        "sandboxes": {"running": len(running), "idle": 0},
+        "sandboxes": {"running": sum(1 for p in principals if p.running), "idle": 0},
         "uptime_seconds": uptime_seconds(sampler.proc),
         "principals": entries,
     }

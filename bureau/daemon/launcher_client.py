@@ -13,14 +13,22 @@ import asyncio
 import json
 import socket
 import struct
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bureau.errors import BureauError
 from bureau.files import trusted_owners
-from bureau.launcher.protocol import Request
+from bureau.launcher.protocol import (
+    EnsureResult,
+    PrincipalState,
+    ProtocolError,
+    Request,
+    StopResult,
+    listed,
+)
 
+T = TypeVar("T")
 TIMEOUT = 60.0  # an ensure waits for a proxy to start
 # Answers are the launcher's (trusted once SO_PEERCRED says so); a list of many principals
 # is larger than any request.
@@ -57,6 +65,14 @@ def check_peer(sock: socket.socket, path: Path, owners: Collection[int]) -> None
         )
 
 
+def _typed(parse: Callable[[dict[str, Any]], T], response: dict[str, Any]) -> T:
+    """An answer in a shape this daemon does not know is no answer: retried like one."""
+    try:
+        return parse(response)
+    except ProtocolError as exc:
+        raise LauncherUnavailable(f"launcher answered in an unknown shape: {exc}") from None
+
+
 class LauncherClient:
     def __init__(self, socket_path: Path, owners: Collection[int] | None = None) -> None:
         self.socket_path = socket_path
@@ -90,23 +106,22 @@ class LauncherClient:
             raise LauncherRefused(str(error or "launcher refused the request"))
         return response
 
-    async def list(self) -> list[dict[str, Any]]:
+    async def list(self) -> list[PrincipalState]:
         """What runs. A launcher that will not say is as good as absent for the caller,
         which backs off and asks again (LauncherUnavailable), never gives up."""
         try:
             response = await self.call(Request("list"))
         except LauncherRefused as exc:
             raise LauncherUnavailable(f"launcher refused to list its principals: {exc}") from None
-        principals = response.get("principals")
-        if not isinstance(principals, list) or not all(isinstance(p, dict) for p in principals):
-            raise LauncherUnavailable("launcher listed its principals in an unknown shape")
-        return principals
+        return _typed(listed, response)
 
-    async def ensure(self, principal: str, credentials: dict[str, Any]) -> dict[str, Any]:
-        return await self.call(Request("ensure", principal, credentials))
+    async def ensure(self, principal: str, credentials: dict[str, Any]) -> EnsureResult:
+        return _typed(
+            EnsureResult.from_json, await self.call(Request("ensure", principal, credentials))
+        )
 
-    async def stop(self, principal: str) -> dict[str, Any]:
-        return await self.call(Request("stop", principal))
+    async def stop(self, principal: str) -> StopResult:
+        return _typed(StopResult.from_json, await self.call(Request("stop", principal)))
 
     async def relogin(self) -> bool:
         """Ask the launcher to log the machine in again (after a soft logout); True when

@@ -53,8 +53,8 @@ class Principals:
         ``settle`` waits for the actions it started (the first pass, before READY). A
         launcher that cannot even list raises LauncherUnavailable: the pass is retried."""
         listed = await self._launcher.list()
-        self.running = sum(1 for p in listed if p.get("status") == "running")
-        running = {str(p["principal"]): str(p["digest"]) for p in listed}
+        self.running = sum(1 for p in listed if p.running)
+        running = {p.principal: p.digest for p in listed}
         actions = plan(config, credentials, running)
         pending = {action.principal for action in actions} | set(self._inflight)
         for principal in [p for p in self.failures if p not in pending]:
@@ -70,8 +70,7 @@ class Principals:
                 self._inflight[action.principal] = (tried(action), task)
         if settle and self._inflight:
             await asyncio.gather(*(task for _, task in self._inflight.values()))
-            listed = await self._launcher.list()
-            self.running = sum(1 for p in listed if p.get("status") == "running")
+            self.running = sum(1 for p in await self._launcher.list() if p.running)
         changed, self._changed = self._changed, False
         return changed
 

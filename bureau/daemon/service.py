@@ -370,8 +370,8 @@ class Daemon:
     async def _stop_every_principal(self) -> None:
         try:
             for item in await self._launcher.list():
-                await self._launcher.stop(str(item["principal"]))
-                self._log.info("principal stopped", principal=item["principal"])
+                await self._launcher.stop(item.principal)
+                self._log.info("principal stopped", principal=item.principal)
         except (LauncherUnavailable, LauncherRefused) as exc:
             self._log.error("could not stop every principal", error=str(exc))
 

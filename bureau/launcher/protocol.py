@@ -9,7 +9,9 @@ response per connection. Pure.
     {"action": "relogin"}     after the homeserver soft-logged the machine out
 
 Every response has "ok": true|false; failures carry "error", a one-line message that never
-holds credential content.
+holds credential content. Answers are typed on both sides (below): ``status`` a
+LauncherStatus, ``list`` {"principals": [PrincipalState...]}, ``ensure`` an EnsureResult,
+``stop`` a StopResult, ``relogin`` {"renewed": bool}.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ class ProtocolError(Exception):
 class Request:
     action: str
     principal: str | None = None
+    # The m.bureau.credentials content as the homeserver holds it, relayed untouched: its
+    # digest (canonical JSON) is how both sides name what runs, and the launcher parses
+    # and checks it itself (CredentialsEvent) rather than trust a form the daemon made.
     credentials: dict[str, Any] | None = None
 
     def to_line(self) -> bytes:
@@ -105,3 +110,128 @@ def failure(message: str) -> dict[str, Any]:
 
 def encode_response(response: dict[str, Any]) -> bytes:
     return json.dumps(response, separators=(",", ":")).encode() + b"\n"
+
+
+# -- answers, typed on both sides ------------------------------------------------------
+
+
+def _field(obj: dict[str, Any], name: str, kind: type, where: str) -> Any:
+    value = obj.get(name)
+    # bool is an int to Python; a count or pid that is true/false is still wrong.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ProtocolError(f"{where}: {name}: expected {kind.__name__}")
+    return value
+
+
+def _names(obj: dict[str, Any], name: str, where: str) -> tuple[str, ...]:
+    value = obj.get(name)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ProtocolError(f"{where}: {name}: expected a list of strings")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class PrincipalState:
+    """One principal as ``list`` reports it: names and numbers, never credential values."""
+
+    principal: str
+    pid: int
+    socket: str
+    digest: str  # of the credentials event content it runs
+    keys: tuple[str, ...]
+    services: tuple[str, ...]
+    started_at: str
+    restarts: int
+    status: str  # running | restarting
+
+    STATUSES = ("running", "restarting")
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "principal": self.principal,
+            "pid": self.pid,
+            "socket": self.socket,
+            "digest": self.digest,
+            "keys": list(self.keys),
+            "services": list(self.services),
+            "started_at": self.started_at,
+            "restarts": self.restarts,
+            "status": self.status,
+        }
+
+    @classmethod
+    def from_json(cls, obj: object, where: str = "principal") -> PrincipalState:
+        if not isinstance(obj, dict):
+            raise ProtocolError(f"{where}: expected an object")
+        status = _field(obj, "status", str, where)
+        if status not in cls.STATUSES:
+            raise ProtocolError(f"{where}: status: expected one of {', '.join(cls.STATUSES)}")
+        return cls(
+            principal=_field(obj, "principal", str, where),
+            pid=_field(obj, "pid", int, where),
+            socket=_field(obj, "socket", str, where),
+            digest=_field(obj, "digest", str, where),
+            keys=_names(obj, "keys", where),
+            services=_names(obj, "services", where),
+            started_at=_field(obj, "started_at", str, where),
+            restarts=_field(obj, "restarts", int, where),
+            status=status,
+        )
+
+
+@dataclass(frozen=True)
+class LauncherStatus:
+    machine: str
+    principals: int
+    running: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"machine": self.machine, "principals": self.principals, "running": self.running}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> LauncherStatus:
+        where = "status"
+        return cls(
+            _field(obj, "machine", str, where),
+            _field(obj, "principals", int, where),
+            _field(obj, "running", int, where),
+        )
+
+
+@dataclass(frozen=True)
+class EnsureResult:
+    changed: bool  # false: that content was running already
+    socket: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"changed": self.changed, "socket": self.socket}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> EnsureResult:
+        return cls(_field(obj, "changed", bool, "ensure"), _field(obj, "socket", str, "ensure"))
+
+
+@dataclass(frozen=True)
+class StopResult:
+    stopped: bool  # false: it was not running
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stopped": self.stopped}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> StopResult:
+        return cls(_field(obj, "stopped", bool, "stop"))
+
+
+def listed(obj: dict[str, Any]) -> list[PrincipalState]:
+    """The ``principals`` of a ``list`` answer."""
+    items = obj.get("principals")
+    if not isinstance(items, list):
+        raise ProtocolError("list: principals: expected a list")
+    return [
+        PrincipalState.from_json(item, f"list: principals[{i}]") for i, item in enumerate(items)
+    ]

@@ -144,6 +144,8 @@ class ProxyKind:
                     path.unlink()
 
     @staticmethod
-    def describe(spec: dict[str, Any]) -> dict[str, Any]:
-        """What ``list`` shows of a proxy's spec: names, never values."""
-        return {"keys": list(spec.get("keys", [])), "services": sorted(spec.get("services", {}))}
+    def describe(spec: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """What ``list`` shows of a proxy's spec (its credential names and services):
+        names, never values; the spec was checked when the proxy started."""
+        keys = tuple(str(k) for k in spec.get("keys", []))
+        return keys, tuple(sorted(str(s) for s in spec.get("services", {})))

@@ -23,6 +23,7 @@ from bureau.files import make_dirs
 from bureau.launcher import relogin
 from bureau.launcher.protocol import (
     MAX_MESSAGE,
+    LauncherStatus,
     ProtocolError,
     Request,
     encode_response,
@@ -55,8 +56,8 @@ def peer_uid(writer: asyncio.StreamWriter) -> int:
     return int(uid)
 
 
-def summary(status: dict[str, Any]) -> str:
-    return f"serving; {status['running']} of {status['principals']} principals running"
+def summary(status: LauncherStatus) -> str:
+    return f"serving; {status.running} of {status.principals} principals running"
 
 
 class LauncherServer:
@@ -165,9 +166,9 @@ class LauncherServer:
 
     async def _act(self, request: Request) -> dict[str, Any]:
         if request.action == "status":
-            return ok(**self._supervisor.status())
+            return ok(**self._supervisor.status().to_json())
         if request.action == "list":
-            return ok(principals=self._supervisor.list())
+            return ok(principals=[p.to_json() for p in self._supervisor.list()])
         if request.action == "relogin":
             # One at a time: a second caller finds the session already renewed.
             async with self._relogin_lock:
@@ -176,11 +177,11 @@ class LauncherServer:
         # parse_request guarantees a principal for both, and credentials for ensure.
         principal = str(request.principal)
         if request.action == "ensure":
-            result = await self._supervisor.ensure(principal, request.credentials or {})
+            answer = (await self._supervisor.ensure(principal, request.credentials or {})).to_json()
         else:
-            result = await self._supervisor.stop(principal)
+            answer = (await self._supervisor.stop(principal)).to_json()
         self._notifier.status(summary(self._supervisor.status()))
-        return ok(**result)
+        return ok(**answer)
 
 
 async def serve(

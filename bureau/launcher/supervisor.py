@@ -18,6 +18,7 @@ from typing import Any
 from bureau import names
 from bureau.credentials_event import content_digest, rfc3339_now
 from bureau.launcher.children import Child, Children, LauncherError
+from bureau.launcher.protocol import EnsureResult, LauncherStatus, PrincipalState, StopResult
 from bureau.launcher.proxy_kind import ProxyKind
 from bureau.launcher.spawner import Spawner
 from bureau.secret import Secret
@@ -75,15 +76,15 @@ class Supervisor:
         """The template goes; the children stay for the next launcher to adopt."""
         self._spawner.close()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> LauncherStatus:
         proxies = self._proxies.running.values()
         running = sum(1 for p in proxies if not p.exited.is_set())
-        return {"machine": self._machine_user, "principals": len(proxies), "running": running}
+        return LauncherStatus(self._machine_user, len(proxies), running)
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self) -> list[PrincipalState]:
         return [self._describe(self._proxies.running[p]) for p in sorted(self._proxies.running)]
 
-    async def ensure(self, principal: str, content: dict[str, Any]) -> dict[str, Any]:
+    async def ensure(self, principal: str, content: dict[str, Any]) -> EnsureResult:
         self._check_principal(principal)
         event = self._proxy_kind.check_event(principal, content)
         digest = content_digest(content)
@@ -91,7 +92,7 @@ class Supervisor:
         async with self._lock(principal):
             current = self._proxies.running.get(principal)
             if current is not None and current.digest == digest and not current.exited.is_set():
-                return {"changed": False, "socket": socket}
+                return EnsureResult(changed=False, socket=socket)
             new = await self._proxies.start(principal, content, digest)
             if current is not None:
                 new.restarts = current.restarts
@@ -103,16 +104,16 @@ class Supervisor:
             pid=new.pid,
             keys=list(event.keys),
         )
-        return {"changed": True, "socket": socket}
+        return EnsureResult(changed=True, socket=socket)
 
-    async def stop(self, principal: str) -> dict[str, Any]:
+    async def stop(self, principal: str) -> StopResult:
         # Any name of this fleet may be stopped: one that could never run is not running.
         self._check_principal(principal, to_run=False)
         async with self._lock(principal):
             stopped = await self._proxies.remove(principal)
         if stopped:
             self._log.info("proxy stopped", principal=principal)
-        return {"stopped": stopped}
+        return StopResult(stopped)
 
     async def adopt(self) -> None:
         """Take over what an earlier launcher left running; start again what died."""
@@ -139,14 +140,16 @@ class Supervisor:
         if localpart.split("/")[3] == "machine":
             raise LauncherError(f"principal {principal} is a machine")
 
-    def _describe(self, proxy: Child) -> dict[str, Any]:
-        return {
-            "principal": proxy.principal,
-            "pid": proxy.pid,
-            "socket": str(self._proxy_kind.socket_path(proxy.principal)),
-            "digest": proxy.digest,
-            **self._proxy_kind.describe(proxy.spec),
-            "started_at": rfc3339_from(proxy.started_at),
-            "restarts": proxy.restarts,
-            "status": proxy.status,
-        }
+    def _describe(self, proxy: Child) -> PrincipalState:
+        keys, services = self._proxy_kind.describe(proxy.spec)
+        return PrincipalState(
+            principal=proxy.principal,
+            pid=proxy.pid,
+            socket=str(self._proxy_kind.socket_path(proxy.principal)),
+            digest=proxy.digest,
+            keys=keys,
+            services=services,
+            started_at=rfc3339_from(proxy.started_at),
+            restarts=proxy.restarts,
+            status=proxy.status,
+        )
