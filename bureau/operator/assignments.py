@@ -1,43 +1,46 @@
 """``bureau machine assign`` and ``unassign``: read-modify-write of the machine's
-``m.bureau.machine_config``. Concurrent writers race (last write wins): Matrix offers no
-compare-and-set on state."""
+``m.bureau.machine_config``. Only the one entry changes; every other entry and every field
+this version does not know goes back byte for byte (machine_config.with_entry). Concurrent
+writers race (last write wins): Matrix offers no compare-and-set on state."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from typing import Any
 
 from bureau import names, rooms
-from bureau.machine_config import Assignment, MachineConfig
+from bureau.machine_config import Assignment, with_entry, without_entry
 from bureau.operator.credentials import admin_client
 from bureau.operator.principal_credentials import config_room_of
 from bureau.schema import OperatorCredentials
 
 
-def _update(
-    creds: OperatorCredentials, machine: str, change: str, principal: str, auto_start: bool
-) -> bool:
+def _update(creds: OperatorCredentials, machine: str, change: Any) -> bool:
     admin = admin_client(creds)
     room = config_room_of(admin, creds, machine)
     key = names.state_key(machine, creds.server_name)
-    current = MachineConfig.from_json(admin.get_state(room, rooms.MACHINE_CONFIG, key))
-    user = names.user_id(principal, creds.server_name)
-    if change == "assign":
-        existing = current.find(user)
-        assignment = (
-            replace(existing, auto_start=auto_start) if existing else Assignment(user, auto_start)
-        )
-        updated = current.with_assignment(assignment)
-    else:
-        updated = current.without(user)
-    if updated.to_json() == current.to_json():
+    current = admin.get_state(room, rooms.MACHINE_CONFIG, key) or {}
+    updated = change(current)
+    if updated == current:
         return False
-    admin.put_state(room, rooms.MACHINE_CONFIG, key, updated.to_json())
+    admin.put_state(room, rooms.MACHINE_CONFIG, key, updated)
     return True
 
 
-def assign(creds: OperatorCredentials, machine: str, principal: str, auto_start: bool) -> bool:
-    return _update(creds, machine, "assign", principal, auto_start)
+def assign(
+    creds: OperatorCredentials,
+    machine: str,
+    principal: str,
+    auto_start: bool,
+    **overrides: Any,
+) -> bool:
+    """``overrides``: Assignment fields to set (template, restart_policy, ...)."""
+    user = names.user_id(principal, creds.server_name)
+    # Checked through the typed form, written as the fields alone.
+    fields = Assignment(user, auto_start, **overrides).to_json()
+    del fields["principal"]
+    return _update(creds, machine, lambda content: with_entry(content, user, fields))
 
 
 def unassign(creds: OperatorCredentials, machine: str, principal: str) -> bool:
-    return _update(creds, machine, "unassign", principal, auto_start=False)
+    user = names.user_id(principal, creds.server_name)
+    return _update(creds, machine, lambda content: without_entry(content, user))
