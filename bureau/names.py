@@ -128,6 +128,11 @@ def machine_room_localpart(fleet: str) -> str:
     return f"{fleet}/machine"
 
 
+def template_room_localpart(fleet: str) -> str:
+    """Templates belong to the namespace, shared by its fleets: ``bureau/template``."""
+    return f"{namespace_of(fleet)}/template"
+
+
 def service_room_localpart(fleet: str) -> str:
     return f"{fleet}/service"
 

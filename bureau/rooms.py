@@ -82,6 +82,11 @@ def service_room_power_levels(admin: str) -> dict[str, Any]:
     return _levels({admin: ADMIN_LEVEL}, events_default=0, state_default=ADMIN_LEVEL)
 
 
+def template_room_power_levels(admin: str) -> dict[str, Any]:
+    # Admins only: a template says what runs and with which mounts; machines read it.
+    return _levels({admin: ADMIN_LEVEL}, events_default=ADMIN_LEVEL, state_default=ADMIN_LEVEL)
+
+
 def config_room_power_levels(admin: str, machine: str) -> dict[str, Any]:
     # Only operators (100) publish credentials; the machine (50) may write its config.
     return _levels(

@@ -20,6 +20,7 @@ from launcher_proc import launcher
 from machine_helpers import Provisioned, boot, provision
 
 from bureau import names, rooms, unit_files
+from bureau.matrix_http import segment
 from bureau.operator import credentials
 
 CACHE_KEY = "bureau:" + "A" * 43 + "="
@@ -305,3 +306,24 @@ def test_systemctl_offline_enable_is_what_doctor_uses(root: Path) -> None:
         check=False,
     )
     assert state.stdout.strip() == "enabled"
+
+
+def test_a_hub_without_the_template_room_gets_it_and_machines_are_invited(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """A hub set up before the template room existed (its alias gone): `matrix doctor`
+    names it, `--fix` creates it, and a machine provisioned afterwards is invited."""
+    admin = credentials.admin_client(fleet.creds)
+    alias = names.room_alias(names.template_room_localpart(fleet.name), fleet.hub.server_name)
+    assert admin.resolve_alias(alias) is not None
+    admin.send("DELETE", f"/_matrix/client/v3/directory/room/{segment(alias)}", what="unalias")
+    doctor = ["matrix", "doctor", "--credential-file", str(fleet.credential_file)]
+    missing = run("bureau", *doctor)
+    assert missing.returncode == 1
+    assert f"FAIL  room {alias}: missing" in missing.stdout
+    assert run("bureau", *doctor, "--fix").returncode == 0
+    room = admin.resolve_alias(alias)
+    assert room is not None
+    machine = provision(fleet, tmp_path)
+    member = admin.get_state(room, "m.room.member", machine.user_id)
+    assert member is not None and member["membership"] == "invite"

@@ -80,7 +80,12 @@ def test_setup_creates_rooms_and_credential_file_then_changes_nothing(
     fleet_room = admin.resolve_alias(names.room_alias(fleet, server))
     machine_room = admin.resolve_alias(names.room_alias(f"{fleet}/machine", server))
     service_room = admin.resolve_alias(names.room_alias(f"{fleet}/service", server))
-    assert fleet_room and machine_room and service_room
+    template_room = admin.resolve_alias(
+        names.room_alias(names.template_room_localpart(fleet), server)
+    )
+    assert fleet_room and machine_room and service_room and template_room
+    template_levels = _levels(admin, template_room)  # admins only, both kinds of event
+    assert (template_levels["events_default"], template_levels["state_default"]) == (100, 100)
     assert _levels(admin, fleet_room)["state_default"] == 100
     machine_levels = _levels(admin, machine_room)
     assert machine_levels["users"] == {creds.admin_user: 100}
@@ -88,8 +93,8 @@ def test_setup_creates_rooms_and_credential_file_then_changes_nothing(
     children = {
         e["state_key"] for e in admin.room_state_events(space) if e["type"] == "m.space.child"
     }
-    assert children == {fleet_room, machine_room, service_room}
-    for room_id in (space, fleet_room, machine_room, service_room):
+    assert children == {fleet_room, machine_room, service_room, template_room}
+    for room_id in (space, fleet_room, machine_room, service_room, template_room):
         join_rules = [
             e for e in admin.room_state_events(room_id) if e["type"] == "m.room.join_rules"
         ]

@@ -17,7 +17,7 @@ from bureau import names, rooms
 from bureau.errors import BureauError
 from bureau.machine_config import MachineConfig
 from bureau.operator.credentials import admin_client
-from bureau.operator.fleet import resolve_fleet_rooms
+from bureau.operator.fleet import resolve_fleet_rooms, template_room
 from bureau.operator.machines import machine_records
 from bureau.schema import OperatorCredentials
 
@@ -62,7 +62,8 @@ def decommission(
         admin.put_state(fleet_rooms.machine, rooms.MACHINE_KEY, key, {})
         report("machine key tombstoned")
         changed = True
-    for room_id in (config_room, *fleet_rooms.all()):
+    templates = template_room(admin, creds.fleet, server)
+    for room_id in (config_room, *fleet_rooms.all(), templates):
         if room_id is not None and admin.kick(room_id, user, REASON):
             report(f"removed from {room_id}")
             changed = True

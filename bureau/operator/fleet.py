@@ -40,6 +40,12 @@ def resolve_fleet_rooms(client: MatrixHTTP, fleet: str, server: str) -> FleetRoo
     return FleetRooms(**found)
 
 
+def template_room(client: MatrixHTTP, fleet: str, server: str) -> str | None:
+    """The namespace's template room; None on a hub set up before it existed (the next
+    `bureau matrix setup` or `matrix doctor --fix` creates it)."""
+    return client.resolve_alias(names.room_alias(names.template_room_localpart(fleet), server))
+
+
 def private_room(
     alias_localpart: str, name: str, power_levels: dict[str, Any], **extra: Any
 ) -> dict[str, Any]:
@@ -85,7 +91,13 @@ def ensure_config_room(
 
 
 def invite_machine(
-    client: MatrixHTTP, machine_user: str, config_room: str, fleet_rooms: FleetRooms
+    client: MatrixHTTP,
+    machine_user: str,
+    config_room: str,
+    fleet_rooms: FleetRooms,
+    templates: str | None = None,
 ) -> None:
-    for room_id in (config_room, *fleet_rooms.all()):
+    """Into its config room and the fleet rooms, and the template room (where its daemon
+    reads the templates its principals run from) when the hub has one."""
+    for room_id in (config_room, *fleet_rooms.all(), *([templates] if templates else [])):
         client.invite(room_id, machine_user)

@@ -10,7 +10,12 @@ from bureau import names, rooms
 from bureau.errors import BureauError, InputError, MatrixError
 from bureau.matrix_http import MatrixHTTP
 from bureau.operator.credentials import admin_client
-from bureau.operator.fleet import ensure_config_room, invite_machine, resolve_fleet_rooms
+from bureau.operator.fleet import (
+    ensure_config_room,
+    invite_machine,
+    resolve_fleet_rooms,
+    template_room,
+)
 from bureau.passwords import one_time_password
 from bureau.schema import BootstrapConfig, MachineKey, OperatorCredentials
 
@@ -137,7 +142,8 @@ def provision(creds: OperatorCredentials, machine_localpart: str) -> BootstrapCo
         # A decommissioned machine's name comes back: its deactivated account is
         # reactivated with the new one-time password.
         admin.reactivate_user(machine_user, password)
-    invite_machine(admin, machine_user, config_room, fleet_rooms)
+    templates = template_room(admin, creds.fleet, server)
+    invite_machine(admin, machine_user, config_room, fleet_rooms, templates)
     return BootstrapConfig(
         homeserver_url=creds.homeserver_url,
         server_name=server,

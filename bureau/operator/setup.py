@@ -50,6 +50,12 @@ def room_specs(fleet: str) -> list[RoomSpec]:
             f"{fleet}: services",
             rooms.service_room_power_levels,
         ),
+        RoomSpec(
+            "template",
+            names.template_room_localpart(fleet),
+            f"{names.namespace_of(fleet)}: templates",
+            rooms.template_room_power_levels,
+        ),
     ]
 
 
