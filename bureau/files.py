@@ -237,8 +237,10 @@ def read_private_bytes(
     *,
     strict: bool = False,
     owners: Collection[int] | None = None,
+    private: bool = True,
 ) -> bytes:
-    """Read a file that holds a secret. Refuses directories, FIFOs and other non-regular
+    """Read a file that holds a secret (``private``; else any input file, which is read
+    the same careful way without the mode check). Refuses directories, FIFOs and other non-regular
     files (opened non-blocking, so a FIFO cannot hang the reader) and modes that let
     group or others read it; ``strict`` also refuses a symlink and a file owned by anyone
     but ``owners`` (default trusted_owners(): this user or root, as ssh does), for files
@@ -272,7 +274,7 @@ def read_private_bytes(
                 "someone else could have written it",
             )
         loose = stat.S_IMODE(st.st_mode) & 0o077
-        if loose:
+        if loose and private:
             # Strict files configure a service: exit 2, which systemd does not restart.
             raise (UnsafePath if strict else InputError)(
                 where,

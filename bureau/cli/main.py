@@ -7,7 +7,13 @@ import argparse
 import sys
 
 from bureau import log
-from bureau.cli import credential_commands, fleet_commands, fleet_state_commands, hub_commands
+from bureau.cli import (
+    credential_commands,
+    fleet_commands,
+    fleet_state_commands,
+    hub_commands,
+    template_commands,
+)
 from bureau.cli.common import Handler
 from bureau.edge import Parser, run
 from bureau.errors import UsageError
@@ -26,6 +32,7 @@ def build_parser() -> Parser:
     hub_commands.register(groups)
     fleet_commands.register(groups)
     credential_commands.register(groups)
+    template_commands.register(groups)
     fleet_state_commands.register(groups)
     profile_commands.register(groups)
     _log_level_everywhere(p)

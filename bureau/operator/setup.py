@@ -12,7 +12,7 @@ from typing import Any
 from bureau import names, rooms
 from bureau.errors import InputError, MatrixError
 from bureau.matrix_http import MatrixHTTP
-from bureau.operator import credentials
+from bureau.operator import credentials, templates
 from bureau.operator.fleet import private_room
 from bureau.passwords import ADMIN_LOCALPART, admin_password
 from bureau.schema import OperatorCredentials
@@ -164,4 +164,6 @@ def setup(
     )
     if credentials.write(credential_file, creds):
         note(f"wrote {credential_file}")
+    for ref in templates.push_builtins(admin, creds):
+        note(f"pushed template {ref}")
     return changed

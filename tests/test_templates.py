@@ -1,0 +1,96 @@
+"""`bureau template push|list|show` against the real Synapse: the shipped templates are
+there after setup, a template pushed from a file resolves with where each field came
+from, and a bad file is one line naming what is wrong, with nothing published."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Fleet, one_line_error, run
+
+
+def _template(fleet: Fleet, *args: str | Path) -> Any:
+    return run("bureau", "template", *args, "--credential-file", fleet.credential_file)
+
+
+def _write(tmp_path: Path, content: dict[str, Any], name: str = "t.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(content))
+    return path
+
+
+def test_builtins_are_pushed_and_a_child_resolves_with_provenance(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    ns = fleet.name.split("/")[0]
+    listed = _template(fleet, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    refs = {item["ref"] for item in json.loads(listed.stdout)}
+    assert {f"{ns}/template:base", f"{ns}/template:agent-base"} <= refs
+
+    child = {
+        "description": "an echo agent",
+        "inherits": [f"{ns}/template:agent-base"],
+        "command": ["/usr/bin/env"],
+        "environment_variables": {"MODE": "echo", "HOME": "/workspace/home"},
+        "resources": {"memory_limit_mb": 128, "pids_limit": 32},
+    }
+    pushed = _template(fleet, "push", _write(tmp_path, child), "--name", "echo")
+    assert pushed.returncode == 0, pushed.stderr
+    assert pushed.stdout.strip() == f"pushed: {ns}/template:echo"
+    again = _template(fleet, "push", _write(tmp_path, child), "--name", "echo")
+    assert again.stdout.strip() == f"unchanged: {ns}/template:echo"
+
+    shown = _template(fleet, "show", "echo", "--resolved")
+    assert shown.returncode == 0, shown.stderr
+    resolved = json.loads(shown.stdout)
+    template, origin = resolved["template"], resolved["from"]
+    assert template["command"] == ["/usr/bin/env"]
+    assert template["namespaces"] == {"pid": True, "net": True, "ipc": True, "uts": True}
+    assert template["environment_variables"]["MODE"] == "echo"
+    assert template["environment_variables"]["TMPDIR"] == "/tmp"  # noqa: S108 -- in the sandbox
+    assert origin["command"] == f"{ns}/template:echo"
+    assert origin["namespaces"] == f"{ns}/template:base"
+    assert origin["environment_variables.TMPDIR"] == f"{ns}/template:agent-base"
+    assert origin["environment_variables.HOME"] == f"{ns}/template:echo"
+    assert resolved["sources"] == [
+        f"{ns}/template:base",
+        f"{ns}/template:agent-base",
+        f"{ns}/template:echo",
+    ]
+    plain = json.loads(_template(fleet, "show", "echo").stdout)
+    assert plain == child
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ({"command": ["/bin/sh"], "privileged": True}, "privileged: unknown field"),
+        ({"secrets": {"TOKEN": {"env": "TOKEN"}}}, "a credential never enters the sandbox"),
+        ({"command": "/bin/sh"}, "command"),
+        ({"inherits": ["NS/template:missing"]}, "not found"),
+    ],
+)
+def test_a_bad_template_is_one_line_and_publishes_nothing(
+    fleet: Fleet, tmp_path: Path, content: dict[str, Any], problem: str
+) -> None:
+    ns = fleet.name.split("/")[0]
+    raw = json.loads(json.dumps(content).replace("NS/", f"{ns}/"))
+    result = _template(fleet, "push", _write(tmp_path, raw), "--name", "bad")
+    assert result.returncode != 0
+    assert problem in one_line_error(result)
+    assert "Traceback" not in result.stderr
+    assert _template(fleet, "show", "bad").returncode != 0
+
+
+def test_a_fifo_or_a_missing_file_is_refused_at_once(fleet: Fleet, tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    refused = _template(fleet, "push", fifo, "--name", "x")
+    assert "is a FIFO, not a regular file" in one_line_error(refused)
+    missing = _template(fleet, "push", tmp_path / "nope.json", "--name", "x")
+    assert "no such file" in one_line_error(missing)
