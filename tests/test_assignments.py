@@ -8,7 +8,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from conftest import Fleet, run
+from conftest import Fleet, one_line_error, run
 from machine_helpers import assign, enroll
 
 from bureau import names, rooms
@@ -77,3 +77,53 @@ def test_assign_and_unassign_keep_what_they_do_not_know(fleet: Fleet, tmp_path: 
             {"principal": user % "mine", "auto_start": True},
         ],
     }
+
+
+def test_assign_with_a_template_and_a_restart_policy(fleet: Fleet, tmp_path: Path) -> None:
+    enrolled = enroll(fleet, tmp_path)
+    admin, room, key = _config_room(fleet, enrolled.machine.localpart)
+    ns = fleet.name.split("/")[0]
+    flags = ("--template", "agent-base", "--restart-policy", "on-failure", "--no-auto-start")
+    assign(fleet, enrolled, "agent/templated", *flags)
+    after = admin.get_state(room, rooms.MACHINE_CONFIG, key)
+    assert after == {
+        "principals": [
+            {
+                "principal": f"@{fleet.name}/agent/templated:{fleet.hub.server_name}",
+                "auto_start": False,
+                "template": f"{ns}/template:agent-base",
+                "restart_policy": "on-failure",
+            }
+        ]
+    }
+    bad = run(
+        "bureau",
+        "machine",
+        "assign",
+        enrolled.machine.short_name,
+        "--principal",
+        "agent/x",
+        "--template",
+        "No Such:thing",
+        "--credential-file",
+        str(fleet.credential_file),
+    )
+    assert bad.returncode == 2
+    assert one_line_error(bad).startswith("bureau: --template: ")
+    missing = run(
+        "bureau",
+        "machine",
+        "assign",
+        enrolled.machine.short_name,
+        "--principal",
+        "agent/x",
+        "--template",
+        "no-such-template",
+        "--credential-file",
+        str(fleet.credential_file),
+    )
+    assert missing.returncode == 1
+    assert "no-such-template" in one_line_error(missing)
+    assert "not found" in one_line_error(missing)
+    final = admin.get_state(room, rooms.MACHINE_CONFIG, key)
+    assert final is not None and len(final["principals"]) == 1

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from bureau import names
 from bureau.cli import doctor_commands
@@ -17,12 +18,14 @@ from bureau.cli.common import (
     say,
     valid,
 )
-from bureau.errors import InputError
+from bureau.errors import InputError, UsageError
 from bureau.files import atomic_write, read_secret_input
-from bureau.operator import assignments, credentials, machines
+from bureau.machine_config import RESTART_POLICIES
+from bureau.operator import assignments, credentials, machines, templates
 from bureau.operator.decommission import decommission
 from bureau.operator.setup import setup
 from bureau.schema import validate_homeserver_url
+from bureau.template_resolve import resolve
 
 DEFAULT_FLEET = "bureau/fleet/prod"
 
@@ -90,7 +93,20 @@ def machine_assign(args: argparse.Namespace) -> int:
     creds = credentials.load(args.credential_file)
     machine = machine_name(creds, args.name, "NAME")
     principal = principal_name(creds, args.principal)
-    changed = assignments.assign(creds, machine, principal, auto_start=not args.no_auto_start)
+    overrides: dict[str, Any] = {}
+    if args.template is not None:
+        try:
+            ref = templates.namespace_ref(creds, args.template)
+        except ValueError as exc:
+            raise UsageError(f"--template: {exc}") from None
+        # A template that does not resolve (missing, a broken parent) is never assigned.
+        resolve(ref, templates.fetcher(credentials.admin_client(creds), creds))
+        overrides["template"] = str(ref)
+    if args.restart_policy is not None:
+        overrides["restart_policy"] = args.restart_policy
+    changed = assignments.assign(
+        creds, machine, principal, auto_start=not args.no_auto_start, **overrides
+    )
     say(f"{'assigned' if changed else 'already assigned'}: {principal} on {machine}")
     return 0
 
@@ -154,6 +170,10 @@ def register(groups: Subparsers) -> None:
     decom.set_defaults(handler=machine_decommission)
     assign = cmds.add_parser("assign", help="run a principal on the machine")
     assign.add_argument("--no-auto-start", action="store_true", help="assign, do not start")
+    assign.add_argument("--template", help="template to run it from: NAME or a full ref")
+    assign.add_argument(
+        "--restart-policy", choices=RESTART_POLICIES, help="always (default), on-failure, never"
+    )
     assign.set_defaults(handler=machine_assign)
     unassign = cmds.add_parser("unassign", help="stop running a principal on the machine")
     unassign.set_defaults(handler=machine_unassign)
