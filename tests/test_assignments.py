@@ -79,6 +79,13 @@ def test_assign_and_unassign_keep_what_they_do_not_know(fleet: Fleet, tmp_path: 
     }
 
 
+def _assign(fleet: Fleet, machine: str, *flags: str) -> Any:
+    """`bureau machine assign` of agent/x, as run."""
+    cred = str(fleet.credential_file)
+    return run("bureau", "machine", "assign", machine, "--principal", "agent/x", *flags,
+               "--credential-file", cred)  # fmt: skip
+
+
 def test_assign_with_a_template_and_a_restart_policy(fleet: Fleet, tmp_path: Path) -> None:
     enrolled = enroll(fleet, tmp_path)
     admin, room, key = _config_room(fleet, enrolled.machine.localpart)
@@ -96,32 +103,10 @@ def test_assign_with_a_template_and_a_restart_policy(fleet: Fleet, tmp_path: Pat
             }
         ]
     }
-    bad = run(
-        "bureau",
-        "machine",
-        "assign",
-        enrolled.machine.short_name,
-        "--principal",
-        "agent/x",
-        "--template",
-        "No Such:thing",
-        "--credential-file",
-        str(fleet.credential_file),
-    )
+    bad = _assign(fleet, enrolled.machine.short_name, "--template", "No Such:thing")
     assert bad.returncode == 2
     assert one_line_error(bad).startswith("bureau: --template: ")
-    missing = run(
-        "bureau",
-        "machine",
-        "assign",
-        enrolled.machine.short_name,
-        "--principal",
-        "agent/x",
-        "--template",
-        "no-such-template",
-        "--credential-file",
-        str(fleet.credential_file),
-    )
+    missing = _assign(fleet, enrolled.machine.short_name, "--template", "no-such-template")
     assert missing.returncode == 1
     assert "no-such-template" in one_line_error(missing)
     assert "not found" in one_line_error(missing)
