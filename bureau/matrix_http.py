@@ -282,6 +282,15 @@ class MatrixHTTP:
             what=f"reactivate {user_id}",
         )
 
+    def login_as(self, user_id: str) -> Secret:
+        """Synapse's admin API: a new access token (a new device) for another account,
+        which the operator never needs a password for."""
+        what = f"log in as {user_id}"
+        data = self.call(
+            "POST", f"/_synapse/admin/v1/users/{segment(user_id)}/login", {}, what=what
+        )
+        return Secret(_text(data, "access_token", what))
+
     def kick(self, room_id: str, user_id: str, reason: str) -> bool:
         """Remove a member; False when the user was not in (or invited to) the room."""
         what = f"remove {user_id} from {room_id}"

@@ -30,7 +30,9 @@ def machine_name(creds: OperatorCredentials, value: str, flag: str) -> str:
     return valid(lambda n: names.expand_entity(n, creds.fleet, "machine"), value, flag)
 
 
-def principal_name(creds: OperatorCredentials, value: str, *, to_run: bool = True) -> str:
+def principal_name(
+    creds: OperatorCredentials, value: str, *, to_run: bool = True, flag: str = "--principal"
+) -> str:
     """``to_run``: the name must also have a proxy socket of its own (provision, assign);
     unassign takes any name, so that a bad assignment can always be removed."""
 
@@ -38,7 +40,7 @@ def principal_name(creds: OperatorCredentials, value: str, *, to_run: bool = Tru
         full = names.expand_entity(name, creds.fleet)
         return names.check_socket_name(full) if to_run else full
 
-    return valid(check, value, "--principal")
+    return valid(check, value, flag)
 
 
 def add_credential_file(parser: argparse.ArgumentParser) -> None:

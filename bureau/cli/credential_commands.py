@@ -15,13 +15,13 @@ from bureau.credentials_event import (
     valid_credential_name,
 )
 from bureau.errors import InputError, UsageError
-from bureau.files import env_lines, read_private_file
+from bureau.files import env_lines, read_private_bytes, read_private_file
 from bureau.operator import credentials, principal_credentials
 from bureau.schema import is_age_public_key
 from bureau.secret import Secret
 
 
-def read_secrets(path: str) -> dict[str, Secret]:
+def read_secrets(path: str, *, allow_empty: bool = False) -> dict[str, Secret]:
     """KEY=VALUE lines from a private file or stdin; never from argv."""
     if path == "-":
         where = "--secrets-file (stdin)"
@@ -33,10 +33,10 @@ def read_secrets(path: str) -> dict[str, Secret]:
             raise InputError(where, None, "is not UTF-8 text") from None
     else:
         text, where = read_private_file(Path(path)), path
-    return parse_secrets(text, where)
+    return parse_secrets(text, where, allow_empty=allow_empty)
 
 
-def parse_secrets(text: str, where: str) -> dict[str, Secret]:
+def parse_secrets(text: str, where: str, *, allow_empty: bool = False) -> dict[str, Secret]:
     """NAME=VALUE lines (files.env_lines), each a credential name and a non-empty
     single-line value. Errors name the line, never its name or value: a pasted base64
     token (``dG9rZW4=``) parses as a name and an empty value, or a value of ``=``."""
@@ -49,18 +49,18 @@ def parse_secrets(text: str, where: str) -> dict[str, Secret]:
         if has_control_character(value):
             raise InputError(where, at, "the value contains a control character (CR, NUL, ...)")
         secrets[name] = Secret(value)
-    if not secrets:
+    if not secrets and not allow_empty:
         raise InputError(where, None, "holds no NAME=VALUE lines")
     return secrets
 
 
-def _read_services(path: Path) -> object:
+def read_services(path: Path) -> object:
+    """A services file: JSON, a regular file (a FIFO is refused at once)."""
+    raw = read_private_bytes(Path(path), 1 << 20, private=False)
     try:
-        return json.loads(path.read_text())
-    except OSError as exc:
-        raise InputError(str(path), None, exc.strerror or "cannot read") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(str(path), None, f"not JSON ({exc.msg} at line {exc.lineno})") from None
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(str(path), None, f"not JSON ({type(exc).__name__})") from None
 
 
 def credentials_provision(args: argparse.Namespace) -> int:
@@ -78,7 +78,7 @@ def credentials_provision(args: argparse.Namespace) -> int:
     request = principal_credentials.CredentialRequest(
         machine=machine,
         principal=principal,
-        services=parse_services(_read_services(args.services), services_where),
+        services=parse_services(read_services(args.services), services_where),
         secrets=read_secrets(args.secrets_file),
         services_where=services_where,
         escrow_recipient=args.escrow_recipient,

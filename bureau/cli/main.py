@@ -8,6 +8,7 @@ import sys
 
 from bureau import log
 from bureau.cli import (
+    agent_commands,
     credential_commands,
     fleet_commands,
     fleet_state_commands,
@@ -33,6 +34,7 @@ def build_parser() -> Parser:
     fleet_commands.register(groups)
     credential_commands.register(groups)
     template_commands.register(groups)
+    agent_commands.register(groups)
     fleet_state_commands.register(groups)
     profile_commands.register(groups)
     _log_level_everywhere(p)
