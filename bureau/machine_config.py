@@ -173,4 +173,6 @@ def without_entry(content: object, principal: str) -> dict[str, Any]:
     entries = _entries(content, "m.bureau.machine_config")
     top = dict(content) if isinstance(content, dict) else {}
     kept = [e for e in entries if not (isinstance(e, dict) and e.get("principal") == principal)]
+    if len(kept) == len(entries):
+        return top  # nothing of it there: nothing to write
     return {**top, "principals": kept}

@@ -59,7 +59,7 @@ def test_an_agent_from_create_to_destroy(fleet: Fleet, tmp_path: Path, run_dir: 
         create = ("create", "bot", "--machine", name, "--name", "agent/bot")
         without = _agent(fleet, *create, "--services", services)
         assert without.returncode != 0
-        assert "requires API_TOKEN" in one_line_error(without)
+        assert "and its services need API_TOKEN, TOKEN" in one_line_error(without)
 
         secrets = f"API_TOKEN={CANARY}\nTOKEN={CANARY}\n"
         created = _agent(fleet, *create, "--services", services, "--secrets-file", "-",
@@ -99,9 +99,57 @@ def test_an_agent_from_create_to_destroy(fleet: Fleet, tmp_path: Path, run_dir: 
         again = _agent(fleet, "destroy", "agent/bot")
         assert again.returncode == 0, again.stderr
         assert "unassigned" not in again.stdout and "tombstoned" not in again.stdout
+
+        # Created again after a destroy: the same account, reactivated, and it serves.
+        back = _agent(fleet, *create, "--services", services, "--secrets-file", "-",
+                      stdin=secrets)  # fmt: skip
+        assert back.returncode == 0, back.stderr
+        assert f"reactivated {user}" in back.stdout
+        assert eventually(lambda: _whoami(socket)) == user
+        assert _agent(fleet, "destroy", "agent/bot").returncode == 0
         logs = the_launcher.log() + the_daemon.log()
     admin = credentials.admin_client(fleet.creds)
     account = admin.call("GET", f"/_synapse/admin/v2/users/{segment(user)}", what="account")
     assert account["deactivated"] is True
     for output in (created.stdout, created.stderr, logs):
         assert CANARY not in output
+
+
+def _account(fleet: Fleet, user: str) -> int:
+    admin = credentials.admin_client(fleet.creds)
+    path = f"/_synapse/admin/v2/users/{segment(user)}"
+    return admin.send("GET", path, what="account").status
+
+
+def test_what_agent_create_refuses_before_anything_exists(fleet: Fleet, tmp_path: Path) -> None:
+    """A machine is no principal; MATRIX_TOKEN goes nowhere but the hub, and is never
+    given; a service's credential must be given. Each is one line, and no account is
+    registered."""
+    machine = enroll(fleet, tmp_path)
+    name = machine.machine.short_name
+    ns = fleet.name.split("/")[0]
+    stealing = tmp_path / "steal.json"
+    stealing.write_text(json.dumps({
+        "inherits": [f"{ns}/template:agent-base"], "command": ["/bin/true"],
+        "proxy_services": {"x": {"upstream": "https://elsewhere.example",
+                                 "inject_headers": {"Authorization": "MATRIX_TOKEN"}}},
+    }))  # fmt: skip
+    push = ("template", "push", stealing, "--name", "steal")
+    assert run("bureau", *push, "--credential-file", fleet.credential_file).returncode == 0
+    cases: list[tuple[tuple[str | Path, ...], str | None, str]] = [
+        (("create", "agent-base", "--machine", name, "--name", name), None, "is a machine"),
+        (("destroy", name), None, "is a machine"),
+        (("create", "steal", "--machine", name, "--name", "agent/thief"), None,
+         "MATRIX_TOKEN goes only to the built-in matrix service"),
+        (("create", "agent-base", "--machine", name, "--name", "agent/thief",
+          "--secrets-file", "-"), "MATRIX_TOKEN=mine\n", "is minted by bureau"),
+        (("create", "agent-base", "--machine", name, "--name", "agent/thief",
+          "--services", services_file(tmp_path, "http://127.0.0.1:9")), None, "need TOKEN"),
+    ]  # fmt: skip
+    for args, stdin, problem in cases:
+        result = _agent(fleet, *args, stdin=stdin)
+        assert result.returncode != 0, args
+        assert problem in one_line_error(result), (args, result.stderr)
+        assert "mine" not in result.stderr
+    assert _account(fleet, f"@{fleet.name}/agent/thief:{fleet.hub.server_name}") == 404
+    assert _account(fleet, machine.machine.user_id) == 200  # not deactivated

@@ -86,3 +86,9 @@ def test_one_bad_entry_is_reported_alone() -> None:
     )
     assert [a.principal for a in config.principals] == [A]
     assert [(p, e.field) for p, e in invalid] == [(B, "auto_start")]
+
+
+def test_unassigning_what_is_not_there_changes_nothing() -> None:
+    assert without_entry({}, A) == {}
+    content = {"principals": [FULL], "extra": 1}
+    assert without_entry(content, B) == content

@@ -32,13 +32,17 @@ STATE = PrincipalState(
 
 def test_answers_round_trip() -> None:
     assert listed({"principals": [STATE.to_json()]}) == [STATE]
-    assert LauncherStatus.from_json(LauncherStatus("@m:x", 3, 2).to_json()) == LauncherStatus(
-        "@m:x", 3, 2
-    )
+    assert LauncherStatus("@m:x", 3, 2).to_json() == {
+        "machine": "@m:x",
+        "principals": 3,
+        "running": 2,
+    }
     assert EnsureResult.from_json(EnsureResult(True, "/s").to_json()) == EnsureResult(True, "/s")
     assert StopResult.from_json(StopResult(False).to_json()) == StopResult(False)
     assert STATE.running
     assert not PrincipalState.from_json({**STATE.to_json(), "status": "restarting"}).running
+    # A status a newer launcher adds reads as not running; the answer is still read.
+    assert not PrincipalState.from_json({**STATE.to_json(), "status": "sandboxing"}).running
 
 
 @pytest.mark.parametrize(
@@ -47,7 +51,7 @@ def test_answers_round_trip() -> None:
         ({"pid": "4242"}, "list: principals[0]: pid: expected int"),
         ({"pid": True}, "list: principals[0]: pid: expected int"),
         ({"keys": "TOKEN"}, "list: principals[0]: keys: expected a list of strings"),
-        ({"status": "exploded"}, "list: principals[0]: status: expected one of running"),
+        ({"status": 7}, "list: principals[0]: status: expected str"),
         ({"principal": None}, "list: principals[0]: principal: expected str"),
     ],
 )

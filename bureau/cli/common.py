@@ -38,6 +38,9 @@ def principal_name(
 
     def check(name: str) -> str:
         full = names.expand_entity(name, creds.fleet)
+        if full.split("/")[3] == "machine":
+            # As the launcher refuses them: a machine's account is not a principal's.
+            raise names.InvalidName(f"{full!r} is a machine, not a principal")
         return names.check_socket_name(full) if to_run else full
 
     return valid(check, value, flag)

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from bureau import names, rooms
-from bureau.credentials_event import CredentialsEvent, ServiceRoute
+from bureau.credentials_event import CredentialsEvent, ServiceRoute, referenced_credentials
 from bureau.errors import BureauError, InputError, MatrixError
 from bureau.machine_config import MachineConfig
-from bureau.matrix_http import MatrixHTTP
+from bureau.matrix_http import MatrixHTTP, segment
 from bureau.operator import assignments, templates
 from bureau.operator.credentials import admin_client
 from bureau.operator.machines import ENROLLED, list_machines
@@ -52,47 +52,69 @@ class AgentRequest:
 
 def matrix_route(creds: OperatorCredentials) -> ServiceRoute:
     """The built-in service: the homeserver, with the principal's own token."""
-    return ServiceRoute(creds.homeserver_url, {"Authorization": MATRIX_TOKEN}, "Bearer")
+    url = creds.homeserver_url.rstrip("/")  # as ServiceRoute.from_json keeps it
+    return ServiceRoute(url, {"Authorization": MATRIX_TOKEN}, "Bearer")
 
 
 def _services(
     creds: OperatorCredentials, request: AgentRequest, template_routes: dict[str, ServiceRoute]
 ) -> dict[str, ServiceRoute]:
-    given = dict(request.services)
-    for name in (MATRIX_SERVICE, *template_routes):
-        if name in given:
-            what = "built in" if name == MATRIX_SERVICE else "the template's"
-            raise InputError(request.services_where, name, f"is {what}; choose another name")
-    return {**template_routes, **given, MATRIX_SERVICE: matrix_route(creds)}
+    """The bundle's services. MATRIX_TOKEN is reserved: only the built-in route, to this
+    hub, may inject it, so no template or services file can send the principal's Matrix
+    identity anywhere else."""
+    template_where = f"{request.template}: proxy_services"
+    for where, routes in (
+        (template_where, template_routes),
+        (request.services_where, request.services),
+    ):
+        if MATRIX_SERVICE in routes:
+            raise InputError(where, MATRIX_SERVICE, "is built in; choose another name")
+        for name, route in routes.items():
+            if MATRIX_TOKEN in route.inject_headers.values():
+                raise InputError(
+                    where, name, f"{MATRIX_TOKEN} goes only to the built-in matrix service"
+                )
+    for name in template_routes:
+        if name in request.services:
+            raise InputError(request.services_where, name, "is the template's; choose another name")
+    return {**template_routes, **request.services, MATRIX_SERVICE: matrix_route(creds)}
 
 
-def _register(creds: OperatorCredentials, localpart: str) -> bool:
-    """The principal's account, registered when missing (its password is thrown away:
-    tokens come from the admin API). Returns whether it was created."""
+def _register(admin: MatrixHTTP, creds: OperatorCredentials, localpart: str) -> str | None:
+    """The principal's account: registered when missing, reactivated when an earlier
+    destroy deactivated it (its password is thrown away either way: tokens come from the
+    admin API). Returns what was done, if anything."""
+    password = Secret(random.token_hex(32))
     try:
         MatrixHTTP(creds.homeserver_url).register_with_token(
-            localpart, Secret(random.token_hex(32)), creds.registration_token
+            localpart, password, creds.registration_token
         )
     except MatrixError as exc:
         if exc.errcode != "M_USER_IN_USE":
             raise
-        return False
-    return True
+    else:
+        return "registered"
+    user = names.user_id(localpart, creds.server_name)
+    account = admin.call("GET", f"/_synapse/admin/v2/users/{segment(user)}", what=f"read {user}")
+    if account.get("deactivated") is True:
+        admin.reactivate_user(user, password)
+        return "reactivated"
+    return None
 
 
-def _bundle_keys(
+def _published(
     admin: MatrixHTTP, creds: OperatorCredentials, request: AgentRequest
-) -> tuple[str, ...]:
-    """The credential names its published bundle holds (public); () without one."""
+) -> CredentialsEvent | None:
+    """Its published bundle, if one that reads (names and services are public)."""
     room = config_room_of(admin, creds, request.machine)
     key = names.state_key(request.principal, creds.server_name)
     content = admin.get_state(room, rooms.CREDENTIALS, key)
     if not content:
-        return ()
+        return None
     try:
-        return CredentialsEvent.from_json(content).keys
+        return CredentialsEvent.from_json(content)
     except InputError:
-        return ()
+        return None
 
 
 def create(
@@ -106,19 +128,33 @@ def create(
         name: service.to_route(f"{request.template}: proxy_services: {name}")
         for name, service in resolved.proxy_services.items()
     }
+    if MATRIX_TOKEN in request.secrets:
+        raise InputError("--secrets-file", MATRIX_TOKEN, "is minted by bureau; leave it out")
     services = _services(creds, request, template_routes)
-    published = _bundle_keys(admin, creds, request)
-    # Nothing new given and a bundle with its token in place: that bundle stays.
-    keep = not request.secrets and not request.services and MATRIX_TOKEN in published
-    have = set(published) if keep else {MATRIX_TOKEN, *request.secrets}
-    missing = sorted(set(resolved.required_credentials) - have)
-    if missing:
+    published = _published(admin, creds, request)
+    # Nothing new given, and the bundle in place has its token and every one of these
+    # services as it is now: it stays (a template's new or changed service needs a new
+    # bundle; services given to an earlier run are kept).
+    keep = (
+        not request.secrets
+        and not request.services
+        and published is not None
+        and MATRIX_TOKEN in published.keys
+        and all(published.services.get(name) == route for name, route in services.items())
+    )
+    have = set(published.keys) if keep and published else {MATRIX_TOKEN, *request.secrets}
+    needed = set(resolved.required_credentials) | referenced_credentials(services)
+    missing = sorted(needed - have)
+    if missing:  # before anything exists
         raise InputError(
-            "--secrets-file", None, f"{request.template} requires {', '.join(missing)}"
+            "--secrets-file",
+            None,
+            f"{request.template} and its services need {', '.join(missing)}",
         )
     user = names.user_id(request.principal, creds.server_name)
-    if _register(creds, request.principal):
-        report(f"registered {user}")
+    done = _register(admin, creds, request.principal)
+    if done:
+        report(f"{done} {user}")
     if not keep:
         token = admin.login_as(user)
         provision(

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from bureau import names, rooms
+from bureau.errors import BureauError, InputError
 from bureau.machine_config import Assignment, with_entry, without_entry
 from bureau.operator.credentials import admin_client
 from bureau.operator.principal_credentials import config_room_of
@@ -38,7 +39,19 @@ def assign(
     # Checked through the typed form, written as the fields alone.
     fields = Assignment(user, auto_start, **overrides).to_json()
     del fields["principal"]
-    return _update(creds, machine, lambda content: with_entry(content, user, fields))
+
+    def change(content: object) -> dict[str, Any]:
+        updated = with_entry(content, user, fields)
+        entry = next(
+            e for e in updated["principals"] if isinstance(e, dict) and e.get("principal") == user
+        )
+        try:
+            Assignment.from_json(entry, f"the assignment of {user}")
+        except InputError as exc:
+            raise BureauError(f"{exc}; unassign it first, then assign it again") from None
+        return updated
+
+    return _update(creds, machine, change)
 
 
 def unassign(creds: OperatorCredentials, machine: str, principal: str) -> bool:
