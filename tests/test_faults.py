@@ -78,6 +78,7 @@ class Client:
     socket: Path
     outcomes: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
 
     def run(self) -> None:
         while not self._stop.is_set():
@@ -94,16 +95,20 @@ class Client:
     @contextlib.contextmanager
     def running(self) -> Iterator[Client]:
         thread = threading.Thread(target=self.run, daemon=True)
+        self._threads.append(thread)
         thread.start()
         try:
             yield self
         finally:
-            self._stop.set()
-            thread.join(timeout=15)
+            self.stop()
 
     def stop(self) -> None:
-        """Stop sending (before the test's own clean-up kills the proxies)."""
+        """Stop sending, and wait for the request in flight: the test's own clean-up
+        kills the proxies next, which would cut it short (IncompleteRead) and count as a
+        failure that is not the proxy's."""
         self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=15)
 
 
 def _only_other_than(pid: int, run_dir: Path) -> list[int] | None:
