@@ -152,6 +152,20 @@ def _entries(obj: object, where: str) -> list[Any]:
     return list(obj.get("principals", []))
 
 
+def without_auto_start(content: object) -> list[str]:
+    """Principals whose entry has no ``auto_start``: not started (absent means false, as
+    upstream). Every bureau CLI writes it; an entry written by hand may not."""
+    try:
+        entries = _entries(content, "m.bureau.machine_config")
+    except InputError:
+        return []
+    return [
+        str(e["principal"])
+        for e in entries
+        if isinstance(e, dict) and isinstance(e.get("principal"), str) and "auto_start" not in e
+    ]
+
+
 def with_entry(content: object, principal: str, fields: dict[str, Any]) -> dict[str, Any]:
     """The event's content with ``principal``'s entry given ``fields`` (added when it has
     none); every other entry, and every other field of this one, as it was."""

@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 
 from bureau.errors import InputError
-from bureau.machine_config import Assignment, MachineConfig, with_entry, without_entry
+from bureau.machine_config import (
+    Assignment,
+    MachineConfig,
+    with_entry,
+    without_auto_start,
+    without_entry,
+)
 
 A = "@bureau/fleet/prod/agent/a:bureau.local"
 B = "@bureau/fleet/prod/agent/b:bureau.local"
@@ -92,3 +98,9 @@ def test_unassigning_what_is_not_there_changes_nothing() -> None:
     assert without_entry({}, A) == {}
     content = {"principals": [FULL], "extra": 1}
     assert without_entry(content, B) == content
+
+
+def test_entries_without_auto_start_are_named() -> None:
+    content = {"principals": [{"principal": A}, FULL, {"principal": B, "auto_start": False}, 3]}
+    assert without_auto_start(content) == [A]
+    assert without_auto_start({"principals": "nonsense"}) == []

@@ -30,7 +30,7 @@ from bureau.daemon.launcher_client import LauncherClient, LauncherRefused, Launc
 from bureau.daemon.matrix import MachineMatrix
 from bureau.daemon.principals import Principals
 from bureau.errors import InputError, MatrixError
-from bureau.machine_config import MachineConfig
+from bureau.machine_config import MachineConfig, without_auto_start
 from bureau.machine_state import load_session
 from bureau.matrix_http import backoff_seconds
 from bureau.notify import Notifier
@@ -304,6 +304,11 @@ class Daemon:
         except InputError as exc:
             self._log.error("ignoring invalid machine config", problem=str(exc))
             return self._config
+        for unstarted in without_auto_start(content):
+            self._log.warning(
+                "assignment without auto_start: not started (absent means false)",
+                principal=unstarted,
+            )
         kept = []
         for principal, problem in invalid:
             previous = self._config.find(principal) if principal else None
