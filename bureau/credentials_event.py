@@ -29,7 +29,7 @@ BINDING_KEY = "bureau.binding"
 ESCROW_RECIPIENT = "escrow:operator"
 _CREDENTIAL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
-_HEADER = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
 _RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
 # Connection-level headers an injected credential must never pose as.
 HOP_BY_HOP = frozenset(
@@ -102,6 +102,16 @@ def check_upstream_url(url: str, where: str) -> None:
         raise InputError(where, field_name, "must not carry credentials, query or fragment")
 
 
+def check_inject_headers(inject: dict[str, Any], where: str) -> None:
+    """header -> credential name, as a bundle's route and a template's proxy service
+    both carry it: a header a credential may pose as, and a name, never a value."""
+    for header, credential in inject.items():
+        if not HEADER_NAME.fullmatch(header) or header.lower() in HOP_BY_HOP:
+            raise InputError(where, f"inject_headers.{header}", "not an injectable header")
+        if not isinstance(credential, str) or not valid_credential_name(credential):
+            raise InputError(where, f"inject_headers.{header}", "expected a credential name")
+
+
 @dataclass(frozen=True)
 class ServiceRoute:
     upstream_url: str
@@ -123,17 +133,15 @@ class ServiceRoute:
         inject = obj.get("inject_headers")
         if not isinstance(inject, dict) or not inject:
             raise InputError(where, "inject_headers", "expected a non-empty object")
-        for header, credential in inject.items():
-            if not _HEADER.fullmatch(header) or header.lower() in HOP_BY_HOP:
-                raise InputError(where, f"inject_headers.{header}", "not an injectable header")
-            if not isinstance(credential, str) or not valid_credential_name(credential):
-                raise InputError(where, f"inject_headers.{header}", "expected a credential name")
+        check_inject_headers(inject, where)
         scheme = obj.get("auth_scheme")
-        if scheme is not None and (not isinstance(scheme, str) or not _HEADER.fullmatch(scheme)):
+        if scheme is not None and (
+            not isinstance(scheme, str) or not HEADER_NAME.fullmatch(scheme)
+        ):
             raise InputError(where, "auth_scheme", "expected a single word such as Bearer")
         strip = obj.get("strip_headers", [])
         if not isinstance(strip, list) or not all(
-            isinstance(h, str) and _HEADER.fullmatch(h) for h in strip
+            isinstance(h, str) and HEADER_NAME.fullmatch(h) for h in strip
         ):
             raise InputError(where, "strip_headers", "expected a list of header names")
         return cls(url.rstrip("/"), dict(inject), scheme, tuple(strip))

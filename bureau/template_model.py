@@ -12,17 +12,16 @@ from typing import Any
 
 from bureau import names
 from bureau.credentials_event import (
-    HOP_BY_HOP,
+    HEADER_NAME,
     ServiceRoute,
+    check_inject_headers,
     check_upstream_url,
     has_control_character,
-    valid_credential_name,
 )
 from bureau.errors import InputError
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 # The same grammar as credentials_event's, so a proxy service becomes a ServiceRoute.
-_HEADER = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
 _INT_MAX = 2**63 - 1  # upstream decodes these into Go ints
 NAME_MAX = 255  # a template name (state key); upstream sets no bound
 
@@ -300,16 +299,12 @@ class ProxyService:
         inject = data.get("inject_headers", {})
         if not isinstance(inject, dict):
             raise InputError(where, "inject_headers", "expected an object of header -> name")
-        for header, credential in inject.items():
-            if not _HEADER.fullmatch(header) or header.lower() in HOP_BY_HOP:
-                raise InputError(where, f"inject_headers.{header}", "not an injectable header")
-            if not isinstance(credential, str) or not valid_credential_name(credential):
-                raise InputError(where, f"inject_headers.{header}", "expected a credential name")
+        check_inject_headers(inject, where)
         strip = read_strings(data, "strip_headers", where)
-        if not all(_HEADER.fullmatch(h) for h in strip):
+        if not all(HEADER_NAME.fullmatch(h) for h in strip):
             raise InputError(where, "strip_headers", "expected a list of header names")
         scheme = read_string(data, "auth_scheme", where)
-        if scheme and not _HEADER.fullmatch(scheme):
+        if scheme and not HEADER_NAME.fullmatch(scheme):
             raise InputError(where, "auth_scheme", "expected a single word such as Bearer")
         return cls(upstream.rstrip("/"), dict(inject), strip, scheme)
 
