@@ -11,6 +11,8 @@ from pathlib import Path
 _PR_SET_DUMPABLE = 4
 _PR_SET_NAME = 15
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 
 def _prctl(option: int, arg: int | bytes, what: str) -> None:
@@ -22,6 +24,13 @@ def _prctl(option: int, arg: int | bytes, what: str) -> None:
 def no_dumps() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     _prctl(_PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE, 0")
+
+
+def clear_ambient_capabilities() -> None:
+    """Capabilities granted as ambient ones stay in this process's permitted and
+    effective sets, and are no longer handed to what it executes."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)  # EINVAL on old kernels
 
 
 def become_subreaper() -> None:

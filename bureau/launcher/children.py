@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import json
 import os
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -50,14 +49,19 @@ class Child:
     retiring: bool = False
     restarts: int = 0
     crash_streak: int = 0
+    finished: bool = False  # exited, and its restart policy says stay down
+    last_exit: str = ""
 
     @property
     def status(self) -> str:
+        if self.finished:
+            return "exited"
         return "restarting" if self.exited.is_set() else "running"
 
 
 class Kind(Protocol):
     name: str  # in logs: "proxy started"
+    grace: float  # from terminate() to kill()
 
     async def launch(self, principal: str, spec: dict[str, Any]) -> int:
         """Check the spec, start a child from it and wait until it is ready; its pid.
@@ -71,6 +75,16 @@ class Kind(Protocol):
 
     def sweep(self, adopted: set[int]) -> None:
         """After adoption: stop this kind's processes nobody adopted, remove leftovers."""
+
+    def should_restart(self, spec: dict[str, Any], how: str) -> bool:
+        """Whether a child that exited (``how``: "status N" or "signal NAME") is started
+        again."""
+
+    def terminate(self, child: Child) -> None:
+        """Ask the child to stop (SIGTERM, or what stands for it)."""
+
+    def kill(self, child: Child) -> None:
+        """Stop it now, with everything it started."""
 
 
 def _describe(exc: Exception) -> str:
@@ -131,14 +145,12 @@ class Children:
         child.retiring = True
         if child.exited.is_set():
             return  # gone, and perhaps reaped: its pid may be someone else's by now
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child.pid, signal.SIGTERM)
+        self.kind.terminate(child)
         try:
-            async with asyncio.timeout(DRAIN_TIMEOUT):
+            async with asyncio.timeout(self.kind.grace):
                 await child.exited.wait()
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child.pid, signal.SIGKILL)
+            self.kind.kill(child)
             await child.exited.wait()
 
     # -- records -------------------------------------------------------------------------
@@ -191,6 +203,11 @@ class Children:
         if child.retiring:
             return
         name = self.kind.name
+        child.last_exit = how
+        if not self.kind.should_restart(child.spec, how):
+            child.finished = True
+            self._log.warning(f"{name} exited; not restarted", principal=child.principal, exit=how)
+            return
         self._log.warning(f"{name} exited; restarting", principal=child.principal, exit=how)
         streak = 0 if time.time() - child.started_at > STABLE_SECONDS else child.crash_streak + 1
         delay = min(2.0 ** (streak - 1), BACKOFF_CAP) if streak else 0.0
@@ -210,6 +227,7 @@ class Children:
                     delay = min(max(delay * 2, 1.0), BACKOFF_CAP)
                     continue
                 new.restarts, new.crash_streak = child.restarts + 1, streak
+                new.last_exit = how
                 self.install(new)
             self._log.info(f"{name} restarted", principal=child.principal, pid=new.pid)
             return

@@ -27,8 +27,9 @@ from bureau.files import (
     read_secret_input,
     remove_stale_temporaries,
 )
-from bureau.hardening import no_dumps
+from bureau.hardening import clear_ambient_capabilities, no_dumps
 from bureau.launcher import first_boot, server
+from bureau.launcher.sandbox_uids import DEFAULT_RANGE, parse_range
 from bureau.machine_state import load_session, session_path
 from bureau.notify import Notifier
 from bureau.schema import Session, validate_homeserver_url
@@ -37,7 +38,7 @@ PROG = "bureau-launcher"
 FIRST_BOOT_STEP_SECONDS = 60
 HOMESERVER_WAIT_SECONDS = 600
 # What the launcher keeps under its run dir: adoption records, and the proxies' sockets.
-RUN_DIR_PARTS = ("launcher", "fleet")
+RUN_DIR_PARTS = ("launcher", "fleet", "sandbox")
 
 
 def build_parser() -> Parser:
@@ -101,6 +102,26 @@ def build_parser() -> Parser:
         "--daemon-user",
         help="user (name or uid) of bureau-daemon, allowed on the launcher socket besides the "
         "launcher's own user and root",
+    )
+    p.add_argument(
+        "--sandbox-uids",
+        default="-".join(map(str, DEFAULT_RANGE)),
+        metavar="FIRST-LAST",
+        help="the uids sandboxes run as, one per principal (default %(default)s); none may "
+        "be root's, the launcher's or the daemon's",
+    )
+    p.add_argument(
+        "--sandbox-dir",
+        type=Path,
+        help="where principals' workspaces live, one 0700 directory each owned by its "
+        "sandbox's uid (default: bureau-sandbox beside --state-dir); others must be able "
+        "to pass through (o+x) every directory above it, as through --run-dir",
+    )
+    p.add_argument(
+        "--allow-host-network",
+        action="store_true",
+        help="let a template share the host's network (namespaces.net: false); by default "
+        "a sandbox has loopback only and reaches out through its proxy alone",
     )
     p.add_argument(
         "--log-level", help="debug, info, warning, error (default: $BUREAU_LOG_LEVEL or info)"
@@ -218,6 +239,12 @@ def _serve(
     logger.info("machine key loaded", source=source)
     # Root too: it can read the key anyway, and `bureau machine doctor` runs as root.
     allowed = {os.getuid(), 0, *_daemon_uid(args.daemon_user)}
+    sandboxes = server.SandboxOptions(
+        uids=parse_range(args.sandbox_uids),
+        directory=args.sandbox_dir.absolute() if args.sandbox_dir else None,
+        host_network=args.allow_host_network,
+        protected=(creds_dir,) if creds_dir else (),
+    )
     asyncio.run(
         server.serve(
             machine_user=session.user_id,
@@ -227,6 +254,7 @@ def _serve(
             allowed_uids=allowed,
             log=logger,
             notifier=notifier,
+            sandboxes=sandboxes,
         )
     )
     return 0
@@ -235,6 +263,9 @@ def _serve(
 def _main(argv: list[str] | None) -> int:
     # Before the key is anywhere in memory: no core dump, no ptrace by same-uid processes.
     no_dumps()
+    # The unit grants capabilities (to start sandboxes as their own uids) as ambient ones;
+    # the launcher keeps them, and nothing it executes inherits them.
+    clear_ambient_capabilities()
     args = build_parser().parse_args(argv)
     try:
         level = log.resolve_level(args.log_level)

@@ -4,7 +4,8 @@ response per connection. Pure.
     {"action": "status"}
     {"action": "list"}
     {"action": "ensure", "principal": "@<lp>:<server>",
-     "credentials": {<the m.bureau.credentials content, verbatim>}}
+     "credentials": {<the m.bureau.credentials content, verbatim>},
+     "sandbox": {<a SandboxSpec (bureau/sandbox_spec.py)>}}     absent: a proxy only
     {"action": "stop", "principal": "@<lp>:<server>"}
     {"action": "relogin"}     after the homeserver soft-logged the machine out
 
@@ -41,6 +42,8 @@ class Request:
     # digest (canonical JSON) is how both sides name what runs, and the launcher parses
     # and checks it itself (CredentialsEvent) rather than trust a form the daemon made.
     credentials: dict[str, Any] | None = None
+    # A SandboxSpec's JSON: checked by the launcher itself (sandbox_policy.py).
+    sandbox: dict[str, Any] | None = None
 
     def to_line(self) -> bytes:
         body: dict[str, Any] = {"action": self.action}
@@ -48,6 +51,8 @@ class Request:
             body["principal"] = self.principal
         if self.credentials is not None:
             body["credentials"] = self.credentials
+        if self.sandbox is not None:
+            body["sandbox"] = self.sandbox
         return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
 
@@ -97,7 +102,10 @@ def parse_request(line: bytes) -> Request:
     credentials = obj.get("credentials")
     if action == "ensure" and not isinstance(credentials, dict):
         raise ProtocolError("ensure needs the credentials event content")
-    return Request(action, principal, credentials if action == "ensure" else None)
+    sandbox = obj.get("sandbox")
+    if sandbox is not None and (action != "ensure" or not isinstance(sandbox, dict)):
+        raise ProtocolError("sandbox: expected an object, with ensure only")
+    return Request(action, principal, credentials if action == "ensure" else None, sandbox)
 
 
 def ok(**fields: Any) -> dict[str, Any]:
@@ -130,6 +138,54 @@ def _names(obj: dict[str, Any], name: str, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _number(obj: dict[str, Any], name: str, where: str) -> float:
+    value = obj.get(name)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ProtocolError(f"{where}: {name}: expected a number")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class SandboxState:
+    """A principal's sandbox as ``list`` reports it."""
+
+    status: str  # running | restarting | exited
+    pid: int  # the workload's, as this machine sees it; 0 when none runs
+    digest: str  # of the SandboxSpec it runs
+    template: str
+    restarts: int
+    last_exit: str  # "status N" or "signal NAME" of its last exit, "" if none
+    memory_mb: float
+    cpu_seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "pid": self.pid,
+            "digest": self.digest,
+            "template": self.template,
+            "restarts": self.restarts,
+            "last_exit": self.last_exit,
+            "memory_mb": self.memory_mb,
+            "cpu_seconds": self.cpu_seconds,
+        }
+
+    @classmethod
+    def from_json(cls, obj: object, where: str) -> SandboxState:
+        if not isinstance(obj, dict):
+            raise ProtocolError(f"{where}: expected an object")
+        return cls(
+            status=_field(obj, "status", str, where),
+            pid=_field(obj, "pid", int, where),
+            digest=_field(obj, "digest", str, where),
+            template=_field(obj, "template", str, where),
+            restarts=_field(obj, "restarts", int, where),
+            last_exit=_field(obj, "last_exit", str, where),
+            memory_mb=_number(obj, "memory_mb", where),
+            cpu_seconds=_number(obj, "cpu_seconds", where),
+        )
+
+
 @dataclass(frozen=True)
 class PrincipalState:
     """One principal as ``list`` reports it: names and numbers, never credential values."""
@@ -143,6 +199,7 @@ class PrincipalState:
     started_at: str
     restarts: int
     status: str  # running | restarting
+    sandbox: SandboxState | None = None
 
     @property
     def running(self) -> bool:
@@ -159,6 +216,7 @@ class PrincipalState:
             "started_at": self.started_at,
             "restarts": self.restarts,
             "status": self.status,
+            **({"sandbox": self.sandbox.to_json()} if self.sandbox is not None else {}),
         }
 
     @classmethod
@@ -177,6 +235,11 @@ class PrincipalState:
             started_at=_field(obj, "started_at", str, where),
             restarts=_field(obj, "restarts", int, where),
             status=status,
+            sandbox=(
+                None
+                if obj.get("sandbox") is None
+                else SandboxState.from_json(obj["sandbox"], f"{where}: sandbox")
+            ),
         )
 
 

@@ -22,7 +22,7 @@ from bureau import age_keys, names
 from bureau.credentials_event import CredentialsEvent, open_plaintext, parse_rfc3339
 from bureau.errors import InputError
 from bureau.files import make_dirs
-from bureau.launcher.children import LauncherError
+from bureau.launcher.children import DRAIN_TIMEOUT, Child, LauncherError
 from bureau.launcher.processes import deliver, ready_line, reap, titled_under
 from bureau.launcher.spawner import Spawner, SpawnError
 from bureau.proxy_payload import ProxyPayload
@@ -35,6 +35,7 @@ TEMPORARY_GLOB = ".*.proxy.sock.*"
 
 class ProxyKind:
     name = "proxy"
+    grace = DRAIN_TIMEOUT
 
     def __init__(
         self, *, machine_user: str, secret_key: Secret, run_dir: Path, spawner: Spawner, log: Any
@@ -120,6 +121,18 @@ class ProxyKind:
                 temp.unlink()
             raise
         return pid
+
+    def should_restart(self, spec: dict[str, Any], how: str) -> bool:
+        del spec, how
+        return True  # a principal's only way out is always served
+
+    def terminate(self, child: Child) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGTERM)  # stops accepting, drains
+
+    def kill(self, child: Child) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGKILL)
 
     def adoptable(self, principal: str) -> None:
         self.socket_path(principal)  # refuses a name that can no longer run

@@ -14,6 +14,7 @@ import struct
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from bureau.launcher.protocol import (
     ok,
     parse_request,
 )
+from bureau.launcher.sandbox_uids import DEFAULT_RANGE
 from bureau.launcher.supervisor import LauncherError, Supervisor
 from bureau.notify import Notifier
 from bureau.secret import Secret
@@ -47,6 +49,14 @@ MAX_HELD_REFUSALS = 16
 
 class _Stopped(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class SandboxOptions:
+    uids: tuple[int, int] = DEFAULT_RANGE
+    directory: Path | None = None  # workspaces; default: bureau-sandbox beside the state dir
+    host_network: bool = False
+    protected: tuple[str, ...] = ()  # besides the state and run dirs and /etc/bureau
 
 
 def peer_uid(writer: asyncio.StreamWriter) -> int:
@@ -177,7 +187,10 @@ class LauncherServer:
         # parse_request guarantees a principal for both, and credentials for ensure.
         principal = str(request.principal)
         if request.action == "ensure":
-            answer = (await self._supervisor.ensure(principal, request.credentials or {})).to_json()
+            ensured = await self._supervisor.ensure(
+                principal, request.credentials or {}, request.sandbox
+            )
+            answer = ensured.to_json()
         else:
             answer = (await self._supervisor.stop(principal)).to_json()
         self._notifier.status(summary(self._supervisor.status()))
@@ -193,7 +206,9 @@ async def serve(
     allowed_uids: set[int],
     log: Any,
     notifier: Notifier,
+    sandboxes: SandboxOptions | None = None,
 ) -> None:
+    options = sandboxes or SandboxOptions()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -209,7 +224,15 @@ async def serve(
                 run_dir=run_dir,
                 log=log,
                 tasks=tasks,
+                state_dir=state_dir,
+                sandbox_dir=options.directory,
+                sandbox_uids=options.uids,
+                reserved_uids=allowed_uids,
+                host_network=options.host_network,
+                protected=options.protected,
             )
+            if supervisor.cgroups == "none":
+                log.warning("no writable cgroup: sandboxes get pids and open-file limits only")
             await supervisor.adopt()
             handler = LauncherServer(
                 supervisor,

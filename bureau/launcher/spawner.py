@@ -53,19 +53,24 @@ class Spawner:
         with self._lock:
             self._ensure_template()
 
-    def spawn(self, argv: list[str]) -> Spawned:
+    def spawn(self, argv: list[str], stdin: int | None = None) -> Spawned:
         """Blocking: call from a worker thread. A template that has died is started again
-        and asked once more."""
-        with self._lock:
-            try:
-                return self._ask(self._ensure_template(), argv)
-            except (OSError, ValueError):
-                self._stop_template()
-            try:
-                return self._ask(self._ensure_template(), argv)
-            except (OSError, ValueError) as exc:
-                self._stop_template()
-                raise SpawnError(f"proxy template failed: {exc}") from None
+        and asked once more. ``stdin``: the child's stdin instead of a new pipe (closed
+        here either way; Spawned.stdin is then -1)."""
+        try:
+            with self._lock:
+                try:
+                    return self._ask(self._ensure_template(), argv, stdin)
+                except (OSError, ValueError):
+                    self._stop_template()
+                try:
+                    return self._ask(self._ensure_template(), argv, stdin)
+                except (OSError, ValueError) as exc:
+                    self._stop_template()
+                    raise SpawnError(f"proxy template failed: {exc}") from None
+        finally:
+            if stdin is not None:
+                os.close(stdin)
 
     def close(self) -> None:
         with self._lock:
@@ -94,8 +99,11 @@ class Spawner:
         self._control = ours
         return ours
 
-    def _ask(self, control: socket.socket, argv: list[str]) -> Spawned:
-        stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+    def _ask(self, control: socket.socket, argv: list[str], given: int | None) -> Spawned:
+        if given is None:
+            stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+        else:
+            stdin_r, stdin_w = os.dup(given), -1
         stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
         pid = None
         try:
@@ -114,7 +122,8 @@ class Spawner:
             os.close(stdin_r)
             os.close(stdout_w)
             if pid is None:
-                os.close(stdin_w)
+                if stdin_w >= 0:
+                    os.close(stdin_w)
                 os.close(stdout_r)
         return Spawned(pid, stdin_w, stdout_r)
 

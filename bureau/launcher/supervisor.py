@@ -1,11 +1,13 @@
 """The launcher's principals: which principals this machine runs, and for each its
-supervised children (launcher/children.py). Today each principal has one child, its proxy
-(launcher/proxy_kind.py): started from a credentials event, swapped without downtime when
-the credentials change, stopped when the daemon asks. Requests for one principal are
-serialised by its lock; principals never wait for each other.
+supervised children (launcher/children.py): its proxy (launcher/proxy_kind.py), started
+from a credentials event and swapped without downtime when the credentials change; and,
+when the daemon sends a sandbox spec, its sandbox (launcher/sandbox_kind.py), whose only
+way out is that proxy. A rotation replaces the proxy only; a changed spec restarts the
+workload only. Requests for one principal are serialised by its lock; principals never
+wait for each other.
 
-What the launcher keeps per principal is the event content (public: it is in Matrix), so
-that it can decrypt again to restart a proxy."""
+What the launcher keeps per principal is public (the event content, which is in Matrix,
+and the spec), so that it can decrypt again to restart a proxy."""
 
 from __future__ import annotations
 
@@ -17,9 +19,19 @@ from typing import Any
 
 from bureau import names
 from bureau.credentials_event import content_digest, rfc3339_now
+from bureau.launcher import sandbox_policy
+from bureau.launcher.cgroups import Cgroups
 from bureau.launcher.children import Child, Children, LauncherError
-from bureau.launcher.protocol import EnsureResult, LauncherStatus, PrincipalState, StopResult
+from bureau.launcher.protocol import (
+    EnsureResult,
+    LauncherStatus,
+    PrincipalState,
+    SandboxState,
+    StopResult,
+)
 from bureau.launcher.proxy_kind import ProxyKind
+from bureau.launcher.sandbox_kind import SandboxKind
+from bureau.launcher.sandbox_uids import DEFAULT_RANGE, SandboxUids
 from bureau.launcher.spawner import Spawner
 from bureau.secret import Secret
 
@@ -50,6 +62,12 @@ class Supervisor:
         run_dir: Path,
         log: Any,
         tasks: asyncio.TaskGroup,
+        state_dir: Path | None = None,
+        sandbox_dir: Path | None = None,
+        sandbox_uids: tuple[int, int] = DEFAULT_RANGE,
+        reserved_uids: set[int] | None = None,
+        host_network: bool = False,
+        protected: tuple[str, ...] = (),
     ) -> None:
         self._machine_user = machine_user
         machine_localpart, self._server = names.parse_user_id(machine_user)
@@ -69,6 +87,36 @@ class Supervisor:
         self._proxies = Children(
             self._proxy_kind, run_dir / "launcher" / "proxies", log, tasks, self._lock
         )
+        state = state_dir or run_dir / "state"
+        self._cgroups = Cgroups()
+        # The sandbox dir holds every workspace: none is a sandbox's to mount.
+        workspaces = sandbox_dir or state.parent / "bureau-sandbox"
+        machine = sandbox_policy.Machine(
+            (str(state), str(run_dir), str(workspaces), "/etc/bureau", *protected), host_network
+        )
+        self._sandbox_kind = SandboxKind(
+            sandbox_dir=workspaces,
+            run_dir=run_dir,
+            machine=machine,
+            uids=SandboxUids(state, sandbox_uids, {os.getuid(), *(reserved_uids or set())}),
+            cgroups=self._cgroups,
+            spawner=self._spawner,
+            proxy_socket=self._proxy_kind.socket_path,
+            credential_names=self._credential_names,
+            log=log,
+        )
+        self._sandboxes = Children(
+            self._sandbox_kind, run_dir / "launcher" / "sandboxes", log, tasks, self._lock
+        )
+
+    @property
+    def cgroups(self) -> str:
+        """How sandbox limits are enforced here: v2, v1, or none (rlimits only)."""
+        return self._cgroups.mode
+
+    def _credential_names(self, principal: str) -> tuple[str, ...]:
+        proxy = self._proxies.running.get(principal)
+        return self._proxy_kind.describe(proxy.spec)[0] if proxy is not None else ()
 
     # -- requests ------------------------------------------------------------------------
 
@@ -84,40 +132,91 @@ class Supervisor:
     def list(self) -> list[PrincipalState]:
         return [self._describe(self._proxies.running[p]) for p in sorted(self._proxies.running)]
 
-    async def ensure(self, principal: str, content: dict[str, Any]) -> EnsureResult:
+    async def ensure(
+        self, principal: str, content: dict[str, Any], sandbox: dict[str, Any] | None = None
+    ) -> EnsureResult:
+        """Everything is checked before anything changes: a refused spec or event leaves
+        what runs as it was."""
         self._check_principal(principal)
         event = self._proxy_kind.check_event(principal, content)
+        if sandbox is not None:
+            self._sandbox_kind.check(principal, sandbox, event.keys)
         digest = content_digest(content)
         socket = str(self._proxy_kind.socket_path(principal))
         async with self._lock(principal):
-            current = self._proxies.running.get(principal)
-            if current is not None and current.digest == digest and not current.exited.is_set():
-                return EnsureResult(changed=False, socket=socket)
-            new = await self._proxies.start(principal, content, digest)
-            if current is not None:
-                new.restarts = current.restarts
-                await self._proxies.retire(current)
-            self._proxies.install(new)
+            changed = await self._ensure_proxy(principal, content, digest, event.keys)
+            changed = await self._ensure_sandbox(principal, sandbox) or changed
+        return EnsureResult(changed=changed, socket=socket)
+
+    async def _ensure_proxy(
+        self, principal: str, content: dict[str, Any], digest: str, keys: tuple[str, ...]
+    ) -> bool:
+        current = self._proxies.running.get(principal)
+        if current is not None and current.digest == digest and not current.exited.is_set():
+            return False
+        new = await self._proxies.start(principal, content, digest)
+        # Before the old proxy drains: the workload's next connection reaches the new one.
+        self._sandbox_kind.relink(principal)
+        if current is not None:
+            new.restarts = current.restarts
+            await self._proxies.retire(current)
+        self._proxies.install(new)
         self._log.info(
             "proxy started" if current is None else "proxy replaced (credentials changed)",
             principal=principal,
             pid=new.pid,
-            keys=list(event.keys),
+            keys=list(keys),
         )
-        return EnsureResult(changed=True, socket=socket)
+        return True
+
+    async def _ensure_sandbox(self, principal: str, spec: dict[str, Any] | None) -> bool:
+        current = self._sandboxes.running.get(principal)
+        if spec is None:
+            if current is None:
+                return False
+            await self._sandboxes.remove(principal)
+            self._log.info("sandbox stopped (no template assigned)", principal=principal)
+            return True
+        digest = content_digest(spec)
+        if current is not None and current.digest == digest:
+            return False
+        if current is not None:
+            await self._sandboxes.retire(current)
+        new = await self._sandboxes.start(principal, spec, digest)
+        self._sandboxes.install(new)
+        self._log.info(
+            "sandbox started" if current is None else "sandbox restarted (spec changed)",
+            principal=principal,
+            pid=new.pid,
+            template=str(spec.get("template", "")),
+        )
+        return True
 
     async def stop(self, principal: str) -> StopResult:
         # Any name of this fleet may be stopped: one that could never run is not running.
         self._check_principal(principal, to_run=False)
         async with self._lock(principal):
+            sandbox = await self._sandboxes.remove(principal)
             stopped = await self._proxies.remove(principal)
+        if sandbox:
+            self._log.info("sandbox stopped", principal=principal)
         if stopped:
             self._log.info("proxy stopped", principal=principal)
-        return StopResult(stopped)
+        return StopResult(stopped or sandbox)
 
     async def adopt(self) -> None:
         """Take over what an earlier launcher left running; start again what died."""
         await self._proxies.adopt(self.ensure)
+        await self._sandboxes.adopt(self._restart_sandbox)
+
+    async def _restart_sandbox(self, principal: str, spec: dict[str, Any]) -> None:
+        """A sandbox that died with the launcher starts again if its proxy runs."""
+        if principal not in self._proxies.running:
+            raise LauncherError(f"sandbox for {principal}: its proxy is not running")
+        async with self._lock(principal):
+            self._sandboxes.install(
+                await self._sandboxes.start(principal, spec, content_digest(spec))
+            )
 
     # -- principals ----------------------------------------------------------------------
 
@@ -140,6 +239,23 @@ class Supervisor:
         if localpart.split("/")[3] == "machine":
             raise LauncherError(f"principal {principal} is a machine")
 
+    def _sandbox_state(self, principal: str) -> SandboxState | None:
+        child = self._sandboxes.running.get(principal)
+        if child is None:
+            return None
+        running = child.status == "running"
+        pid, memory, cpu = self._sandbox_kind.workload(child) if running else (0, 0, 0.0)
+        return SandboxState(
+            status=child.status,
+            pid=pid,
+            digest=child.digest,
+            template=str(child.spec.get("template", "")),
+            restarts=child.restarts,
+            last_exit=child.last_exit,
+            memory_mb=round(memory / (1 << 20), 1),
+            cpu_seconds=round(cpu, 2),
+        )
+
     def _describe(self, proxy: Child) -> PrincipalState:
         keys, services = self._proxy_kind.describe(proxy.spec)
         return PrincipalState(
@@ -152,4 +268,5 @@ class Supervisor:
             started_at=rfc3339_from(proxy.started_at),
             restarts=proxy.restarts,
             status=proxy.status,
+            sandbox=self._sandbox_state(proxy.principal),
         )

@@ -24,6 +24,7 @@ import signal
 import socket
 import sys
 
+from bureau import sandbox_log
 from bureau.hardening import no_dumps, set_process_name, set_title
 from bureau.proxy import main as proxy_main
 
@@ -60,6 +61,10 @@ def _run_proxy(control: socket.socket, argv: list[str], stdin: int, stdout: int)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
         gc.unfreeze()
+        if argv[:1] == ["--log-relay"]:
+            set_process_name("bureau-sbx-log")
+            set_title(["bureau-sandbox-log", *argv[1:]])
+            sandbox_log.main(argv[1:])
         set_process_name("bureau-proxy")
         set_title(["bureau-proxy", *argv])
         proxy_ran = True

@@ -1,0 +1,347 @@
+"""A principal's sandbox as a kind of supervised child: bubblewrap, started by the launcher
+as the principal's own uid, with every namespace new, its workspace at /workspace and its
+proxy's socket at /run/bureau/proxy.sock as the only way out (sandbox_policy.py).
+
+The child the launcher supervises is bwrap's outer process. It is started blocked
+(--block-fd): both its processes are moved into the sandbox's cgroup before anything of
+the workload runs. bwrap is started in a session of its own and outlives the launcher, so
+that the next launcher adopts it; its inner process dies with it (--die-with-parent), and
+with that every process in its pid namespace.
+
+The proxy socket reaches the sandbox through a directory of the principal's own that holds
+a hard link to it: a rotated proxy's new socket is linked there (link() then rename()),
+so the running workload's next connection reaches the new proxy. The workload's output
+goes to the journal through a small relay (sandbox_log.py) forked by the proxy template.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from bureau.files import make_dirs
+from bureau.launcher import sandbox_policy as policy
+from bureau.launcher.cgroups import Cgroups, Group
+from bureau.launcher.children import Child, LauncherError
+from bureau.launcher.processes import reap
+from bureau.launcher.sandbox_uids import SandboxUids
+from bureau.launcher.spawner import Spawner, SpawnError
+
+START_TIMEOUT = 20.0
+GRACE_SECONDS = 10.0
+LINK_NAME = "proxy.sock"
+
+
+def _key(principal: str) -> str:
+    return hashlib.sha256(principal.encode()).hexdigest()[:32]
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid``'s descendants, parents before children (/proc/PID/task/TID/children)."""
+    found: list[int] = []
+    queue = [pid]
+    while queue:
+        current = queue.pop(0)
+        try:
+            tasks = [t.name for t in Path(f"/proc/{current}/task").iterdir()]
+        except OSError:
+            continue
+        for task in tasks:
+            with contextlib.suppress(OSError, ValueError):
+                children = Path(f"/proc/{current}/task/{task}/children").read_text().split()
+                found += map(int, children)
+                queue += map(int, children)
+    return found
+
+
+def unreachable(path: Path) -> Path | None:
+    """The first directory on the way to ``path`` that others may not pass through."""
+    for directory in [*reversed(path.parents), path]:
+        try:
+            mode = directory.stat().st_mode
+        except FileNotFoundError:
+            return None  # made by the launcher, 0711
+        if not mode & 0o001:
+            return directory
+    return None
+
+
+class SandboxKind:
+    name = "sandbox"
+    grace = GRACE_SECONDS
+
+    def __init__(
+        self,
+        *,
+        sandbox_dir: Path,
+        run_dir: Path,
+        machine: policy.Machine,
+        uids: SandboxUids,
+        cgroups: Cgroups,
+        spawner: Spawner,
+        proxy_socket: Callable[[str], Path],
+        credential_names: Callable[[str], Sequence[str]],
+        log: Any,
+    ) -> None:
+        self._workspaces = sandbox_dir
+        self._links = run_dir / "sandbox"
+        self._logs = run_dir / "launcher" / "logs"  # where there is no journal
+        self._machine = machine
+        self._uids = uids
+        self._cgroups = cgroups
+        self._spawner = spawner
+        self._proxy_socket = proxy_socket
+        self._credential_names = credential_names
+        self._log = log
+
+    # -- checks --------------------------------------------------------------------------
+
+    def check(
+        self, principal: str, content: dict[str, Any], names: Sequence[str] | None = None
+    ) -> policy.Checked:
+        """``names``: the credentials the principal's bundle holds (default: the running
+        proxy's)."""
+        if names is None:
+            names = self._credential_names(principal)
+        try:
+            spec = policy.parse(content)
+            return policy.check(spec, self._machine, names)
+        except policy.SpecRefused as exc:
+            raise LauncherError(f"sandbox for {principal}: {exc}") from None
+
+    # -- the socket link -----------------------------------------------------------------
+
+    def link_socket(self, principal: str) -> Path:
+        """Put the principal's current proxy socket in its sandbox directory, reachable by
+        its uid only: group = the sandbox's gid, mode 0660 (the launcher owns it)."""
+        uid = self._uids.get(principal)
+        directory = self._links / _key(principal)
+        make_dirs(self._links, 0o711)
+        make_dirs(directory, 0o710)
+        os.chown(directory, -1, uid)
+        socket = self._proxy_socket(principal)
+        os.chown(socket, -1, uid)
+        socket.chmod(0o660)
+        temporary = directory / f".{LINK_NAME}.new"
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        os.link(socket, temporary)
+        temporary.rename(directory / LINK_NAME)
+        return directory
+
+    def relink(self, principal: str) -> None:
+        """After the proxy was replaced: the sandbox's link follows it."""
+        if (self._links / _key(principal)).is_dir() and self._uids.known(principal):
+            self.link_socket(principal)
+
+    def _workspace(self, principal: str, uid: int) -> Path:
+        path = self._workspaces / _key(principal)
+        make_dirs(self._workspaces, 0o711)  # others pass through, see nothing
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
+        info = path.lstat()
+        if info.st_uid != uid or info.st_gid != uid or info.st_mode & 0o7777 != 0o700:
+            path.chmod(0o700, follow_symlinks=False)
+            os.chown(path, uid, uid, follow_symlinks=False)
+        return path
+
+    # -- Kind ----------------------------------------------------------------------------
+
+    async def launch(self, principal: str, spec: dict[str, Any]) -> int:
+        checked = self.check(principal, spec)
+        for path in (self._workspaces, self._links):
+            closed = unreachable(path)
+            if closed is not None:
+                # bwrap sets up the sandbox as the sandbox's uid: it must reach both.
+                raise LauncherError(
+                    f"sandbox for {principal}: {closed} does not let others pass through "
+                    f"to {path} (chmod o+x {closed})"
+                )
+        try:
+            uid = self._uids.allocate(principal)
+            workspace = self._workspace(principal, uid)
+            socket_dir = self.link_socket(principal)
+            group = self._cgroups.create(
+                _key(principal),
+                memory=checked.memory_bytes,
+                pids=checked.pids + 4,
+                cpu_shares=checked.cpu_shares,
+            )
+        except OSError as exc:
+            raise LauncherError(
+                f"sandbox for {principal}: {exc.strerror or type(exc).__name__} ({exc.filename})"
+            ) from None
+        return await asyncio.to_thread(
+            partial(
+                self._start,
+                principal=principal,
+                checked=checked,
+                uid=uid,
+                workspace=workspace,
+                socket_dir=socket_dir,
+                group=group,
+            )
+        )
+
+    def _start(
+        self,
+        *,
+        principal: str,
+        checked: policy.Checked,
+        uid: int,
+        workspace: Path,
+        socket_dir: Path,
+        group: Group | None,
+    ) -> int:
+        opened: list[int] = []
+        try:
+            ws_fd = os.open(workspace, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            opened.append(ws_fd)
+            dir_fd = os.open(socket_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            opened.append(dir_fd)
+            block_r, block_w = os.pipe2(os.O_CLOEXEC)
+            opened += [block_r, block_w]
+            status_r, status_w = os.pipe2(os.O_CLOEXEC)
+            opened += [status_r, status_w]
+            log_r, log_w = os.pipe2(os.O_CLOEXEC)
+            opened += [log_r, log_w]
+            argv = policy.bwrap_argv(
+                checked,
+                workspace_fd=ws_fd,
+                socket_dir_fd=dir_fd,
+                block_fd=block_r,
+                status_fd=status_w,
+            )
+            limits = [f"--nproc={checked.pids + 4}", f"--nofile={policy.OPEN_FILES}", "--core=0"]
+            process = subprocess.Popen(
+                ["prlimit", *limits, "--", *argv],
+                user=uid,
+                group=uid,
+                extra_groups=[],
+                pass_fds=(ws_fd, dir_fd, block_r, status_w),
+                stdin=subprocess.DEVNULL,
+                stdout=log_w,
+                stderr=log_w,
+                cwd="/",
+                env={"PATH": "/usr/local/bin:/usr/bin:/bin"},
+                start_new_session=True,
+            )
+            # Reaped by the launcher's own watcher (by pid), never by subprocess.
+            process.returncode = 0
+            pid = process.pid
+            for fd in (ws_fd, dir_fd, block_r, status_w, log_w):
+                os.close(fd)
+                opened.remove(fd)
+            self._relay(principal, log_r)
+            opened.remove(log_r)
+            try:
+                inner = self._child_pid(status_r)
+                if group is not None:
+                    group.add(pid)
+                    group.add(inner)
+                os.write(block_w, b"go")
+            except (OSError, ValueError) as exc:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                how = reap(pid)
+                raise LauncherError(
+                    f"sandbox for {principal} did not start ({how}): {exc}"
+                ) from None
+            return pid
+        except OSError as exc:
+            raise LauncherError(
+                f"sandbox for {principal}: {exc.strerror or type(exc).__name__}"
+            ) from None
+        finally:
+            for fd in opened:
+                os.close(fd)
+
+    @staticmethod
+    def _child_pid(status_fd: int) -> int:
+        """bwrap's first status line names its inner process (as seen from here)."""
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = os.read(status_fd, 512)
+            if not chunk:
+                raise ValueError("bwrap exited before setting up the sandbox")
+            line += chunk
+        return int(json.loads(line)["child-pid"])
+
+    def _relay(self, principal: str, log_r: int) -> None:
+        """The workload's output, line by line, to the journal. The relay holds the only
+        read end: it outlives a launcher restart and ends when the sandbox does."""
+        try:
+            make_dirs(self._logs, 0o700)
+            logfile = str(self._logs / f"{_key(principal)}.log")
+            spawned = self._spawner.spawn(["--log-relay", principal, logfile], stdin=log_r)
+        except (SpawnError, OSError) as exc:  # its writes then fail; it runs regardless
+            self._log.warning("no log relay for a sandbox", principal=principal, error=str(exc))
+            return
+        os.close(spawned.stdout)
+
+    def should_restart(self, spec: dict[str, Any], how: str) -> bool:
+        policy_name = str(spec.get("restart_policy", "on-failure"))
+        if policy_name == "always":
+            return True
+        return policy_name == "on-failure" and how != "status 0"
+
+    def terminate(self, child: Child) -> None:
+        """SIGTERM to the workload's processes: bwrap's own two pass it on to nobody."""
+        inner = descendants(child.pid)
+        for pid in inner[1:]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        if len(inner) <= 1:  # nothing of the workload is left to drain
+            self.kill(child)
+
+    def kill(self, child: Child) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGKILL)  # its inner process dies with it
+        group = self._cgroups.existing(_key(child.principal))
+        if group is not None:
+            group.kill()
+
+    def adoptable(self, principal: str) -> None:
+        self._uids.get(principal)
+
+    def removed(self, principal: str) -> None:
+        """The workspace stays (the principal's data); its socket link and cgroup go."""
+        with contextlib.suppress(FileNotFoundError):
+            (self._links / _key(principal) / LINK_NAME).unlink()
+        with contextlib.suppress(OSError):
+            (self._links / _key(principal)).rmdir()
+        group = self._cgroups.existing(_key(principal))
+        if group is not None:
+            group.kill()
+            group.remove()
+
+    def sweep(self, adopted: set[int]) -> None:
+        """Sandboxes are found by their records only: one whose record is gone was never
+        installed, and its bwrap is killed with its cgroup when one exists."""
+        del adopted
+
+    def workload(self, child: Child) -> tuple[int, int, float]:
+        """(workload pid, memory in bytes, CPU seconds) of a running sandbox."""
+        pids = descendants(child.pid)
+        workload = pids[1] if len(pids) > 1 else 0
+        group = self._cgroups.existing(_key(child.principal))
+        memory = group.memory_bytes() if group is not None else None
+        cpu = 0.0
+        ticks = os.sysconf("SC_CLK_TCK")
+        rss = 0
+        for pid in [child.pid, *pids]:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                fields = stat[stat.rindex(")") + 2 :].split()
+                cpu += (int(fields[11]) + int(fields[12])) / ticks
+                rss += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        return workload, memory if memory is not None else rss, cpu
