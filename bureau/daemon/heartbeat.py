@@ -62,6 +62,7 @@ class CpuSampler:
     proc: Path = PROC
     _machine: tuple[int, int] | None = None
     _processes: dict[int, int] = field(default_factory=dict)
+    _sandboxes: dict[str, int] = field(default_factory=dict)
 
     def machine_percent(self) -> int:
         busy, total = _machine_ticks(self.proc)
@@ -70,6 +71,14 @@ class CpuSampler:
             return _percent(busy, total)
         return _percent(busy - previous[0], total - previous[1])
 
+    def sandbox_percent(self, principal: str, cpu_seconds: float, elapsed_ticks: int) -> int:
+        """A sandbox's CPU use since the last sample, from the seconds the launcher
+        reports for all of its processes."""
+        ticks = round(cpu_seconds * _CLOCK_TICKS)
+        previous = self._sandboxes.get(principal)
+        self._sandboxes[principal] = ticks
+        return 0 if previous is None else _percent(max(ticks - previous, 0), elapsed_ticks)
+
     def process_percent(self, pid: int, elapsed_ticks: int) -> int:
         ticks = _process_ticks(self.proc, pid)
         if ticks is None:
@@ -77,6 +86,28 @@ class CpuSampler:
         previous = self._processes.get(pid)
         self._processes[pid] = ticks
         return 0 if previous is None else _percent(ticks - previous, elapsed_ticks)
+
+
+def _entry(p: PrincipalState, sampler: CpuSampler, ticks: int) -> dict[str, Any]:
+    """A principal with a sandbox is as its workload is (running, restarting, exited),
+    with ``restarts`` and the last ``exit`` (OURS); one with its proxy only, as that."""
+    if p.sandbox is None:
+        return {
+            "cpu_percent": sampler.process_percent(p.pid, ticks),
+            "memory_mb": _rss_mb(sampler.proc, p.pid),
+            "status": "running" if p.running else "starting",
+        }
+    box = p.sandbox
+    entry: dict[str, Any] = {
+        "cpu_percent": sampler.sandbox_percent(p.principal, box.cpu_seconds, ticks),
+        "memory_mb": round(box.memory_mb),
+        "status": box.status if p.running else "starting",
+        "restarts": box.restarts,
+        "template": box.template,
+    }
+    if box.last_exit:
+        entry["exit"] = box.last_exit
+    return entry
 
 
 def status_content(
@@ -92,14 +123,7 @@ def status_content(
     the reason in ``error`` (OURS)."""
     failures = failures or {}
     ticks = max(1, round(elapsed_seconds * _CLOCK_TICKS))
-    entries: dict[str, dict[str, Any]] = {
-        p.principal: {
-            "cpu_percent": sampler.process_percent(p.pid, ticks),
-            "memory_mb": _rss_mb(sampler.proc, p.pid),
-            "status": "running" if p.running else "starting",
-        }
-        for p in principals
-    }
+    entries = {p.principal: _entry(p, sampler, ticks) for p in principals}
     for principal, reason in sorted(failures.items()):
         entry = entries.setdefault(
             principal, {"cpu_percent": 0, "memory_mb": 0, "status": "failed"}

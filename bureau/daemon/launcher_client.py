@@ -115,10 +115,11 @@ class LauncherClient:
             raise LauncherUnavailable(f"launcher refused to list its principals: {exc}") from None
         return _typed(listed, response)
 
-    async def ensure(self, principal: str, credentials: dict[str, Any]) -> EnsureResult:
-        return _typed(
-            EnsureResult.from_json, await self.call(Request("ensure", principal, credentials))
-        )
+    async def ensure(
+        self, principal: str, credentials: dict[str, Any], sandbox: dict[str, Any] | None = None
+    ) -> EnsureResult:
+        request = Request("ensure", principal, credentials, sandbox)
+        return _typed(EnsureResult.from_json, await self.call(request))
 
     async def stop(self, principal: str) -> StopResult:
         return _typed(StopResult.from_json, await self.call(Request("stop", principal)))

@@ -47,7 +47,13 @@ class Principals:
         return min((f.retry_at for f in self.failures.values()), default=None)
 
     async def reconcile(
-        self, config: MachineConfig, credentials: dict[str, dict[str, Any]], *, settle: bool
+        self,
+        config: MachineConfig,
+        credentials: dict[str, dict[str, Any]],
+        *,
+        settle: bool,
+        specs: dict[str, dict[str, Any]] | None = None,
+        held: set[str] | None = None,
     ) -> bool:
         """One pass; True when what the heartbeat reports changed since the last one.
         ``settle`` waits for the actions it started (the first pass, before READY). A
@@ -55,7 +61,10 @@ class Principals:
         listed = await self._launcher.list()
         self.running = sum(1 for p in listed if p.running)
         running = {p.principal: p.digest for p in listed}
-        actions = plan(config, credentials, running)
+        sandboxes = {p.principal: p.sandbox.digest for p in listed if p.sandbox is not None}
+        actions = plan(
+            config, credentials, running, specs=specs, sandboxes=sandboxes, held=held or set()
+        )
         pending = {action.principal for action in actions} | set(self._inflight)
         for principal in [p for p in self.failures if p not in pending]:
             del self.failures[principal]  # done elsewhere, or no longer wanted
@@ -90,7 +99,7 @@ class Principals:
         try:
             if isinstance(action, Ensure):
                 async with self._starting:
-                    await self._launcher.ensure(action.principal, action.content)
+                    await self._launcher.ensure(action.principal, action.content, action.sandbox)
             else:
                 await self._launcher.stop(action.principal)
         except (LauncherRefused, LauncherUnavailable) as exc:

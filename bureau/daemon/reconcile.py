@@ -3,6 +3,9 @@ launcher runs, the actions that make them agree. Pure.
 
 Desired principals are the assignments with auto_start whose credentials event exists and
 is not a tombstone. A credentials event for a principal that is not assigned is ignored.
+A principal whose assignment names a template also gets its sandbox spec (resolved by the
+daemon, checked again by the launcher); one whose template cannot be resolved and that has
+no last good spec is ``held``: nothing is started or stopped for it.
 
 Each principal stands alone: stops come first (revocation never waits behind a start that
 hangs or fails), and a principal whose last action failed is retried on its own backoff
@@ -11,7 +14,7 @@ while the others go on.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +26,7 @@ from bureau.machine_config import MachineConfig
 class Ensure:
     principal: str
     content: dict[str, Any]
+    sandbox: dict[str, Any] | None = None  # a SandboxSpec's JSON
 
 
 @dataclass(frozen=True)
@@ -42,18 +46,31 @@ def desired(config: MachineConfig, credentials: dict[str, dict[str, Any]]) -> di
 
 
 def plan(
-    config: MachineConfig, credentials: dict[str, dict[str, Any]], running: dict[str, str]
+    config: MachineConfig,
+    credentials: dict[str, dict[str, Any]],
+    running: dict[str, str],
+    *,
+    specs: Mapping[str, dict[str, Any]] | None = None,
+    sandboxes: Mapping[str, str] | None = None,
+    held: Collection[str] = (),
 ) -> list[Action]:
-    """``running`` maps principal -> content digest, as the launcher reports it."""
-    wanted = desired(config, credentials)
+    """``running`` maps principal -> content digest, and ``sandboxes`` principal -> spec
+    digest, as the launcher reports them; ``specs``: principal -> the spec it should run
+    (absent: no sandbox)."""
+    specs, sandboxes = specs or {}, sandboxes or {}
+    wanted = {p: c for p, c in desired(config, credentials).items() if p not in held}
     actions: list[Action] = [
-        Stop(principal) for principal in sorted(running) if principal not in wanted
+        Stop(principal)
+        for principal in sorted(running)
+        if principal not in wanted and principal not in held
     ]
-    actions += [
-        Ensure(principal, content)
-        for principal, content in sorted(wanted.items())
-        if running.get(principal) != content_digest(content)
-    ]
+    for principal, content in sorted(wanted.items()):
+        spec = specs.get(principal)
+        spec_digest = content_digest(spec) if spec is not None else None
+        if running.get(principal) != content_digest(content) or (
+            sandboxes.get(principal) != spec_digest
+        ):
+            actions.append(Ensure(principal, content, spec))
     return actions
 
 
@@ -78,7 +95,9 @@ class Failure:
 
 
 def tried(action: Action) -> str:
-    return "stop" if isinstance(action, Stop) else content_digest(action.content)
+    if isinstance(action, Stop):
+        return "stop"
+    return content_digest({"credentials": action.content, "sandbox": action.sandbox})
 
 
 def is_due(failure: Failure | None, action: Action, now: float) -> bool:

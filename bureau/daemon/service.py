@@ -29,6 +29,7 @@ from bureau.daemon.heartbeat import CpuSampler, status_content
 from bureau.daemon.launcher_client import LauncherClient, LauncherRefused, LauncherUnavailable
 from bureau.daemon.matrix import MachineMatrix
 from bureau.daemon.principals import Principals
+from bureau.daemon.sandbox_specs import SandboxSpecs
 from bureau.errors import InputError, MatrixError
 from bureau.machine_config import MachineConfig, without_auto_start
 from bureau.machine_state import load_session
@@ -36,8 +37,10 @@ from bureau.matrix_http import backoff_seconds
 from bureau.notify import Notifier
 from bureau.operator.fleet import fleet_room_aliases
 from bureau.profile import materialized as profile_file
+from bureau.templates import EVENT_TYPE as TEMPLATE_EVENT
 
-STATE_TYPES = [rooms.MACHINE_CONFIG, rooms.CREDENTIALS, rooms.FLEET_PROFILE]
+STATE_TYPES = [rooms.MACHINE_CONFIG, rooms.CREDENTIALS, rooms.FLEET_PROFILE, TEMPLATE_EVENT]
+
 RECONCILE_SECONDS = 30.0
 HEARTBEAT_SECONDS = 300.0
 
@@ -89,6 +92,10 @@ class Daemon:
         self._config = MachineConfig()
         self._credentials: dict[str, dict[str, Any]] = {}
         self._principals = Principals(launcher, log, rng, self._reconcile_now.set)
+        self._specs = SandboxSpecs(
+            self._server, self._join_template_room, self._read_room_state, log
+        )
+        self._templates = self._specs.templates
         self._sampler = CpuSampler()
         self._last_status = time.monotonic()
 
@@ -165,6 +172,8 @@ class Daemon:
         except MatrixError as exc:
             self._die(str(exc))
             return False
+        template_alias = names.room_alias(names.template_room_localpart(self._fleet), self._server)
+        await self._specs.follow(template_alias)
         self._log.info("connected", config_room=self._config_room)
         return True
 
@@ -213,6 +222,9 @@ class Daemon:
                 self._log.warning("the launcher found the session working; resuming")
             return True
 
+    async def _join_template_room(self, alias: str) -> str:
+        return str(await self._retrying(f"joining {alias}", partial(self._join_alias, alias)))
+
     async def _join_alias(self, alias: str) -> str:
         return await self._matrix.join(await self._matrix.resolve_alias(alias))
 
@@ -256,7 +268,10 @@ class Daemon:
             touched = {
                 room_id
                 for room_id, event in batch.state
-                if room_id in (self._config_room, self._fleet_room)
+                if (
+                    room_id in (self._config_room, self._fleet_room)
+                    or self._templates.follows(room_id)
+                )
                 and event.get("type") in STATE_TYPES
             }
             try:
@@ -265,7 +280,9 @@ class Daemon:
             except MatrixError as exc:
                 self._die(str(exc))
                 return
-            changed = self._config_room in touched
+            changed = self._config_room in touched or any(
+                self._templates.follows(room_id) for room_id in touched
+            )
             if changed or not self._synced.is_set():
                 self._synced.set()
                 self._reconcile_now.set()
@@ -276,6 +293,8 @@ class Daemon:
         )
         if room_id == self._config_room:
             self._credentials = {}
+        if self._templates.follows(room_id):
+            self._templates.set_state(room_id, events)
         self._apply([(room_id, event) for event in events])
 
     def _apply(self, events: list[tuple[str, dict[str, Any]]]) -> None:
@@ -369,7 +388,13 @@ class Daemon:
     async def _reconcile(self) -> None:
         # The first pass waits for its actions: READY means the principals are in place.
         settle = not self._reconciled.is_set()
-        if await self._principals.reconcile(self._config, self._credentials, settle=settle):
+        problems = dict(self._specs.problems)
+        specs, held = await self._specs.resolve(self._config)
+        if self._specs.problems != problems:
+            self._status_now.set()
+        if await self._principals.reconcile(
+            self._config, self._credentials, settle=settle, specs=specs, held=held
+        ):
             self._status_now.set()
 
     async def _stop_every_principal(self) -> None:
@@ -403,7 +428,8 @@ class Daemon:
     async def _publish_status(self) -> None:
         now = time.monotonic()
         principals = await self._launcher.list()
-        failures = {p: f.reason for p, f in self._principals.failures.items()}
+        failures = {**self._specs.problems}
+        failures |= {p: f.reason for p, f in self._principals.failures.items()}
         content = status_content(
             self._machine_user, principals, self._sampler, now - self._last_status, failures
         )

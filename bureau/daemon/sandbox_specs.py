@@ -1,0 +1,93 @@
+"""The daemon's side of sandboxes: follow the template rooms (join, read their templates)
+and turn each started assignment into the sandbox spec the launcher is sent.
+
+An assignment whose template does not resolve keeps its last good spec (its workload runs
+on), or, with none, is held: nothing starts for it. Either way its reason is a problem
+shown in machine_status, logged once when it appears or changes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bureau.daemon.templates import NeedRoom, TemplateStore
+from bureau.errors import InputError, MatrixError
+from bureau.machine_config import Assignment, MachineConfig
+from bureau.sandbox_spec import SandboxSpec
+
+# A template room this machine could not join is tried again after this long (an operator
+# may invite it meanwhile: `bureau matrix doctor --fix`).
+RETRY_SECONDS = 60.0
+
+Join = Callable[[str], Awaitable[str]]  # alias -> room ID
+ReadState = Callable[[str], Awaitable[None]]  # room ID -> (feeds set_state)
+
+
+class SandboxSpecs:
+    def __init__(self, server: str, join: Join, read_state: ReadState, log: Any) -> None:
+        self.templates = TemplateStore(server)
+        self._join = join
+        self._read_state = read_state
+        self._log = log
+        self._failed_at: dict[str, float] = {}  # alias -> when joining it last failed
+        self._good: dict[str, dict[str, Any]] = {}  # principal -> last spec resolved
+        self.problems: dict[str, str] = {}  # principal -> why its template does not resolve
+
+    async def follow(self, alias: str) -> None:
+        """Join a template room and read its templates; a room this machine may not join
+        (not invited, or a hub from before template rooms) is logged and tried later."""
+        try:
+            room_id = await self._join(alias)
+            self.templates.add_room(alias, room_id)
+            await self._read_state(room_id)
+        except MatrixError as exc:
+            self.templates.unreachable.add(alias)
+            self._failed_at[alias] = time.monotonic()
+            self._log.warning("cannot follow a template room", room=alias, error=str(exc))
+
+    async def resolve(self, config: MachineConfig) -> tuple[dict[str, dict[str, Any]], set[str]]:
+        """(principal -> spec JSON, held principals) for the started assignments."""
+        now = time.monotonic()
+        for alias, when in list(self._failed_at.items()):
+            if now - when >= RETRY_SECONDS:
+                del self._failed_at[alias]
+                self.templates.unreachable.discard(alias)
+        specs: dict[str, dict[str, Any]] = {}
+        held: set[str] = set()
+        problems: dict[str, str] = {}
+        for assignment in config.principals:
+            if not assignment.auto_start:
+                continue
+            principal = assignment.principal
+            try:
+                spec = await self._spec(assignment)
+            except InputError as exc:
+                problems[principal] = f"template: {exc}"
+                good = self._good.get(principal)
+                if good is None:
+                    held.add(principal)
+                else:
+                    specs[principal] = good
+                if self.problems.get(principal) != problems[principal]:
+                    self._log.error(
+                        "cannot resolve a principal's template",
+                        principal=principal,
+                        problem=str(exc),
+                        kept_previous=good is not None,
+                    )
+                continue
+            if spec is not None:
+                specs[principal] = self._good[principal] = spec.to_json()
+            else:
+                self._good.pop(principal, None)
+        self.problems = problems
+        return specs, held
+
+    async def _spec(self, assignment: Assignment) -> SandboxSpec | None:
+        for _ in range(4):  # each pass may name a room not followed yet
+            try:
+                return self.templates.spec(assignment)
+            except NeedRoom as need:
+                await self.follow(need.alias)
+        return self.templates.spec(assignment)

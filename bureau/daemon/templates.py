@@ -1,0 +1,78 @@
+"""The daemon's templates: the ``m.bureau.template`` state of the template rooms it has
+joined (the namespace's ``#<ns>/template``, and any other room a template ref names), and
+the sandbox spec each assignment resolves to. Pure apart from what the caller feeds it.
+
+A ref to a room not yet joined raises NeedRoom: the caller joins it and resolves again.
+Anything else wrong (a cycle, a missing parent, depth over 8, a template that does not
+parse, no command) is an InputError that names it, kept as that principal's problem."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bureau import names
+from bureau.errors import InputError
+from bureau.machine_config import Assignment
+from bureau.sandbox_spec import SandboxSpec
+from bureau.template_model import TemplateRef
+from bureau.template_resolve import apply_assignment, resolve
+from bureau.templates import EVENT_TYPE, Template
+
+MAX_ROOMS = 16  # template rooms one machine follows
+
+
+class NeedRoom(Exception):
+    def __init__(self, alias: str) -> None:
+        super().__init__(alias)
+        self.alias = alias
+
+
+class TemplateStore:
+    def __init__(self, server: str) -> None:
+        self._server = server
+        self.room_ids: dict[str, str] = {}  # alias -> room ID
+        self.unreachable: set[str] = set()  # aliases that could not be joined
+        self._contents: dict[str, dict[str, Any]] = {}  # room ID -> state key -> content
+
+    def add_room(self, alias: str, room_id: str) -> None:
+        self.room_ids[alias] = room_id
+        self.unreachable.discard(alias)
+
+    def follows(self, room_id: str) -> bool:
+        return room_id in self.room_ids.values()
+
+    def set_state(self, room_id: str, events: list[dict[str, Any]]) -> None:
+        """The room's whole state, as read back from the homeserver."""
+        self._contents[room_id] = {
+            str(e.get("state_key")): e.get("content")
+            for e in events
+            if e.get("type") == EVENT_TYPE and isinstance(e.get("state_key"), str)
+        }
+
+    def _fetch(self, ref: TemplateRef) -> Template | None:
+        alias = ref.room_alias(self._server)
+        room_id = self.room_ids.get(alias)
+        if room_id is None:
+            if alias in self.unreachable or len(self.room_ids) >= MAX_ROOMS:
+                raise InputError(str(ref), None, f"{alias} cannot be read by this machine")
+            raise NeedRoom(alias)
+        content = self._contents.get(room_id, {}).get(ref.state_key)
+        return Template.from_json(content, str(ref)) if content else None
+
+    def spec(self, assignment: Assignment) -> SandboxSpec | None:
+        """The sandbox an assignment asks for; None when it names no template."""
+        if assignment.template is None:
+            return None
+        where = f"assignment of {assignment.principal}"
+        try:
+            ref = TemplateRef.parse(assignment.template)
+            extra = [TemplateRef.parse(r) for r in assignment.extra_inherits]
+        except names.InvalidName as exc:
+            raise InputError(where, "template", str(exc)) from None
+        resolved = resolve(ref, self._fetch, extra)
+        resolved = apply_assignment(
+            resolved,
+            assignment.command_override or (),
+            assignment.extra_environment_variables,
+        )
+        return SandboxSpec.from_template(str(ref), resolved.template, assignment.restart_policy)
