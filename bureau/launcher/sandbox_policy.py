@@ -31,7 +31,7 @@ ENV_SOCKET = "BUREAU_PROXY_SOCKET"
 DEFAULT_PIDS = 4096  # when the template sets none: a fork bomb stops somewhere
 OPEN_FILES = 4096
 _SIZE = re.compile(r"size=([1-9][0-9]{0,12})([kmg]?)", re.IGNORECASE)
-_MODE = re.compile(r"mode=(0?[0-7]{3})")
+_MODE = re.compile(r"mode=([0-7]{3,4})")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
@@ -72,6 +72,13 @@ def _check_source(path: str, field: str, machine: Machine, optional: bool) -> st
     one that is not here."""
     _normal(path, field)
     real = os.path.realpath(path)
+    for tree in (*machine.protected, *NEVER_SOURCES):
+        # Either way round: mounting /var/lib exposes /var/lib/bureau as surely as
+        # mounting /var/lib/bureau/workspaces does. Checked before existence: a protected
+        # path is refused whether or not it is there today.
+        if _within(real, tree) or _within(tree, real):
+            shown = path if real == path else f"{path} (which is {real})"
+            raise SpecRefused(f"{field}: {shown} would expose {tree}")
     try:
         info = Path(real).stat()
     except FileNotFoundError:
@@ -82,12 +89,6 @@ def _check_source(path: str, field: str, machine: Machine, optional: bool) -> st
         raise SpecRefused(f"{field}: {path}: {exc.strerror}") from None
     if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
         raise SpecRefused(f"{field}: {path} is a device")
-    for tree in (*machine.protected, *NEVER_SOURCES):
-        # Either way round: mounting /var/lib exposes /var/lib/bureau as surely as
-        # mounting /var/lib/bureau/workspaces does.
-        if _within(real, tree) or _within(tree, real):
-            shown = path if real == path else f"{path} (which is {real})"
-            raise SpecRefused(f"{field}: {shown} would expose {tree}")
     return real
 
 
