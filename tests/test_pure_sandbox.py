@@ -42,8 +42,10 @@ def test_a_plain_spec_passes_with_every_namespace_new() -> None:
     assert argv[:5] == ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns",
                         "--die-with-parent"]  # fmt: skip
     assert "--share-net" not in argv
-    assert ["--ro-bind", "/usr", "/usr"] == argv[
-        argv.index("--ro-bind") : argv.index("--ro-bind") + 3
+    assert argv[argv.index("--ro-bind") : argv.index("--ro-bind") + 3] == [
+        "--ro-bind",
+        "/usr",
+        "/usr",
     ]
     assert argv[argv.index("--remount-ro") + 1] == "/"
     assert argv[-2:] == ["--", "/usr/bin/true"]
@@ -100,7 +102,7 @@ def test_a_device_is_refused(tmp_path: Path) -> None:
         ({"source": "/usr", "dest": "/workspace"}, "dest"),
         ({"source": "/usr", "dest": "/run/bureau/proxy.sock"}, "dest"),
         ({"source": "/usr", "dest": "/proc/self"}, "dest"),
-        ({"dest": "/tmp", "type": "tmpfs", "options": "exec"}, "options"),
+        ({"dest": "/sbx-tmp", "type": "tmpfs", "options": "exec"}, "options"),
         ({"source": "/usr", "dest": "/x", "options": "size=1M"}, "options"),
         ({"source": "/no/such/dir", "dest": "/x"}, "source"),
     ],
@@ -147,9 +149,9 @@ def test_bad_specs_name_their_field(content: dict[str, Any], field: str) -> None
 
 def test_tmpfs_sizes() -> None:
     checked = _check(
-        _spec(filesystem=[{"dest": "/tmp", "type": "tmpfs", "options": "size=2m,mode=1777"}])
+        _spec(filesystem=[{"dest": "/sbx-tmp", "type": "tmpfs", "options": "size=2m,mode=1777"}])
     )
-    assert checked.mounts == (("--size", str(2 << 20), "--perms", "1777", "--tmpfs", "/tmp"),)
+    assert checked.mounts == (("--size", str(2 << 20), "--perms", "1777", "--tmpfs", "/sbx-tmp"),)
 
 
 def test_plan_restarts_only_what_changed() -> None:
