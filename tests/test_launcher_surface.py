@@ -1,5 +1,6 @@
 """The launcher's import closure is its audit surface: no HTTP framework, no Matrix SDK,
-no operator-only code."""
+no operator-only code. Its own modules are held to an allowlist: a new import into the
+launcher is a decision, made here, not an accident."""
 
 from __future__ import annotations
 
@@ -30,3 +31,67 @@ def test_launcher_imports_stay_small() -> None:
     assert loaded == []
     # pyrage is reached through exactly one module of ours.
     assert "pyrage" in modules
+
+
+# Every module of ours the launcher may load. The sandbox's spec and policy are pure; the
+# operator's fleet room names and matrix_http serve first boot (before any principal runs).
+ALLOWED_OURS = {
+    "bureau",
+    "bureau.age_keys",
+    "bureau.credentials_event",
+    "bureau.edge",
+    "bureau.errors",
+    "bureau.files",
+    "bureau.hardening",
+    "bureau.journal",
+    "bureau.key_store",
+    "bureau.launcher",
+    "bureau.launcher.cgroups",
+    "bureau.launcher.children",
+    "bureau.launcher.first_boot",
+    "bureau.launcher.main",
+    "bureau.launcher.processes",
+    "bureau.launcher.protocol",
+    "bureau.launcher.proxy_kind",
+    "bureau.launcher.relogin",
+    "bureau.launcher.sandbox_kind",
+    "bureau.launcher.sandbox_policy",
+    "bureau.launcher.sandbox_uids",
+    "bureau.launcher.server",
+    "bureau.launcher.spawner",
+    "bureau.launcher.supervisor",
+    "bureau.log",
+    "bureau.machine_config",
+    "bureau.machine_state",
+    "bureau.matrix_http",
+    "bureau.names",
+    "bureau.notify",
+    "bureau.operator",
+    "bureau.operator.fleet",
+    "bureau.passwords",
+    "bureau.proxy_payload",
+    "bureau.rooms",
+    "bureau.sandbox_spec",
+    "bureau.schema",
+    "bureau.secret",
+    "bureau.template_model",
+    "bureau.templates",
+}
+# Third-party packages (top level). structlog loads its Twisted integration when Twisted is
+# installed, as it is in the dev environment (Synapse); a worker's venv has none of them.
+ALLOWED_THIRD_PARTY = {"pyrage", "sdnotify", "structlog", "typing_extensions"}
+ONLY_WITH_SYNAPSE = {"twisted", "zope", "constantly", "incremental", "attr", "attrs"}
+
+
+def test_launcher_imports_only_what_is_allowed() -> None:
+    probe = "import json, sys, bureau.launcher.main; print(json.dumps(sorted(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    modules = set(json.loads(result.stdout))
+    assert {m for m in modules if m.split(".")[0] == "bureau"} - ALLOWED_OURS == set()
+    tops = {m.split(".")[0] for m in modules} - set(sys.stdlib_module_names)
+    tops -= {"bureau", "__main__", "_distutils_hack"} | {
+        t for t in tops if t.startswith("__editable__")
+    }
+    assert tops - ALLOWED_THIRD_PARTY - ONLY_WITH_SYNAPSE == set()
