@@ -1,14 +1,19 @@
 """A machine's whole life with a canary in every secret, then a search for them.
 
-Setup, provisioning, first boot, credentials, a rotation, the Bazel credential helper and
-decommission all run as an operator runs them: the real commands, every process at debug
-level, under umask 000. Then no canary may be found in any log or stderr, in the argv or
-environment of any program executed (strace) or running (/proc sampled throughout), or in
-any file outside the store made for it; and every file created has its intended mode.
+Setup, provisioning, first boot, credentials, a rotation, a principal created from a
+pushed template whose workload, in its sandbox, is on Matrix through its proxy, the Bazel
+credential helper and decommission all run as an operator runs them: the real commands,
+every process at debug level, under umask 000. Then no canary may be found in any log or
+stderr, in the argv or environment of any program executed (strace) or running (/proc
+sampled throughout), or in any file outside the store made for it; and every file created
+has its intended mode. The principal's Matrix token, which no one but its proxy is meant
+to hold in plaintext, is read back from its encrypted bundle with the machine's key after
+the run, and searched for like every other canary.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -18,9 +23,11 @@ import stat
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import BIN, RunningHub, fresh
@@ -33,10 +40,39 @@ from launcher_proc import (
 )
 from machine_helpers import eventually, proxy_socket, served_headers
 from processes import echo_upstream
+from sandbox_helpers import kill_sandboxes_under
 
-from bureau import passwords
+from bureau import age_keys, names, passwords, rooms
+from bureau.credentials_event import CredentialsEvent, open_plaintext
+from bureau.operator import credentials as operator_credentials
+from bureau.secret import Secret
 
 HOST = "bazel-cache.example.internal"
+SANDBOXED = "agent/beta"  # a principal created with `bureau agent create`, in a sandbox
+GREETING = "hello from the sandbox"
+# The sandboxed principal's workload: on Matrix as itself through its proxy's built-in
+# `matrix` service (it never holds its token), then one line of output and asleep until
+# decommission stops it.
+WORKLOAD = r"""
+import http.client, json, os, socket, time
+class Unix(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(os.environ["BUREAU_PROXY_SOCKET"])
+def call(method, path, body=None):
+    c = Unix("proxy")
+    c.request(method, "/http/matrix/_matrix/client/v3" + path,
+              None if body is None else json.dumps(body), {"Content-Type": "application/json"})
+    r = c.getresponse()
+    return r.status, json.loads(r.read() or b"{}")
+_, me = call("GET", "/account/whoami")
+_, room = call("POST", "/createRoom", {"preset": "private_chat"})
+sent, _ = call("PUT", "/rooms/%s/send/m.room.message/t1" % room["room_id"],
+               {"msgtype": "m.text", "body": os.environ["GREETING"]})
+print("RESULT", json.dumps({"user_id": me.get("user_id"), "room_id": room["room_id"],
+                            "sent": sent}), flush=True)
+while True: time.sleep(60)
+"""
 
 
 class ProcWatch:
@@ -140,15 +176,62 @@ def _served(socket: Path) -> tuple[str | None, str | None] | None:
     return None if headers is None else (headers.get("authorization"), headers.get("x-api-key"))
 
 
-def _modes(roots: dict[str, Path]) -> dict[str, str]:
+def _template(path: Path, namespace: str) -> Path:
+    path.write_text(
+        json.dumps(
+            {
+                "inherits": [f"{namespace}/template:agent-base"],
+                "command": [
+                    "/usr/bin/python3",
+                    "-c",
+                    "import base64, os; exec(base64.b64decode(os.environ['WORKLOAD']))",
+                ],
+                "environment_variables": {
+                    "WORKLOAD": base64.b64encode(WORKLOAD.encode()).decode(),
+                    "GREETING": GREETING,
+                },
+            }
+        )
+    )
+    return path
+
+
+def _workload_result(
+    log: Path, launcher_log: Callable[[], str], seconds: float = 60
+) -> dict[str, Any]:
+    """What the workload printed, through its relay to the launcher's log file."""
+    deadline = time.monotonic() + seconds
+    while True:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        for line in text.splitlines():
+            _, found, result = line.partition(": RESULT ")
+            if found:
+                return dict(json.loads(result))
+        assert time.monotonic() < deadline, (
+            f"no result from the workload:\n{text}\n{launcher_log()}"
+        )
+        time.sleep(0.1)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _modes(roots: dict[str, Path], aliases: dict[str, str]) -> dict[str, str]:
     """Every path the run created -> its type and permission bits, e.g. "f 0600"; a proxy's
-    record (named by a hash) as "*.json"."""
+    or sandbox's record (named by a hash) as "*.json", and each of ``aliases`` (a principal's
+    key) by its placeholder."""
     found = {}
     for label, root in roots.items():
         for path in [root, *root.rglob("*")]:
             name = f"{label}/{path.relative_to(root)}".removesuffix("/.")
-            if path.parent.name == "proxies" and path.suffix == ".json":
+            if path.parent.name in ("proxies", "sandboxes") and path.suffix == ".json":
                 name = f"{label}/{path.parent.relative_to(root)}/*.json"
+            for literal, placeholder in aliases.items():
+                name = name.replace(literal, placeholder)
             st = path.lstat()
             kind = "d" if stat.S_ISDIR(st.st_mode) else "s" if stat.S_ISSOCK(st.st_mode) else "f"
             found[name] = f"{kind} {stat.S_IMODE(st.st_mode):04o}"
@@ -161,16 +244,32 @@ INTENDED = {
     "state/session.json": "f 0600",
     "state/machine-key.cred": "f 0600",
     "state/machine-key.pub": "f 0644",
+    "state/sandbox-uids.json": "f 0600",
     "run": "d 0755",
     "run/launcher.sock": "s 0660",
     "run/launcher": "d 0700",
     "run/launcher/proxies": "d 0700",
     "run/launcher/proxies/*.json": "f 0600",
+    "run/launcher/sandboxes": "d 0700",
+    "run/launcher/sandboxes/*.json": "f 0600",
+    # The sandbox's output, relayed to a file where there is no journal.
+    "run/launcher/logs": "d 0700",
+    "run/launcher/logs/<beta>.log": "f 0600",
+    # The sandbox's uid passes through to its own directory (group: the sandbox's gid),
+    # which holds a hard link to its proxy's socket.
+    "run/sandbox": "d 0711",
+    "run/sandbox/<beta>": "d 0710",
+    "run/sandbox/<beta>/proxy.sock": "s 0660",
     "run/fleet": "d 0755",
     "run/fleet/prod": "d 0755",
     "run/fleet/prod/agent": "d 0755",
     "run/fleet/prod/agent/alpha.proxy.sock": "s 0660",
+    "run/fleet/prod/agent/beta.proxy.sock": "s 0660",
     "run/profile.env": "f 0644",
+    # Workspaces: others pass through, see nothing; each the sandbox uid's own. The workload
+    # writes nothing there.
+    "sandbox": "d 0711",
+    "sandbox/<beta>": "d 0700",
     "bureau-creds": "f 0600",
     "repo/.env.flywheel.local": "f 0644",
     "repo/.gitignore": "f 0644",
@@ -184,11 +283,18 @@ def test_a_machines_whole_life_leaks_no_canary(
     work = tmp_path / "work"
     (work / "traces").mkdir(parents=True)
     base = Path(tempfile.mkdtemp(prefix="bureau-cy-", dir="/tmp"))
+    # bwrap sets a sandbox up as the sandbox's uid, which must pass through to its
+    # workspace and its socket link, as under /var/lib and /run.
+    base.chmod(0o711)
     run_dir, state, repo = base / "run", base / "state", base / "repo"
+    sandbox_dir = base / "sandbox"
     env = {**os.environ, "BUREAU_LOG_LEVEL": "debug", "HOME": str(base)}
     cycle = Cycle(work, env)
     fleet = f"{fresh('c')}/fleet/prod"
     short = f"machine/{fresh('cy')}"
+    localpart = f"{fleet}/{short}"
+    sandboxed_user = names.user_id(f"{fleet}/{SANDBOXED}", hub.server_name)
+    sandboxed_key = hashlib.sha256(sandboxed_user.encode()).hexdigest()[:32]
     creds_file = work / "bureau-creds"
     token_file = work / "registration-token"
     token_file.write_text(hub.token.reveal())
@@ -198,6 +304,11 @@ def test_a_machines_whole_life_leaks_no_canary(
         f"{credential} v{n}": f"{credential.lower()}-canary-{n}-{secrets.token_hex(8)}"
         for credential in ("TOKEN", "API_KEY")
         for n in (1, 2)
+    }
+    # The sandboxed principal's secrets besides its Matrix token.
+    sandboxed_values = {
+        f"{SANDBOXED} {credential}": f"{credential.lower()}-canary-sb-{secrets.token_hex(8)}"
+        for credential in ("TOKEN", "API_KEY")
     }
     try:
         with ProcWatch() as watch, echo_upstream() as upstream:
@@ -241,6 +352,9 @@ def test_a_machines_whole_life_leaks_no_canary(
                 bazel_token_file,
             )
             cycle.run("fleet profile", "bureau", "fleet", "profile", "set", *profile, *operator)
+            template = _template(work / "worker.json", names.namespace_of(fleet))
+            push = ("template", "push", template, "--name", "worker", *operator)
+            cycle.run("template push", "bureau", *push)
 
             launcher_argv = [
                 str(BIN / "bureau-launcher"),
@@ -256,6 +370,8 @@ def test_a_machines_whole_life_leaks_no_canary(
                 "systemd-creds",
                 "--log-level",
                 "debug",
+                "--sandbox-dir",
+                str(sandbox_dir),
             ]
             services = _services(work / "services.json", upstream)
             socket = proxy_socket(run_dir)
@@ -290,6 +406,7 @@ def test_a_machines_whole_life_leaks_no_canary(
                 ) as daemon,
             ):
                 cleanup.callback(kill_proxies_under, run_dir)
+                cleanup.callback(kill_sandboxes_under, run_dir)
                 cycle.run(
                     "assign",
                     "bureau",
@@ -303,6 +420,49 @@ def test_a_machines_whole_life_leaks_no_canary(
                 credentials(1)
                 credentials(2)  # the rotation
                 eventually((run_dir / "profile.env").exists)
+
+                # A principal from the template, with its own Matrix account and token, in
+                # its sandbox: on Matrix through its proxy.
+                cycle.run(
+                    "agent create",
+                    "bureau",
+                    "agent",
+                    "create",
+                    "worker",
+                    "--machine",
+                    short,
+                    "--name",
+                    SANDBOXED,
+                    "--services",
+                    services,
+                    "--secrets-file",
+                    "-",
+                    *operator,
+                    stdin="".join(
+                        f"{what.split()[-1]}={value}\n" for what, value in sandboxed_values.items()
+                    ),
+                )
+                relay_log = run_dir / "launcher" / "logs" / f"{sandboxed_key}.log"
+                result = _workload_result(relay_log, launcher.log)
+                assert result["user_id"] == sandboxed_user
+                assert result["sent"] == 200
+                admin = operator_credentials.admin_client(operator_credentials.load(creds_file))
+                messages = admin.call(
+                    "GET",
+                    f"/_synapse/admin/v1/rooms/{result['room_id']}/messages?dir=b",
+                    what="messages",
+                )
+                assert GREETING in [e["content"].get("body") for e in messages["chunk"]]
+                # Its bundle, still encrypted (decommission tombstones it): opened after the run.
+                config_room = admin.resolve_alias(names.room_alias(localpart, hub.server_name))
+                assert config_room is not None
+                bundle = admin.get_state(
+                    config_room,
+                    rooms.CREDENTIALS,
+                    names.state_key(f"{fleet}/{SANDBOXED}", hub.server_name),
+                )
+                (record,) = (run_dir / "launcher" / "sandboxes").glob("*.json")
+                bwrap_pid = int(json.loads(record.read_text())["pid"])
 
                 # A developer's machine: the Bazel credential helper with its token file.
                 repo.mkdir()
@@ -324,9 +484,10 @@ def test_a_machines_whole_life_leaks_no_canary(
                 del cycle.outputs["credential helper stdout"]
                 cycle.run("doctor", "flywheel-doctor", "--json", cwd=repo)
 
+                roots = {"state": state, "run": run_dir, "repo": repo, "sandbox": sandbox_dir}
                 modes = {
                     name: mode
-                    for name, mode in _modes({"state": state, "run": run_dir, "repo": repo}).items()
+                    for name, mode in _modes(roots, {sandboxed_key: "<beta>"}).items()
                     if name != "repo" and not name.startswith("repo/.git/") and name != "repo/.git"
                 }
                 modes["bureau-creds"] = f"f {stat.S_IMODE(creds_file.stat().st_mode):04o}"
@@ -335,6 +496,8 @@ def test_a_machines_whole_life_leaks_no_canary(
                 cycle.run("decommission", "bureau", "machine", "decommission", short, *operator)
                 assert daemon.proc.wait(timeout=60) == 77
                 assert proxies_under(run_dir) == []
+                eventually(lambda: _gone(bwrap_pid), 30)
+                assert list((run_dir / "launcher" / "sandboxes").glob("*.json")) == []
                 cycle.outputs["daemon log"] = daemon.log()
             cycle.outputs["launcher log"] = launcher.log()
 
@@ -352,9 +515,18 @@ def test_a_machines_whole_life_leaks_no_canary(
             text=True,
             check=True,
         ).stdout.strip()
-        localpart = f"{fleet}/{short}"
+        # The sandboxed principal's Matrix token, from its bundle: held in the test's memory
+        # only, never written or passed on.
+        assert bundle, f"no bundle for {SANDBOXED}"
+        event = CredentialsEvent.from_json(bundle)
+        opened = open_plaintext(
+            age_keys.decrypt(event.ciphertext, Secret(private_key)), event, "the bundle"
+        )
+        assert sorted(opened) == ["API_KEY", "MATRIX_TOKEN", "TOKEN"]
         canaries = {
             **values,
+            **sandboxed_values,
+            f"{SANDBOXED} MATRIX_TOKEN": opened["MATRIX_TOKEN"].reveal(),
             "Bazel token": bazel_token,
             "registration token": hub.token.reveal(),
             "admin password": passwords.admin_password(hub.token).reveal(),
@@ -380,7 +552,9 @@ def test_a_machines_whole_life_leaks_no_canary(
         }
         running = b"\n".join(watch.seen)
         assert b"bureau-proxy" in running, "the sampler never saw a proxy"
+        assert b"WORKLOAD=" in running, "the sampler never saw the sandboxed workload"
         assert any("systemd-creds" in text for name, text in texts.items() if "launcher" in name)
+        assert any("bwrap" in text for name, text in texts.items() if "launcher" in name)
         leaks = [
             f"{what} in {where}"
             for what, value in canaries.items()
@@ -392,7 +566,7 @@ def test_a_machines_whole_life_leaks_no_canary(
             for what, value in canaries.items()
             if value.encode() in running
         ]
-        for root in (state, run_dir, repo, work, base):
+        for root in (state, run_dir, repo, work, sandbox_dir, base):
             for path in root.rglob("*"):
                 if not path.is_file() or path.suffix == ".trace":
                     continue
@@ -405,6 +579,7 @@ def test_a_machines_whole_life_leaks_no_canary(
         assert sorted(set(leaks)) == []
         assert not (work / "bootstrap.json").exists()
     finally:
+        kill_sandboxes_under(run_dir)
         kill_proxies_under(run_dir)
         subprocess.run(["rm", "-rf", str(base)], check=False)
 
