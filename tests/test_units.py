@@ -1,11 +1,19 @@
 """The systemd units as shipped in the package: `systemd-analyze verify` accepts them (in a
 root of their own that holds the binaries they name), they are the files in systemd/, and
-they say what the design needs: notify with a watchdog, the sealed key, the hardening."""
+they say what the design needs: notify with a watchdog, the sealed key, the hardening. The
+launcher's hardening leaves exactly what starting a sandbox takes: its capabilities, the
+system calls a real sandbox start makes (traced), a /proc that bwrap can mount anew."""
 
 from __future__ import annotations
 
+import functools
+import os
+import re
 import shutil
 import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +22,16 @@ from bureau import unit_files as units
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = ("bureau-launcher.service", "bureau-daemon.service")
+LAUNCHER = "bureau-launcher.service"
+SANDBOX_CAPABILITIES = {"CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_KILL"}
+# `systemd-analyze security` of the launcher: 2.3 before sandboxes. Starting them costs
+# what no setting can win back: four capabilities, @privileged and @mount calls, user and
+# other namespaces, netlink, a delegated cgroup, /proc left as bwrap needs it (no
+# ProtectKernelTunables=, ProtectKernelLogs=, ProtectHostname=, ProtectProc=), and
+# MemoryDenyWriteExecute= off for JITs. More than this is a regression.
+MAX_LAUNCHER_EXPOSURE = 3.8
+# Outside the default --sandbox-uids range: no sandbox of a running test shares it.
+PROBE_UID = 2_000_070_000
 
 
 def _settings(name: str) -> list[tuple[str, str]]:
@@ -96,14 +114,45 @@ def test_both_units_notify_watchdog_restart_and_harden(name: str) -> None:
     assert _value(name, "ProtectSystem") == "strict"
     assert _value(name, "PrivateTmp") == "yes"
     assert _value(name, "NoNewPrivileges") == "yes"
-    assert _value(name, "CapabilityBoundingSet") == ""
 
 
 def test_launcher_loads_the_sealed_key_and_keeps_proxies_across_restarts() -> None:
-    name = "bureau-launcher.service"
+    name = LAUNCHER
     assert _value(name, "LoadCredentialEncrypted") == "machine-key:/var/lib/bureau/machine-key.cred"
-    assert _value(name, "ReadWritePaths") == "/var/lib/bureau /run/bureau"
+    assert _value(name, "ReadWritePaths") == "/var/lib/bureau /run/bureau /var/lib/bureau-sandbox"
     assert _value(name, "KillMode") == "process"
+
+
+def test_the_daemon_holds_no_capability() -> None:
+    assert _value("bureau-daemon.service", "CapabilityBoundingSet") == ""
+    assert _value("bureau-daemon.service", "AmbientCapabilities") == ""
+
+
+def test_launcher_holds_what_sandboxes_need_and_nothing_more() -> None:
+    assert set(_value(LAUNCHER, "AmbientCapabilities").split()) == SANDBOX_CAPABILITIES
+    assert set(_value(LAUNCHER, "CapabilityBoundingSet").split()) == SANDBOX_CAPABILITIES
+    assert _value(LAUNCHER, "Delegate") == "yes"
+    assert _value(LAUNCHER, "ProtectProc") == "default"  # sandboxes are other uids
+    assert "AF_NETLINK" in _value(LAUNCHER, "RestrictAddressFamilies").split()
+    # Each would break bwrap (see test_a_mount_over_proc_keeps_bwrap_from_mounting_its_own)
+    # or the delegated cgroup; MemoryDenyWriteExecute= would break JITs in sandboxes.
+    for key in (
+        "ProtectKernelTunables",
+        "ProtectKernelLogs",
+        "ProtectHostname",
+        "ProtectControlGroups",
+        "ProcSubset",
+        "MemoryDenyWriteExecute",
+        "PrivateUsers",
+        "RestrictNamespaces",
+    ):
+        assert _value(LAUNCHER, key) == "", key
+
+
+def test_machine_conf_carries_the_launchers_own_options() -> None:
+    command = _value(LAUNCHER, "ExecStart").split()
+    assert command[-1] == "$BUREAU_LAUNCHER_OPTIONS"  # unbraced: empty adds no argument
+    assert command[command.index("--sandbox-dir") + 1] == "/var/lib/bureau-sandbox"
 
 
 def test_daemon_requires_the_launcher_and_cannot_see_the_key() -> None:
@@ -122,5 +171,166 @@ def test_tmpfiles_entry_is_what_doctor_checks() -> None:
     assert units.directories() == [
         units.Directory(Path("/etc/bureau"), 0o755, "root", "root"),
         units.Directory(Path("/var/lib/bureau"), 0o700, "bureau", "bureau"),
-        units.Directory(Path("/run/bureau"), 0o750, "bureau", "bureau-operators"),
+        units.Directory(Path("/run/bureau"), 0o751, "bureau", "bureau-operators"),
+        units.Directory(Path("/var/lib/bureau-sandbox"), 0o711, "bureau", "bureau"),
     ]
+
+
+def test_launcher_exposure_stays_within_its_bound(unit_root: Path) -> None:
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", f"--root={unit_root}", LAUNCHER],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    overall = rf"Overall exposure level for {re.escape(LAUNCHER)}: (\d+\.\d+)"
+    found = re.search(overall, result.stdout)
+    assert found is not None, result.stdout + result.stderr
+    assert float(found.group(1)) <= MAX_LAUNCHER_EXPOSURE, result.stdout
+
+
+# -- the launcher's system-call filter, against what starting a sandbox calls ---------------
+
+
+@functools.cache
+def _group(name: str) -> frozenset[str]:
+    """The system calls of a systemd filter set, nested sets expanded."""
+    listing = subprocess.run(
+        ["systemd-analyze", "syscall-filter", name],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    found: set[str] = set()
+    for line in listing.splitlines()[1:]:
+        item = line.partition("#")[0].strip()
+        if item:
+            found |= _group(item) if item.startswith("@") else {item}
+    return frozenset(found)
+
+
+def _allowed(filters: list[str]) -> set[str]:
+    """What SystemCallFilter= lines allow, read as systemd does: the first line is an
+    allow list, then each line adds (or, with ~, removes) in order."""
+    allowed: set[str] = set()
+    for line in filters:
+        for item in line.removeprefix("~").split():
+            calls = _group(item) if item.startswith("@") else {item}
+            allowed = allowed - calls if line.startswith("~") else allowed | calls
+    return allowed
+
+
+def _launcher_allows() -> set[str]:
+    filters = [v for k, v in _settings(LAUNCHER) if k == "SystemCallFilter"]
+    assert filters and not filters[0].startswith("~")  # an allow list
+    return _allowed(filters)
+
+
+# Starts one sandbox as the launcher does (sandbox_kind.py): the spec checked and made into
+# bwrap's arguments by the launcher's own code, prlimit, Popen as the sandbox's uid.
+START_A_SANDBOX = """
+import os, subprocess, sys
+from pathlib import Path
+from bureau.launcher import sandbox_policy as policy
+uid, base = int(sys.argv[1]), Path(sys.argv[2])
+workspace, links = base / "workspace", base / "links"
+workspace.mkdir(mode=0o700)
+os.chown(workspace, uid, uid)
+links.mkdir(mode=0o710)
+os.chown(links, -1, uid)
+system = [{"source": s, "dest": s, "mode": "ro", "optional": s != "/usr"}
+          for s in ("/usr", "/bin", "/lib", "/lib64")]
+spec = policy.parse({"template": "t/t:s", "environment": {"PATH": "/usr/bin:/bin"},
+                     "command": ["/bin/sh", "-c", "echo started as $(id -u) on $(hostname)"],
+                     "filesystem": system + [{"dest": "/tmp", "type": "tmpfs"}]})
+checked = policy.check(spec, policy.Machine(protected=()), [])
+flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+ws_fd, links_fd = os.open(workspace, flags), os.open(links, flags)
+block_r, block_w = os.pipe2(os.O_CLOEXEC)
+status_r, status_w = os.pipe2(os.O_CLOEXEC)
+argv = policy.bwrap_argv(checked, workspace_fd=ws_fd, socket_dir_fd=links_fd,
+                         block_fd=block_r, status_fd=status_w)
+limits = [f"--nproc={checked.pids + 4}", f"--nofile={policy.OPEN_FILES}", "--core=0"]
+process = subprocess.Popen(["prlimit", *limits, "--", *argv], user=uid, group=uid,
+                           extra_groups=[], pass_fds=(ws_fd, links_fd, block_r, status_w),
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, cwd="/",
+                           env={"PATH": "/usr/local/bin:/usr/bin:/bin"}, start_new_session=True)
+for fd in (ws_fd, links_fd, block_r, status_w):
+    os.close(fd)
+os.read(status_r, 4096)
+os.write(block_w, b"go")
+output, _ = process.communicate(timeout=30)
+print(output.decode().strip())
+sys.exit(process.returncode)
+"""
+
+
+@pytest.fixture
+def sandbox_base() -> Iterator[Path]:
+    """A directory others may pass through (bwrap sets the sandbox up as its uid)."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as name:
+        Path(name).chmod(0o711)
+        yield Path(name)
+
+
+def _start_a_sandbox(base: Path, *wrapper: str) -> subprocess.CompletedProcess[str]:
+    command = [*wrapper, sys.executable, "-c", START_A_SANDBOX, str(PROBE_UID), str(base)]
+    return subprocess.run(
+        command, capture_output=True, text=True, check=False, timeout=60, cwd=REPO
+    )
+
+
+def test_launcher_filter_allows_every_call_a_sandbox_start_makes(sandbox_base: Path) -> None:
+    """Every system call of a sandbox's start, traced: the launcher's Python, its Popen as
+    the sandbox's uid (setgroups, setregid, setreuid), chown, prlimit, bwrap (mount,
+    pivot_root, capset, sethostname, a netlink socket) and the workload."""
+    trace = sandbox_base / "trace"
+    started = _start_a_sandbox(sandbox_base, "strace", "-f", "-qq", "-o", str(trace))
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert started.stdout.strip() == f"started as {PROBE_UID} on sandbox"
+    called = set(re.findall(r"^\d+ +(?:<\.\.\. )?([a-z0-9_]+)[( ]", trace.read_text(), re.M))
+    assert {"setgroups", "setreuid", "chown", "mount", "pivot_root", "sethostname"} <= called
+    assert called - _launcher_allows() == set()
+
+
+def test_launcher_filter_still_denies_what_no_part_needs() -> None:
+    allowed = _launcher_allows()
+    for call in (
+        "ptrace",  # @debug: no sandbox traces another process
+        "perf_event_open",
+        "init_module",
+        "finit_module",
+        "kexec_load",
+        "reboot",
+        "swapon",
+        "settimeofday",
+        "clock_settime",
+        "iopl",
+        "modify_ldt",
+        "bpf",
+        "acct",
+        "open_by_handle_at",
+        "setdomainname",
+        "chroot",  # of @mount, only what bwrap calls
+        "fsopen",
+        "open_tree",
+        "move_mount",
+        "syslog",
+    ):
+        assert call not in allowed, call
+
+
+def test_a_mount_over_proc_keeps_bwrap_from_mounting_its_own(sandbox_base: Path) -> None:
+    """Why the launcher has no ProtectKernelTunables= (nor ProtectKernelLogs=): in a user
+    namespace the kernel mounts a new /proc only while nothing hides part of the inherited
+    one, and both settings mount over files in /proc."""
+    hide = 'mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec "$@"'
+    started = _start_a_sandbox(
+        sandbox_base, "unshare", "--mount", "--propagation", "private", "sh", "-c", hide, "sh"
+    )
+    assert started.returncode != 0
+    assert "Can't mount proc on /newroot/proc" in started.stdout, started.stdout + started.stderr
+    assert os.geteuid() == 0  # the probe ran as a sandbox uid, as the launcher starts one
