@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from bureau.errors import BureauError, InputError
 from bureau.files import atomic_write, make_dirs, read_private_json
@@ -45,7 +45,8 @@ class Child:
     digest: str  # identity of the spec it runs
     spec: dict[str, Any]
     started_at: float
-    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    exited: asyncio.Event = field(default_factory=asyncio.Event)  # and whatever it left is gone
+    reaped: bool = False  # its pid is no longer its own: never signal it
     retiring: bool = False
     restarts: int = 0
     crash_streak: int = 0
@@ -85,6 +86,16 @@ class Kind(Protocol):
 
     def kill(self, child: Child) -> None:
         """Stop it now, with everything it started."""
+
+
+@runtime_checkable
+class LeavesRemains(Protocol):
+    """A kind whose child may leave processes behind when it exits (a sandbox's bwrap
+    exits when the workload's first process does, not when its last one does)."""
+
+    async def ended(self, child: Child) -> None:
+        """After the child exited and was reaped, before anyone learns of it (a restart, a
+        replacement, a stop): end and reap what it left. Must not raise."""
 
 
 def _describe(exc: Exception) -> str:
@@ -141,16 +152,20 @@ class Children:
         return current is not None
 
     async def retire(self, child: Child) -> None:
-        """SIGTERM: the child stops accepting and drains; SIGKILL if it overstays."""
+        """SIGTERM: the child stops accepting and drains; SIGKILL if it overstays. Returns
+        once it is gone with whatever it left."""
         child.retiring = True
-        if child.exited.is_set():
-            return  # gone, and perhaps reaped: its pid may be someone else's by now
+        if child.reaped:
+            # Its pid may be someone else's by now; what it left is being ended.
+            await child.exited.wait()
+            return
         self.kind.terminate(child)
         try:
             async with asyncio.timeout(self.kind.grace):
                 await child.exited.wait()
         except TimeoutError:
-            self.kind.kill(child)
+            if not child.reaped:
+                self.kind.kill(child)
             await child.exited.wait()
 
     # -- records -------------------------------------------------------------------------
@@ -173,11 +188,11 @@ class Children:
     # -- watching ------------------------------------------------------------------------
 
     async def _watch(self, child: Child) -> None:
-        """Wait for the child to exit, reap it if it is ours, restart it unless retired."""
+        """Wait for the child to exit, reap it if it is ours, let its kind end what it left,
+        restart it unless retired."""
         try:
             fd = os.pidfd_open(child.pid)
         except ProcessLookupError:
-            child.exited.set()
             how = "status unknown"
         except OSError as exc:  # EMFILE, say: watched by polling instead
             self._log.warning(
@@ -186,17 +201,21 @@ class Children:
             alive = child.start_time is not None
             while alive and process_start_time(child.pid) == child.start_time:
                 await asyncio.sleep(POLL_SECONDS)
-            child.exited.set()
             how = reap(child.pid)
         else:
+            died = asyncio.Event()
             loop = asyncio.get_running_loop()
-            loop.add_reader(fd, child.exited.set)
+            loop.add_reader(fd, died.set)
             try:
-                await child.exited.wait()
+                await died.wait()
             finally:
                 loop.remove_reader(fd)
                 os.close(fd)
             how = reap(child.pid)  # it has exited: this does not block
+        child.reaped = True
+        if isinstance(self.kind, LeavesRemains):
+            await self.kind.ended(child)
+        child.exited.set()
         await self._exited(child, how)
 
     async def _exited(self, child: Child, how: str) -> None:

@@ -5,8 +5,12 @@ proxy's socket at /run/bureau/proxy.sock as the only way out (sandbox_policy.py)
 The child the launcher supervises is bwrap's outer process. It is started blocked
 (--block-fd): both its processes are moved into the sandbox's cgroup before anything of
 the workload runs. bwrap is started in a session of its own and outlives the launcher, so
-that the next launcher adopts it; its inner process dies with it (--die-with-parent), and
-with that every process in its pid namespace.
+that the next launcher adopts it: it runs without --die-with-parent, which bwrap applies to
+its outer process too (SIGKILL when the launcher dies). bwrap's outer process exits when
+the workload's first process does; what that left running (bwrap's inner process, the pid
+namespace's init, waits for every process in it) is ended by the launcher then
+(``ended``): every process running as the sandbox's uid, which is the principal's alone.
+The launcher also reaps what it inherits as a subreaper (that inner process, the relay).
 
 The proxy socket reaches the sandbox through a directory of the principal's own that holds
 a hard link to it: a rotated proxy's new socket is linked there (link() then rename()),
@@ -23,7 +27,9 @@ import json
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,7 +44,14 @@ from bureau.launcher.spawner import Spawner, SpawnError
 
 START_TIMEOUT = 20.0
 GRACE_SECONDS = 10.0
+CLEAR_TIMEOUT = 10.0  # for what a sandbox left to end once SIGKILLed
+CLEAR_POLL = 0.01
 LINK_NAME = "proxy.sock"
+# bwrap's outer and inner processes, in the sandbox's cgroup and running as its uid: the
+# pids limit is the workload's own.
+BWRAP_PROCESSES = 2
+# bwrap applies it to its outer process as well as its inner one (see the module's doc).
+OUTER_DIES = "--die-with-parent"
 
 
 def _key(principal: str) -> str:
@@ -61,6 +74,41 @@ def descendants(pid: int) -> list[int]:
                 found += map(int, children)
                 queue += map(int, children)
     return found
+
+
+def uid_of(pid: int) -> int | None:
+    """The real uid of a live process (None for one gone or a zombie)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+        fields = dict(line.split(":", 1) for line in lines if ":" in line)
+        if fields["State"].strip().startswith("Z"):
+            return None
+        return int(fields["Uid"].split()[0])
+    except (OSError, ValueError, IndexError, KeyError):
+        return None
+
+
+def processes_of(uid: int) -> list[int]:
+    """The processes (zombies aside) whose real uid is ``uid``."""
+    pids = (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
+    return [pid for pid in pids if uid_of(pid) == uid]
+
+
+def kill_all(uid: int) -> list[int]:
+    """SIGKILL every process running as ``uid``; those signalled (not yet gone)."""
+    pids = processes_of(uid)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+@dataclass
+class Started:
+    """What the launcher holds for a sandbox it started, until the sandbox has ended."""
+
+    inner: int  # a pidfd of bwrap's inner process: its pid namespace's init
+    status: int  # the read end of bwrap's status pipe, which bwrap writes on exit too
 
 
 def unreachable(path: Path) -> Path | None:
@@ -102,6 +150,7 @@ class SandboxKind:
         self._proxy_socket = proxy_socket
         self._credential_names = credential_names
         self._log = log
+        self._started: dict[int, Started] = {}  # by bwrap's (outer) pid
 
     # -- checks --------------------------------------------------------------------------
 
@@ -168,29 +217,46 @@ class SandboxKind:
                 )
         try:
             uid = self._uids.allocate(principal)
+        except OSError as exc:
+            raise LauncherError(
+                f"sandbox for {principal}: {exc.strerror or type(exc).__name__} ({exc.filename})"
+            ) from None
+        # What an earlier sandbox of the principal left (its bwrap died while no launcher
+        # ran) must not run beside the new one, nor count against its limits.
+        if not await self._clear(uid):
+            raise LauncherError(f"sandbox for {principal}: an earlier sandbox's processes live on")
+        try:
             workspace = self._workspace(principal, uid)
             socket_dir = self.link_socket(principal)
             group = self._cgroups.create(
                 _key(principal),
                 memory=checked.memory_bytes,
-                pids=checked.pids + 4,
+                pids=checked.pids + BWRAP_PROCESSES,
                 cpu_shares=checked.cpu_shares,
             )
         except OSError as exc:
             raise LauncherError(
                 f"sandbox for {principal}: {exc.strerror or type(exc).__name__} ({exc.filename})"
             ) from None
-        return await asyncio.to_thread(
-            partial(
-                self._start,
-                principal=principal,
-                checked=checked,
-                uid=uid,
-                workspace=workspace,
-                socket_dir=socket_dir,
-                group=group,
+        relays: list[int] = []
+        try:
+            pid, started = await asyncio.to_thread(
+                partial(
+                    self._start,
+                    principal=principal,
+                    checked=checked,
+                    uid=uid,
+                    workspace=workspace,
+                    socket_dir=socket_dir,
+                    group=group,
+                    relays=relays,
+                )
             )
-        )
+        finally:
+            for relay in relays:
+                self._reap_when_done(relay)
+        self._started[pid] = started
+        return pid
 
     def _start(
         self,
@@ -201,7 +267,10 @@ class SandboxKind:
         workspace: Path,
         socket_dir: Path,
         group: Group | None,
-    ) -> int:
+        relays: list[int],
+    ) -> tuple[int, Started]:
+        """bwrap's outer pid. ``relays`` gets the pid of the relay started for it (the
+        launcher's to reap, whether or not the sandbox started)."""
         opened: list[int] = []
         try:
             ws_fd = os.open(workspace, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -221,7 +290,13 @@ class SandboxKind:
                 block_fd=block_r,
                 status_fd=status_w,
             )
-            limits = [f"--nproc={checked.pids + 4}", f"--nofile={policy.OPEN_FILES}", "--core=0"]
+            if OUTER_DIES in argv[:8]:  # among bwrap's fixed leading flags, never the command
+                argv.remove(OUTER_DIES)
+            limits = [
+                f"--nproc={checked.pids + BWRAP_PROCESSES}",
+                f"--nofile={policy.OPEN_FILES}",
+                "--core=0",
+            ]
             process = subprocess.Popen(
                 ["prlimit", *limits, "--", *argv],
                 user=uid,
@@ -241,10 +316,14 @@ class SandboxKind:
             for fd in (ws_fd, dir_fd, block_r, status_w, log_w):
                 os.close(fd)
                 opened.remove(fd)
-            self._relay(principal, log_r)
+            relay = self._relay(principal, log_r)
             opened.remove(log_r)
+            if relay is not None:
+                relays.append(relay)
             try:
                 inner = self._child_pid(status_r)
+                inner_fd = os.pidfd_open(inner)
+                opened.append(inner_fd)
                 if group is not None:
                     group.add(pid)
                     group.add(inner)
@@ -253,10 +332,18 @@ class SandboxKind:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 how = reap(pid)
+                # What it had started goes too: it runs as the sandbox's uid.
+                deadline = time.monotonic() + CLEAR_TIMEOUT
+                while kill_all(uid) and time.monotonic() < deadline:
+                    time.sleep(CLEAR_POLL)
                 raise LauncherError(
                     f"sandbox for {principal} did not start ({how}): {exc}"
                 ) from None
-            return pid
+            # Held until the sandbox has ended: bwrap writes its exit code there last, and
+            # a closed pipe would kill it with SIGPIPE instead of its workload's status.
+            opened.remove(status_r)
+            opened.remove(inner_fd)
+            return pid, Started(inner_fd, status_r)
         except OSError as exc:
             raise LauncherError(
                 f"sandbox for {principal}: {exc.strerror or type(exc).__name__}"
@@ -276,17 +363,68 @@ class SandboxKind:
             line += chunk
         return int(json.loads(line)["child-pid"])
 
-    def _relay(self, principal: str, log_r: int) -> None:
+    def _relay(self, principal: str, log_r: int) -> int | None:
         """The workload's output, line by line, to the journal. The relay holds the only
-        read end: it outlives a launcher restart and ends when the sandbox does."""
+        read end: it outlives a launcher restart and ends when the sandbox does. Its pid:
+        the template orphans what it forks, so the launcher (a subreaper) reaps it."""
         try:
             make_dirs(self._logs, 0o700)
             logfile = str(self._logs / f"{_key(principal)}.log")
             spawned = self._spawner.spawn(["--log-relay", principal, logfile], stdin=log_r)
         except (SpawnError, OSError) as exc:  # its writes then fail; it runs regardless
             self._log.warning("no log relay for a sandbox", principal=principal, error=str(exc))
-            return
+            return None
         os.close(spawned.stdout)
+        return spawned.pid
+
+    def _reap_when_done(self, pid: int) -> None:
+        """Reap a relay when it exits (it is the launcher's child, see _relay)."""
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError as exc:  # EMFILE, say: it stays a zombie until the launcher exits
+            self._log.warning("cannot watch a sandbox's log relay", pid=pid, error=str(exc))
+            return
+        loop = asyncio.get_running_loop()
+
+        def done() -> None:
+            loop.remove_reader(fd)
+            os.close(fd)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)  # it has exited: this does not block
+
+        loop.add_reader(fd, done)
+
+    async def _clear(self, uid: int) -> bool:
+        """End every process running as the sandbox's uid; whether they are all gone."""
+        deadline = time.monotonic() + CLEAR_TIMEOUT
+        while kill_all(uid):
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(CLEAR_POLL)
+        return True
+
+    async def ended(self, child: Child) -> None:
+        """bwrap has exited: what its sandbox left running goes (as --die-with-parent did
+        for bwrap's inner process, while a launcher runs), bwrap's inner process is reaped
+        if the launcher inherited it, and the status pipe is closed."""
+        started = self._started.pop(child.pid, None)
+        try:
+            if started is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(started.inner, signal.SIGKILL)
+            if not await self._clear(self._uids.get(child.principal)):
+                self._log.error("a sandbox's processes outlived it", principal=child.principal)
+        except Exception as exc:  # must not raise: see Children._watch
+            self._log.error(
+                "could not end what a sandbox left", principal=child.principal, error=repr(exc)
+            )
+        finally:
+            if started is not None:
+                with contextlib.suppress(ChildProcessError):
+                    # Ours when bwrap's outer process exited before it (it then has ended).
+                    os.waitid(os.P_PIDFD, started.inner, os.WEXITED | os.WNOHANG)
+                os.close(started.inner)
+                os.close(started.status)
 
     def should_restart(self, spec: dict[str, Any], how: str) -> bool:
         policy_name = str(spec.get("restart_policy", "on-failure"))
@@ -305,7 +443,11 @@ class SandboxKind:
 
     def kill(self, child: Child) -> None:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(child.pid, signal.SIGKILL)  # its inner process dies with it
+            os.kill(child.pid, signal.SIGKILL)
+        started = self._started.get(child.pid)
+        if started is not None:  # the pid namespace's init: every process in it dies
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(started.inner, signal.SIGKILL)
         group = self._cgroups.existing(_key(child.principal))
         if group is not None:
             group.kill()
@@ -326,8 +468,12 @@ class SandboxKind:
 
     def sweep(self, adopted: set[int]) -> None:
         """Sandboxes are found by their records only: one whose record is gone was never
-        installed, and its bwrap is killed with its cgroup when one exists."""
-        del adopted
+        installed (or its record could not be written), and nobody adopts it. Everything
+        of it runs as its principal's uid, and is killed."""
+        kept = {uid_of(pid) for pid in adopted}
+        for uid in sorted(self._uids.uids() - kept):
+            if kill_all(uid):
+                self._log.warning("killed a sandbox that nobody adopted", uid=uid)
 
     def workload(self, child: Child) -> tuple[int, int, float]:
         """(workload pid, memory in bytes, CPU seconds) of a running sandbox."""

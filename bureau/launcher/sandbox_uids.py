@@ -57,6 +57,10 @@ class SandboxUids:
     def known(self, principal: str) -> bool:
         return principal in self._uids
 
+    def uids(self) -> set[int]:
+        """Every uid given to a principal."""
+        return set(self._uids.values())
+
     def get(self, principal: str) -> int:
         uid = self._uids[principal]
         if uid in self._reserved:
