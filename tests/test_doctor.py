@@ -2,12 +2,14 @@
 real launcher: an empty machine fails with one line per missing piece, --fix mends what it
 can, a running launcher makes every check pass, and a second --fix changes nothing.
 `bureau matrix doctor` finds and puts back power levels; `bureau fleet cache set`
-publishes what the machine doctor then trusts in nix.conf."""
+publishes what the machine doctor then trusts in nix.conf. The sandbox checks look at this
+machine itself: bwrap found and run, missing, and refused by the kernel."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -20,6 +22,10 @@ from launcher_proc import launcher
 from machine_helpers import Provisioned, boot, provision
 
 from bureau import names, rooms, unit_files
+from bureau.doctor import sandbox_checks
+from bureau.doctor.findings import Status
+from bureau.doctor.sandbox_checks import SandboxChecks
+from bureau.host import Host
 from bureau.matrix_http import segment
 from bureau.operator import credentials
 
@@ -89,6 +95,10 @@ def test_empty_root_fails_with_one_line_per_missing_piece(root: Path) -> None:
         assert sum(piece in line for line in failing) == 1, (piece, result.stdout)
     assert all("(fix: " in line for line in failing)
     assert "n/a   bureau-launcher.service active: systemd is not running here" in result.stdout
+    # This host's kernel and packages say nothing about another root.
+    for check in ("sandbox programs (bwrap, prlimit)", "sandboxes start"):
+        assert f"n/a   {check}" in result.stdout, result.stdout
+    assert "directory /var/lib/bureau-sandbox: missing" in result.stdout
     report = json.loads(_doctor(root, "--json").stdout)
     assert report["passed"] is False
     assert {c["status"] for c in report["checks"]} == {"fail", "n/a"}
@@ -327,3 +337,89 @@ def test_a_hub_without_the_template_room_gets_it_and_machines_are_invited(
     machine = provision(fleet, tmp_path)
     member = admin.get_state(room, "m.room.member", machine.user_id)
     assert member is not None and member["membership"] == "invite"
+
+
+# -- sandboxes, on this machine itself -------------------------------------------------------
+
+# Runs argv[1:] as root of a new user namespace (uids and gids 0-65535 mapped as they are,
+# written by real root so that setgroups stays allowed) in which the kernel allows no
+# further user namespace, as on a host with user.max_user_namespaces = 0.
+WITHOUT_USER_NAMESPACES = """
+import ctypes, os, sys
+ready_r, ready_w = os.pipe()
+go_r, go_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    if ctypes.CDLL(None, use_errno=True).unshare(0x10000000) != 0:  # CLONE_NEWUSER
+        os._exit(100)
+    os.write(ready_w, b"x")
+    os.read(go_r, 1)
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+    with open("/proc/sys/user/max_user_namespaces", "w") as limit:
+        limit.write("0")
+    os.execv(sys.argv[1], sys.argv[1:])
+os.read(ready_r, 1)
+for name in ("uid_map", "gid_map"):
+    with open(f"/proc/{pid}/{name}", "w") as mapping:
+        mapping.write("0 0 65536")
+os.write(go_w, b"x")
+sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+# The user-namespace check, as uid 65534 (mapped there): what the doctor reports.
+NAMESPACE_CHECK = """
+from pathlib import Path
+from bureau.doctor.sandbox_checks import SandboxChecks
+from bureau.host import Host
+for finding in SandboxChecks(Host(Path("/")), probe_uid=65534).user_namespaces():
+    print(finding.line())
+"""
+
+
+def test_sandbox_checks_pass_where_bwrap_starts_sandboxes() -> None:
+    """This machine: bubblewrap installed, and bwrap run with the launcher's namespace
+    options as a sandbox's uid (the doctor runs as root) starts."""
+    checks = SandboxChecks(Host(Path("/")))
+    (programs,) = checks.programs()
+    (namespaces,) = checks.user_namespaces()
+    assert programs.status is Status.OK, programs.line()
+    assert programs.detail.startswith("bubblewrap 0.")
+    assert namespaces.line() == (
+        "ok    sandboxes start (unprivileged user namespaces): bwrap starts one as uid "
+        f"{sandbox_checks.PROBE_UID}"
+    )
+
+
+def test_missing_bwrap_fails_with_its_package_as_the_fix(tmp_path: Path) -> None:
+    """Where the launcher looks there is prlimit and no bwrap: the one package missing, and
+    --fix would install it with apt-get; sandboxes are not tried."""
+    prlimit = shutil.which("prlimit")
+    assert prlimit is not None
+    (tmp_path / "prlimit").symlink_to(prlimit)
+    checks = SandboxChecks(Host(Path("/")), search=str(tmp_path))
+    (programs,) = checks.programs()
+    assert programs.line() == (
+        f"FAIL  sandbox programs (bwrap, prlimit): bwrap not found in {tmp_path} "
+        "(fix: apt-get install bubblewrap)"
+    )
+    assert programs.fix is not None
+    (namespaces,) = checks.user_namespaces()
+    assert namespaces.status is Status.NOT_APPLICABLE
+
+
+def test_a_kernel_without_user_namespaces_fails_naming_the_sysctl() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_USER_NAMESPACES, sys.executable, "-c", NAMESPACE_CHECK],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    assert line.startswith("FAIL  sandboxes start (unprivileged user namespaces): bwrap: "), line
+    assert "max_" in line  # bwrap's own words: ENOSPC, the namespace limit
+    assert line.endswith(
+        "(fix: user.max_user_namespaces is 0: set it above 0 "
+        "(sysctl -w user.max_user_namespaces=65536, and in /etc/sysctl.d))"
+    )

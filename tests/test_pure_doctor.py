@@ -1,15 +1,19 @@
 """Pure rules behind the doctors and scripts: nix.conf trust, power-level drift, the
-machine.conf and fleet-cache wire types, account databases, the tmpfiles entry."""
+machine.conf and fleet-cache wire types, account databases, the tmpfiles entry, bwrap's
+version and the sandbox probe's options."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
 
 from bureau import nix_conf, rooms, unit_files
+from bureau.doctor import sandbox_checks
 from bureau.errors import InputError
 from bureau.host import Account, parse_accounts
+from bureau.launcher import sandbox_policy
 from bureau.schema import FleetCache, MachineConf
 
 KEY = "bureau:" + "A" * 43 + "="
@@ -75,3 +79,38 @@ def test_account_databases_and_tmpfiles_entry() -> None:
     assert unit_files.directories("# c\nd /x 0750 a b -\nL /y - - - - /z\n") == [
         unit_files.Directory(Path("/x"), 0o750, "a", "b")
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "version"),
+    [
+        ("bubblewrap 0.8.0\n", (0, 8, 0)),
+        ("bubblewrap 0.11.0", (0, 11, 0)),
+        ("bubblewrap 0.4.1", (0, 4, 1)),
+        ("", None),
+        ("bubblewrap\n", None),
+    ],
+)
+def test_bwrap_version_is_read_as_numbers(text: str, version: tuple[int, ...] | None) -> None:
+    assert sandbox_checks.bwrap_version(text) == version
+
+
+def test_bwrap_before_0_8_is_too_old_and_0_11_is_not() -> None:
+    assert (0, 4, 1) < sandbox_checks.MIN_BWRAP <= (0, 8, 0) < (0, 11, 0)
+
+
+def test_the_doctors_probe_uses_the_launchers_namespace_options() -> None:
+    """The doctor tries what the launcher will ask of bwrap, not something milder."""
+    spec = sandbox_policy.parse({"template": "t/t:s", "command": ["true"]})
+    checked = sandbox_policy.check(spec, sandbox_policy.Machine(protected=()), [])
+    argv = sandbox_policy.bwrap_argv(
+        checked, workspace_fd=3, socket_dir_fd=4, block_fd=5, status_fd=6
+    )
+    options = argv[: argv.index("--")]
+    pairs = set(itertools.pairwise(options))
+    probe = sandbox_checks.PROBE_OPTIONS
+    for i, token in enumerate(probe):
+        if token.startswith("--"):
+            assert token in options, token
+        else:  # an option's value
+            assert (probe[i - 1], token) in pairs, token

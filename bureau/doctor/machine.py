@@ -1,7 +1,8 @@
 """`bureau machine doctor`: the checks in the order their fixes depend on each other (the
-user before the directories it owns, the key's owner and mode before it is read, what the
-launcher keeps in the run dir before the launcher is started, everything in place before
-the services start, the services before their sockets)."""
+user before the directories it owns, bubblewrap installed before sandboxes are tried, the
+key's owner and mode before it is read, what the launcher keeps in the run dir before the
+launcher is started, everything in place before the services start, the services before
+their sockets)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from bureau.doctor.findings import Check, Report, examine
 from bureau.doctor.host_checks import HostChecks
 from bureau.doctor.machine_checks import MachineChecks
 from bureau.doctor.run_dir_checks import RunDirChecks
+from bureau.doctor.sandbox_checks import SandboxChecks
 from bureau.host import Host
 
 
@@ -21,11 +23,14 @@ def machine_doctor(
     local = HostChecks(host, start_services=start_services)
     remote = MachineChecks(host, nix_conf_dir, start_services=start_services)
     run_dir = RunDirChecks(host)
+    sandboxes = SandboxChecks(host)
     checks: list[Check] = [
         local.user,
         local.operators_group,
         local.directories,
         local.binaries,
+        sandboxes.programs,
+        sandboxes.user_namespaces,
         local.units,
         local.enabled,
         local.private_files,
