@@ -18,6 +18,7 @@ from processes import echo_upstream
 from sandbox_helpers import kill_sandboxes_under, workspace_of
 
 from bureau import names, rooms
+from bureau.launcher.processes import process_start_time
 from bureau.operator import credentials
 
 WORKLOAD = r"""
@@ -150,3 +151,47 @@ def test_a_principal_runs_from_template_to_destroy(
     finally:
         kill_sandboxes_under(run_dir)
     assert CANARY not in logs
+
+
+def test_decommission_stops_every_workload(fleet: Fleet, tmp_path: Path, run_dir: Path) -> None:
+    machine = enroll(fleet, tmp_path)
+    name, state = machine.machine.short_name, machine.state_dir
+    ns = fleet.name.split("/")[0]
+    template = _template(tmp_path, ns, "one")
+    assert _bureau(fleet, "template", "push", template, "--name", "worker").returncode == 0
+    run_dir.chmod(0o751)
+    sandbox_dir = run_dir.with_name(run_dir.name + "-sandbox")
+    results = []
+    try:
+        with (
+            echo_upstream() as upstream,
+            launcher(name, state, run_dir, "--sandbox-dir", str(sandbox_dir)) as the_launcher,
+            daemon(name, state, run_dir) as the_daemon,
+        ):
+            services = services_file(tmp_path, upstream)
+            for agent in ("agent/w1", "agent/w2"):
+                created = _bureau(fleet, "agent", "create", "worker", "--machine", name,
+                                  "--name", agent, "--services", services, "--secrets-file",
+                                  "-", stdin=f"API_TOKEN={CANARY}\nTOKEN={CANARY}\n")  # fmt: skip
+                assert created.returncode == 0, created.stderr
+                user = f"@{fleet.name}/{agent}:{fleet.hub.server_name}"
+                results.append(workspace_of(sandbox_dir, user) / "result.json")
+            for result in results:
+                eventually(result.exists, 60)
+            records = run_dir / "launcher" / "sandboxes"
+            bwraps = [json.loads(p.read_text())["pid"] for p in records.glob("*.json")]
+            assert len(bwraps) == 2
+            decommissioned = run(
+                "bureau", "machine", "decommission", name,
+                "--credential-file", fleet.credential_file,
+            )  # fmt: skip
+            assert decommissioned.returncode == 0, decommissioned.stderr
+            the_daemon.proc.wait(timeout=60)  # it lost its standing, stopped all, exited
+            assert the_daemon.proc.returncode != 0
+            assert the_launcher.log().count("sandbox stopped") == 2
+            assert not list(records.glob("*.json"))
+            # Gone: not a zombie the test could mistake, the pids are not running.
+            for pid in bwraps:
+                assert process_start_time(pid) is None  # gone (or a zombie being reaped)
+    finally:
+        kill_sandboxes_under(run_dir)
