@@ -4,7 +4,8 @@ BUREAU_PRINCIPAL=@...``), or, where there is no journal, appended to a log file.
 
 Forked by the proxy template for each sandbox the launcher starts, with the read end of
 the sandbox's stdout and stderr as its stdin; it ends when the sandbox has closed them.
-It outlives a launcher restart as the sandbox does. Lines are cut at MAX_LINE bytes."""
+It outlives a launcher restart as the sandbox does, and keeps the launcher's stderr only
+when that is the journal. Lines are cut at MAX_LINE bytes."""
 
 from __future__ import annotations
 
@@ -38,7 +39,15 @@ def _lines(fd: int) -> Iterator[bytes]:
 def main(argv: list[str]) -> None:
     """argv: PRINCIPAL LOGFILE. Never returns."""
     principal, logfile = argv[0], argv[1]
-    to_journal = stderr_is_journal(sys.stderr) or bool(os.environ.get(journal.SOCKET_ENV))
+    stream_is_journal = stderr_is_journal(sys.stderr)
+    to_journal = stream_is_journal or bool(os.environ.get(journal.SOCKET_ENV))
+    if not stream_is_journal:
+        # The relay outlives the launcher, as the sandbox does. The launcher's stderr, when
+        # it is not the journal, is a pipe or a terminal: holding it would keep whoever
+        # reads it waiting for the sandbox to end.
+        devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        os.dup2(devnull, 2)
+        os.close(devnull)
     logger = journal.JournalLogger(journal.socket_path(), sys.stderr) if to_journal else None
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
     out = None if to_journal else os.open(logfile, flags, 0o600)

@@ -2,15 +2,16 @@
 as the principal's own uid, with every namespace new, its workspace at /workspace and its
 proxy's socket at /run/bureau/proxy.sock as the only way out (sandbox_policy.py).
 
-The child the launcher supervises is bwrap's outer process. It is started blocked
-(--block-fd): both its processes are moved into the sandbox's cgroup before anything of
-the workload runs. bwrap is started in a session of its own and outlives the launcher, so
-that the next launcher adopts it: it runs without --die-with-parent, which bwrap applies to
-its outer process too (SIGKILL when the launcher dies). bwrap's outer process exits when
-the workload's first process does; what that left running (bwrap's inner process, the pid
-namespace's init, waits for every process in it) is ended by the launcher then
-(``ended``): every process running as the sandbox's uid, which is the principal's alone.
-The launcher also reaps what it inherits as a subreaper (that inner process, the relay).
+The child the launcher supervises is the sandbox's keeper, ``setsid --fork --wait``: bwrap's
+parent, which exits with bwrap's status. bwrap's --die-with-parent binds its outer process
+to its parent and its inner one (the pid namespace's init) to the outer one; with the
+launcher as the parent, a launcher that died took every sandbox with it. The keeper
+outlives the launcher, so that the next launcher adopts the sandbox, and whoever kills the
+keeper kills everything in the sandbox. It is started blocked (--block-fd): the keeper and
+bwrap's two processes are moved into the sandbox's cgroup before anything of the workload
+runs. When the keeper has exited, the launcher waits until the sandbox's processes are gone
+(``ended``) before it restarts, replaces or stops it, and reaps what it inherits as a
+subreaper (bwrap's inner process, the log relay).
 
 The proxy socket reaches the sandbox through a directory of the principal's own that holds
 a hard link to it: a rotated proxy's new socket is linked there (link() then rename()),
@@ -44,14 +45,13 @@ from bureau.launcher.spawner import Spawner, SpawnError
 
 START_TIMEOUT = 20.0
 GRACE_SECONDS = 10.0
-CLEAR_TIMEOUT = 10.0  # for what a sandbox left to end once SIGKILLed
+CLEAR_TIMEOUT = 10.0  # for a SIGKILLed sandbox's processes to be gone
 CLEAR_POLL = 0.01
 LINK_NAME = "proxy.sock"
-# bwrap's outer and inner processes, in the sandbox's cgroup and running as its uid: the
-# pids limit is the workload's own.
-BWRAP_PROCESSES = 2
-# bwrap applies it to its outer process as well as its inner one (see the module's doc).
-OUTER_DIES = "--die-with-parent"
+KEEPER = ["setsid", "--fork", "--wait"]
+# The keeper and bwrap's two processes, in the sandbox's cgroup and running as its uid:
+# the pids limit is the workload's own.
+OVERHEAD = 3
 
 
 def _key(principal: str) -> str:
@@ -76,31 +76,9 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def uid_of(pid: int) -> int | None:
-    """The real uid of a live process (None for one gone or a zombie)."""
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-        fields = dict(line.split(":", 1) for line in lines if ":" in line)
-        if fields["State"].strip().startswith("Z"):
-            return None
-        return int(fields["Uid"].split()[0])
-    except (OSError, ValueError, IndexError, KeyError):
-        return None
-
-
-def processes_of(uid: int) -> list[int]:
-    """The processes (zombies aside) whose real uid is ``uid``."""
-    pids = (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
-    return [pid for pid in pids if uid_of(pid) == uid]
-
-
-def kill_all(uid: int) -> list[int]:
-    """SIGKILL every process running as ``uid``; those signalled (not yet gone)."""
-    pids = processes_of(uid)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return pids
+def parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
 
 
 @dataclass
@@ -221,9 +199,9 @@ class SandboxKind:
             raise LauncherError(
                 f"sandbox for {principal}: {exc.strerror or type(exc).__name__} ({exc.filename})"
             ) from None
-        # What an earlier sandbox of the principal left (its bwrap died while no launcher
-        # ran) must not run beside the new one, nor count against its limits.
-        if not await self._clear(uid):
+        # What an earlier sandbox of the principal left (one nobody recorded, say) must not
+        # run beside the new one, nor count against its limits.
+        if not await self._emptied(principal):
             raise LauncherError(f"sandbox for {principal}: an earlier sandbox's processes live on")
         try:
             workspace = self._workspace(principal, uid)
@@ -231,7 +209,7 @@ class SandboxKind:
             group = self._cgroups.create(
                 _key(principal),
                 memory=checked.memory_bytes,
-                pids=checked.pids + BWRAP_PROCESSES,
+                pids=checked.pids + OVERHEAD,
                 cpu_shares=checked.cpu_shares,
             )
         except OSError as exc:
@@ -269,7 +247,7 @@ class SandboxKind:
         group: Group | None,
         relays: list[int],
     ) -> tuple[int, Started]:
-        """bwrap's outer pid. ``relays`` gets the pid of the relay started for it (the
+        """The keeper's pid. ``relays`` gets the pid of the relay started for it (the
         launcher's to reap, whether or not the sandbox started)."""
         opened: list[int] = []
         try:
@@ -290,15 +268,13 @@ class SandboxKind:
                 block_fd=block_r,
                 status_fd=status_w,
             )
-            if OUTER_DIES in argv[:8]:  # among bwrap's fixed leading flags, never the command
-                argv.remove(OUTER_DIES)
             limits = [
-                f"--nproc={checked.pids + BWRAP_PROCESSES}",
+                f"--nproc={checked.pids + OVERHEAD}",
                 f"--nofile={policy.OPEN_FILES}",
                 "--core=0",
             ]
             process = subprocess.Popen(
-                ["prlimit", *limits, "--", *argv],
+                [*KEEPER, "prlimit", *limits, "--", *argv],
                 user=uid,
                 group=uid,
                 extra_groups=[],
@@ -325,17 +301,14 @@ class SandboxKind:
                 inner_fd = os.pidfd_open(inner)
                 opened.append(inner_fd)
                 if group is not None:
-                    group.add(pid)
-                    group.add(inner)
+                    for member in (pid, parent_of(inner), inner):  # keeper, bwrap's two
+                        group.add(member)
                 os.write(block_w, b"go")
             except (OSError, ValueError) as exc:
+                # bwrap dies with the keeper, and its inner process with it.
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 how = reap(pid)
-                # What it had started goes too: it runs as the sandbox's uid.
-                deadline = time.monotonic() + CLEAR_TIMEOUT
-                while kill_all(uid) and time.monotonic() < deadline:
-                    time.sleep(CLEAR_POLL)
                 raise LauncherError(
                     f"sandbox for {principal} did not start ({how}): {exc}"
                 ) from None
@@ -394,25 +367,45 @@ class SandboxKind:
 
         loop.add_reader(fd, done)
 
-    async def _clear(self, uid: int) -> bool:
-        """End every process running as the sandbox's uid; whether they are all gone."""
+    async def _emptied(self, principal: str) -> bool:
+        """SIGKILL whatever the principal's cgroup holds until it is empty; whether it is."""
+        group = self._cgroups.existing(_key(principal))
         deadline = time.monotonic() + CLEAR_TIMEOUT
-        while kill_all(uid):
+        while group is not None and group.pids():
             if time.monotonic() > deadline:
                 return False
+            group.kill()
             await asyncio.sleep(CLEAR_POLL)
         return True
 
+    @staticmethod
+    async def _exit_of(pidfd: int) -> bool:
+        """Wait (bounded) until the process of ``pidfd`` has exited; whether it has."""
+        loop = asyncio.get_running_loop()
+        exited = asyncio.Event()
+        loop.add_reader(pidfd, exited.set)
+        try:
+            async with asyncio.timeout(CLEAR_TIMEOUT):
+                await exited.wait()
+        except TimeoutError:
+            return False
+        finally:
+            loop.remove_reader(pidfd)
+        return True
+
     async def ended(self, child: Child) -> None:
-        """bwrap has exited: what its sandbox left running goes (as --die-with-parent did
-        for bwrap's inner process, while a launcher runs), bwrap's inner process is reaped
-        if the launcher inherited it, and the status pipe is closed."""
+        """The keeper has exited: bwrap's outer process with it, and its inner one dies of
+        that (--die-with-parent), with every process in the pid namespace. Wait until they
+        are gone, reap bwrap's inner process if the launcher inherited it, and close the
+        status pipe."""
         started = self._started.pop(child.pid, None)
         try:
+            gone = True
             if started is not None:
                 with contextlib.suppress(ProcessLookupError):
                     signal.pidfd_send_signal(started.inner, signal.SIGKILL)
-            if not await self._clear(self._uids.get(child.principal)):
+                gone = await self._exit_of(started.inner)
+            if not (await self._emptied(child.principal) and gone):
                 self._log.error("a sandbox's processes outlived it", principal=child.principal)
         except Exception as exc:  # must not raise: see Children._watch
             self._log.error(
@@ -421,7 +414,7 @@ class SandboxKind:
         finally:
             if started is not None:
                 with contextlib.suppress(ChildProcessError):
-                    # Ours when bwrap's outer process exited before it (it then has ended).
+                    # Ours when bwrap's outer process exited before it.
                     os.waitid(os.P_PIDFD, started.inner, os.WEXITED | os.WNOHANG)
                 os.close(started.inner)
                 os.close(started.status)
@@ -434,14 +427,16 @@ class SandboxKind:
 
     def terminate(self, child: Child) -> None:
         """SIGTERM to the workload's processes: bwrap's own two pass it on to nobody."""
-        inner = descendants(child.pid)
-        for pid in inner[1:]:
+        workload = descendants(child.pid)[2:]  # below bwrap's outer and inner processes
+        for pid in workload:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        if len(inner) <= 1:  # nothing of the workload is left to drain
+        if not workload:  # nothing of the workload is left to drain
             self.kill(child)
 
     def kill(self, child: Child) -> None:
+        """SIGKILL the keeper: bwrap's outer process dies with it, its inner one with that,
+        and every process in the pid namespace with the inner one."""
         with contextlib.suppress(ProcessLookupError):
             os.kill(child.pid, signal.SIGKILL)
         started = self._started.get(child.pid)
@@ -468,17 +463,18 @@ class SandboxKind:
 
     def sweep(self, adopted: set[int]) -> None:
         """Sandboxes are found by their records only: one whose record is gone was never
-        installed (or its record could not be written), and nobody adopts it. Everything
-        of it runs as its principal's uid, and is killed."""
-        kept = {uid_of(pid) for pid in adopted}
-        for uid in sorted(self._uids.uids() - kept):
-            if kill_all(uid):
-                self._log.warning("killed a sandbox that nobody adopted", uid=uid)
+        installed (or its record could not be written), and nobody adopts it. Its keeper
+        is in its cgroup, where there are cgroups: killed with everything there."""
+        for principal in self._uids.principals():
+            group = self._cgroups.existing(_key(principal))
+            if group is not None and group.pids() and not adopted & set(group.pids()):
+                group.kill()
+                self._log.warning("killed a sandbox that nobody adopted", principal=principal)
 
     def workload(self, child: Child) -> tuple[int, int, float]:
         """(workload pid, memory in bytes, CPU seconds) of a running sandbox."""
         pids = descendants(child.pid)
-        workload = pids[1] if len(pids) > 1 else 0
+        workload = pids[2] if len(pids) > 2 else 0  # below bwrap's outer and inner processes
         group = self._cgroups.existing(_key(child.principal))
         memory = group.memory_bytes() if group is not None else None
         cpu = 0.0

@@ -57,9 +57,9 @@ class SandboxUids:
     def known(self, principal: str) -> bool:
         return principal in self._uids
 
-    def uids(self) -> set[int]:
-        """Every uid given to a principal."""
-        return set(self._uids.values())
+    def principals(self) -> list[str]:
+        """Every principal given a uid."""
+        return sorted(self._uids)
 
     def get(self, principal: str) -> int:
         uid = self._uids[principal]
