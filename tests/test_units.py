@@ -10,6 +10,7 @@ import functools
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -134,12 +135,12 @@ def test_launcher_holds_what_sandboxes_need_and_nothing_more() -> None:
     assert _value(LAUNCHER, "Delegate") == "yes"
     assert _value(LAUNCHER, "ProtectProc") == "default"  # sandboxes are other uids
     assert "AF_NETLINK" in _value(LAUNCHER, "RestrictAddressFamilies").split()
+    assert _value(LAUNCHER, "ProtectHostname") == "yes"  # bwrap is given no --hostname
     # Each would break bwrap (see test_a_mount_over_proc_keeps_bwrap_from_mounting_its_own)
     # or the delegated cgroup; MemoryDenyWriteExecute= would break JITs in sandboxes.
     for key in (
         "ProtectKernelTunables",
         "ProtectKernelLogs",
-        "ProtectHostname",
         "ProtectControlGroups",
         "ProcSubset",
         "MemoryDenyWriteExecute",
@@ -286,13 +287,15 @@ def _start_a_sandbox(base: Path, *wrapper: str) -> subprocess.CompletedProcess[s
 def test_launcher_filter_allows_every_call_a_sandbox_start_makes(sandbox_base: Path) -> None:
     """Every system call of a sandbox's start, traced: the launcher's Python, its Popen as
     the sandbox's uid (setgroups, setregid, setreuid), chown, prlimit, bwrap (mount,
-    pivot_root, capset, sethostname, a netlink socket) and the workload."""
+    pivot_root, capset, a netlink socket) and the workload; no sethostname (the unit has
+    ProtectHostname=)."""
     trace = sandbox_base / "trace"
     started = _start_a_sandbox(sandbox_base, "strace", "-f", "-qq", "-o", str(trace))
     assert started.returncode == 0, started.stdout + started.stderr
-    assert started.stdout.strip() == f"started as {PROBE_UID} on sandbox"
+    assert started.stdout.strip() == f"started as {PROBE_UID} on {socket.gethostname()}"
     called = set(re.findall(r"^\d+ +(?:<\.\.\. )?([a-z0-9_]+)[( ]", trace.read_text(), re.M))
-    assert {"setgroups", "setreuid", "chown", "mount", "pivot_root", "sethostname"} <= called
+    assert {"setgroups", "setreuid", "chown", "mount", "pivot_root"} <= called
+    assert "sethostname" not in called
     assert called - _launcher_allows() == set()
 
 

@@ -177,16 +177,24 @@ def parse(content: object) -> SandboxSpec:
 
 
 def bwrap_argv(
-    checked: Checked, *, workspace_fd: int, socket_dir_fd: int, block_fd: int, status_fd: int
+    checked: Checked,
+    *,
+    workspace_fd: int,
+    socket_dir_fd: int,
+    block_fd: int,
+    status_fd: int,
+    seccomp_fd: int | None = None,
 ) -> list[str]:
     """bwrap's options, in the order it applies them. Every namespace new (the network
     too unless checked says otherwise), no capabilities, no nested user namespaces, a
     session of its own (no TIOCSTI into a terminal), only the spec's environment, the
-    root read-only once everything is in place."""
+    root read-only once everything is in place, and the sandbox's seccomp filter
+    (launcher/seccomp.py). No --hostname: setting one needs sethostname, which the unit
+    denies (ProtectHostname=); the new uts namespace keeps the host's name."""
     argv = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent"]
     if checked.host_network:
         argv.append("--share-net")
-    argv += ["--new-session", "--clearenv", "--cap-drop", "ALL", "--hostname", "sandbox"]
+    argv += ["--new-session", "--clearenv", "--cap-drop", "ALL"]
     argv += ["--proc", "/proc", "--dev", "/dev"]
     for mount in checked.mounts:
         argv += mount
@@ -197,4 +205,6 @@ def bwrap_argv(
     argv += ["--setenv", ENV_SOCKET, PROXY_SOCKET, "--chdir", WORKSPACE]
     argv += ["--remount-ro", "/"]
     argv += ["--block-fd", str(block_fd), "--json-status-fd", str(status_fd)]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
     return [*argv, "--", *checked.spec.command]
