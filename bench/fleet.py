@@ -123,17 +123,37 @@ def first_boot(f: Fleet, name: str) -> tuple[float, float, Path]:
 
 
 class NotifyListener:
+    """A NOTIFY_SOCKET that, like systemd, reads every message: a service whose receiver's
+    queue (net.unix.max_dgram_qlen, 10 by default) is full waits up to 2 s to send its next
+    STATUS= (bureau/notify.py), which would be timed as the service being slow."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
+        self._closing = threading.Event()
+        self._reader = threading.Thread(target=self._read_on, daemon=True)
 
     def wait_ready(self, timeout: float = 120) -> float:
         self.sock.settimeout(timeout)
         while True:
             message = self.sock.recv(65536).decode()
             if message.startswith("READY=1"):
-                return time.monotonic()
+                ready = time.monotonic()
+                self._reader.start()
+                return ready
+
+    def _read_on(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self._closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                self.sock.recv(65536)
+
+    def close(self) -> None:
+        self._closing.set()
+        if self._reader.is_alive():
+            self._reader.join(timeout=5)
+        self.sock.close()
 
 
 @contextlib.contextmanager
@@ -151,7 +171,7 @@ def service(
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-            listener.sock.close()
+            listener.close()
 
 
 class Client(threading.Thread):
@@ -254,9 +274,10 @@ def sync_floor(f: Fleet, state: Path, rounds: int) -> list[float]:
 
 
 def run(
-    work: Path, boots: int, rotations: int, workers: int, idle_seconds: float
+    work: Path, boots: int, rotations: int, workers: int, idle_seconds: float, starts: int
 ) -> dict[str, Any]:
-    import simulated_fleet  # noqa: PLC0415 -- it builds on this module
+    import sandboxes  # noqa: PLC0415 -- they build on this module
+    import simulated_fleet  # noqa: PLC0415
 
     results: dict[str, Any] = {}
     with fleet(work) as f:
@@ -320,6 +341,10 @@ def run(
                 results["sync_floor_s"] = statistics.median(sync_floor(f, state, rotations))
             _, _, mem_state = first_boot(f, "mem")
             results["memory"] = memory.run(f.creds_file, FLEET, "machine/mem", mem_state, f.work)
+            results["sandboxes"] = {
+                "start": sandboxes.run_start(f, starts),
+                "memory": sandboxes.run_memory(f),
+            }
             results["simulated_fleet"] = simulated_fleet.run(f, workers, idle_seconds)
         finally:
             upstream.terminate()

@@ -72,6 +72,106 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
+def _code(code: dict[str, Any] | None) -> str:
+    if not code:
+        return ""
+    text = f" Code: {code['commit'][:10]}"
+    if code["modified"]:
+        text += f" with uncommitted changes to {', '.join(code['modified'])}"
+    if code["changed_during_run"]:
+        text += " (**changed during the run**)"
+    return text + "."
+
+
+def _sandboxes(sandboxes: dict[str, Any]) -> list[str]:
+    start, mem = sandboxes["start"], sandboxes["memory"]
+    proxy, boxed = start["proxy_only"], start["sandboxed"]
+
+    def ms(stats: dict[str, float]) -> list[str]:
+        return [f"{stats['median_ms']:.0f} ms", f"{stats['p90_ms']:.0f} ms"]
+
+    kinds = mem["kinds"]
+    counts = [str(r["principals"]) for r in mem["rows"]]
+
+    def mib_row(name: str, kind: dict[str, Any]) -> list[str]:
+        return [
+            name,
+            *[f"{kind['pss_each_mib'][c]:.2f}" for c in counts],
+            f"{kind['pss_per_additional_mib']:.2f}",
+            f"{kind['rss_each_mib'][counts[-1]]:.1f}",
+        ]
+
+    ours = [k for k in ("keeper", "bwrap outer", "bwrap inner", "log relay", "proxy")
+            if kinds.get(k, {}).get("processes_each")]  # fmt: skip
+    total = {
+        "pss_each_mib": {c: sum(kinds[k]["pss_each_mib"][c] for k in ours) for c in counts},
+        "rss_each_mib": {c: sum(kinds[k]["rss_each_mib"][c] for k in ours) for c in counts},
+        "pss_per_additional_mib": mem["pss_per_additional_principal_mib"],
+    }
+    steps = boxed["steps_ms"]
+    launcher_pss = mem["launcher_and_template_pss_mib"]
+    return [
+        "## Sandboxed principals (embedded hub, one worker)",
+        "",
+        f"From an assignment published (the PUT of the machine's config answered) to the "
+        f"principal running, {start['starts']} starts per leg, legs interleaved, each start "
+        "undone (and the machine quiet for half a second) before the next; a real launcher "
+        "and daemon. Running is seen by one loop "
+        "polling every millisecond: the proxy's socket in place and a request through it "
+        "answered, and for a sandbox the marker its workload "
+        "(`sh -c ': > /workspace/running; exec sleep infinity'` on agent-base) writes first.",
+        "",
+        *_table(
+            ["assignment", "running means", "median", "p90"],
+            [
+                ["without a template (proxy only)", "proxy serving", *ms(proxy["running"])],
+                ["with a template (sandboxed)", "workload's marker written", *ms(boxed["running"])],
+                ["with a template (sandboxed)", "its proxy serving", *ms(boxed["proxy_serving"])],
+                [
+                    "ratio, sandboxed workload to proxy only",
+                    "",
+                    f"{start['ratio_median']:.2f}x",
+                    f"{start['ratio_p90']:.2f}x",
+                ],
+            ],
+        ),
+        "",
+        "Steps of a sandboxed start (medians; the launcher's log): published to "
+        f'"proxy started" {steps["published to proxy started (logged)"]:.0f} ms, then to the '
+        f"workload's marker {steps['proxy started to workload' + chr(39) + 's marker']:.0f} ms. "
+        "The launcher alone (its own answer on its socket, no daemon, median of "
+        f"{mem['ensures']}): a proxy {mem['ensure_proxy']['median_ms']:.0f} ms, then the "
+        f"sandbox beside it {mem['ensure_sandbox']['median_ms']:.0f} ms. bubblewrap alone "
+        "(the command line the launcher ran for a sandbox, keeper and prlimit included, with "
+        "no launcher handshake, as a sandbox uid, the same workload; median of "
+        f"{mem['bare_bwrap_runs']}): "
+        f"{mem['bare_bwrap']['median_ms']:.0f} ms to the marker.",
+        "",
+        f"Memory of the processes a sandbox adds beyond its workload (`/bin/sleep`), with "
+        f"{' and '.join(counts)} sandboxed principals on one launcher; PSS in MiB per "
+        "principal, and per additional principal from the first count to the last.",
+        "",
+        *_table(
+            [
+                "process",
+                *[f"PSS each, {c}" for c in counts],
+                "PSS per additional",
+                f"RSS each, {counts[-1]}",
+            ],
+            [
+                *[mib_row(k, kinds[k]) for k in ours],
+                mib_row("**total**", total),
+                mib_row("workload, not counted", kinds["workload"]),
+            ],
+        ),
+        "",
+        "The launcher and its proxy template together: "
+        + ", ".join(f"{launcher_pss[c]:.1f} MiB PSS with {c}" for c in counts)
+        + " (their shared pages split among more processes).",
+        "",
+    ]
+
+
 def markdown(results: dict[str, Any]) -> str:
     overhead: list[Row] = results["proxy_overhead"]
     memory: dict[str, Any] = results["memory"]
@@ -83,7 +183,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"{results['when']} on {platform.machine()}, {results['cpus']} CPUs; "
         f"medians of {results['rounds']} rounds of {results['seconds']} s per case, legs "
-        "interleaved in each round. Reproduce with `./script/bench`.",
+        "interleaved in each round. Reproduce with `./script/bench`." + _code(results.get("code")),
         "",
         "## Targets",
         "",
@@ -166,6 +266,7 @@ def markdown(results: dict[str, Any]) -> str:
             ],
         ),
         "",
+        *_sandboxes(fleet["sandboxes"]),
         f"## A simulated fleet ({sim['workers']} workers, one hub, this machine)",
         "",
         "Each worker is a real launcher and daemon with its own state and run directories; "

@@ -6,13 +6,17 @@ usage: python bench/run.py LOADGEN [--rounds N] [--seconds S]   (./script/bench 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -20,6 +24,28 @@ sys.path.insert(0, str(HERE))
 import fleet  # noqa: E402 -- bench/ is a directory of scripts, not a package
 import proxy_overhead  # noqa: E402
 import report  # noqa: E402
+
+
+def code() -> dict[str, Any]:
+    """What is measured: the commit, the files of bureau/ that differ from it (a checkout
+    others may be editing) and a digest of what those hold."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=HERE.parent, capture_output=True, text=True, check=False
+        )
+        return done.stdout if done.returncode == 0 else ""
+
+    modified = [line[3:] for line in git("status", "--porcelain", "--", "bureau").splitlines()]
+    digest = hashlib.sha256()
+    for name in modified:
+        path = HERE.parent / name
+        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            digest.update(name.encode() + b"\0")
+            with contextlib.suppress(OSError):  # deleted, or a directory
+                digest.update(file.read_bytes())
+    return {"commit": git("rev-parse", "HEAD").strip(), "modified": modified,
+            "digest": digest.hexdigest()}  # fmt: skip
 
 
 def main() -> None:
@@ -31,28 +57,34 @@ def main() -> None:
     parser.add_argument("--rotations", type=int, default=20, help="rotations (default 20)")
     parser.add_argument("--workers", type=int, default=20, help="simulated workers (default 20)")
     parser.add_argument(
+        "--starts", type=int, default=20, help="principal starts timed per leg (default 20)"
+    )
+    parser.add_argument(
         "--idle", type=float, default=60.0, help="seconds of daemon idle CPU (default 60)"
     )
     parser.add_argument("--out", type=Path, default=HERE / "results", help="results directory")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bureau-bench-", dir="/tmp"))
     work.chmod(0o755)  # nginx's workers (nobody, when started as root) read files in it
+    measured = code()
     try:
         started = time.monotonic()
         print(f"proxy overhead: {args.rounds} rounds x {args.seconds} s per case", flush=True)
         samples = proxy_overhead.run(args.loadgen, work / "overhead", args.rounds, args.seconds)
         print(
             f"fleet: {args.boots} first boots, {args.rotations} rotations, memory, "
+            f"{args.starts} starts with and without a sandbox, sandbox memory, "
             f"{args.workers} simulated workers",
             flush=True,
         )
         fleet_results = fleet.run(
-            work / "fleet", args.boots, args.rotations, args.workers, args.idle
+            work / "fleet", args.boots, args.rotations, args.workers, args.idle, args.starts
         )
         mem = fleet_results.pop("memory")
         results = {
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "cpus": os.cpu_count(),
+            "code": {**measured, "changed_during_run": code() != measured},
             "rounds": args.rounds,
             "seconds": args.seconds,
             "proxy_overhead": proxy_overhead.summarize(samples),
