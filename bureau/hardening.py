@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import resource
 from pathlib import Path
 
@@ -15,8 +16,14 @@ _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    # find_library runs `ldconfig -p` (milliseconds): once per process, not per call.
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
 def _prctl(option: int, arg: int | bytes, what: str) -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc = _libc()
     if libc.prctl(option, arg, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), f"prctl({what}) failed")
 
@@ -29,8 +36,7 @@ def no_dumps() -> None:
 def clear_ambient_capabilities() -> None:
     """Capabilities granted as ambient ones stay in this process's permitted and
     effective sets, and are no longer handed to what it executes."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)  # EINVAL on old kernels
+    _libc().prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)  # EINVAL on old kernels
 
 
 def become_subreaper() -> None:

@@ -57,8 +57,18 @@ class Notifier:
         sock = self._notifier.socket if self._notifier is not None else None
         if sock is None:
             return False
+        data = "\n".join(lines).encode()
         try:
-            sock.send("\n".join(lines).encode(), 0 if wait else socket.MSG_DONTWAIT)
+            if wait:
+                sock.send(data)
+            else:
+                # Non-blocking for this one send: a socket with a timeout polls for room
+                # before sending, whatever the flags say.
+                sock.setblocking(False)
+                try:
+                    sock.send(data)
+                finally:
+                    sock.settimeout(SEND_TIMEOUT)
         except OSError:
             return False
         return True
