@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ from typing import Any
 
 from bureau.files import make_dirs
 from bureau.launcher import sandbox_policy as policy
+from bureau.launcher import seccomp
 from bureau.launcher.cgroups import Cgroups, Group
 from bureau.launcher.children import Child, LauncherError
 from bureau.launcher.processes import reap
@@ -163,6 +165,9 @@ class SandboxKind:
             temporary.unlink()
         os.link(socket, temporary)
         temporary.rename(directory / LINK_NAME)
+        # rename() of a link onto a link of the same socket does nothing, and leaves it.
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
         return directory
 
     def relink(self, principal: str) -> None:
@@ -176,8 +181,13 @@ class SandboxKind:
         with contextlib.suppress(FileExistsError):
             path.mkdir(mode=0o700)
         info = path.lstat()
+        if not stat.S_ISDIR(info.st_mode):
+            raise LauncherError(f"sandbox for {principal}: workspace {path} is not a directory")
         if info.st_uid != uid or info.st_gid != uid or info.st_mode & 0o7777 != 0o700:
-            path.chmod(0o700, follow_symlinks=False)
+            # A workload may have changed its own workspace's mode. The launcher has no
+            # CAP_FOWNER: it owns the directory for a moment (CAP_CHOWN) to set it right.
+            os.chown(path, os.getuid(), -1, follow_symlinks=False)
+            path.chmod(0o700)
             os.chown(path, uid, uid, follow_symlinks=False)
         return path
 
@@ -261,12 +271,16 @@ class SandboxKind:
             opened += [status_r, status_w]
             log_r, log_w = os.pipe2(os.O_CLOEXEC)
             opened += [log_r, log_w]
+            filter_fd = self._seccomp_fd()
+            if filter_fd is not None:
+                opened.append(filter_fd)
             argv = policy.bwrap_argv(
                 checked,
                 workspace_fd=ws_fd,
                 socket_dir_fd=dir_fd,
                 block_fd=block_r,
                 status_fd=status_w,
+                seccomp_fd=filter_fd,
             )
             limits = [
                 f"--nproc={checked.pids + OVERHEAD}",
@@ -278,20 +292,23 @@ class SandboxKind:
                 user=uid,
                 group=uid,
                 extra_groups=[],
-                pass_fds=(ws_fd, dir_fd, block_r, status_w),
+                pass_fds=(ws_fd, dir_fd, block_r, status_w)
+                + ((filter_fd,) if filter_fd is not None else ()),
                 stdin=subprocess.DEVNULL,
                 stdout=log_w,
                 stderr=log_w,
                 cwd="/",
                 env={"PATH": "/usr/local/bin:/usr/bin:/bin"},
                 start_new_session=True,
+                umask=0o077,  # what the workload creates is its own, whatever ours is
             )
             # Reaped by the launcher's own watcher (by pid), never by subprocess.
             process.returncode = 0
             pid = process.pid
-            for fd in (ws_fd, dir_fd, block_r, status_w, log_w):
-                os.close(fd)
-                opened.remove(fd)
+            for fd in (ws_fd, dir_fd, block_r, status_w, log_w, filter_fd):
+                if fd is not None:
+                    os.close(fd)
+                    opened.remove(fd)
             relay = self._relay(principal, log_r)
             opened.remove(log_r)
             if relay is not None:
@@ -324,6 +341,20 @@ class SandboxKind:
         finally:
             for fd in opened:
                 os.close(fd)
+
+    @staticmethod
+    def _seccomp_fd() -> int | None:
+        """A pipe holding the sandbox's seccomp filter for bwrap to read, if this
+        architecture has one (launcher/seccomp.py)."""
+        program = seccomp.program()
+        if program is None:
+            return None
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        try:
+            os.write(write_end, program)  # a few hundred bytes: the pipe holds them
+        finally:
+            os.close(write_end)
+        return read_end
 
     @staticmethod
     def _child_pid(status_fd: int) -> int:
