@@ -30,7 +30,7 @@ from sandbox_helpers import PRINCIPAL, Sandboxed, python_spec, sandboxed, wait_u
 
 from bureau import journal
 from bureau.launcher.processes import process_start_time
-from bureau.launcher.sandbox_kind import descendants
+from bureau.launcher.sandbox_start import descendants
 
 ENV = {"PATH": "/usr/bin:/bin", "HOME": "/workspace"}
 CANARY = "Bearer sandbox-canary-1"

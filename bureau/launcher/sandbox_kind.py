@@ -24,24 +24,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import os
 import signal
 import stat
-import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from bureau.files import make_dirs
 from bureau.launcher import sandbox_policy as policy
-from bureau.launcher import seccomp
-from bureau.launcher.cgroups import Cgroups, Group
+from bureau.launcher.cgroups import Cgroups
 from bureau.launcher.children import Child, LauncherError
-from bureau.launcher.processes import reap
+from bureau.launcher.sandbox_start import OVERHEAD, Started, descendants, start
 from bureau.launcher.sandbox_uids import SandboxUids
 from bureau.launcher.spawner import Spawner, SpawnError
 
@@ -50,45 +46,10 @@ GRACE_SECONDS = 10.0
 CLEAR_TIMEOUT = 10.0  # for a SIGKILLed sandbox's processes to be gone
 CLEAR_POLL = 0.01
 LINK_NAME = "proxy.sock"
-KEEPER = ["setsid", "--fork", "--wait"]
-# The keeper and bwrap's two processes, in the sandbox's cgroup and running as its uid:
-# the pids limit is the workload's own.
-OVERHEAD = 3
 
 
 def _key(principal: str) -> str:
     return hashlib.sha256(principal.encode()).hexdigest()[:32]
-
-
-def descendants(pid: int) -> list[int]:
-    """``pid``'s descendants, parents before children (/proc/PID/task/TID/children)."""
-    found: list[int] = []
-    queue = [pid]
-    while queue:
-        current = queue.pop(0)
-        try:
-            tasks = [t.name for t in Path(f"/proc/{current}/task").iterdir()]
-        except OSError:
-            continue
-        for task in tasks:
-            with contextlib.suppress(OSError, ValueError):
-                children = Path(f"/proc/{current}/task/{task}/children").read_text().split()
-                found += map(int, children)
-                queue += map(int, children)
-    return found
-
-
-def parent_of(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat[stat.rindex(")") + 2 :].split()[1])
-
-
-@dataclass
-class Started:
-    """What the launcher holds for a sandbox it started, until the sandbox has ended."""
-
-    inner: int  # a pidfd of bwrap's inner process: its pid namespace's init
-    status: int  # the read end of bwrap's status pipe, which bwrap writes on exit too
 
 
 def unreachable(path: Path) -> Path | None:
@@ -230,7 +191,7 @@ class SandboxKind:
         try:
             pid, started = await asyncio.to_thread(
                 partial(
-                    self._start,
+                    start,
                     principal=principal,
                     checked=checked,
                     uid=uid,
@@ -238,6 +199,7 @@ class SandboxKind:
                     socket_dir=socket_dir,
                     group=group,
                     relays=relays,
+                    relay=self._relay,
                 )
             )
         finally:
@@ -245,127 +207,6 @@ class SandboxKind:
                 self._reap_when_done(relay)
         self._started[pid] = started
         return pid
-
-    def _start(
-        self,
-        *,
-        principal: str,
-        checked: policy.Checked,
-        uid: int,
-        workspace: Path,
-        socket_dir: Path,
-        group: Group | None,
-        relays: list[int],
-    ) -> tuple[int, Started]:
-        """The keeper's pid. ``relays`` gets the pid of the relay started for it (the
-        launcher's to reap, whether or not the sandbox started)."""
-        opened: list[int] = []
-        try:
-            ws_fd = os.open(workspace, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            opened.append(ws_fd)
-            dir_fd = os.open(socket_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            opened.append(dir_fd)
-            block_r, block_w = os.pipe2(os.O_CLOEXEC)
-            opened += [block_r, block_w]
-            status_r, status_w = os.pipe2(os.O_CLOEXEC)
-            opened += [status_r, status_w]
-            log_r, log_w = os.pipe2(os.O_CLOEXEC)
-            opened += [log_r, log_w]
-            filter_fd = self._seccomp_fd()
-            if filter_fd is not None:
-                opened.append(filter_fd)
-            argv = policy.bwrap_argv(
-                checked,
-                workspace_fd=ws_fd,
-                socket_dir_fd=dir_fd,
-                block_fd=block_r,
-                status_fd=status_w,
-                seccomp_fd=filter_fd,
-            )
-            limits = [
-                f"--nproc={checked.pids + OVERHEAD}",
-                f"--nofile={policy.OPEN_FILES}",
-                "--core=0",
-            ]
-            process = subprocess.Popen(
-                [*KEEPER, "prlimit", *limits, "--", *argv],
-                user=uid,
-                group=uid,
-                extra_groups=[],
-                pass_fds=(ws_fd, dir_fd, block_r, status_w)
-                + ((filter_fd,) if filter_fd is not None else ()),
-                stdin=subprocess.DEVNULL,
-                stdout=log_w,
-                stderr=log_w,
-                cwd="/",
-                env={"PATH": "/usr/local/bin:/usr/bin:/bin"},
-                start_new_session=True,
-                umask=0o077,  # what the workload creates is its own, whatever ours is
-            )
-            # Reaped by the launcher's own watcher (by pid), never by subprocess.
-            process.returncode = 0
-            pid = process.pid
-            for fd in (ws_fd, dir_fd, block_r, status_w, log_w, filter_fd):
-                if fd is not None:
-                    os.close(fd)
-                    opened.remove(fd)
-            relay = self._relay(principal, log_r)
-            opened.remove(log_r)
-            if relay is not None:
-                relays.append(relay)
-            try:
-                inner = self._child_pid(status_r)
-                inner_fd = os.pidfd_open(inner)
-                opened.append(inner_fd)
-                if group is not None:
-                    for member in (pid, parent_of(inner), inner):  # keeper, bwrap's two
-                        group.add(member)
-                os.write(block_w, b"go")
-            except (OSError, ValueError) as exc:
-                # bwrap dies with the keeper, and its inner process with it.
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                how = reap(pid)
-                raise LauncherError(
-                    f"sandbox for {principal} did not start ({how}): {exc}"
-                ) from None
-            # Held until the sandbox has ended: bwrap writes its exit code there last, and
-            # a closed pipe would kill it with SIGPIPE instead of its workload's status.
-            opened.remove(status_r)
-            opened.remove(inner_fd)
-            return pid, Started(inner_fd, status_r)
-        except OSError as exc:
-            raise LauncherError(
-                f"sandbox for {principal}: {exc.strerror or type(exc).__name__}"
-            ) from None
-        finally:
-            for fd in opened:
-                os.close(fd)
-
-    @staticmethod
-    def _seccomp_fd() -> int | None:
-        """A pipe holding the sandbox's seccomp filter for bwrap to read, if this
-        architecture has one (launcher/seccomp.py)."""
-        program = seccomp.program()
-        if program is None:
-            return None
-        read_end, write_end = os.pipe2(os.O_CLOEXEC)
-        try:
-            os.write(write_end, program)  # a few hundred bytes: the pipe holds them
-        finally:
-            os.close(write_end)
-        return read_end
-
-    @staticmethod
-    def _child_pid(status_fd: int) -> int:
-        """bwrap's first status line names its inner process (as seen from here)."""
-        line = b""
-        while not line.endswith(b"\n"):
-            chunk = os.read(status_fd, 512)
-            if not chunk:
-                raise ValueError("bwrap exited before setting up the sandbox")
-            line += chunk
-        return int(json.loads(line)["child-pid"])
 
     def _relay(self, principal: str, log_r: int) -> int | None:
         """The workload's output, line by line, to the journal. The relay holds the only
