@@ -4,6 +4,7 @@ spec, the credentials and the restart policy."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from conftest import Fleet
@@ -34,3 +35,25 @@ def test_workload_calls_its_service_through_the_proxy_socket(
         result = box.result()
         assert result["authorization"] == "Bearer sandbox-canary-1"
         assert result["uid"] >= 2_000_000_000
+
+
+WRITE_A_FILE = """
+import json, os, stat
+with open("/workspace/made", "w") as f: f.write("x")
+mode = stat.S_IMODE(os.stat("/workspace/made").st_mode)
+with open("/workspace/.r", "w") as f: json.dump({"mode": mode}, f)
+os.rename("/workspace/.r", "/workspace/result.json")
+"""
+
+
+def test_a_workload_creates_files_as_its_own_whatever_the_launchers_umask(
+    fleet: Fleet, tmp_path: Path, run_dir: Path
+) -> None:
+    old = os.umask(0)  # the launcher started by hand under umask 000
+    try:
+        with sandboxed(fleet, tmp_path, run_dir) as box:
+            assert box.ensure(python_spec(WRITE_A_FILE))["ok"]
+            assert box.result()["mode"] == 0o600
+            assert (box.workspace.stat().st_mode & 0o777) == 0o700
+    finally:
+        os.umask(old)
