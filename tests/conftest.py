@@ -103,8 +103,14 @@ class Fleet:
 @pytest.fixture
 def fleet(hub: RunningHub, tmp_path: Path) -> Fleet:
     """A fleet of its own (fresh namespace) set up on the session hub."""
+    return make_fleet(hub, tmp_path)
+
+
+def make_fleet(hub: RunningHub, directory: Path) -> Fleet:
+    """What ``fleet`` makes, for fixtures of a wider scope: its credential file in
+    ``directory``."""
     name = f"{fresh('t')}/fleet/prod"
-    cred_file = tmp_path / "bureau-creds"
+    cred_file = directory / "bureau-creds"
     setup(
         homeserver=hub.url,
         server_name=hub.server_name,

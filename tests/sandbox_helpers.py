@@ -28,6 +28,22 @@ from machine_helpers import (
 from processes import echo_upstream, launcher_call
 
 PRINCIPAL = "agent/alpha"
+# The start of a workload in Python: ``call(method, path, body)`` on its proxy socket, the
+# JSON answer decoded. Workloads travel base64 in a template's environment (a template's
+# strings hold no newline).
+PROXY_CLIENT = r"""
+import http.client, json, os, socket, time
+class Unix(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(os.environ["BUREAU_PROXY_SOCKET"])
+def call(method, path, body=None):
+    c = Unix("proxy")
+    c.request(method, path, None if body is None else json.dumps(body),
+              {"Content-Type": "application/json"})
+    r = c.getresponse()
+    return r.status, json.loads(r.read() or b"{}")
+"""
 PYTHON = "/usr/bin/python3"
 SYSTEM = [
     {"source": "/usr", "dest": "/usr", "mode": "ro"},

@@ -40,7 +40,7 @@ from launcher_proc import (
 )
 from machine_helpers import eventually, proxy_socket, served_headers
 from processes import echo_upstream
-from sandbox_helpers import kill_sandboxes_under
+from sandbox_helpers import PROXY_CLIENT, kill_sandboxes_under
 
 from bureau import age_keys, names, passwords, rooms
 from bureau.credentials_event import CredentialsEvent, open_plaintext
@@ -53,26 +53,19 @@ GREETING = "hello from the sandbox"
 # The sandboxed principal's workload: on Matrix as itself through its proxy's built-in
 # `matrix` service (it never holds its token), then one line of output and asleep until
 # decommission stops it.
-WORKLOAD = r"""
-import http.client, json, os, socket, time
-class Unix(http.client.HTTPConnection):
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(os.environ["BUREAU_PROXY_SOCKET"])
-def call(method, path, body=None):
-    c = Unix("proxy")
-    c.request(method, "/http/matrix/_matrix/client/v3" + path,
-              None if body is None else json.dumps(body), {"Content-Type": "application/json"})
-    r = c.getresponse()
-    return r.status, json.loads(r.read() or b"{}")
-_, me = call("GET", "/account/whoami")
-_, room = call("POST", "/createRoom", {"preset": "private_chat"})
-sent, _ = call("PUT", "/rooms/%s/send/m.room.message/t1" % room["room_id"],
+WORKLOAD = (
+    PROXY_CLIENT
+    + r"""
+MATRIX = "/http/matrix/_matrix/client/v3"
+_, me = call("GET", MATRIX + "/account/whoami")
+_, room = call("POST", MATRIX + "/createRoom", {"preset": "private_chat"})
+sent, _ = call("PUT", MATRIX + "/rooms/%s/send/m.room.message/t1" % room["room_id"],
                {"msgtype": "m.text", "body": os.environ["GREETING"]})
 print("RESULT", json.dumps({"user_id": me.get("user_id"), "room_id": room["room_id"],
                             "sent": sent}), flush=True)
 while True: time.sleep(60)
 """
+)
 
 
 class ProcWatch:

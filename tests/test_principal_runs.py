@@ -15,24 +15,15 @@ from conftest import Fleet, run
 from launcher_proc import daemon, launcher
 from machine_helpers import enroll, eventually, services_file
 from processes import echo_upstream
-from sandbox_helpers import kill_sandboxes_under, workspace_of
+from sandbox_helpers import PROXY_CLIENT, kill_sandboxes_under, workspace_of
 
 from bureau import names, rooms
 from bureau.launcher.processes import process_start_time
 from bureau.operator import credentials
 
-WORKLOAD = r"""
-import http.client, json, os, socket, time
-class Unix(http.client.HTTPConnection):
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(os.environ["BUREAU_PROXY_SOCKET"])
-def call(method, path, body=None):
-    c = Unix("proxy")
-    c.request(method, path, body=json.dumps(body) if body is not None else None,
-              headers={"Content-Type": "application/json"})
-    r = c.getresponse()
-    return r.status, json.loads(r.read() or b"{}")
+WORKLOAD = (
+    PROXY_CLIENT
+    + r"""
 _, me = call("GET", "/http/matrix/_matrix/client/v3/account/whoami")
 _, room = call("POST", "/http/matrix/_matrix/client/v3/createRoom", {"preset": "private_chat"})
 status, sent = call("PUT", "/http/matrix/_matrix/client/v3/rooms/%s/send/m.room.message/t1"
@@ -45,6 +36,7 @@ with open("/workspace/.r", "w") as f: json.dump(out, f)
 os.rename("/workspace/.r", "/workspace/result.json")
 while True: time.sleep(60)
 """
+)
 CANARY = "principal-api-canary-42"
 
 

@@ -31,14 +31,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import Fleet, RunningHub, fresh
+from conftest import Fleet, RunningHub, make_fleet
 from launcher_proc import template_of
 from machine_helpers import credentials_event, provision_credentials, services_file
 from processes import launcher_call
 from sandbox_helpers import Sandboxed, python_spec, sandboxed, wait_until, workspace_of
-
-from bureau.operator import credentials
-from bureau.operator.setup import setup
 
 BETA = "agent/beta"
 CANARY = "sandbox-canary-"  # alpha's secret is CANARY + "1" (sandbox_helpers), beta's "2"
@@ -305,17 +302,7 @@ def failed(outcome: dict[str, Any], *errnos: str) -> bool:
 
 def module_fleet(hub: RunningHub, tmp: Path) -> Fleet:
     """What conftest's function-scoped ``fleet`` makes, made once for this module."""
-    name = f"{fresh('t')}/fleet/prod"
-    cred_file = tmp / "bureau-creds"
-    setup(
-        homeserver=hub.url,
-        server_name=hub.server_name,
-        registration_token=hub.token,
-        credential_file=cred_file,
-        fleet=name,
-        report=lambda line: None,
-    )
-    return Fleet(hub, name, cred_file, credentials.load(cred_file))
+    return make_fleet(hub, tmp)
 
 
 def listed(box: Sandboxed, principal: str) -> dict[str, Any]:

@@ -16,7 +16,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from launcher_proc import launcher, proxies_under
 from machine_helpers import credentials_event, provision_credentials, served_token
 from processes import launcher_call
 from sandbox_helpers import PRINCIPAL, Sandboxed, python_spec, sandboxed, wait_until
+from test_journal import Listener
 
 from bureau import journal
 from bureau.launcher.processes import process_start_time
@@ -509,29 +509,11 @@ def test_workload_output_reaches_the_log_file(fleet: Fleet, tmp_path: Path, run_
         assert "sandbox-canary" not in log.read_text()
 
 
-class JournalListener:
-    """Stands in for journald (see test_journal.py): a datagram socket, entries decoded."""
-
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-        self.entries: list[dict[str, str]] = []
-
-    def drain(self) -> list[dict[str, str]]:
-        while True:
-            try:
-                data = self.sock.recv(1 << 20)
-            except TimeoutError:
-                return self.entries
-            self.entries.append(dict(journal.decode(data)))
-
-
 @pytest.fixture
-def listener(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[JournalListener]:
+def listener(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Listener]:
     """A journal for the launcher and what it starts (it inherits the variable)."""
     path = run_dir / "journal.sock"
-    the_listener = JournalListener(path)
+    the_listener = Listener(path)
     monkeypatch.setenv(journal.SOCKET_ENV, str(path))
     try:
         yield the_listener
@@ -540,7 +522,7 @@ def listener(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Journal
 
 
 def test_workload_output_reaches_the_journal(
-    fleet: Fleet, tmp_path: Path, run_dir: Path, listener: JournalListener
+    fleet: Fleet, tmp_path: Path, run_dir: Path, listener: Listener
 ) -> None:
     with sandboxed(fleet, tmp_path, run_dir) as box:
         assert box.ensure(python_spec(SAYS))["ok"], box.launcher.log()
