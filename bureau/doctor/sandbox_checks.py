@@ -37,8 +37,6 @@ PROBE_OPTIONS = (
     "--clearenv",
     "--cap-drop",
     "ALL",
-    "--hostname",
-    "sandbox",
 )
 # The last uid of the default --sandbox-uids: the launcher hands out the lowest free one.
 PROBE_UID = DEFAULT_RANGE[1]
