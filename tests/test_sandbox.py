@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from conftest import Fleet
-from sandbox_helpers import python_spec, sandboxed
+from sandbox_helpers import python_spec, sandboxed, wait_until
 
 CALL_THROUGH_PROXY = """
 import http.client, json, os, socket
@@ -57,3 +58,39 @@ def test_a_workload_creates_files_as_its_own_whatever_the_launchers_umask(
             assert (box.workspace.stat().st_mode & 0o777) == 0o700
     finally:
         os.umask(old)
+
+
+SLEEP = "import time\nwhile True: time.sleep(60)"
+
+
+def test_bad_specs_are_refused_in_one_line_and_the_running_workload_is_kept(
+    fleet: Fleet, tmp_path: Path, run_dir: Path
+) -> None:
+    with sandboxed(fleet, tmp_path, run_dir) as box:
+        assert box.ensure(python_spec(SLEEP))["ok"]
+        running = wait_until(lambda: box.sandbox().get("pid"), what="the workload's pid")
+        proxy = box.listed()["pid"]
+        state = box.machine.state_dir
+        bad: dict[str, dict[str, Any]] = {
+            "state dir": {"filesystem": [{"source": str(state), "dest": "/x"}]},
+            "run dir": {"filesystem": [{"source": str(run_dir), "dest": "/x"}]},
+            "another's socket": {"filesystem": [{"source": str(run_dir / "fleet"), "dest": "/x"}]},
+            "workspaces": {"filesystem": [{"source": str(box.sandbox_dir), "dest": "/x"}]},
+            "/etc/bureau": {"filesystem": [{"source": "/etc", "dest": "/x"}]},
+            "relative": {"filesystem": [{"source": "usr", "dest": "/x"}]},
+            "dot-dot": {"filesystem": [{"source": "/usr/../etc", "dest": "/x"}]},
+            "device": {"filesystem": [{"source": "/dev/null", "dest": "/x"}]},
+            "host network": {"namespaces": {"pid": True, "net": False, "ipc": True, "uts": True}},
+            "unknown field": {"privileged": True},
+            "secrets": {"secrets": {"TOKEN": "env:TOKEN"}},
+            "missing credential": {"required_credentials": ["NOT_IN_THE_BUNDLE"]},
+        }
+        for what, fields in bad.items():
+            reply = box.ensure(python_spec(SLEEP, **fields))
+            assert reply["ok"] is False, what
+            error = reply["error"]
+            assert "\n" not in error and box.principal in error, (what, error)
+        assert box.sandbox()["pid"] == running
+        assert box.sandbox()["status"] == "running"
+        assert box.listed()["pid"] == proxy
+        assert "Traceback" not in box.launcher.log()
