@@ -113,6 +113,9 @@ def test_a_principal_runs_from_template_to_destroy(
             status = eventually(lambda: _status(fleet, machine.machine.localpart, user))
             assert status["status"] == "running"
             assert status["template"] == f"{ns}/template:worker"
+            assert status["restarts"] == 0
+            assert status["memory_mb"] > 0  # the workload's cgroup (or its processes' RSS)
+            assert isinstance(status["cpu_percent"], int)
 
             # A template change restarts the workload with the new template.
             result.unlink()
