@@ -248,6 +248,9 @@ INTENDED = {
     # The sandbox's output, relayed to a file where there is no journal.
     "run/launcher/logs": "d 0700",
     "run/launcher/logs/<beta>.log": "f 0600",
+    # bwrap's status, its workload's exit code last (the next launcher reads it).
+    "run/launcher/exits": "d 0700",
+    "run/launcher/exits/<beta>.json": "f 0600",
     # The sandbox's uid passes through to its own directory (group: the sandbox's gid),
     # which holds a hard link to its proxy's socket.
     "run/sandbox": "d 0711",

@@ -538,3 +538,35 @@ def test_workload_output_reaches_the_journal(
         }
         assert {e["BUREAU_PRINCIPAL"] for e in entries} == {box.principal}
         assert not (run_dir / "launcher" / "logs" / f"{_key(box.principal)}.log").exists()
+
+
+WAIT_FOR_EXIT = (
+    "import os, time\n"
+    "while not os.path.exists('/workspace/exit'): time.sleep(0.05)\n"
+    "raise SystemExit(int(open('/workspace/exit').read()))"
+)
+
+
+def test_an_adopted_sandbox_ends_as_its_workload_said(
+    fleet: Fleet, tmp_path: Path, run_dir: Path
+) -> None:
+    """The next launcher cannot reap an adopted keeper; bwrap's status file (kept under
+    the run dir, written through a descriptor) tells it the workload exited 0, so
+    on-failure leaves it exited rather than run a finished job again."""
+    with sandboxed(fleet, tmp_path, run_dir) as box:
+        assert box.ensure(python_spec(WAIT_FOR_EXIT, restart_policy="on-failure"))["ok"]
+        wait_until(lambda: box.sandbox().get("pid"), what="the workload")
+        box.launcher.proc.send_signal(signal.SIGKILL)
+        box.launcher.proc.wait(timeout=10)
+        name, state = box.machine.machine.short_name, box.machine.state_dir
+        with launcher(name, state, run_dir, "--sandbox-dir", str(box.sandbox_dir)) as second:
+            again = dataclasses.replace(box, launcher=second)
+            assert again.sandbox()["status"] == "running", second.log()
+            (box.workspace / "exit").write_text("0")
+            ended = wait_until(
+                lambda: again.sandbox()["status"] != "running" and again.sandbox(),
+                what=f"the adopted workload's exit\n{second.log()}",
+            )
+            assert ended["status"] == "exited", ended
+            assert ended["last_exit"] == "status 0"
+            assert ended["restarts"] == 0

@@ -93,9 +93,10 @@ class LeavesRemains(Protocol):
     """A kind whose child may leave processes behind when it exits (a sandbox's bwrap
     exits when the workload's first process does, not when its last one does)."""
 
-    async def ended(self, child: Child) -> None:
+    async def ended(self, child: Child) -> str | None:
         """After the child exited and was reaped, before anyone learns of it (a restart, a
-        replacement, a stop): end and reap what it left. Must not raise."""
+        replacement, a stop): end and reap what it left. Must not raise. May say how the
+        child ended, where reaping could not (an adopted child is not ours to reap)."""
 
 
 def _describe(exc: Exception) -> str:
@@ -214,7 +215,9 @@ class Children:
             how = reap(child.pid)  # it has exited: this does not block
         child.reaped = True
         if isinstance(self.kind, LeavesRemains):
-            await self.kind.ended(child)
+            said = await self.kind.ended(child)
+            if how == "status unknown" and said is not None:
+                how = said
         child.exited.set()
         await self._exited(child, how)
 

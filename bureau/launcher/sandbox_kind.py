@@ -37,7 +37,7 @@ from bureau.files import make_dirs
 from bureau.launcher import sandbox_policy as policy
 from bureau.launcher.cgroups import Cgroups
 from bureau.launcher.children import Child, LauncherError
-from bureau.launcher.sandbox_start import OVERHEAD, Started, descendants, start
+from bureau.launcher.sandbox_start import OVERHEAD, Started, descendants, exit_status, start
 from bureau.launcher.sandbox_uids import SandboxUids
 from bureau.launcher.spawner import Spawner, SpawnError
 
@@ -84,6 +84,7 @@ class SandboxKind:
         self._workspaces = sandbox_dir
         self._links = run_dir / "sandbox"
         self._logs = run_dir / "launcher" / "logs"  # where there is no journal
+        self._exits = run_dir / "launcher" / "exits"  # bwrap's status files
         self._machine = machine
         self._uids = uids
         self._cgroups = cgroups
@@ -200,6 +201,7 @@ class SandboxKind:
                     group=group,
                     relays=relays,
                     relay=self._relay,
+                    exit_file=self._exit_file(principal),
                 )
             )
         finally:
@@ -265,11 +267,16 @@ class SandboxKind:
             loop.remove_reader(pidfd)
         return True
 
-    async def ended(self, child: Child) -> None:
+    def _exit_file(self, principal: str) -> Path:
+        make_dirs(self._exits, 0o700)
+        return self._exits / f"{_key(principal)}.json"
+
+    async def ended(self, child: Child) -> str | None:
         """The keeper has exited: bwrap's outer process with it, and its inner one dies of
         that (--die-with-parent), with every process in the pid namespace. Wait until they
-        are gone, reap bwrap's inner process if the launcher inherited it, and close the
-        status pipe."""
+        are gone and reap bwrap's inner process if the launcher inherited it. Returns how
+        bwrap said the sandbox ended (the word of a sandbox adopted from an earlier
+        launcher, whose keeper this one cannot reap)."""
         started = self._started.pop(child.pid, None)
         try:
             gone = True
@@ -289,7 +296,7 @@ class SandboxKind:
                     # Ours when bwrap's outer process exited before it.
                     os.waitid(os.P_PIDFD, started.inner, os.WEXITED | os.WNOHANG)
                 os.close(started.inner)
-                os.close(started.status)
+        return exit_status(self._exits / f"{_key(child.principal)}.json")
 
     def should_restart(self, spec: dict[str, Any], how: str) -> bool:
         policy_name = str(spec.get("restart_policy", "on-failure"))
@@ -324,6 +331,8 @@ class SandboxKind:
 
     def removed(self, principal: str) -> None:
         """The workspace stays (the principal's data); its socket link and cgroup go."""
+        with contextlib.suppress(FileNotFoundError):
+            (self._exits / f"{_key(principal)}.json").unlink()
         with contextlib.suppress(FileNotFoundError):
             (self._links / _key(principal) / LINK_NAME).unlink()
         with contextlib.suppress(OSError):

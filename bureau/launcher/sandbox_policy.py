@@ -183,6 +183,7 @@ def bwrap_argv(
     socket_dir_fd: int,
     block_fd: int,
     status_fd: int,
+    info_fd: int | None = None,
     seccomp_fd: int | None = None,
 ) -> list[str]:
     """bwrap's options, in the order it applies them. Every namespace new (the network
@@ -205,6 +206,8 @@ def bwrap_argv(
     argv += ["--setenv", ENV_SOCKET, PROXY_SOCKET, "--chdir", WORKSPACE]
     argv += ["--remount-ro", "/"]
     argv += ["--block-fd", str(block_fd), "--json-status-fd", str(status_fd)]
+    if info_fd is not None:
+        argv += ["--info-fd", str(info_fd)]
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
     return [*argv, "--", *checked.spec.command]

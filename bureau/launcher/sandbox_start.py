@@ -55,7 +55,6 @@ class Started:
     """What the launcher holds for a sandbox it started, until the sandbox has ended."""
 
     inner: int  # a pidfd of bwrap's inner process: its pid namespace's init
-    status: int  # the read end of bwrap's status pipe, which bwrap writes on exit too
 
 
 def start(
@@ -68,6 +67,7 @@ def start(
     group: Group | None,
     relays: list[int],
     relay: Callable[[str, int], int | None],
+    exit_file: Path,
 ) -> tuple[int, Started]:
     """The keeper's pid. ``relays`` gets the pid of the relay started for it (the
     launcher's to reap, whether or not the sandbox started)."""
@@ -79,8 +79,16 @@ def start(
         opened.append(dir_fd)
         block_r, block_w = os.pipe2(os.O_CLOEXEC)
         opened += [block_r, block_w]
-        status_r, status_w = os.pipe2(os.O_CLOEXEC)
-        opened += [status_r, status_w]
+        # bwrap writes its status there, the exit code last: a file (the launcher's, 0600,
+        # open for bwrap through this descriptor only) outlives a launcher restart, so the
+        # next launcher learns how an adopted sandbox ended; and a file never kills bwrap
+        # with SIGPIPE as a pipe whose reader is gone does.
+        status_w = os.open(
+            exit_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600
+        )
+        opened.append(status_w)
+        info_r, info_w = os.pipe2(os.O_CLOEXEC)  # the inner process's pid, once
+        opened += [info_r, info_w]
         log_r, log_w = os.pipe2(os.O_CLOEXEC)
         opened += [log_r, log_w]
         filter_fd = _seccomp_fd()
@@ -92,6 +100,7 @@ def start(
             socket_dir_fd=dir_fd,
             block_fd=block_r,
             status_fd=status_w,
+            info_fd=info_w,
             seccomp_fd=filter_fd,
         )
         limits = [
@@ -104,7 +113,7 @@ def start(
             user=uid,
             group=uid,
             extra_groups=[],
-            pass_fds=(ws_fd, dir_fd, block_r, status_w)
+            pass_fds=(ws_fd, dir_fd, block_r, status_w, info_w)
             + ((filter_fd,) if filter_fd is not None else ()),
             stdin=subprocess.DEVNULL,
             stdout=log_w,
@@ -117,7 +126,7 @@ def start(
         # Reaped by the launcher's own watcher (by pid), never by subprocess.
         process.returncode = 0
         pid = process.pid
-        for fd in (ws_fd, dir_fd, block_r, status_w, log_w, filter_fd):
+        for fd in (ws_fd, dir_fd, block_r, status_w, info_w, log_w, filter_fd):
             if fd is not None:
                 os.close(fd)
                 opened.remove(fd)
@@ -126,7 +135,7 @@ def start(
         if relay_pid is not None:
             relays.append(relay_pid)
         try:
-            inner = _child_pid(status_r)
+            inner = _child_pid(info_r)
             inner_fd = os.pidfd_open(inner)
             opened.append(inner_fd)
             if group is not None:
@@ -141,9 +150,8 @@ def start(
             raise LauncherError(f"sandbox for {principal} did not start ({how}): {exc}") from None
         # Held until the sandbox has ended: bwrap writes its exit code there last, and
         # a closed pipe would kill it with SIGPIPE instead of its workload's status.
-        opened.remove(status_r)
         opened.remove(inner_fd)
-        return pid, Started(inner_fd, status_r)
+        return pid, Started(inner_fd)
     except OSError as exc:
         raise LauncherError(
             f"sandbox for {principal}: {exc.strerror or type(exc).__name__}"
@@ -167,12 +175,31 @@ def _seccomp_fd() -> int | None:
     return read_end
 
 
-def _child_pid(status_fd: int) -> int:
-    """bwrap's first status line names its inner process (as seen from here)."""
-    line = b""
-    while not line.endswith(b"\n"):
-        chunk = os.read(status_fd, 512)
+def _child_pid(info_fd: int) -> int:
+    """bwrap's info (one JSON object, over several lines) names its inner process, as
+    seen from here."""
+    text = b""
+    while True:
+        chunk = os.read(info_fd, 4096)
         if not chunk:
             raise ValueError("bwrap exited before setting up the sandbox")
-        line += chunk
-    return int(json.loads(line)["child-pid"])
+        text += chunk
+        try:
+            return int(json.loads(text)["child-pid"])
+        except ValueError:
+            continue  # not all of it yet
+
+
+def exit_status(exit_file: Path) -> str | None:
+    """How bwrap said its sandbox ended ("status N", N the workload's exit code, 128 + a
+    signal's number for a signal), from its status file; None when it did not say."""
+    try:
+        lines = exit_file.read_text().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        with contextlib.suppress(ValueError, TypeError):
+            code = json.loads(line).get("exit-code")
+            if isinstance(code, int):
+                return f"status {code}"
+    return None
