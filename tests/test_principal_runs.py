@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import Fleet, run
 from launcher_proc import daemon, launcher
 from machine_helpers import enroll, eventually, services_file
@@ -148,6 +149,7 @@ def test_a_principal_runs_from_template_to_destroy(
     assert CANARY not in logs
 
 
+@pytest.mark.slow
 def test_decommission_stops_every_workload(fleet: Fleet, tmp_path: Path, run_dir: Path) -> None:
     machine = enroll(fleet, tmp_path)
     name, state = machine.machine.short_name, machine.state_dir

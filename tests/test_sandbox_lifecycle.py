@@ -285,6 +285,7 @@ def test_a_changed_spec_restarts_the_workload_and_the_same_spec_changes_nothing(
 # -- restart policy ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_restart_policy_decides_what_an_exit_does(
     fleet: Fleet, tmp_path: Path, run_dir: Path
 ) -> None:
@@ -385,6 +386,7 @@ def test_a_killed_launchers_sandbox_runs_on_and_is_adopted(
             assert launcher_call(second.socket, {"action": "list"})["principals"] == []
 
 
+@pytest.mark.slow
 def test_a_sandbox_nobody_recorded_is_swept(fleet: Fleet, tmp_path: Path, run_dir: Path) -> None:
     """A sandbox whose record is gone (its launcher died before it could write it) is
     nobody's: the next launcher kills it rather than leave it running unsupervised."""
@@ -456,6 +458,7 @@ def test_stopping_leaves_no_process_of_the_workload(
 # -- limits --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_memory_and_pids_limits_hold(fleet: Fleet, tmp_path: Path, run_dir: Path) -> None:
     limits = {"memory_limit_mb": 32, "pids_limit": 32}
     # RLIMIT_NPROC counts every process of a uid: uids of its own, not those of launchers
