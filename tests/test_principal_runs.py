@@ -140,6 +140,18 @@ def test_a_principal_runs_from_template_to_destroy(
             assert "missing" in broken
             assert (_status(fleet, machine.machine.localpart, user) or {})["status"] == "running"
 
+            # A parent in a room that does not exist: named, and the daemon goes on (it
+            # does not wait for the room to appear before serving anyone else).
+            elsewhere = {"inherits": ["nosuch/template:x"], "command": ["/bin/true"]}
+            admin.put_state(room, "m.bureau.template", "worker", elsewhere)
+            unreadable = eventually(
+                lambda: (
+                    "nosuch"
+                    in str((_status(fleet, machine.machine.localpart, user) or {}).get("error"))
+                )
+            )
+            assert unreadable
+
             destroyed = _bureau(fleet, "agent", "destroy", "agent/worker")
             assert destroyed.returncode == 0, destroyed.stderr
             the_launcher.wait_for("sandbox stopped")
