@@ -86,3 +86,12 @@ def test_what_does_not_resolve_is_named(templates: dict[str, Any], problem: str)
 def test_a_bad_ref_names_the_assignment_field() -> None:
     with pytest.raises(InputError, match="template"):
         _store().spec(_assignment(template="no-colon"))
+
+
+def test_a_dropped_room_is_asked_for_again() -> None:
+    store = _store(worker={"command": ["/bin/w"]})
+    assert store.spec(_assignment(template="ns/template:worker")) is not None
+    assert store.drop_room(ROOM) == [ALIAS]
+    assert not store.follows(ROOM)
+    with pytest.raises(NeedRoom):
+        store.spec(_assignment(template="ns/template:worker"))

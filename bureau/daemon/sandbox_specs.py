@@ -46,6 +46,22 @@ class SandboxSpecs:
             self._failed_at[alias] = time.monotonic()
             self._log.warning("cannot follow a template room", room=alias, error=str(exc))
 
+    async def refresh(self, room_id: str) -> None:
+        """Read a followed room again. One the machine can no longer read is no reason to
+        stop its principals: they keep their last good specs, and the room is joined
+        again later."""
+        try:
+            await self._read_state(room_id)
+        except MatrixError as exc:
+            self._log.warning("cannot read a template room", room=room_id, error=str(exc))
+            self.forget(room_id)
+
+    def forget(self, room_id: str) -> None:
+        """Stop following a room; it is joined (and read) again after RETRY_SECONDS."""
+        for alias in self.templates.drop_room(room_id):
+            self.templates.unreachable.add(alias)
+            self._failed_at[alias] = time.monotonic()
+
     async def resolve(self, config: MachineConfig) -> tuple[dict[str, dict[str, Any]], set[str]]:
         """(principal -> spec JSON, held principals) for the started assignments."""
         now = time.monotonic()

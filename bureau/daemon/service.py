@@ -29,10 +29,10 @@ from bureau.daemon.heartbeat import CpuSampler, status_content
 from bureau.daemon.launcher_client import LauncherClient, LauncherRefused, LauncherUnavailable
 from bureau.daemon.matrix import MachineMatrix
 from bureau.daemon.principals import Principals
+from bureau.daemon.relogin import SoftLogouts
 from bureau.daemon.sandbox_specs import SandboxSpecs
 from bureau.errors import InputError, MatrixError
 from bureau.machine_config import MachineConfig, without_auto_start
-from bureau.machine_state import load_session
 from bureau.matrix_http import backoff_seconds
 from bureau.notify import Notifier
 from bureau.operator.fleet import fleet_room_aliases
@@ -76,8 +76,14 @@ class Daemon:
         self._notifier = notifier
         self._run_dir = run_dir
         self._state_dir = state_dir
-        self._soft_logouts = 0  # in a row, with no successful sync between them
-        self._relogin_lock = asyncio.Lock()
+        self._relogin = SoftLogouts(
+            launcher=launcher,
+            matrix=matrix,
+            machine_user=machine_user,
+            state_dir=state_dir,
+            log=log,
+            rng=rng,
+        )
         self._rng = rng
         self._stop = asyncio.Event()
         self._synced = asyncio.Event()
@@ -178,49 +184,7 @@ class Daemon:
         return True
 
     async def _logged_in_again(self, exc: MatrixError) -> bool:
-        """After M_UNKNOWN_TOKEN: a soft logout is mended by the launcher logging the
-        machine in again with the same device (only it holds the key the password derives
-        from); the sync goes on from its token. False: the session is gone for good."""
-        if not exc.soft_logout:
-            return False
-        async with self._relogin_lock:  # the sync and the heartbeat may both get here
-            if self._soft_logouts:
-                # Soft logouts in a row with nothing working between them: a server that
-                # keeps doing it gets logins at the backoff's pace, not a storm.
-                delay = backoff_seconds(self._soft_logouts - 1, self._rng)
-                self._log.warning("soft logout again; waiting before logging in", retry_in=delay)
-                await asyncio.sleep(delay)
-            self._soft_logouts += 1
-            self._log.warning("soft logout; asking the launcher to log in again")
-            attempt = 0
-            while True:
-                try:
-                    renewed = await self._launcher.relogin()
-                    break
-                except LauncherRefused as refused:
-                    self._log.error("the launcher could not log in again", error=str(refused))
-                    return False
-                except LauncherUnavailable as unavailable:
-                    delay = backoff_seconds(attempt, self._rng)
-                    attempt += 1
-                    self._log.warning(
-                        "launcher unavailable; will retry", error=str(unavailable), retry_in=delay
-                    )
-                    await asyncio.sleep(delay)
-            try:
-                session = load_session(self._state_dir)
-            except InputError as unreadable:
-                self._log.error("cannot read the renewed session", problem=str(unreadable))
-                return False
-            if session is None or session.user_id != self._machine_user:
-                return False
-            # Also when nothing was renewed: nio forgot the token on the soft logout.
-            self._matrix.restore(session)
-            if renewed:
-                self._log.info("logged in again; resuming", device_id=session.device_id)
-            else:
-                self._log.warning("the launcher found the session working; resuming")
-            return True
+        return await self._relogin.mend(exc)
 
     async def _join_template_room(self, alias: str) -> str:
         """One attempt: a room that is not there (404) or not ours to join (403) must not
@@ -252,7 +216,7 @@ class Daemon:
                 )
                 await asyncio.sleep(delay)
                 continue
-            self._soft_logouts = 0
+            self._relogin.reset()
             if attempt:
                 self._log.info("sync resumed")
                 self._notifier.status(self._summary())
@@ -278,7 +242,10 @@ class Daemon:
             }
             try:
                 for room_id in sorted(touched):
-                    await self._read_room_state(room_id)
+                    if self._templates.follows(room_id):
+                        await self._specs.refresh(room_id)
+                    else:
+                        await self._read_room_state(room_id)
             except MatrixError as exc:
                 self._die(str(exc))
                 return

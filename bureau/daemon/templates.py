@@ -38,6 +38,15 @@ class TemplateStore:
         self.room_ids[alias] = room_id
         self.unreachable.discard(alias)
 
+    def drop_room(self, room_id: str) -> list[str]:
+        """Stop following a room and forget its templates; the aliases it was followed
+        by."""
+        aliases = [a for a, r in self.room_ids.items() if r == room_id]
+        for alias in aliases:
+            del self.room_ids[alias]
+        self._contents.pop(room_id, None)
+        return aliases
+
     def follows(self, room_id: str) -> bool:
         return room_id in self.room_ids.values()
 
