@@ -4,6 +4,7 @@ specs sent on the launcher socket as the daemon sends them."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -52,6 +53,24 @@ SYSTEM = [
     {"source": "/lib64", "dest": "/lib64", "mode": "ro", "optional": True},
     {"dest": "/tmp", "type": "tmpfs", "options": "size=16M"},  # noqa: S108 -- inside the sandbox
 ]
+
+
+def python_template(parent: str, workload: str, **environment: str) -> dict[str, Any]:
+    """A template (``m.bureau.template`` content) running ``workload``, Python, under
+    ``parent``: it travels base64 in the environment (a template's strings hold no
+    newline), beside ``environment``."""
+    return {
+        "inherits": [parent],
+        "command": [
+            PYTHON,
+            "-c",
+            "import base64, os; exec(base64.b64decode(os.environ['WORKLOAD']))",
+        ],
+        "environment_variables": {
+            "WORKLOAD": base64.b64encode(workload.encode()).decode(),
+            **environment,
+        },
+    }
 
 
 def spec(command: list[str], **fields: Any) -> dict[str, Any]:

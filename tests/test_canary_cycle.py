@@ -13,7 +13,6 @@ the run, and searched for like every other canary.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import json
@@ -40,7 +39,7 @@ from launcher_proc import (
 )
 from machine_helpers import eventually, proxy_socket, served_headers
 from processes import echo_upstream
-from sandbox_helpers import PROXY_CLIENT, kill_sandboxes_under
+from sandbox_helpers import PROXY_CLIENT, kill_sandboxes_under, python_template
 
 from bureau import age_keys, names, passwords, rooms
 from bureau.credentials_event import CredentialsEvent, open_plaintext
@@ -170,22 +169,8 @@ def _served(socket: Path) -> tuple[str | None, str | None] | None:
 
 
 def _template(path: Path, namespace: str) -> Path:
-    path.write_text(
-        json.dumps(
-            {
-                "inherits": [f"{namespace}/template:agent-base"],
-                "command": [
-                    "/usr/bin/python3",
-                    "-c",
-                    "import base64, os; exec(base64.b64decode(os.environ['WORKLOAD']))",
-                ],
-                "environment_variables": {
-                    "WORKLOAD": base64.b64encode(WORKLOAD.encode()).decode(),
-                    "GREETING": GREETING,
-                },
-            }
-        )
-    )
+    parent = f"{namespace}/template:agent-base"
+    path.write_text(json.dumps(python_template(parent, WORKLOAD, GREETING=GREETING)))
     return path
 
 

@@ -6,7 +6,6 @@ restarts it; a broken template keeps it running; `agent destroy` stops it."""
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from conftest import Fleet, run
 from launcher_proc import daemon, launcher
 from machine_helpers import enroll, eventually, services_file
 from processes import echo_upstream
-from sandbox_helpers import PROXY_CLIENT, kill_sandboxes_under, workspace_of
+from sandbox_helpers import PROXY_CLIENT, kill_sandboxes_under, python_template, workspace_of
 
 from bureau import names, rooms
 from bureau.launcher.processes import process_start_time
@@ -43,20 +42,8 @@ CANARY = "principal-api-canary-42"
 
 def _template(tmp_path: Path, ns: str, flavour: str, **extra: Any) -> Path:
     path = tmp_path / f"worker-{flavour}.json"
-    body = {
-        "inherits": [f"{ns}/template:agent-base"],
-        "command": [
-            "/usr/bin/python3",
-            "-c",
-            "import base64, os; exec(base64.b64decode(os.environ['WORKLOAD']))",
-        ],
-        "environment_variables": {
-            "WORKLOAD": base64.b64encode(WORKLOAD.encode()).decode(),
-            "FLAVOUR": flavour,
-        },
-        "required_credentials": ["API_TOKEN"],
-        **extra,
-    }
+    body = python_template(f"{ns}/template:agent-base", WORKLOAD, FLAVOUR=flavour)
+    body |= {"required_credentials": ["API_TOKEN"], **extra}
     path.write_text(json.dumps(body))
     return path
 

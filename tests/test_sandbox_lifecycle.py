@@ -213,6 +213,14 @@ def rotate(box: Sandboxed, tmp_path: Path, bundle: str) -> dict[str, Any]:
     return content
 
 
+def calling(box: Sandboxed) -> dict[str, Any]:
+    """Start the workload that calls its service in a loop; its spec, once it has."""
+    the_spec = python_spec(CALL_LOOP)
+    assert box.ensure(the_spec)["ok"], box.launcher.log()
+    wait_until(lambda: CANARY in seen(box), what=f"a first request\n{box.launcher.log()}")
+    return the_spec
+
+
 # -- credentials and spec ------------------------------------------------------------------
 
 
@@ -220,9 +228,7 @@ def test_rotation_swaps_the_proxy_under_a_running_workload(
     fleet: Fleet, tmp_path: Path, run_dir: Path
 ) -> None:
     with sandboxed(fleet, tmp_path, run_dir) as box:
-        the_spec = python_spec(CALL_LOOP)
-        assert box.ensure(the_spec)["ok"], box.launcher.log()
-        wait_until(lambda: CANARY in seen(box), what=f"a first request\n{box.launcher.log()}")
+        the_spec = calling(box)
         before = box.listed()
         workload = before["sandbox"]["pid"]
         started = process_start_time(workload)
@@ -348,9 +354,7 @@ def test_a_killed_launchers_sandbox_runs_on_and_is_adopted(
     fleet: Fleet, tmp_path: Path, run_dir: Path
 ) -> None:
     with sandboxed(fleet, tmp_path, run_dir) as box:
-        the_spec = python_spec(CALL_LOOP)
-        assert box.ensure(the_spec)["ok"], box.launcher.log()
-        wait_until(lambda: CANARY in seen(box), what=f"a first request\n{box.launcher.log()}")
+        the_spec = calling(box)
         workload = box.sandbox()["pid"]
         processes = sandbox_processes(box)
         cgroups = cgroup_dirs(workload, box.principal)

@@ -30,6 +30,7 @@ from bureau.files import (
 from bureau.hardening import clear_ambient_capabilities, no_dumps
 from bureau.launcher import first_boot, server
 from bureau.launcher.sandbox_uids import DEFAULT_RANGE, parse_range
+from bureau.launcher.supervisor import SandboxOptions
 from bureau.machine_state import load_session, session_path
 from bureau.notify import Notifier
 from bureau.schema import Session, validate_homeserver_url
@@ -239,7 +240,7 @@ def _serve(
     logger.info("machine key loaded", source=source)
     # Root too: it can read the key anyway, and `bureau machine doctor` runs as root.
     allowed = {os.getuid(), 0, *_daemon_uid(args.daemon_user)}
-    sandboxes = server.SandboxOptions(
+    sandboxes = SandboxOptions(
         uids=parse_range(args.sandbox_uids),
         directory=args.sandbox_dir.absolute() if args.sandbox_dir else None,
         host_network=args.allow_host_network,

@@ -14,7 +14,6 @@ import struct
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,8 +31,7 @@ from bureau.launcher.protocol import (
     ok,
     parse_request,
 )
-from bureau.launcher.sandbox_uids import DEFAULT_RANGE
-from bureau.launcher.supervisor import LauncherError, Supervisor
+from bureau.launcher.supervisor import LauncherError, SandboxOptions, Supervisor
 from bureau.notify import Notifier
 from bureau.secret import Secret
 
@@ -49,14 +47,6 @@ MAX_HELD_REFUSALS = 16
 
 class _Stopped(Exception):
     pass
-
-
-@dataclass(frozen=True)
-class SandboxOptions:
-    uids: tuple[int, int] = DEFAULT_RANGE
-    directory: Path | None = None  # workspaces; default: bureau-sandbox beside the state dir
-    host_network: bool = False
-    protected: tuple[str, ...] = ()  # besides the state and run dirs and /etc/bureau
 
 
 def peer_uid(writer: asyncio.StreamWriter) -> int:
@@ -208,7 +198,6 @@ async def serve(
     notifier: Notifier,
     sandboxes: SandboxOptions | None = None,
 ) -> None:
-    options = sandboxes or SandboxOptions()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -225,11 +214,8 @@ async def serve(
                 log=log,
                 tasks=tasks,
                 state_dir=state_dir,
-                sandbox_dir=options.directory,
-                sandbox_uids=options.uids,
+                sandboxes=sandboxes or SandboxOptions(),
                 reserved_uids=allowed_uids,
-                host_network=options.host_network,
-                protected=options.protected,
             )
             if supervisor.cgroups == "none":
                 log.warning("no writable cgroup: sandboxes get pids and open-file limits only")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,16 @@ _CHILD_ENV = (
 )
 
 
+@dataclass(frozen=True)
+class SandboxOptions:
+    """This machine's sandbox settings (bureau-launcher's flags)."""
+
+    uids: tuple[int, int] = DEFAULT_RANGE
+    directory: Path | None = None  # workspaces; default: bureau-sandbox beside the state dir
+    host_network: bool = False
+    protected: tuple[str, ...] = ()  # besides the state, run and sandbox dirs, /etc/bureau
+
+
 def rfc3339_from(epoch: float) -> str:
     return rfc3339_now(datetime.fromtimestamp(epoch, UTC))
 
@@ -62,13 +73,11 @@ class Supervisor:
         run_dir: Path,
         log: Any,
         tasks: asyncio.TaskGroup,
-        state_dir: Path | None = None,
-        sandbox_dir: Path | None = None,
-        sandbox_uids: tuple[int, int] = DEFAULT_RANGE,
-        reserved_uids: set[int] | None = None,
-        host_network: bool = False,
-        protected: tuple[str, ...] = (),
+        state_dir: Path,
+        sandboxes: SandboxOptions,
+        reserved_uids: set[int],
     ) -> None:
+        """``reserved_uids``: root's, the daemon's; no sandbox runs as one (nor as ours)."""
         self._machine_user = machine_user
         machine_localpart, self._server = names.parse_user_id(machine_user)
         self._fleet = names.fleet_of_entity(machine_localpart)
@@ -87,18 +96,16 @@ class Supervisor:
         self._proxies = Children(
             self._proxy_kind, run_dir / "launcher" / "proxies", log, tasks, self._lock
         )
-        state = state_dir or run_dir / "state"
         self._cgroups = Cgroups()
         # The sandbox dir holds every workspace: none is a sandbox's to mount.
-        workspaces = sandbox_dir or state.parent / "bureau-sandbox"
-        machine = sandbox_policy.Machine(
-            (str(state), str(run_dir), str(workspaces), "/etc/bureau", *protected), host_network
-        )
+        workspaces = sandboxes.directory or state_dir.parent / "bureau-sandbox"
+        protected = (str(state_dir), str(run_dir), str(workspaces), "/etc/bureau")
+        machine = sandbox_policy.Machine((*protected, *sandboxes.protected), sandboxes.host_network)
         self._sandbox_kind = SandboxKind(
             sandbox_dir=workspaces,
             run_dir=run_dir,
             machine=machine,
-            uids=SandboxUids(state, sandbox_uids, {os.getuid(), *(reserved_uids or set())}),
+            uids=SandboxUids(state_dir, sandboxes.uids, {os.getuid(), *reserved_uids}),
             cgroups=self._cgroups,
             spawner=self._spawner,
             proxy_socket=self._proxy_kind.socket_path,
