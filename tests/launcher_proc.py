@@ -131,6 +131,30 @@ def launcher(
         yield s
 
 
+@contextlib.contextmanager
+def sandboxd(run_dir: Path, state_dir: Path, sandbox_dir: Path, *extra: str) -> Iterator[Service]:
+    """bureau-sandboxd for a launcher of ``run_dir`` (give that launcher broker_args())."""
+    argv = [
+        str(BIN / "bureau-sandboxd"),
+        "--run-dir",
+        str(run_dir),
+        "--state-dir",
+        str(state_dir),
+        "--sandbox-dir",
+        str(sandbox_dir),
+        "--log-level",
+        "debug",
+        *extra,
+    ]
+    with service(argv, "serving") as s:
+        s.run_dir = run_dir
+        yield s
+
+
+def broker_args(run_dir: Path) -> list[str]:
+    return ["--sandbox-broker", str(run_dir / "sandboxd.sock")]
+
+
 DAEMON_READY = "ready: first sync done"
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import Fleet
-from launcher_proc import RunningLauncher, launcher
+from launcher_proc import RunningLauncher, Service, broker_args, launcher, sandboxd
 from machine_helpers import (
     Enrolled,
     credentials_event,
@@ -113,6 +113,7 @@ class Sandboxed:
     credentials: dict[str, Any]
     upstream: str
     sandbox_dir: Path
+    sandboxd: Service
 
     def ensure(
         self, sandbox: dict[str, Any] | None, credentials: dict[str, Any] | None = None
@@ -159,9 +160,11 @@ def sandboxed(
     fleet: Fleet,
     tmp_path: Path,
     run_dir: Path,
-    *launcher_args: str,
+    *sandboxd_args: str,
     secrets: str = "TOKEN=sandbox-canary-1\n",
 ) -> Iterator[Sandboxed]:
+    """A launcher whose sandboxes bureau-sandboxd hosts (as the units run them), and a
+    principal's credentials ready for it. ``sandboxd_args``: more of bureau-sandboxd's."""
     machine = enroll(fleet, tmp_path)
     with echo_upstream() as upstream:
         services = services_file(tmp_path, upstream)
@@ -173,10 +176,15 @@ def sandboxed(
         # the workspaces and the run dir, as under /var/lib and /run.
         run_dir.chmod(0o751)
         sandbox_dir = run_dir.with_name(run_dir.name + "-sandbox")
-        args = ["--sandbox-dir", str(sandbox_dir), *launcher_args]
+        name, state = machine.machine.short_name, machine.state_dir
         try:
-            with launcher(machine.machine.short_name, machine.state_dir, run_dir, *args) as running:
-                yield Sandboxed(fleet, machine, running, principal, content, upstream, sandbox_dir)
+            with (
+                sandboxd(run_dir, state, sandbox_dir, *sandboxd_args) as host,
+                launcher(name, state, run_dir, *broker_args(run_dir)) as running,
+            ):
+                yield Sandboxed(
+                    fleet, machine, running, principal, content, upstream, sandbox_dir, host
+                )
         finally:
             kill_sandboxes_under(run_dir)
             shutil.rmtree(sandbox_dir, ignore_errors=True)

@@ -32,6 +32,7 @@ import pytest
 from conftest import BIN, RunningHub, fresh
 from launcher_proc import (
     DAEMON_READY,
+    broker_args,
     daemon_argv,
     kill_proxies_under,
     proxies_under,
@@ -222,9 +223,10 @@ INTENDED = {
     "state/session.json": "f 0600",
     "state/machine-key.cred": "f 0600",
     "state/machine-key.pub": "f 0644",
-    "state/sandbox-uids.json": "f 0600",
     "run": "d 0755",
     "run/launcher.sock": "s 0660",
+    # bureau-sandboxd's: for its own uid (the launcher's) alone.
+    "run/sandboxd.sock": "s 0600",
     "run/launcher": "d 0700",
     "run/launcher/proxies": "d 0700",
     "run/launcher/proxies/*.json": "f 0600",
@@ -251,6 +253,8 @@ INTENDED = {
     # writes nothing there.
     "sandbox": "d 0711",
     "sandbox/<beta>": "d 0700",
+    # Which uid each principal's sandbox runs as (bureau-sandboxd's).
+    "sandbox/sandbox-uids.json": "f 0600",
     "bureau-creds": "f 0600",
     "repo/.env.flywheel.local": "f 0644",
     "repo/.gitignore": "f 0644",
@@ -351,8 +355,18 @@ def test_a_machines_whole_life_leaks_no_canary(
                 "systemd-creds",
                 "--log-level",
                 "debug",
+                *broker_args(run_dir),
+            ]
+            sandboxd_argv = [
+                str(BIN / "bureau-sandboxd"),
+                "--run-dir",
+                str(run_dir),
+                "--state-dir",
+                str(state),
                 "--sandbox-dir",
                 str(sandbox_dir),
+                "--log-level",
+                "debug",
             ]
             services = _services(work / "services.json", upstream)
             socket = proxy_socket(run_dir)
@@ -376,6 +390,7 @@ def test_a_machines_whole_life_leaks_no_canary(
                 eventually(lambda: _served(socket) == wanted, 60)
 
             with (
+                service(sandboxd_argv, "serving", prefix=cycle.strace("sandboxd")) as sandboxd,
                 service(
                     launcher_argv, "launcher serving", prefix=cycle.strace("launcher")
                 ) as launcher,
@@ -481,6 +496,7 @@ def test_a_machines_whole_life_leaks_no_canary(
                 assert list((run_dir / "launcher" / "sandboxes").glob("*.json")) == []
                 cycle.outputs["daemon log"] = daemon.log()
             cycle.outputs["launcher log"] = launcher.log()
+            cycle.outputs["sandboxd log"] = sandboxd.log()
 
         # The secrets the run made, read back from their stores.
         session = json.loads((state / "session.json").read_text())
@@ -535,7 +551,7 @@ def test_a_machines_whole_life_leaks_no_canary(
         assert b"bureau-proxy" in running, "the sampler never saw a proxy"
         assert b"WORKLOAD=" in running, "the sampler never saw the sandboxed workload"
         assert any("systemd-creds" in text for name, text in texts.items() if "launcher" in name)
-        assert any("bwrap" in text for name, text in texts.items() if "launcher" in name)
+        assert any("bwrap" in text for name, text in texts.items() if "sandboxd" in name)
         leaks = [
             f"{what} in {where}"
             for what, value in canaries.items()

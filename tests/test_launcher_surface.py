@@ -54,6 +54,10 @@ ALLOWED_OURS = {
     "bureau.launcher.protocol",
     "bureau.launcher.proxy_kind",
     "bureau.launcher.relogin",
+    "bureau.launcher.broker_wire",
+    "bureau.launcher.sandbox_broker",
+    "bureau.launcher.sandbox_flags",
+    "bureau.launcher.sandbox_host",
     "bureau.launcher.sandbox_kind",
     "bureau.launcher.sandbox_policy",
     "bureau.launcher.sandbox_start",
@@ -97,3 +101,49 @@ def test_launcher_imports_only_what_is_allowed() -> None:
         t for t in tops if t.startswith("__editable__")
     }
     assert tops - ALLOWED_THIRD_PARTY - ONLY_WITH_SYNAPSE == set()
+
+
+# bureau-sandboxd holds the capabilities to run as any sandbox uid: it loads no key, no
+# Matrix client, no proxy, nothing of first boot; only the sandbox's own modules, and the
+# pure parsing the spec takes (sandbox_spec and the template model it shares; credential
+# names are checked as credentials_event checks them, which names the Secret type).
+SANDBOXD_ALLOWED = {
+    "bureau",
+    "bureau.credentials_event",
+    "bureau.machine_config",
+    "bureau.sandbox_spec",
+    "bureau.secret",
+    "bureau.template_model",
+    "bureau.templates",
+    "bureau.edge",
+    "bureau.errors",
+    "bureau.files",
+    "bureau.hardening",
+    "bureau.journal",
+    "bureau.launcher",
+    "bureau.launcher.broker_wire",
+    "bureau.launcher.cgroups",
+    "bureau.launcher.children",
+    "bureau.launcher.processes",
+    "bureau.launcher.sandbox_flags",
+    "bureau.launcher.sandbox_host",
+    "bureau.launcher.sandbox_policy",
+    "bureau.launcher.sandbox_start",
+    "bureau.launcher.sandbox_uids",
+    "bureau.launcher.seccomp",
+    "bureau.log",
+    "bureau.names",
+    "bureau.notify",
+    "bureau.sandboxd",
+    "bureau.sandboxd.main",
+}
+
+
+def test_sandboxd_imports_only_what_is_allowed() -> None:
+    probe = "import json, sys, bureau.sandboxd.main; print(json.dumps(sorted(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    modules = set(json.loads(result.stdout))
+    assert {m for m in modules if m.split(".")[0] == "bureau"} - SANDBOXD_ALLOWED == set()
+    assert not {"pyrage", "nio", "aiohttp"} & {m.split(".")[0] for m in modules}

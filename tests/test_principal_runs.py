@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import Fleet, run
-from launcher_proc import daemon, launcher
+from launcher_proc import broker_args, daemon, launcher, sandboxd
 from machine_helpers import enroll, eventually, services_file
 from processes import echo_upstream
 from sandbox_helpers import PROXY_CLIENT, kill_sandboxes_under, python_template, workspace_of
@@ -78,7 +78,8 @@ def test_a_principal_runs_from_template_to_destroy(
     try:
         with (
             echo_upstream() as upstream,
-            launcher(name, state, run_dir, "--sandbox-dir", str(sandbox_dir)) as the_launcher,
+            sandboxd(run_dir, state, sandbox_dir),
+            launcher(name, state, run_dir, *broker_args(run_dir)) as the_launcher,
             daemon(name, state, run_dir) as the_daemon,
         ):
             services = services_file(tmp_path, upstream)
@@ -161,7 +162,8 @@ def test_decommission_stops_every_workload(fleet: Fleet, tmp_path: Path, run_dir
     try:
         with (
             echo_upstream() as upstream,
-            launcher(name, state, run_dir, "--sandbox-dir", str(sandbox_dir)) as the_launcher,
+            sandboxd(run_dir, state, sandbox_dir),
+            launcher(name, state, run_dir, *broker_args(run_dir)) as the_launcher,
             daemon(name, state, run_dir) as the_daemon,
         ):
             services = services_file(tmp_path, upstream)

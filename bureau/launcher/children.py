@@ -93,10 +93,11 @@ class LeavesRemains(Protocol):
     """A kind whose child may leave processes behind when it exits (a sandbox's bwrap
     exits when the workload's first process does, not when its last one does)."""
 
-    async def ended(self, child: Child) -> str | None:
-        """After the child exited and was reaped, before anyone learns of it (a restart, a
-        replacement, a stop): end and reap what it left. Must not raise. May say how the
-        child ended, where reaping could not (an adopted child is not ours to reap)."""
+    async def ended(self, child: Child, reaped: bool) -> str | None:
+        """After the child exited (and was reaped, if ``reaped``), before anyone learns of
+        it (a restart, a replacement, a stop): end and reap what it left. Must not raise.
+        May say how the child ended, where reaping could not (an adopted child, or one
+        another process started, is not ours to reap)."""
 
 
 def _describe(exc: Exception) -> str:
@@ -215,7 +216,7 @@ class Children:
             how = reap(child.pid)  # it has exited: this does not block
         child.reaped = True
         if isinstance(self.kind, LeavesRemains):
-            said = await self.kind.ended(child)
+            said = await self.kind.ended(child, how != "status unknown")
             if how == "status unknown" and said is not None:
                 how = said
         child.exited.set()

@@ -28,8 +28,8 @@ from bureau.files import (
     remove_stale_temporaries,
 )
 from bureau.hardening import clear_ambient_capabilities, no_dumps
-from bureau.launcher import first_boot, server
-from bureau.launcher.sandbox_uids import DEFAULT_RANGE, parse_range
+from bureau.launcher import first_boot, sandbox_flags, server
+from bureau.launcher.sandbox_uids import parse_range
 from bureau.launcher.supervisor import SandboxOptions
 from bureau.machine_state import load_session, session_path
 from bureau.notify import Notifier
@@ -104,25 +104,15 @@ def build_parser() -> Parser:
         help="user (name or uid) of bureau-daemon, allowed on the launcher socket besides the "
         "launcher's own user and root",
     )
+    sandbox_flags.add_arguments(p, owner="the launcher's")
     p.add_argument(
-        "--sandbox-uids",
-        default="-".join(map(str, DEFAULT_RANGE)),
-        metavar="FIRST-LAST",
-        help="the uids sandboxes run as, one per principal (default %(default)s); none may "
-        "be root's, the launcher's or the daemon's",
-    )
-    p.add_argument(
-        "--sandbox-dir",
+        "--sandbox-broker",
         type=Path,
-        help="where principals' workspaces live, one 0700 directory each owned by its "
-        "sandbox's uid (default: bureau-sandbox beside --state-dir); others must be able "
-        "to pass through (o+x) every directory above it, as through --run-dir",
-    )
-    p.add_argument(
-        "--allow-host-network",
-        action="store_true",
-        help="let a template share the host's network (namespaces.net: false); by default "
-        "a sandbox has loopback only and reaches out through its proxy alone",
+        metavar="SOCKET",
+        help="bureau-sandboxd's socket: it starts and stops the sandboxes, holding the "
+        "capabilities that takes, and the launcher holds none (the sandbox flags are then "
+        "bureau-sandboxd's). Without it the launcher starts sandboxes itself and needs "
+        "CAP_SETUID, CAP_SETGID, CAP_CHOWN and CAP_KILL",
     )
     p.add_argument(
         "--log-level", help="debug, info, warning, error (default: $BUREAU_LOG_LEVEL or info)"
@@ -241,10 +231,11 @@ def _serve(
     # Root too: it can read the key anyway, and `bureau machine doctor` runs as root.
     allowed = {os.getuid(), 0, *_daemon_uid(args.daemon_user)}
     sandboxes = SandboxOptions(
-        uids=parse_range(args.sandbox_uids),
+        uids=parse_range(sandbox_flags.uid_range_text(args)),
         directory=args.sandbox_dir.absolute() if args.sandbox_dir else None,
         host_network=args.allow_host_network,
         protected=(creds_dir,) if creds_dir else (),
+        broker=args.sandbox_broker.absolute() if args.sandbox_broker else None,
     )
     asyncio.run(
         server.serve(
@@ -277,6 +268,11 @@ def _main(argv: list[str] | None) -> int:
     notifier = Notifier()  # first: no child may inherit the notify socket
     raise_interrupted_on_signals()
 
+    if args.sandbox_broker is not None and sandbox_flags.given(args):
+        raise UsageError(
+            f"{sandbox_flags.given(args)[0]}: with --sandbox-broker, sandboxes are "
+            "bureau-sandboxd's: give it there (BUREAU_SANDBOX_OPTIONS in machine.conf)"
+        )
     if args.homeserver_wait < 0:
         raise UsageError("--homeserver-wait: must be 0 or more seconds")
 

@@ -38,13 +38,8 @@ def ready_line(fd: int) -> bytes:
     return line
 
 
-def reap(pid: int) -> str:
-    """Wait for a child of ours (forked for us, or reparented to us as the subreaper) and
-    describe how it ended."""
-    try:
-        _, status = os.waitpid(pid, 0)
-    except ChildProcessError:
-        return "status unknown"
+def describe_status(status: int) -> str:
+    """A wait status as the launcher reports it: "status N" or "signal NAME"."""
     if os.WIFSIGNALED(status):
         number = os.WTERMSIG(status)
         try:
@@ -52,6 +47,26 @@ def reap(pid: int) -> str:
         except ValueError:  # real-time signals have no name
             return f"signal {number}"
     return f"status {os.waitstatus_to_exitcode(status)}"
+
+
+def reap(pid: int) -> str:
+    """Wait for a child of ours (forked for us, or reparented to us as the subreaper) and
+    describe how it ended."""
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return "status unknown"
+    return describe_status(status)
+
+
+def reap_exited(pid: int) -> str:
+    """As reap(), for a child known to have exited: never waits (nor takes the status of
+    another child that has its pid by now)."""
+    try:
+        found, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return "status unknown"
+    return describe_status(status) if found else "status unknown"
 
 
 def process_start_time(pid: int) -> int | None:

@@ -1,8 +1,8 @@
-"""Starting one sandbox (blocking: the launcher runs it in a thread): the keeper, prlimit
-and bwrap as the sandbox's uid with the workspace, the socket link, the block and status
-pipes and the seccomp filter passed as descriptors; the keeper and bwrap's two processes
-moved into the sandbox's cgroup while bwrap waits on its block pipe; then the go-ahead.
-The caller (sandbox_kind.py) owns what it returns."""
+"""Starting one sandbox (blocking): the keeper, prlimit and bwrap as the sandbox's uid,
+with the workspace, the socket link, the block and status pipes and the seccomp filter
+passed as descriptors; the keeper and bwrap's two processes moved into the sandbox's
+cgroup while bwrap waits on its block pipe; then the go-ahead. The caller
+(sandbox_host.py) owns what it returns."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,12 +64,10 @@ def start(
     workspace: Path,
     socket_dir: Path,
     group: Group | None,
-    relays: list[int],
-    relay: Callable[[str, int], int | None],
     exit_file: Path,
-) -> tuple[int, Started]:
-    """The keeper's pid. ``relays`` gets the pid of the relay started for it (the
-    launcher's to reap, whether or not the sandbox started)."""
+) -> tuple[int, Started, int]:
+    """The keeper's pid, and the read end of the pipe the workload's output goes to (the
+    caller's to close, once it has handed it to a log relay)."""
     opened: list[int] = []
     try:
         ws_fd = os.open(workspace, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -130,10 +127,6 @@ def start(
             if fd is not None:
                 os.close(fd)
                 opened.remove(fd)
-        relay_pid = relay(principal, log_r)
-        opened.remove(log_r)
-        if relay_pid is not None:
-            relays.append(relay_pid)
         try:
             inner = _child_pid(info_r)
             inner_fd = os.pidfd_open(inner)
@@ -151,7 +144,8 @@ def start(
         # Held until the sandbox has ended: bwrap writes its exit code there last, and
         # a closed pipe would kill it with SIGPIPE instead of its workload's status.
         opened.remove(inner_fd)
-        return pid, Started(inner_fd)
+        opened.remove(log_r)
+        return pid, Started(inner_fd), log_r
     except OSError as exc:
         raise LauncherError(
             f"sandbox for {principal}: {exc.strerror or type(exc).__name__}"

@@ -31,7 +31,9 @@ from bureau.launcher.protocol import (
     StopResult,
 )
 from bureau.launcher.proxy_kind import ProxyKind
-from bureau.launcher.sandbox_kind import SandboxKind
+from bureau.launcher.sandbox_broker import BrokerClient
+from bureau.launcher.sandbox_host import SandboxHost
+from bureau.launcher.sandbox_kind import Host, SandboxKind
 from bureau.launcher.sandbox_uids import DEFAULT_RANGE, SandboxUids
 from bureau.launcher.spawner import Spawner
 from bureau.secret import Secret
@@ -58,6 +60,26 @@ class SandboxOptions:
     directory: Path | None = None  # workspaces; default: bureau-sandbox beside the state dir
     host_network: bool = False
     protected: tuple[str, ...] = ()  # besides the state, run and sandbox dirs, /etc/bureau
+    broker: Path | None = None  # bureau-sandboxd's socket: it hosts the sandboxes, not we
+
+
+def sandbox_host(
+    options: SandboxOptions, state_dir: Path, run_dir: Path, reserved: set[int]
+) -> Host:
+    """Where sandboxes start: bureau-sandboxd, or this process (which then needs the
+    capabilities sandbox_host.py names). ``reserved``: uids no sandbox may run as."""
+    if options.broker is not None:
+        return BrokerClient(options.broker)
+    # The sandbox dir holds every workspace: none is a sandbox's to mount.
+    workspaces = options.directory or state_dir.parent / "bureau-sandbox"
+    protected = (str(state_dir), str(run_dir), str(workspaces), "/etc/bureau")
+    return SandboxHost(
+        sandbox_dir=workspaces,
+        run_dir=run_dir,
+        machine=sandbox_policy.Machine((*protected, *options.protected), options.host_network),
+        uids=SandboxUids(state_dir, options.uids, reserved),
+        cgroups=Cgroups(),
+    )
 
 
 def rfc3339_from(epoch: float) -> str:
@@ -96,19 +118,10 @@ class Supervisor:
         self._proxies = Children(
             self._proxy_kind, run_dir / "launcher" / "proxies", log, tasks, self._lock
         )
-        self._cgroups = Cgroups()
-        # The sandbox dir holds every workspace: none is a sandbox's to mount.
-        workspaces = sandboxes.directory or state_dir.parent / "bureau-sandbox"
-        protected = (str(state_dir), str(run_dir), str(workspaces), "/etc/bureau")
-        machine = sandbox_policy.Machine((*protected, *sandboxes.protected), sandboxes.host_network)
         self._sandbox_kind = SandboxKind(
-            sandbox_dir=workspaces,
+            host=sandbox_host(sandboxes, state_dir, run_dir, {os.getuid(), *reserved_uids}),
             run_dir=run_dir,
-            machine=machine,
-            uids=SandboxUids(state_dir, sandboxes.uids, {os.getuid(), *reserved_uids}),
-            cgroups=self._cgroups,
             spawner=self._spawner,
-            proxy_socket=self._proxy_kind.socket_path,
             credential_names=self._credential_names,
             log=log,
         )
@@ -119,7 +132,7 @@ class Supervisor:
     @property
     def cgroups(self) -> str:
         """How sandbox limits are enforced here: v2, v1, or none (rlimits only)."""
-        return self._cgroups.mode
+        return self._sandbox_kind.host.mode
 
     def _credential_names(self, principal: str) -> tuple[str, ...]:
         proxy = self._proxies.running.get(principal)
