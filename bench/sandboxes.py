@@ -1,5 +1,6 @@
-"""Sandboxed principals (bubblewrap, started by the launcher as the principal's own uid),
-against the fleet benchmark's hub:
+"""Sandboxed principals (bubblewrap, started as the principal's own uid by
+bureau-sandboxd at the launcher's request, as the units run them), against the fleet
+benchmark's hub:
 
 - start: from an assignment published (``assignments.assign`` returned, so the PUT of the
   machine's config was answered) to the principal running, on one worker with a real
@@ -15,7 +16,8 @@ against the fleet benchmark's hub:
   Both are seen by the same loop, which stats the socket and the marker every millisecond;
   the launcher's log ("proxy started", "sandbox started") splits each start into its steps.
 - memory: N sandboxed principals (1 and 10) running ``/bin/sleep infinity``, started on a
-  launcher of their own through its socket as the daemon does (no daemon), and the PSS of
+  launcher of their own (hosting them itself, so that they are in its process tree)
+  through its socket as the daemon does (no daemon), and the PSS of
   each process a sandbox adds beyond its workload: its keeper (``setsid --fork --wait``,
   bwrap's parent, where the launcher has one), bwrap's outer process, bwrap's inner one
   (pid 1 of the sandbox), the log relay and the principal's proxy. The same launcher times
@@ -233,13 +235,18 @@ def run_start(f: Fleet, starts: int) -> dict[str, Any]:
     logs.mkdir()
     common = ["--machine-name", "machine/sbx", "--state-dir", str(state),
               "--run-dir", str(run_dir)]  # fmt: skip
-    launcher = [str(BIN / "bureau-launcher"), *common, "--sandbox-dir", str(sandbox_dir),
+    # As the units run them: bureau-sandboxd starts the sandboxes, the launcher asks it.
+    sandboxd = ["unshare", "--net", str(BIN / "bureau-sandboxd"), "--state-dir", str(state),
+                "--run-dir", str(run_dir), "--sandbox-dir", str(sandbox_dir),
                 "--sandbox-uids", START_UIDS]  # fmt: skip
+    launcher = [str(BIN / "bureau-launcher"), *common,
+                "--sandbox-broker", str(run_dir / "sandboxd.sock")]  # fmt: skip
     try:
         everyone = [p for leg in legs for p in principals[leg]]
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(lambda p: provision(creds, _request(machine, p, route)), everyone))
         with (
+            service(sandboxd, logs / "s.notify", logs / "sandboxd.log"),
             service(launcher, logs / "l.notify", logs / "launcher.log"),
             service([str(BIN / "bureau-daemon"), *common], logs / "d.notify", logs / "daemon.log"),
         ):
@@ -366,6 +373,8 @@ def _measure_memory(
     run_dir = work / f"sbx-mem-run{count}"
     run_dir.mkdir(mode=0o751)
     run_dir.chmod(0o751)
+    # The launcher hosts the sandboxes itself here (no --sandbox-broker), so that every
+    # process of theirs is in its tree; each sandbox's processes are the same either way.
     argv = [str(BIN / "bureau-launcher"), "--machine-name", "machine/sbxmem", "--state-dir",
             str(state), "--run-dir", str(run_dir), "--sandbox-dir",
             str(work / f"sbx-mem-sandbox{count}"), "--sandbox-uids", MEMORY_UIDS]  # fmt: skip

@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+SANDBOXD_UNIT = "bureau-sandboxd.service"
 LAUNCHER_UNIT = "bureau-launcher.service"
 DAEMON_UNIT = "bureau-daemon.service"
-SERVICES = (LAUNCHER_UNIT, DAEMON_UNIT)
+# In the order they start: the launcher wants bureau-sandboxd, the daemon the launcher.
+SERVICES = (SANDBOXD_UNIT, LAUNCHER_UNIT, DAEMON_UNIT)
 TMPFILES = "bureau.tmpfiles.conf"
 UNIT_DIR = Path("/etc/systemd/system")
 TMPFILES_PATH = Path("/etc/tmpfiles.d/bureau.conf")

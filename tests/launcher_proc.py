@@ -80,7 +80,10 @@ def service(
     prefix: list[str] | None = None,
     after_stop: Callable[[], None] = lambda: None,
     cwd: Path | None = None,
+    prefix_forks: bool = True,
 ) -> Iterator[Service]:
+    """``prefix_forks``: the prefix (strace) runs the service as its child; else it execs
+    it (unshare), and the service keeps the prefix's pid."""
     with subprocess.Popen(
         [*(prefix or []), *argv],
         stdout=subprocess.DEVNULL,
@@ -88,7 +91,7 @@ def service(
         text=True,
         cwd=cwd,
     ) as proc:
-        running = Service(proc, wrapped=bool(prefix))
+        running = Service(proc, wrapped=bool(prefix) and prefix_forks)
         thread = threading.Thread(target=running.pump, daemon=True)
         thread.start()
         try:
@@ -133,7 +136,9 @@ def launcher(
 
 @contextlib.contextmanager
 def sandboxd(run_dir: Path, state_dir: Path, sandbox_dir: Path, *extra: str) -> Iterator[Service]:
-    """bureau-sandboxd for a launcher of ``run_dir`` (give that launcher broker_args())."""
+    """bureau-sandboxd for a launcher of ``run_dir`` (give that launcher broker_args()), in
+    a network namespace of its own with loopback alone, as its unit's PrivateNetwork=yes
+    puts it."""
     argv = [
         str(BIN / "bureau-sandboxd"),
         "--run-dir",
@@ -146,7 +151,7 @@ def sandboxd(run_dir: Path, state_dir: Path, sandbox_dir: Path, *extra: str) -> 
         "debug",
         *extra,
     ]
-    with service(argv, "serving") as s:
+    with service(argv, "serving", prefix=["unshare", "--net"], prefix_forks=False) as s:
         s.run_dir = run_dir
         yield s
 

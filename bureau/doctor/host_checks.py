@@ -27,7 +27,10 @@ OPERATORS = "bureau-operators"
 STATE_DIR = Path("/var/lib/bureau")
 RUN_DIR = Path("/run/bureau")
 MACHINE_CONF = Path("/etc/bureau/machine.conf")
-CONF_HEADER = "Bureau machine settings: the EnvironmentFile of bureau-launcher and bureau-daemon."
+CONF_HEADER = (
+    "Bureau machine settings: the EnvironmentFile of bureau-sandboxd, bureau-launcher and "
+    "bureau-daemon."
+)
 
 
 def trusted(host: Host) -> frozenset[int]:

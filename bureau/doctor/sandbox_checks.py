@@ -1,6 +1,6 @@
 """The doctor's checks that this machine can run principals' sandboxes: bwrap and prlimit
-where the launcher looks for them, a bwrap that knows the options the launcher passes,
-and unprivileged user namespaces that work (bwrap run with the launcher's namespace
+where bureau-sandboxd looks for them, a bwrap that knows the options it passes, and
+unprivileged user namespaces that work (bwrap run with bureau-sandboxd's namespace
 options, as a sandbox's uid when the doctor is root). --fix installs Debian's bubblewrap
 (and util-linux, for prlimit) with apt-get; a kernel that refuses user namespaces is the
 operator's to change (a sysctl), so that failure names the setting and has no fix.
@@ -23,12 +23,12 @@ from bureau.errors import BureauError
 from bureau.host import Host, run_tool, tool_failed
 from bureau.launcher.sandbox_uids import DEFAULT_RANGE
 
-# Where the launcher finds prlimit and bwrap (the PATH it starts sandboxes with).
+# Where bureau-sandboxd finds prlimit and bwrap (the PATH it starts sandboxes with).
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 PACKAGES = {"bwrap": "bubblewrap", "prlimit": "util-linux"}
-# --disable-userns, which the launcher passes, came with bubblewrap 0.8.0.
+# --disable-userns, which bureau-sandboxd passes, came with bubblewrap 0.8.0.
 MIN_BWRAP = (0, 8, 0)
-# The namespace options of the launcher's bwrap command line (sandbox_policy.bwrap_argv).
+# The namespace options of bureau-sandboxd's bwrap command line (sandbox_policy.bwrap_argv).
 PROBE_OPTIONS = (
     "--unshare-all",
     "--unshare-user",
@@ -38,7 +38,7 @@ PROBE_OPTIONS = (
     "--cap-drop",
     "ALL",
 )
-# The last uid of the default --sandbox-uids: the launcher hands out the lowest free one.
+# The last uid of the default --sandbox-uids: bureau-sandboxd hands out the lowest free one.
 PROBE_UID = DEFAULT_RANGE[1]
 PROBE_SECONDS = 30
 PROGRAMS = "sandbox programs (bwrap, prlimit)"

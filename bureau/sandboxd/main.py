@@ -140,14 +140,16 @@ class Broker:
         fds: list[int] = []
         with conn:
             try:
+                conn.settimeout(REQUEST_TIMEOUT)
+                # Read first even from a peer refused: a socket closed with its request
+                # unread resets the peer, which would never see why.
+                raw, _ = receive(conn)
+                conn.settimeout(None)
                 uid = peer_uid(conn)
                 if uid != allowed:
                     self._log.warning("refused a peer", uid=uid)
                     send(conn, Reply(error=f"{PROG}: uid {uid} may not ask").to_json())
                     return
-                conn.settimeout(REQUEST_TIMEOUT)
-                raw, _ = receive(conn)
-                conn.settimeout(None)
                 request = Request.from_json(raw)
                 try:
                     reply, fds = self.answer(request)
@@ -185,7 +187,19 @@ def _listen(run_dir: Path) -> socket.socket:
     return listener
 
 
+def _check_host_network(allowed: bool) -> None:
+    """A sandbox that may share the host's network shares this process's: the unit's
+    PrivateNetwork=yes would leave it loopback alone, and the template silently broken."""
+    if allowed and {name for _, name in socket.if_nameindex()} <= {"lo"}:
+        raise UsageError(
+            "--allow-host-network: this process has no network but loopback (the unit's "
+            "PrivateNetwork=yes); give it the host's with a drop-in: systemctl edit "
+            "bureau-sandboxd, [Service] PrivateNetwork=no"
+        )
+
+
 def _serve(args: argparse.Namespace, logger: Any, notifier: Notifier) -> int:
+    _check_host_network(args.allow_host_network)
     run_dir: Path = args.run_dir.absolute()
     state_dir: Path = args.state_dir.absolute()
     if run_dir.exists():
