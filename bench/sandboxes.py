@@ -49,6 +49,7 @@ from memory import memory_kib, tree
 from bureau import names
 from bureau.credentials_event import ServiceRoute
 from bureau.daemon.launcher_client import LauncherClient
+from bureau.launcher import seccomp
 from bureau.operator import assignments, credentials, templates
 from bureau.operator.principal_credentials import (
     CredentialRequest,
@@ -76,6 +77,8 @@ SETTLE = 1.0  # seconds for start-up garbage to settle before memory is read
 # and a launcher that shares its uids with another may end or count the other's processes.
 START_UIDS = "2100000000-2100000999"
 MEMORY_UIDS = "2100001000-2100001999"
+# The descriptor bare bwrap reads the sandbox's seccomp filter from (a pipe of its own).
+SECCOMP_FD = "90"
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -492,8 +495,9 @@ def _bare_argv(argv: list[str], workspace: Path, sockets: Path) -> list[str]:
     """What the launcher ran for a sandbox (its keeper's or bwrap's /proc cmdline) for
     bwrap alone: the same namespaces, mounts and environment, the workspace and socket
     directory by path instead of by descriptor, no launcher handshake (--block-fd,
-    --json-status-fd), and the marker command. Whatever ran bwrap (the keeper, prlimit)
-    stays as it was; without it, prlimit as the launcher runs it."""
+    --json-status-fd, --info-fd), the seccomp filter from a pipe, and the marker command.
+    Whatever ran bwrap (the keeper, prlimit) stays as it was; without it, prlimit as the
+    launcher runs it."""
     at = next(i for i, arg in enumerate(argv) if Path(arg).name == "bwrap")
     before = argv[:at] or ["prlimit", "--nproc=516", "--nofile=4096", "--core=0", "--"]
     out: list[str] = []
@@ -503,8 +507,11 @@ def _bare_argv(argv: list[str], workspace: Path, sockets: Path) -> list[str]:
             next(args)
             source = workspace if arg == "--bind-fd" else sockets
             out += [arg.removesuffix("-fd"), str(source), next(args)]
-        elif arg in ("--block-fd", "--json-status-fd"):
+        elif arg in ("--block-fd", "--json-status-fd", "--info-fd"):
             next(args)
+        elif arg == "--seccomp":  # the same filter, from a pipe of bare_bwrap's
+            next(args)
+            out += [arg, SECCOMP_FD]
         else:
             out.append(arg)
     return [*before, *out, "--", *MARKER_COMMAND]
@@ -525,11 +532,21 @@ def bare_bwrap(work: Path, runs: int, argv: list[str]) -> list[float]:
     for _ in range(runs):
         with contextlib.suppress(FileNotFoundError):
             marker.unlink()
+        program = seccomp.program()
+        read_end, write_end = os.pipe()
+        os.write(write_end, program or b"")
+        os.close(write_end)
+        os.dup2(read_end, int(SECCOMP_FD))
+        os.close(read_end)
         started = time.monotonic()
-        proc = subprocess.Popen(
-            command, user=uid, group=uid, extra_groups=[], cwd="/", stdin=subprocess.DEVNULL,
-            env={"PATH": "/usr/local/bin:/usr/bin:/bin"},
-        )  # fmt: skip
+        try:
+            proc = subprocess.Popen(
+                command, user=uid, group=uid, extra_groups=[], cwd="/",
+                stdin=subprocess.DEVNULL, env={"PATH": "/usr/local/bin:/usr/bin:/bin"},
+                pass_fds=(int(SECCOMP_FD),),
+            )  # fmt: skip
+        finally:
+            os.close(int(SECCOMP_FD))
         try:
             while not marker.exists():
                 if proc.poll() is not None or time.monotonic() > started + 30:
