@@ -239,11 +239,12 @@ def run_start(f: Fleet, starts: int) -> dict[str, Any]:
     common = ["--machine-name", "machine/sbx", "--state-dir", str(state),
               "--run-dir", str(run_dir)]  # fmt: skip
     # As the units run them: bureau-sandboxd starts the sandboxes, the launcher asks it.
-    sandboxd = ["unshare", "--net", str(BIN / "bureau-sandboxd"), "--state-dir", str(state),
+    sandboxd = ["unshare", "--net", str(BIN / "bureau-sandboxd"), "--fleet", FLEET,
+                "--server-name", creds.server_name, "--state-dir", str(state),
                 "--run-dir", str(run_dir), "--sandbox-dir", str(sandbox_dir),
                 "--sandbox-uids", START_UIDS]  # fmt: skip
     launcher = [str(BIN / "bureau-launcher"), *common,
-                "--sandbox-broker", str(run_dir / "sandboxd.sock")]  # fmt: skip
+                "--sandbox-broker", str(run_dir / "sandboxd" / "sandboxd.sock")]  # fmt: skip
     try:
         everyone = [p for leg in legs for p in principals[leg]]
         with ThreadPoolExecutor(4) as pool:

@@ -160,3 +160,19 @@ def proxy_socket_relpath(principal_localpart: str) -> str:
         raise InvalidName(f"{principal_localpart!r} is not a full entity name")
     check_socket_name(principal_localpart)
     return "/".join(["fleet", *parts[2:]]) + PROXY_SOCKET_SUFFIX
+
+
+def check_fleet_principal(principal: str, server: str, fleet: str, *, to_run: bool = True) -> str:
+    """``principal`` (a user ID) as one of ``fleet``'s principals on ``server``, not a
+    machine; and (``to_run``) a name that can have a proxy socket of its own. Its
+    localpart; else InvalidName saying why."""
+    localpart, its_server = parse_user_id(principal)
+    validate_localpart(localpart)
+    its_fleet = fleet_of_entity(localpart)
+    if to_run:
+        check_socket_name(localpart)
+    if its_server != server or its_fleet != fleet:
+        raise InvalidName(f"{principal} is not in this machine's fleet")
+    if localpart.split("/")[3] == "machine":
+        raise InvalidName(f"{principal} is a machine")
+    return localpart

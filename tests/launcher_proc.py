@@ -135,12 +135,18 @@ def launcher(
 
 
 @contextlib.contextmanager
-def sandboxd(run_dir: Path, state_dir: Path, sandbox_dir: Path, *extra: str) -> Iterator[Service]:
+def sandboxd(
+    run_dir: Path, state_dir: Path, sandbox_dir: Path, *extra: str, fleet: str, server: str
+) -> Iterator[Service]:
     """bureau-sandboxd for a launcher of ``run_dir`` (give that launcher broker_args()), in
     a network namespace of its own with loopback alone, as its unit's PrivateNetwork=yes
-    puts it."""
+    puts it; ``fleet`` on ``server``: whose principals it runs."""
     argv = [
         str(BIN / "bureau-sandboxd"),
+        "--fleet",
+        fleet,
+        "--server-name",
+        server,
         "--run-dir",
         str(run_dir),
         "--state-dir",
@@ -157,7 +163,7 @@ def sandboxd(run_dir: Path, state_dir: Path, sandbox_dir: Path, *extra: str) -> 
 
 
 def broker_args(run_dir: Path) -> list[str]:
-    return ["--sandbox-broker", str(run_dir / "sandboxd.sock")]
+    return ["--sandbox-broker", str(run_dir / "sandboxd" / "sandboxd.sock")]
 
 
 DAEMON_READY = "ready: first sync done"

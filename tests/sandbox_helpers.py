@@ -100,6 +100,11 @@ def wait_until(predicate: Callable[[], Any], seconds: float = 30, what: str = ""
         time.sleep(0.05)
 
 
+def fleet_of(fleet: Fleet) -> dict[str, str]:
+    """bureau-sandboxd's fleet and server arguments for ``fleet``."""
+    return {"fleet": fleet.name, "server": fleet.hub.server_name}
+
+
 def workspace_of(sandbox_dir: Path, principal_id: str) -> Path:
     return sandbox_dir / hashlib.sha256(principal_id.encode()).hexdigest()[:32]
 
@@ -179,7 +184,7 @@ def sandboxed(
         name, state = machine.machine.short_name, machine.state_dir
         try:
             with (
-                sandboxd(run_dir, state, sandbox_dir, *sandboxd_args) as host,
+                sandboxd(run_dir, state, sandbox_dir, *sandboxd_args, **fleet_of(fleet)) as host,
                 launcher(name, state, run_dir, *broker_args(run_dir)) as running,
             ):
                 yield Sandboxed(

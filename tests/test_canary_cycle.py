@@ -226,7 +226,8 @@ INTENDED = {
     "run": "d 0755",
     "run/launcher.sock": "s 0660",
     # bureau-sandboxd's: for its own uid (the launcher's) alone.
-    "run/sandboxd.sock": "s 0600",
+    "run/sandboxd": "d 0700",
+    "run/sandboxd/sandboxd.sock": "s 0600",
     "run/launcher": "d 0700",
     "run/launcher/proxies": "d 0700",
     "run/launcher/proxies/*.json": "f 0600",
@@ -359,6 +360,10 @@ def test_a_machines_whole_life_leaks_no_canary(
             ]
             sandboxd_argv = [
                 str(BIN / "bureau-sandboxd"),
+                "--fleet",
+                fleet,
+                "--server-name",
+                hub.server_name,
                 "--run-dir",
                 str(run_dir),
                 "--state-dir",

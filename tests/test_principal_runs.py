@@ -15,7 +15,13 @@ from conftest import Fleet, run
 from launcher_proc import broker_args, daemon, launcher, sandboxd
 from machine_helpers import enroll, eventually, services_file
 from processes import echo_upstream
-from sandbox_helpers import PROXY_CLIENT, kill_sandboxes_under, python_template, workspace_of
+from sandbox_helpers import (
+    PROXY_CLIENT,
+    fleet_of,
+    kill_sandboxes_under,
+    python_template,
+    workspace_of,
+)
 
 from bureau import names, rooms
 from bureau.launcher.processes import process_start_time
@@ -78,7 +84,7 @@ def test_a_principal_runs_from_template_to_destroy(
     try:
         with (
             echo_upstream() as upstream,
-            sandboxd(run_dir, state, sandbox_dir),
+            sandboxd(run_dir, state, sandbox_dir, **fleet_of(fleet)),
             launcher(name, state, run_dir, *broker_args(run_dir)) as the_launcher,
             daemon(name, state, run_dir) as the_daemon,
         ):
@@ -162,7 +168,7 @@ def test_decommission_stops_every_workload(fleet: Fleet, tmp_path: Path, run_dir
     try:
         with (
             echo_upstream() as upstream,
-            sandboxd(run_dir, state, sandbox_dir),
+            sandboxd(run_dir, state, sandbox_dir, **fleet_of(fleet)),
             launcher(name, state, run_dir, *broker_args(run_dir)) as the_launcher,
             daemon(name, state, run_dir) as the_daemon,
         ):

@@ -5,6 +5,8 @@ must pass its own policy, whoever asks."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -14,10 +16,17 @@ from pathlib import Path
 
 import pytest
 from conftest import Fleet
-from launcher_proc import launcher, sandboxd
+from launcher_proc import broker_args, launcher, sandboxd
 from machine_helpers import credentials_event, enroll, provision_credentials, services_file
 from processes import BIN, echo_upstream, launcher_call
-from sandbox_helpers import PRINCIPAL, kill_sandboxes_under, python_spec, sandboxed, wait_until
+from sandbox_helpers import (
+    PRINCIPAL,
+    fleet_of,
+    kill_sandboxes_under,
+    python_spec,
+    sandboxed,
+    wait_until,
+)
 
 from bureau.launcher.broker_wire import Reply, Request, receive, send
 from bureau.launcher.children import LauncherError
@@ -28,8 +37,11 @@ SLEEP = "import time; open('/workspace/up', 'w').close(); time.sleep(600)"
 NOBODY = 65534
 
 
+FLEET = {"fleet": "bureau/fleet/prod", "server": "test"}
+
+
 def _socket(run_dir: Path) -> Path:
-    return run_dir / "sandboxd.sock"
+    return run_dir / "sandboxd" / "sandboxd.sock"
 
 
 def test_sandboxes_outlive_a_killed_sandboxd_and_the_next_one_stops_them(
@@ -43,7 +55,7 @@ def test_sandboxes_outlive_a_killed_sandboxd_and_the_next_one_stops_them(
         box.sandboxd.stop(signal.SIGKILL)
         assert process_start_time(workload) == started, "the sandbox died with sandboxd"
         state = box.machine.state_dir
-        with sandboxd(run_dir, state, box.sandbox_dir):
+        with sandboxd(run_dir, state, box.sandbox_dir, **fleet_of(box.fleet)):
             # The next sandboxd did not start the keeper: it knows it by its uid.
             assert box.sandbox()["memory_mb"] > 0
             reply = launcher_call(
@@ -91,12 +103,15 @@ def _ask_as(uid: int, path: Path) -> str:
 
 
 def test_sandboxd_answers_its_own_uid_alone(run_dir: Path, tmp_path: Path) -> None:
-    with sandboxd(run_dir, tmp_path / "state", tmp_path / "sandbox") as host:
+    with sandboxd(run_dir, tmp_path / "state", tmp_path / "sandbox", **FLEET) as host:
         path = _socket(run_dir)
         run_dir.chmod(0o755)  # as /run/bureau: others pass through
+        assert path.parent.stat().st_mode & 0o777 == 0o700
         assert path.stat().st_mode & 0o777 == 0o600
         assert _ask_as(NOBODY, path) == "PermissionError"
-        path.chmod(0o666)  # past the file's mode, the peer's uid is checked
+        path.parent.chmod(0o711)
+        assert _ask_as(NOBODY, path) == "PermissionError"
+        path.chmod(0o666)  # past the modes, the peer's uid is checked
         assert _ask_as(NOBODY, path) == f"bureau-sandboxd: uid {NOBODY} may not ask"
         assert "refused a peer" in host.log()
         assert BrokerClient(path).mode in ("v1", "v2", "none")
@@ -105,7 +120,7 @@ def test_sandboxd_answers_its_own_uid_alone(run_dir: Path, tmp_path: Path) -> No
 def test_sandboxd_signals_no_process_but_the_principals_own(run_dir: Path, tmp_path: Path) -> None:
     principal = "@bureau/fleet/prod/agent/alpha:test"
     with (
-        sandboxd(run_dir, tmp_path / "state", tmp_path / "sandbox"),
+        sandboxd(run_dir, tmp_path / "state", tmp_path / "sandbox", **FLEET),
         subprocess.Popen(["sleep", "600"]) as bystander,
     ):
         client = BrokerClient(_socket(run_dir))
@@ -130,16 +145,84 @@ def test_sandboxd_checks_a_spec_itself_whoever_sends_it(
         client = BrokerClient(_socket(run_dir))
         with pytest.raises(LauncherError, match=r"^sandbox for .*filesystem.* " + state):
             client.start(box.principal, spec, [])
-        with pytest.raises(LauncherError, match="is not a full entity name"):
-            client.start("@bureau/fleet/prod:test", python_spec(SLEEP), [])
         assert not box.workspace.exists()
+
+
+def test_sandboxd_gives_a_uid_to_no_name_outside_the_fleet_nor_without_a_proxy(
+    fleet: Fleet, tmp_path: Path, run_dir: Path
+) -> None:
+    """A name that is not one of the fleet's principals, or one whose proxy the launcher
+    does not run, gets nothing: no uid, no workspace, no link to anyone's socket."""
+    with sandboxed(fleet, tmp_path, run_dir) as box:
+        client = BrokerClient(_socket(run_dir))
+        alpha = box.principal.removesuffix(f":{fleet.hub.server_name}")
+        for name, why in (
+            (f"{alpha}:elsewhere", "not in this machine's fleet"),
+            (
+                alpha.replace("agent/alpha", "agent/x/../alpha") + ":" + fleet.hub.server_name,
+                "has a segment starting with '.'",
+            ),
+            (f"@{fleet.name}/machine/m:{fleet.hub.server_name}", "is a machine"),
+            (f"@{fleet.name}/agent/nobody:{fleet.hub.server_name}", "no proxy socket"),
+        ):
+            with pytest.raises(LauncherError, match=why):
+                client.start(name, python_spec(SLEEP), [])
+        assert not (box.sandbox_dir / "sandbox-uids.json").exists()  # no uid given at all
+        assert not (run_dir / "sandbox").exists()
+
+
+def test_one_principals_keeper_is_not_anothers_to_kill(
+    fleet: Fleet, tmp_path: Path, run_dir: Path
+) -> None:
+    beta = f"@{fleet.name}/agent/beta:{fleet.hub.server_name}"
+    sandbox_dir = run_dir.with_name(run_dir.name + "-sandbox")
+    sandbox_dir.mkdir(mode=0o711)
+    uids = sandbox_dir / "sandbox-uids.json"
+    uids.write_text(json.dumps({beta: 2_000_065_000}))
+    uids.chmod(0o600)
+    with sandboxed(fleet, tmp_path, run_dir) as box:
+        assert box.ensure(python_spec(SLEEP))["ok"]
+        wait_until((box.workspace / "up").exists, what=box.launcher.log())
+        keeper = int(
+            json.loads(next((run_dir / "launcher" / "sandboxes").glob("*.json")).read_text())["pid"]
+        )
+        client = BrokerClient(_socket(run_dir))
+        for ask in (client.kill, client.terminate, client.workload):
+            with pytest.raises(LauncherError, match=f"pid {keeper} is not its keeper"):
+                ask(beta, keeper)
+        with pytest.raises(LauncherError, match="not its keeper"):
+            client.finish(beta, keeper, reaped=False)
+        assert box.sandbox()["status"] == "running"
+        assert process_start_time(keeper) is not None
+
+
+def test_a_launcher_adopts_its_sandboxes_while_sandboxd_is_down(
+    fleet: Fleet, tmp_path: Path, run_dir: Path
+) -> None:
+    """Its records are its own: a sandboxd it cannot ask costs no workload its
+    supervision, and the launcher serves."""
+    with sandboxed(fleet, tmp_path, run_dir) as box:
+        assert box.ensure(python_spec(SLEEP))["ok"]
+        wait_until((box.workspace / "up").exists, what=box.launcher.log())
+        workload = box.sandbox()["pid"]
+        box.launcher.proc.send_signal(signal.SIGKILL)
+        box.launcher.proc.wait(timeout=10)
+        box.sandboxd.stop(signal.SIGKILL)
+        name, state = box.machine.machine.short_name, box.machine.state_dir
+        with launcher(name, state, run_dir, *broker_args(run_dir)) as second:
+            again = dataclasses.replace(box, launcher=second)
+            assert again.sandbox()["status"] == "running", second.log()
+            assert "adopting a sandbox unchecked" in second.log()
+            assert "could not sweep sandboxes nobody adopted" in second.log()
+            with sandboxd(run_dir, state, box.sandbox_dir, **fleet_of(fleet)):
+                wait_until(lambda: again.sandbox()["pid"] == workload, what=second.log())
 
 
 def test_sandboxd_refuses_host_network_where_it_has_none(tmp_path: Path) -> None:
     done = subprocess.run(
         ["unshare", "--net", str(BIN / "bureau-sandboxd"), "--run-dir", str(tmp_path / "r"),
          "--state-dir", str(tmp_path / "s"), "--sandbox-dir", str(tmp_path / "w"),
-         "--allow-host-network"],
+         "--allow-host-network", "--fleet", "bureau/fleet/prod", "--server-name", "test"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 2

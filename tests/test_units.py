@@ -147,7 +147,7 @@ def test_the_launcher_holds_no_capability_and_asks_sandboxd() -> None:
     assert "AF_NETLINK" not in _value(LAUNCHER, "RestrictAddressFamilies").split()
     assert _value(LAUNCHER, "Wants") == _value(LAUNCHER, "After") == SANDBOXD
     command = _value(LAUNCHER, "ExecStart").split()
-    assert command[command.index("--sandbox-broker") + 1] == "/run/bureau/sandboxd.sock"
+    assert command[command.index("--sandbox-broker") + 1] == "/run/bureau/sandboxd/sandboxd.sock"
     assert "--sandbox-dir" not in command
 
 
@@ -155,7 +155,9 @@ def test_sandboxd_holds_what_sandboxes_need_and_nothing_more() -> None:
     assert set(_value(SANDBOXD, "AmbientCapabilities").split()) == SANDBOX_CAPABILITIES
     assert set(_value(SANDBOXD, "CapabilityBoundingSet").split()) == SANDBOX_CAPABILITIES
     assert _value(SANDBOXD, "Delegate") == "yes"
-    assert _value(SANDBOXD, "KillMode") == "process"  # sandboxes outlive its restart
+    # Its sandboxes stop with it: a delegated unit whose sub-cgroups hold processes does
+    # not start again on systemd 252.
+    assert _value(SANDBOXD, "KillMode") == "control-group"
     assert _value(SANDBOXD, "PrivateNetwork") == "yes"
     assert _value(SANDBOXD, "LoadCredentialEncrypted") == ""
     assert _value(SANDBOXD, "ReadWritePaths") == "/run/bureau /var/lib/bureau-sandbox"
@@ -189,6 +191,8 @@ def test_machine_conf_carries_each_units_own_options() -> None:
     assert command[command.index("--sandbox-dir") + 1] == "/var/lib/bureau-sandbox"
     assert command[command.index("--run-dir") + 1] == "/run/bureau"
     assert command[command.index("--state-dir") + 1] == "/var/lib/bureau"
+    assert command[command.index("--fleet") + 1] == "${BUREAU_FLEET}"
+    assert command[command.index("--server-name") + 1] == "${BUREAU_SERVER_NAME}"
 
 
 def test_daemon_requires_the_launcher_and_cannot_see_the_key() -> None:
@@ -199,6 +203,7 @@ def test_daemon_requires_the_launcher_and_cannot_see_the_key() -> None:
     hidden = _value(name, "InaccessiblePaths")
     assert "-/var/lib/bureau/machine-key.txt" in hidden.split()
     assert "-/run/credentials/bureau-launcher.service" in hidden.split()
+    assert "-/run/bureau/sandboxd" in hidden.split()  # bureau-sandboxd's socket
     # Lost standing (77) must not be restarted into a loop.
     assert "77" in _value(name, "RestartPreventExitStatus").split()
 
@@ -208,6 +213,7 @@ def test_tmpfiles_entry_is_what_doctor_checks() -> None:
         units.Directory(Path("/etc/bureau"), 0o755, "root", "root"),
         units.Directory(Path("/var/lib/bureau"), 0o700, "bureau", "bureau"),
         units.Directory(Path("/run/bureau"), 0o751, "bureau", "bureau-operators"),
+        units.Directory(Path("/run/bureau/sandboxd"), 0o700, "bureau", "bureau"),
         units.Directory(Path("/var/lib/bureau-sandbox"), 0o711, "bureau", "bureau"),
     ]
 

@@ -15,8 +15,11 @@ from typing import Any
 from bureau.launcher.broker_wire import Reply, Request, WireError, receive, send
 from bureau.launcher.children import LauncherError
 
-TIMEOUT = 5.0
-# start waits for bwrap to set up the sandbox; finish for its processes to be gone.
+# A quick request's bound, each of connect, send and receive: some are made from the
+# launcher's event loop (stopping, adopting), which must not wait long on a stuck broker.
+TIMEOUT = 2.0
+# start waits for bwrap to set up the sandbox; finish for its processes to be gone. Both
+# are asked from worker threads.
 SLOW_TIMEOUT = 60.0
 
 
@@ -91,7 +94,7 @@ class BrokerClient:
 
     def sweep(self, adopted: set[int]) -> list[str]:
         request = Request("sweep", adopted=tuple(sorted(adopted)))
-        return list(self._ask(request, SLOW_TIMEOUT)[0].killed)
+        return list(self._ask(request)[0].killed)
 
     def workload(self, principal: str, keeper: int) -> tuple[int, int, float]:
         reply = self._ask(Request("workload", principal, keeper=keeper))[0]

@@ -28,8 +28,10 @@ import os
 import select
 import signal
 import stat
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +70,61 @@ def _failed(principal: str, exc: OSError) -> LauncherError:
     return LauncherError(f"sandbox for {principal}: {exc.strerror or type(exc).__name__}{where}")
 
 
-def real_uid(pid: int) -> int | None:
+def _status(pid: int) -> tuple[int, bool] | None:
+    """(real uid, whether a zombie) of ``pid``, from /proc/PID/status; None when gone."""
+    uid, zombie = None, False
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("Uid:"):
-                return int(line.split()[1])
+            if line.startswith("State:"):
+                zombie = line.split()[1] == "Z"
+            elif line.startswith("Uid:"):
+                uid = int(line.split()[1])
     except (OSError, ValueError, IndexError):
-        pass
-    return None
+        return None
+    return None if uid is None else (uid, zombie)
+
+
+def real_uid(pid: int) -> int | None:
+    found = _status(pid)
+    return None if found is None else found[0]
+
+
+def pids_of_uid(uid: int) -> set[int]:
+    """Every live (not zombie) process whose real uid is ``uid``: a sandbox uid is one
+    principal's alone, so these are its sandbox's processes, found with or without
+    cgroups."""
+    found = set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and _status(int(entry.name)) == (uid, False):
+            found.add(int(entry.name))
+    return found
+
+
+def signal_as(pid: int, uid: int, signum: int) -> bool:
+    """Send ``signum`` to ``pid`` only if it runs as ``uid``: a pidfd holds the process
+    from the check to the signal, so a pid reused meanwhile is never signalled."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        if real_uid(pid) != uid or select.select([fd], [], [], 0)[0]:
+            return False  # another uid's, or exited since (its pid may be another's now)
+        signal.pidfd_send_signal(fd, signum)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class _Running:
+    """A keeper started here, until its principal's finish."""
+
+    principal: str
+    started: Started
+    how: str | None = None  # how it ended, once reaped here
 
 
 class SandboxHost:
@@ -87,7 +136,10 @@ class SandboxHost:
         machine: policy.Machine,
         uids: SandboxUids,
         cgroups: Cgroups,
+        fleet: tuple[str, str],
     ) -> None:
+        """``fleet``: (server name, fleet) whose principals alone run here."""
+        self._server, self._fleet = fleet
         self._workspaces = sandbox_dir
         self._run_dir = run_dir
         self._links = run_dir / "sandbox"
@@ -95,7 +147,22 @@ class SandboxHost:
         self._machine = machine
         self._uids = uids
         self._cgroups = cgroups
-        self._started: dict[int, Started] = {}  # by keeper pid
+        self._started: dict[int, _Running] = {}  # by keeper pid
+        # Requests come on threads of their own: one uid map, one principal at a time.
+        self._lock = threading.Lock()
+        self._principal_locks: dict[str, threading.Lock] = {}
+
+    @contextlib.contextmanager
+    def _serialised(self, principal: str) -> Iterator[None]:
+        """One request for ``principal`` at a time, checked as a principal of the fleet."""
+        try:
+            names.check_fleet_principal(principal, self._server, self._fleet)
+        except names.InvalidName as exc:
+            raise LauncherError(f"sandbox: {exc}") from None
+        with self._lock:
+            lock = self._principal_locks.setdefault(principal, threading.Lock())
+        with lock:
+            yield
 
     @property
     def mode(self) -> str:
@@ -103,7 +170,12 @@ class SandboxHost:
         return self._cgroups.mode
 
     def known(self, principal: str) -> bool:
-        return self._uids.known(principal)
+        with self._lock:
+            return self._uids.known(principal)
+
+    def _uid(self, principal: str) -> int | None:
+        with self._lock:
+            return self._uids.get(principal) if self._uids.known(principal) else None
 
     # -- checks --------------------------------------------------------------------------
 
@@ -111,48 +183,66 @@ class SandboxHost:
         self, principal: str, content: dict[str, Any], credentials: Sequence[str]
     ) -> policy.Checked:
         """``credentials``: the names the principal's bundle holds."""
+        with self._serialised(principal):
+            return self._check(principal, content, credentials)
+
+    def _check(
+        self, principal: str, content: dict[str, Any], credentials: Sequence[str]
+    ) -> policy.Checked:
         try:
             return policy.check(policy.parse(content), self._machine, credentials)
         except policy.SpecRefused as exc:
             raise LauncherError(f"sandbox for {principal}: {exc}") from None
 
     def _keeper(self, principal: str, keeper: int) -> int:
-        """``keeper`` when it is a process of the principal's uid (or one started here)."""
-        if keeper in self._started:
-            return keeper
-        uid = self._uids.get(principal) if self._uids.known(principal) else None
-        if uid is None or keeper <= 1 or real_uid(keeper) != uid:
+        """The principal's uid, when ``keeper`` is its sandbox's keeper: one started here
+        for it, or a live process of its uid (a keeper an earlier bureau-sandboxd
+        started)."""
+        uid = self._uid(principal)
+        running = self._started.get(keeper)
+        mine = running is not None and running.principal == principal
+        if uid is None or not (mine or (keeper > 1 and real_uid(keeper) == uid)):
             raise LauncherError(f"sandbox for {principal}: pid {keeper} is not its keeper")
-        return keeper
+        return uid
 
     # -- the socket link and the workspace ---------------------------------------------
 
     def _proxy_socket(self, principal: str) -> Path:
         """The principal's own proxy socket (as the launcher names it): never another's."""
-        try:
-            localpart, _ = names.parse_user_id(principal)
-            socket = self._run_dir / names.proxy_socket_relpath(localpart)
-        except names.InvalidName as exc:
-            raise LauncherError(f"sandbox for {principal!r}: {exc}") from None
-        if not stat.S_ISSOCK(socket.lstat().st_mode):
-            raise LauncherError(f"sandbox for {principal}: {socket} is not a socket")
-        return socket
+        localpart, _ = names.parse_user_id(principal)
+        return self._run_dir / names.proxy_socket_relpath(localpart)
 
     def _link(self, principal: str) -> Path:
         """Put the principal's current proxy socket in its sandbox directory, reachable by
-        its uid only: group = the sandbox's gid, mode 0660."""
+        its uid only: group = the sandbox's gid, mode 0660. Worked on through descriptors
+        that follow no symbolic link: what is linked is the socket that was checked."""
         uid = self._uids.get(principal)
         socket = self._proxy_socket(principal)
         directory = self._links / key_of(principal)
         make_dirs(self._links, 0o711)
         make_dirs(directory, 0o710)
-        os.chown(directory, -1, uid)
-        os.chown(socket, -1, uid, follow_symlinks=False)
-        socket.chmod(0o660)
-        temporary = directory / f".{LINK_NAME}.new"
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        os.link(socket, temporary)
+        if not stat.S_ISDIR(directory.lstat().st_mode):
+            raise LauncherError(f"sandbox for {principal}: {directory} is not a directory")
+        os.chown(directory, -1, uid, follow_symlinks=False)
+        fd = os.open(socket, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                raise LauncherError(f"sandbox for {principal}: {socket} is not a socket")
+            opened = f"/proc/self/fd/{fd}"  # the inode opened, whatever the path is now
+            os.chown(opened, -1, uid)
+            Path(opened).chmod(0o660)
+            temporary = directory / f".{LINK_NAME}.new"
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()
+            # linkat(AT_SYMLINK_FOLLOW) of the magic link: the inode itself. os.link()
+            # calls plain link(), which follows nothing, unless given a directory fd.
+            procfd = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.link(str(fd), temporary, src_dir_fd=procfd, follow_symlinks=True)
+            finally:
+                os.close(procfd)
+        finally:
+            os.close(fd)
         temporary.rename(directory / LINK_NAME)
         # rename() of a link onto a link of the same socket does nothing, and leaves it.
         with contextlib.suppress(FileNotFoundError):
@@ -161,11 +251,12 @@ class SandboxHost:
 
     def relink(self, principal: str) -> None:
         """After the proxy was replaced: the sandbox's link follows it."""
-        if (self._links / key_of(principal)).is_dir() and self._uids.known(principal):
-            try:
-                self._link(principal)
-            except OSError as exc:
-                raise _failed(principal, exc) from None
+        with self._serialised(principal):
+            if (self._links / key_of(principal)).is_dir() and self._uid(principal) is not None:
+                try:
+                    self._link(principal)
+                except OSError as exc:
+                    raise _failed(principal, exc) from None
 
     def _workspace(self, principal: str, uid: int) -> Path:
         path = self._workspaces / key_of(principal)
@@ -190,7 +281,19 @@ class SandboxHost:
     ) -> tuple[int, int]:
         """Start the principal's sandbox: (the keeper's pid, the read end of the pipe its
         output goes to; the caller's to close)."""
-        checked = self.check(principal, content, credentials)
+        with self._serialised(principal):
+            return self._start(principal, content, credentials)
+
+    def _start(
+        self, principal: str, content: dict[str, Any], credentials: Sequence[str]
+    ) -> tuple[int, int]:
+        checked = self._check(principal, content, credentials)
+        try:
+            self._proxy_socket(principal).lstat()  # its proxy runs: it is the launcher's
+        except OSError as exc:
+            raise LauncherError(
+                f"sandbox for {principal}: no proxy socket ({exc.strerror})"
+            ) from None
         for path in (self._workspaces, self._links):
             closed = unreachable(path)
             if closed is not None:
@@ -200,13 +303,15 @@ class SandboxHost:
                     f"to {path} (chmod o+x {closed})"
                 )
         try:
-            uid = self._uids.allocate(principal)
+            with self._lock:
+                uid = self._uids.allocate(principal)
         except OSError as exc:
             raise _failed(principal, exc) from None
-        # What an earlier sandbox of the principal left (one nobody recorded, say) must not
-        # run beside the new one, nor count against its limits.
-        if not self.emptied(principal):
+        # What an earlier sandbox of the principal left (one nobody recorded, or whose
+        # finish never came) must not run beside the new one, nor count against its limits.
+        if not self._emptied(principal, uid):
             raise LauncherError(f"sandbox for {principal}: an earlier sandbox's processes live on")
+        self._forget_ended(principal)
         try:
             workspace = self._workspace(principal, uid)
             socket_dir = self._link(principal)
@@ -228,101 +333,142 @@ class SandboxHost:
             group=group,
             exit_file=self._exits / f"{key_of(principal)}.json",
         )
-        self._started[pid] = started
+        with self._lock:
+            self._started[pid] = _Running(principal, started)
         return pid, log_r
 
     # -- ending --------------------------------------------------------------------------
 
-    def emptied(self, principal: str) -> bool:
-        """SIGKILL whatever the principal's cgroup holds until it is empty; whether it is."""
+    def _pids(self, principal: str, uid: int) -> set[int]:
+        """The principal's sandbox processes: its uid's, and its cgroup's of its uid."""
         group = self._cgroups.existing(key_of(principal))
+        in_group = set(group.pids()) if group is not None else set()
+        return pids_of_uid(uid) | {p for p in in_group if real_uid(p) == uid}
+
+    def _kill_all(self, principal: str, uid: int) -> None:
+        for pid in self._pids(principal, uid):
+            signal_as(pid, uid, signal.SIGKILL)
+
+    def _emptied(self, principal: str, uid: int) -> bool:
+        """SIGKILL the principal's sandbox processes until none is left; whether none is."""
         deadline = time.monotonic() + CLEAR_TIMEOUT
-        while group is not None and group.pids():
+        while self._pids(principal, uid):
             if time.monotonic() > deadline:
                 return False
-            group.kill()
+            self._kill_all(principal, uid)
             time.sleep(CLEAR_POLL)
         return True
+
+    def _forget_ended(self, principal: str) -> None:
+        """Keepers of ``principal`` started here whose finish never came (their
+        launcher was gone, say): reaped, and their descriptors closed."""
+        with self._lock:
+            stale = [pid for pid, r in self._started.items() if r.principal == principal]
+            for pid in stale:
+                running = self._started.pop(pid)
+                reap_exited(pid)
+                os.close(running.started.inner)
 
     def finish(self, principal: str, keeper: int, *, reaped: bool) -> str | None:
         """The keeper has exited: bwrap's outer process with it, and its inner one dies of
         that (--die-with-parent), with every process in the pid namespace. Wait until they
         are gone, reap what is ours (the keeper too, unless the caller has: ``reaped``), and
         say how the sandbox ended (None: nobody knows)."""
-        started = self._started.pop(keeper, None)
-        how = reap_exited(keeper) if started is not None and not reaped else "status unknown"
+        with self._serialised(principal):
+            return self._finish(principal, keeper, reaped=reaped)
+
+    def _finish(self, principal: str, keeper: int, *, reaped: bool) -> str | None:
+        uid = self._uid(principal)
+        with self._lock:
+            running = self._started.get(keeper)
+            if running is not None and running.principal != principal:
+                raise LauncherError(f"sandbox for {principal}: pid {keeper} is not its keeper")
+            if running is None and uid is not None and _status(keeper) == (uid, False):
+                raise LauncherError(f"sandbox for {principal}: its keeper {keeper} still runs")
+            self._started.pop(keeper, None)
+        how = "status unknown"
+        if running is not None and not reaped:
+            how = reap_exited(keeper)
         try:
             gone = True
-            if started is not None:
+            if running is not None:
                 with contextlib.suppress(ProcessLookupError):
-                    signal.pidfd_send_signal(started.inner, signal.SIGKILL)
+                    signal.pidfd_send_signal(running.started.inner, signal.SIGKILL)
                 poller = select.poll()
-                poller.register(started.inner, select.POLLIN)
+                poller.register(running.started.inner, select.POLLIN)
                 gone = bool(poller.poll(CLEAR_TIMEOUT * 1000))
-            if not (self.emptied(principal) and gone):
+            if uid is not None and not (self._emptied(principal, uid) and gone):
                 raise LauncherError(f"sandbox for {principal}: its processes outlived it")
         finally:
-            if started is not None:
+            if running is not None:
                 with contextlib.suppress(ChildProcessError):
                     # Ours when bwrap's outer process exited before it.
-                    os.waitid(os.P_PIDFD, started.inner, os.WEXITED | os.WNOHANG)
-                os.close(started.inner)
+                    os.waitid(os.P_PIDFD, running.started.inner, os.WEXITED | os.WNOHANG)
+                os.close(running.started.inner)
         if how == "status unknown":
             return exit_status(self._exits / f"{key_of(principal)}.json")
         return how
 
     def terminate(self, principal: str, keeper: int) -> None:
         """SIGTERM to the workload's processes: bwrap's own two pass it on to nobody."""
-        keeper = self._keeper(principal, keeper)
-        workload = descendants(keeper)[2:]  # below bwrap's outer and inner processes
-        for pid in workload:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        if not workload:  # nothing of the workload is left to drain
-            self.kill(principal, keeper)
+        with self._serialised(principal):
+            uid = self._keeper(principal, keeper)
+            workload = descendants(keeper)[2:]  # below bwrap's outer and inner processes
+            signalled = [pid for pid in workload if signal_as(pid, uid, signal.SIGTERM)]
+            if not signalled:  # nothing of the workload is left to drain
+                self._kill(principal, keeper, uid)
 
     def kill(self, principal: str, keeper: int) -> None:
         """SIGKILL the keeper: bwrap's outer process dies with it, its inner one with that,
-        and every process in the pid namespace with the inner one."""
-        keeper = self._keeper(principal, keeper)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(keeper, signal.SIGKILL)
-        started = self._started.get(keeper)
-        if started is not None:  # the pid namespace's init: every process in it dies
+        and every process in the pid namespace with the inner one; and whatever else runs
+        as the principal's uid."""
+        with self._serialised(principal):
+            self._kill(principal, keeper, self._keeper(principal, keeper))
+
+    def _kill(self, principal: str, keeper: int, uid: int) -> None:
+        running = self._started.get(keeper)
+        if running is not None and running.how is None:  # ours, not reaped: still its pid
             with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(started.inner, signal.SIGKILL)
-        group = self._cgroups.existing(key_of(principal))
-        if group is not None:
-            group.kill()
+                os.kill(keeper, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(running.started.inner, signal.SIGKILL)
+        self._kill_all(principal, uid)
 
     def removed(self, principal: str) -> None:
-        """The workspace stays (the principal's data); its socket link and cgroup go."""
-        with contextlib.suppress(FileNotFoundError):
-            (self._exits / f"{key_of(principal)}.json").unlink()
-        with contextlib.suppress(FileNotFoundError):
-            (self._links / key_of(principal) / LINK_NAME).unlink()
-        with contextlib.suppress(OSError):
-            (self._links / key_of(principal)).rmdir()
-        group = self._cgroups.existing(key_of(principal))
-        if group is not None:
-            group.kill()
-            group.remove()
+        """The workspace stays (the principal's data); its processes, socket link and
+        cgroup go."""
+        with self._serialised(principal):
+            with contextlib.suppress(FileNotFoundError):
+                (self._exits / f"{key_of(principal)}.json").unlink()
+            with contextlib.suppress(FileNotFoundError):
+                (self._links / key_of(principal) / LINK_NAME).unlink()
+            with contextlib.suppress(OSError):
+                (self._links / key_of(principal)).rmdir()
+            uid = self._uid(principal)
+            if uid is not None:
+                self._kill_all(principal, uid)
+            group = self._cgroups.existing(key_of(principal))
+            if group is not None:
+                group.remove()
 
     def sweep(self, adopted: set[int]) -> list[str]:
-        """Kill each sandbox whose keeper nobody adopted (found by its cgroup, where there
-        are cgroups); the principals it was for."""
+        """Kill each sandbox whose keeper nobody adopted (its processes found by its uid);
+        the principals it was for."""
+        with self._lock:
+            principals = {p: self._uids.get(p) for p in self._uids.principals()}
         killed = []
-        for principal in self._uids.principals():
-            group = self._cgroups.existing(key_of(principal))
-            if group is not None and group.pids() and not adopted & set(group.pids()):
-                group.kill()
+        for principal, uid in principals.items():
+            pids = self._pids(principal, uid)
+            if pids and not adopted & pids:
+                self._kill_all(principal, uid)
                 killed.append(principal)
         return killed
 
     def workload(self, principal: str, keeper: int) -> tuple[int, int, float]:
         """(workload pid, memory in bytes, CPU seconds) of a running sandbox."""
-        keeper = self._keeper(principal, keeper)
-        pids = descendants(keeper)
+        with self._serialised(principal):
+            uid = self._keeper(principal, keeper)
+        pids = [p for p in descendants(keeper) if real_uid(p) == uid]
         workload = pids[2] if len(pids) > 2 else 0  # below bwrap's outer and inner processes
         group = self._cgroups.existing(key_of(principal))
         memory = group.memory_bytes() if group is not None else None

@@ -29,6 +29,7 @@ from bureau.launcher.sandbox_host import key_of
 from bureau.launcher.spawner import Spawner, SpawnError
 
 GRACE_SECONDS = 10.0
+FIGURES_WAIT = 2.0  # for the host's figures of every running sandbox, when listed
 
 
 class Host(Protocol):
@@ -70,19 +71,20 @@ class SandboxKind:
         self._spawner = spawner
         self._credential_names = credential_names
         self._log = log
+        self._figures: dict[int, tuple[int, int, float]] = {}  # by keeper pid
 
-    def check(
+    async def check(
         self, principal: str, content: dict[str, Any], names: Sequence[str] | None = None
     ) -> None:
         """``names``: the credentials the principal's bundle holds (default: the running
         proxy's)."""
         if names is None:
             names = self._credential_names(principal)
-        self.host.check(principal, content, names)
+        await asyncio.to_thread(self.host.check, principal, content, names)
 
-    def relink(self, principal: str) -> None:
+    async def relink(self, principal: str) -> None:
         """After the proxy was replaced: the sandbox's link follows it."""
-        self.host.relink(principal)
+        await asyncio.to_thread(self.host.relink, principal)
 
     # -- Kind ----------------------------------------------------------------------------
 
@@ -161,8 +163,15 @@ class SandboxKind:
             )
 
     def adoptable(self, principal: str) -> None:
-        if not self.host.known(principal):
-            raise LauncherError(f"sandbox for {principal}: no uid was given to it")
+        try:
+            known = self.host.known(principal)
+        except LauncherError as exc:
+            # The launcher's own record (0600, its run dir) stands: a host it cannot ask
+            # now must not cost a running workload its supervision.
+            self._log.warning("adopting a sandbox unchecked", principal=principal, error=str(exc))
+            return
+        if not known:
+            raise KeyError(f"sandbox for {principal}: no uid was given to it")
 
     def removed(self, principal: str) -> None:
         self.host.removed(principal)
@@ -171,13 +180,34 @@ class SandboxKind:
         """Sandboxes are found by their records only: one whose record is gone was never
         installed (or its record could not be written), and nobody adopts it. The host
         kills each such sandbox's processes, found by its cgroup where there are cgroups."""
-        for principal in self.host.sweep(adopted):
+        try:
+            killed = self.host.sweep(adopted)
+        except LauncherError as exc:
+            self._log.error("could not sweep sandboxes nobody adopted", error=str(exc))
+            return
+        for principal in killed:
             self._log.warning("killed a sandbox that nobody adopted", principal=principal)
 
     def workload(self, child: Child) -> tuple[int, int, float]:
-        """(workload pid, memory in bytes, CPU seconds) of a running sandbox."""
-        try:
-            return self.host.workload(child.principal, child.pid)
-        except LauncherError as exc:
-            self._log.warning("no figures for a sandbox", principal=child.principal, error=str(exc))
-            return 0, 0, 0.0
+        """(workload pid, memory in bytes, CPU seconds) of a running sandbox, as last
+        measured (measure)."""
+        return self._figures.get(child.pid, (0, 0, 0.0))
+
+    async def measure(self, children: list[Child]) -> None:
+        """Each of ``children``'s figures, from the host on worker threads: never the event
+        loop's wait. Those not measured within FIGURES_WAIT keep their last figures."""
+
+        async def one(child: Child) -> None:
+            try:
+                found = await asyncio.to_thread(self.host.workload, child.principal, child.pid)
+            except LauncherError as exc:
+                self._log.debug("no figures", principal=child.principal, error=str(exc))
+                found = (0, 0, 0.0)
+            self._figures[child.pid] = found
+
+        live = {child.pid for child in children}
+        self._figures = {pid: f for pid, f in self._figures.items() if pid in live}
+        if children:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FIGURES_WAIT):
+                    await asyncio.gather(*(one(child) for child in children))

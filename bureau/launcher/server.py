@@ -168,7 +168,7 @@ class LauncherServer:
         if request.action == "status":
             return ok(**self._supervisor.status().to_json())
         if request.action == "list":
-            return ok(principals=[p.to_json() for p in self._supervisor.list()])
+            return ok(principals=[p.to_json() for p in await self._supervisor.list()])
         if request.action == "relogin":
             # One at a time: a second caller finds the session already renewed.
             async with self._relogin_lock:

@@ -64,10 +64,15 @@ class SandboxOptions:
 
 
 def sandbox_host(
-    options: SandboxOptions, state_dir: Path, run_dir: Path, reserved: set[int]
+    options: SandboxOptions,
+    state_dir: Path,
+    run_dir: Path,
+    reserved: set[int],
+    fleet: tuple[str, str],
 ) -> Host:
     """Where sandboxes start: bureau-sandboxd, or this process (which then needs the
-    capabilities sandbox_host.py names). ``reserved``: uids no sandbox may run as."""
+    capabilities sandbox_host.py names). ``reserved``: uids no sandbox may run as;
+    ``fleet``: (server name, fleet) of the principals that may run."""
     if options.broker is not None:
         return BrokerClient(options.broker)
     # The sandbox dir holds every workspace: none is a sandbox's to mount.
@@ -79,6 +84,7 @@ def sandbox_host(
         machine=sandbox_policy.Machine((*protected, *options.protected), options.host_network),
         uids=SandboxUids(state_dir, options.uids, reserved),
         cgroups=Cgroups(),
+        fleet=fleet,
     )
 
 
@@ -119,7 +125,13 @@ class Supervisor:
             self._proxy_kind, run_dir / "launcher" / "proxies", log, tasks, self._lock
         )
         self._sandbox_kind = SandboxKind(
-            host=sandbox_host(sandboxes, state_dir, run_dir, {os.getuid(), *reserved_uids}),
+            host=sandbox_host(
+                sandboxes,
+                state_dir,
+                run_dir,
+                {os.getuid(), *reserved_uids},
+                (self._server, self._fleet),
+            ),
             run_dir=run_dir,
             spawner=self._spawner,
             credential_names=self._credential_names,
@@ -149,7 +161,11 @@ class Supervisor:
         running = sum(1 for p in proxies if not p.exited.is_set())
         return LauncherStatus(self._machine_user, len(proxies), running)
 
-    def list(self) -> list[PrincipalState]:
+    async def list(self) -> list[PrincipalState]:
+        """Each principal's state, its sandbox's figures measured now (by the host, on
+        worker threads, within FIGURES_WAIT; else as last measured)."""
+        running = [c for c in self._sandboxes.running.values() if c.status == "running"]
+        await self._sandbox_kind.measure(running)
         return [self._describe(self._proxies.running[p]) for p in sorted(self._proxies.running)]
 
     async def ensure(
@@ -160,7 +176,7 @@ class Supervisor:
         self._check_principal(principal)
         event = self._proxy_kind.check_event(principal, content)
         if sandbox is not None:
-            self._sandbox_kind.check(principal, sandbox, event.keys)
+            await self._sandbox_kind.check(principal, sandbox, event.keys)
         digest = content_digest(content)
         socket = str(self._proxy_kind.socket_path(principal))
         async with self._lock(principal):
@@ -176,7 +192,7 @@ class Supervisor:
             return False
         new = await self._proxies.start(principal, content, digest)
         # Before the old proxy drains: the workload's next connection reaches the new one.
-        self._sandbox_kind.relink(principal)
+        await self._sandbox_kind.relink(principal)
         if current is not None:
             new.restarts = current.restarts
             await self._proxies.retire(current)
@@ -247,17 +263,9 @@ class Supervisor:
         """Refuses what is not a principal of this fleet, and (``to_run``) a name that
         could never have a proxy socket of its own."""
         try:
-            localpart, server = names.parse_user_id(principal)
-            names.validate_localpart(localpart)
-            fleet = names.fleet_of_entity(localpart)
-            if to_run:
-                names.check_socket_name(localpart)
+            names.check_fleet_principal(principal, self._server, self._fleet, to_run=to_run)
         except names.InvalidName as exc:
             raise LauncherError(f"principal: {exc}") from None
-        if server != self._server or fleet != self._fleet:
-            raise LauncherError(f"principal {principal} is not in this machine's fleet")
-        if localpart.split("/")[3] == "machine":
-            raise LauncherError(f"principal {principal} is a machine")
 
     def _sandbox_state(self, principal: str) -> SandboxState | None:
         child = self._sandboxes.running.get(principal)

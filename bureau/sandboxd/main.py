@@ -1,13 +1,15 @@
 """bureau-sandboxd: the launcher's sandbox host (launcher/sandbox_host.py) behind a Unix
-socket, ``RUN_DIR/sandboxd.sock`` (0600), for the launcher's uid alone (SO_PEERCRED).
+socket, ``RUN_DIR/sandboxd/sandboxd.sock`` (0600, in a 0700 directory the daemon's unit
+hides), for the launcher's uid alone (SO_PEERCRED).
 
 It holds CAP_SETUID, CAP_SETGID, CAP_CHOWN and CAP_KILL, no key, no credential, and no
 network but loopback (its unit's PrivateNetwork=): a request can start a sandbox only
-as a uid of its --sandbox-uids, with a spec its own policy passes, and signal only the
-processes of a sandbox's uid. One request per connection, each served on a thread of its
-own; requests for one principal come serialised by the launcher. SIGTERM stops it within
-a few seconds; sandboxes keep running (KillMode=process), and a restarted sandboxd serves
-them again (their keepers are found by uid)."""
+as a uid of its --sandbox-uids, for a principal of its --fleet whose proxy runs, with a
+spec its own policy passes, and signal only the processes of that principal's uid. One
+request per connection, each served on a thread of its own, one principal's at a time.
+SIGTERM stops it within a few seconds. Its unit stops its sandboxes with it (systemd 252
+cannot start a delegated unit again while its sub-cgroups hold processes); without that,
+a restarted sandboxd serves them again (their keepers are found by uid)."""
 
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from bureau.launcher.sandbox_uids import SandboxUids, parse_range
 from bureau.notify import Notifier
 
 PROG = "bureau-sandboxd"
+SOCKET_DIR = "sandboxd"
 SOCKET_NAME = "sandboxd.sock"
 STOP_GRACE = 5.0  # for requests under way when SIGTERM comes
 # A peer that connects and sends nothing holds a thread this long at most.
@@ -54,7 +57,18 @@ def build_parser() -> Parser:
         type=Path,
         default=Path("/run/bureau"),
         help="the launcher's run dir: proxy sockets are linked from there into sandboxes, "
-        f"and {SOCKET_NAME} is made there (default %(default)s)",
+        f"and {SOCKET_DIR}/{SOCKET_NAME} is made there (default %(default)s)",
+    )
+    p.add_argument(
+        "--fleet",
+        required=True,
+        help="the fleet whose principals may run here, e.g. bureau/fleet/prod "
+        "($BUREAU_FLEET in machine.conf)",
+    )
+    p.add_argument(
+        "--server-name",
+        required=True,
+        help="the Matrix server name of those principals ($BUREAU_SERVER_NAME)",
     )
     p.add_argument(
         "--state-dir",
@@ -144,25 +158,29 @@ class Broker:
                 # Read first even from a peer refused: a socket closed with its request
                 # unread resets the peer, which would never see why.
                 raw, _ = receive(conn)
-                conn.settimeout(None)
                 uid = peer_uid(conn)
                 if uid != allowed:
                     self._log.warning("refused a peer", uid=uid)
                     send(conn, Reply(error=f"{PROG}: uid {uid} may not ask").to_json())
                     return
                 request = Request.from_json(raw)
-                try:
-                    reply, fds = self.answer(request)
-                except (LauncherError, KeyError, OSError) as exc:
-                    text = str(exc) if isinstance(exc, LauncherError) else repr(exc)
-                    if request.op not in ("known", "check"):
-                        self._log.error(
-                            f"{request.op} failed", principal=request.principal, error=text
-                        )
-                    reply = Reply(error=text)
-                send(conn, reply.to_json(), fds)
             except (OSError, WireError) as exc:
                 self._log.warning("a request went unanswered", error=str(exc))
+                return
+            try:
+                reply, fds = self.answer(request)
+            except Exception as exc:  # every request gets its answer, a bug's too
+                text = str(exc) if isinstance(exc, LauncherError) else repr(exc)
+                if request.op not in ("known", "check"):
+                    self._log.error(f"{request.op} failed", principal=request.principal, error=text)
+                reply = Reply(error=text)
+            try:
+                send(conn, reply.to_json(), fds)
+            except (OSError, WireError) as exc:
+                self._log.warning("a reply went undelivered", op=request.op, error=str(exc))
+                if request.op == "start" and reply.pid:  # nobody would supervise it
+                    with contextlib.suppress(Exception):
+                        self._host.kill(request.principal, reply.pid)
             finally:
                 for fd in fds:
                     os.close(fd)
@@ -172,8 +190,11 @@ def _listen(run_dir: Path) -> socket.socket:
     """Bound under a temporary name and renamed into place: the launcher never finds a
     socket that is not yet 0600, nor the path missing while an old one is replaced."""
     make_dirs(run_dir, 0o755)  # as the launcher makes it
-    final = run_dir / SOCKET_NAME
-    temporary = run_dir / f".{SOCKET_NAME}.{os.getpid()}"
+    directory = run_dir / SOCKET_DIR
+    make_dirs(directory, 0o700)
+    check_owned_dir(directory, f"--run-dir {run_dir}: {SOCKET_DIR}", 0o700)
+    final = directory / SOCKET_NAME
+    temporary = directory / f".{SOCKET_NAME}.{os.getpid()}"
     with contextlib.suppress(FileNotFoundError):
         temporary.unlink()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
@@ -215,11 +236,12 @@ def _serve(args: argparse.Namespace, logger: Any, notifier: Notifier) -> int:
         machine=policy.Machine((*protected, *args.protect), args.allow_host_network),
         uids=SandboxUids(workspaces, parse_range(sandbox_flags.uid_range_text(args)), reserved),
         cgroups=Cgroups(),
+        fleet=(args.server_name, args.fleet),
     )
     broker = Broker(host, logger)
     listener = _listen(run_dir)
     threads: set[threading.Thread] = set()
-    logger.info("serving", socket=str(run_dir / SOCKET_NAME), cgroups=host.mode)
+    logger.info("serving", socket=str(run_dir / SOCKET_DIR / SOCKET_NAME), cgroups=host.mode)
     if host.mode == "none":
         logger.warning("no writable cgroups: sandboxes get rlimits only (memory unlimited)")
     notifier.ready(f"serving; cgroups {host.mode}")
