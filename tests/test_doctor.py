@@ -423,3 +423,36 @@ def test_a_kernel_without_user_namespaces_fails_naming_the_sysctl() -> None:
         "(fix: user.max_user_namespaces is 0: set it above 0 "
         "(sysctl -w user.max_user_namespaces=65536, and in /etc/sysctl.d))"
     )
+
+
+def test_the_uid_map_moves_to_bureau_sandboxd_with_every_uid_kept(tmp_path: Path) -> None:
+    """Left where the launcher kept it, bureau-sandboxd (which cannot see the launcher's
+    state dir) would give every principal a new uid."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/passwd").write_text("bureau:x:64999:64998::/:/bin/false\n")
+    (tmp_path / "etc/group").write_text("bureau:x:64998:\n")
+    old = tmp_path / "var/lib/bureau/sandbox-uids.json"
+    old.parent.mkdir(parents=True)
+    uids = {"@bureau/fleet/prod/agent/alpha:test": 2_000_000_007}
+    old.write_text(json.dumps(uids))
+    old.chmod(0o600)
+    checks = SandboxChecks(Host(tmp_path))
+    (found,) = checks.uid_map()
+    assert found.status is Status.FAIL
+    assert "where bureau-sandboxd cannot see it" in found.line()
+    assert found.fix is not None
+    found.fix()
+    new = tmp_path / "var/lib/bureau-sandbox/sandbox-uids.json"
+    assert json.loads(new.read_text()) == uids
+    st = new.stat()
+    assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o600, 64999, 64998)
+    assert not old.exists()
+    (again,) = checks.uid_map()
+    assert again.status is Status.OK
+    # A leftover beside the map in use is removed, the map in use kept.
+    old.write_text("{}")
+    (leftover,) = checks.uid_map()
+    assert "is left over beside" in leftover.line()
+    assert leftover.fix is not None
+    leftover.fix()
+    assert not old.exists() and json.loads(new.read_text()) == uids

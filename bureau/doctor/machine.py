@@ -31,6 +31,7 @@ def machine_doctor(
         local.binaries,
         sandboxes.programs,
         sandboxes.user_namespaces,
+        sandboxes.uid_map,
         local.units,
         local.enabled,
         local.private_files,

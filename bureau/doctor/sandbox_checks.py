@@ -10,16 +10,19 @@ nothing about the root's."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 from bureau.doctor.findings import Finding, fail, not_applicable, ok
-from bureau.doctor.host_checks import Fix
+from bureau.doctor.host_checks import USER, Fix
 from bureau.errors import BureauError
+from bureau.files import atomic_write, read_private_json
 from bureau.host import Host, run_tool, tool_failed
 from bureau.launcher.sandbox_uids import DEFAULT_RANGE
 
@@ -42,6 +45,11 @@ PROBE_OPTIONS = (
 PROBE_UID = DEFAULT_RANGE[1]
 PROBE_SECONDS = 30
 PROGRAMS = "sandbox programs (bwrap, prlimit)"
+UID_MAP = "sandbox uids (bureau-sandboxd's sandbox-uids.json)"
+# Where the launcher kept which uid each principal's sandbox runs as, before
+# bureau-sandboxd (which cannot see the launcher's state dir) kept it beside the workspaces.
+OLD_UID_MAP = Path("/var/lib/bureau/sandbox-uids.json")
+UID_MAP_PATH = Path("/var/lib/bureau-sandbox/sandbox-uids.json")
 NAMESPACES = "sandboxes start (unprivileged user namespaces)"
 ELSEWHERE = "checked on the machine itself, not under --root"
 
@@ -192,3 +200,37 @@ class SandboxChecks:
                 "kernel.apparmor_restrict_unprivileged_userns=0"
             )
         return "unprivileged user namespaces must work for bwrap: see its message"
+
+    # -- the uid map ---------------------------------------------------------------------
+
+    def uid_map(self) -> Iterator[Finding]:
+        """The map moves with its owner: left in the launcher's state dir, bureau-sandboxd
+        would give every principal a new uid, and its workspace's files would stop being
+        its own."""
+        old, new = self.host.path(OLD_UID_MAP), self.host.path(UID_MAP_PATH)
+        if not old.exists():
+            yield ok(UID_MAP) if new.exists() else not_applicable(UID_MAP, "none given yet")
+        elif new.exists():
+            yield fail(
+                UID_MAP,
+                f"{old} is left over beside {new}, which bureau-sandboxd reads",
+                f"remove {old}",
+                old.unlink,
+            )
+        else:
+            yield fail(
+                UID_MAP,
+                f"kept in {old}, where bureau-sandboxd cannot see it",
+                f"move it to {new} (0600, {USER})",
+                partial(self._move_uid_map, old, new),
+            )
+
+    def _move_uid_map(self, old: Path, new: Path) -> None:
+        data = read_private_json(old, strict=True)
+        account, team = self.host.user(USER), self.host.group(USER)
+        if account is None or team is None:
+            raise BureauError(f"{new}: user or group {USER} does not exist yet")
+        new.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+        atomic_write(new, json.dumps(data, sort_keys=True).encode(), 0o600)
+        os.chown(new, account.id, team.id)
+        old.unlink()
