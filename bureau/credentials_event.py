@@ -1,12 +1,25 @@
 """``m.bureau.credentials`` (WIRE.md) and the routes it carries. Pure.
 
-Binding: the encrypted plaintext carries, besides the credentials, one reserved entry
-``bureau.binding`` = ``sha256:<hex>`` of the canonical JSON of ``{"principal", "services"}``.
-The daemon relays events and is the network-facing process; if it were subverted it could
-rewrite ``services`` to send a credential to another host, or move a bundle to another
-principal. It cannot rewrite the binding without the plaintext, and the launcher refuses
-a bundle whose binding does not match the event it came in. ``signature`` carries the same
-digest in the clear, for operators and tools.
+Binding: the encrypted plaintext of a bundle bureau writes carries, besides the
+credentials, one reserved entry ``bureau.binding`` = ``sha256:<hex>`` of the canonical JSON
+of ``{"principal", "services"}``. The daemon relays events and is the network-facing
+process; if it were subverted it could rewrite ``services`` to send a credential to another
+host, or move a bundle to another principal. It cannot rewrite the binding without the
+plaintext, and the launcher refuses a bundle whose binding does not match the event it came
+in. ``signature`` carries the same digest in the clear, for operators and tools.
+
+Upstream Bureau's tools write bundles without a binding (lib/credential/provision.go): no
+``services`` in the event, ``signature`` "", a plaintext of credentials only. Those are
+read here as *unbound*; whether a machine serves one is its launcher's choice
+(``--allow-unbound-bundles``), and its routes then come from the principal's template
+through the daemon, which is trusted for them (see ``unbound_services``).
+
+Reading is liberal where upstream is (credential names such as ``github-token``, ``keys``
+in any order, ``principal`` "" for a fleet bundle, fields this version does not know);
+writing stays as strict as it was. Upstream's launcher reads a plaintext into a
+``map[string]string`` and passes every entry to its proxy
+(cmd/bureau-launcher/handlers.go, proxy.go buildCredentialPayload), so the binding entry in
+ours is one more harmless string there.
 """
 
 from __future__ import annotations
@@ -27,7 +40,13 @@ from bureau.secret import Secret
 VERSION = 1
 BINDING_KEY = "bureau.binding"
 ESCROW_RECIPIENT = "escrow:operator"
-_CREDENTIAL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+# Upstream sets no grammar for credential names (MATRIX_TOKEN, github-token, ...); this is
+# the printable subset they use, so that a name is safe in a log line and a header map.
+# ``bureau.`` is reserved: the binding, and any entry a later version adds beside it.
+_CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+RESERVED_PREFIX = "bureau."
+MATRIX_TOKEN = "MATRIX_TOKEN"  # noqa: S105 -- the name of a credential, not one
+MATRIX_SERVICE = "matrix"
 _SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
 _RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
@@ -73,7 +92,7 @@ def parse_rfc3339(value: str) -> datetime:
 
 
 def valid_credential_name(name: str) -> bool:
-    return bool(_CREDENTIAL_NAME.fullmatch(name))
+    return bool(_CREDENTIAL_NAME.fullmatch(name)) and not name.startswith(RESERVED_PREFIX)
 
 
 def has_control_character(value: str) -> bool:
@@ -184,6 +203,9 @@ def referenced_credentials(services: dict[str, ServiceRoute]) -> set[str]:
 
 @dataclass(frozen=True)
 class CredentialsEvent:
+    """``principal`` is "" for upstream's fleet bundles (lib/credential/provision_fleet.go),
+    which no principal is served from; ``services`` is empty for an unbound event."""
+
     principal: str
     encrypted_for: tuple[str, ...]
     keys: tuple[str, ...]
@@ -201,18 +223,18 @@ class CredentialsEvent:
         if obj.get("version") != VERSION:
             raise InputError(where, "version", f"expected {VERSION}")
 
-        def text(key: str) -> str:
+        def text(key: str, *, empty: bool = False) -> str:
             value = obj.get(key)
-            if not isinstance(value, str) or not value:
+            if not isinstance(value, str) or not (value or empty):
                 raise InputError(where, key, "expected a non-empty string")
             return value
 
-        principal = text("principal")
-        try:
-            names.parse_user_id(principal)
-            names.validate_localpart(names.parse_user_id(principal)[0])
-        except names.InvalidName as exc:
-            raise InputError(where, "principal", str(exc)) from None
+        principal = text("principal", empty=True)
+        if principal:
+            try:
+                names.validate_localpart(names.parse_user_id(principal)[0])
+            except names.InvalidName as exc:
+                raise InputError(where, "principal", str(exc)) from None
         recipients = obj.get("encrypted_for")
         if (
             not isinstance(recipients, list)
@@ -220,35 +242,37 @@ class CredentialsEvent:
             or not all(isinstance(r, str) for r in recipients)
         ):
             raise InputError(where, "encrypted_for", "expected a non-empty list of strings")
-        keys = obj.get("keys")
+        # Go writes a nil slice as null. Upstream's daemon lists every plaintext entry, a
+        # binding included, when it re-encrypts a bundle (handlers.go provision-credential).
+        keys = obj.get("keys", ()) if obj.get("keys", ()) is not None else []
         if not isinstance(keys, list) or not all(
-            isinstance(k, str) and valid_credential_name(k) for k in keys
+            isinstance(k, str) and (valid_credential_name(k) or k == BINDING_KEY) for k in keys
         ):
             raise InputError(where, "keys", "expected a list of credential names")
-        if keys != sorted(keys):
-            raise InputError(where, "keys", "must be sorted")
         try:
             # ValueError, not binascii.Error: a non-ASCII character raises the former.
             ciphertext = base64.b64decode(text("ciphertext"), validate=True)
         except ValueError:
             raise InputError(where, "ciphertext", "not standard padded base64") from None
         for key in ("provisioned_at", "expires_at"):
-            if key in obj:
+            if key in obj and not (key == "expires_at" and obj[key] == ""):
                 try:
                     parse_rfc3339(text(key))
                 except ValueError as exc:
                     raise InputError(where, key, str(exc)) from None
-        services = parse_services(obj.get("services"), f"{where}: services")
+        services = {}
+        if "services" in obj:  # absent: an unbound event, as upstream writes them
+            services = parse_services(obj.get("services"), f"{where}: services")
         return cls(
             principal=principal,
             encrypted_for=tuple(recipients),
             keys=tuple(keys),
             ciphertext=ciphertext,
-            provisioned_by=text("provisioned_by"),
+            provisioned_by=text("provisioned_by", empty=True),
             provisioned_at=text("provisioned_at"),
-            signature=text("signature"),
+            signature=text("signature", empty=True),
             services=services,
-            expires_at=obj.get("expires_at"),
+            expires_at=obj.get("expires_at") or None,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -261,8 +285,9 @@ class CredentialsEvent:
             "provisioned_by": self.provisioned_by,
             "provisioned_at": self.provisioned_at,
             "signature": self.signature,
-            "services": services_json(self.services),
         }
+        if self.services:
+            out["services"] = services_json(self.services)
         if self.expires_at is not None:
             out["expires_at"] = self.expires_at
         return out
@@ -277,9 +302,24 @@ def bundle_plaintext(
     return canonical_json(body)
 
 
-def open_plaintext(plaintext: bytes, event: CredentialsEvent, where: str) -> dict[str, Secret]:
-    """Parse decrypted plaintext and check it against the event it came in. Messages name
-    keys, never values."""
+@dataclass(frozen=True)
+class Opened:
+    """A decrypted bundle: its credentials, and whether it carried a binding."""
+
+    credentials: dict[str, Secret]
+    bound: bool
+
+    def __repr__(self) -> str:
+        return f"Opened(credentials={sorted(self.credentials)}, bound={self.bound})"
+
+
+def open_plaintext(
+    plaintext: bytes, event: CredentialsEvent, where: str, *, unbound_allowed: bool
+) -> Opened:
+    """Parse decrypted plaintext and check it against the event it came in. A bundle with a
+    binding is served only with the principal and services it binds; one without (as
+    upstream writes them) only where ``unbound_allowed``. Messages name keys, never
+    values."""
     try:
         data = json.loads(plaintext)
     except ValueError:
@@ -289,10 +329,20 @@ def open_plaintext(plaintext: bytes, event: CredentialsEvent, where: str) -> dic
     ):
         raise InputError(where, None, "decrypted bundle is not an object of string -> string")
     binding = data.pop(BINDING_KEY, None)
-    if binding != binding_digest(event.principal, event.services):
+    if binding is None and not unbound_allowed:
         raise InputError(
-            where, BINDING_KEY, "does not match this event's principal and services; refused"
+            where,
+            None,
+            "the bundle is unbound (no bureau.binding: written by upstream's tools?) and "
+            "this machine serves only bound bundles (bureau-launcher --allow-unbound-bundles "
+            "in BUREAU_LAUNCHER_OPTIONS allows them)",
         )
+    if binding is not None and binding != binding_digest(event.principal, event.services):
+        problem = "does not match this event's principal and services; refused"
+        if not event.services:
+            # Stripping a bound event's services must not make it an unbound one.
+            problem = "binds services this event does not carry; refused"
+        raise InputError(where, BINDING_KEY, problem)
     credentials: dict[str, Secret] = {}
     for name, value in data.items():
         if not valid_credential_name(name):
@@ -303,4 +353,39 @@ def open_plaintext(plaintext: bytes, event: CredentialsEvent, where: str) -> dic
         if has_control_character(value):
             raise InputError(where, name, "value contains a control character; refused")
         credentials[name] = Secret(value)
-    return credentials
+    return Opened(credentials, bound=binding is not None)
+
+
+def unbound_services(
+    services: dict[str, ServiceRoute],
+    credentials: dict[str, Secret],
+    homeserver_url: str,
+    where: str,
+) -> dict[str, ServiceRoute]:
+    """The routes an unbound bundle is served with. ``services`` came from the daemon (the
+    principal's template ``proxy_services``), which nothing binds; so none of them may carry
+    MATRIX_TOKEN (the principal's Matrix identity) or take the built-in service's name, and
+    the built-in ``matrix`` route goes to the homeserver this machine's own session names,
+    never to one the daemon chose."""
+    for name, route in services.items():
+        if name == MATRIX_SERVICE:
+            raise InputError(f"{where}: services", name, "is built in; choose another name")
+        if MATRIX_TOKEN in route.inject_headers.values():
+            raise InputError(
+                f"{where}: services",
+                name,
+                f"{MATRIX_TOKEN} goes only to the built-in {MATRIX_SERVICE} service",
+            )
+    routes = dict(services)
+    if MATRIX_TOKEN in credentials:
+        routes[MATRIX_SERVICE] = ServiceRoute(
+            homeserver_url.rstrip("/"), {"Authorization": MATRIX_TOKEN}, "Bearer"
+        )
+    if not routes:
+        raise InputError(
+            where,
+            "services",
+            "none: the bundle is unbound, holds no MATRIX_TOKEN, and the principal's "
+            "template names no proxy_services",
+        )
+    return routes

@@ -522,8 +522,11 @@ def test_a_machines_whole_life_leaks_no_canary(
         assert bundle, f"no bundle for {SANDBOXED}"
         event = CredentialsEvent.from_json(bundle)
         opened = open_plaintext(
-            age_keys.decrypt(event.ciphertext, Secret(private_key)), event, "the bundle"
-        )
+            age_keys.decrypt(event.ciphertext, Secret(private_key)),
+            event,
+            "the bundle",
+            unbound_allowed=False,
+        ).credentials
         assert sorted(opened) == ["API_KEY", "MATRIX_TOKEN", "TOKEN"]
         canaries = {
             **values,

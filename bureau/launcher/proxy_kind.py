@@ -15,11 +15,17 @@ import os
 import secrets
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bureau import age_keys, names
-from bureau.credentials_event import CredentialsEvent, open_plaintext, parse_rfc3339
+from bureau.credentials_event import (
+    CredentialsEvent,
+    open_plaintext,
+    parse_rfc3339,
+    unbound_services,
+)
 from bureau.errors import InputError
 from bureau.files import make_dirs
 from bureau.launcher.children import DRAIN_TIMEOUT, Child, LauncherError
@@ -29,6 +35,15 @@ from bureau.proxy_payload import ProxyPayload
 from bureau.secret import Secret
 
 READY_TIMEOUT = 20.0
+
+
+@dataclass(frozen=True)
+class Unbound:
+    """How this machine serves unbound bundles (--allow-unbound-bundles)."""
+
+    homeserver_url: str  # the built-in matrix route's, from the machine's own session
+
+
 SUN_PATH_MAX = 107
 TEMPORARY_GLOB = ".*.proxy.sock.*"
 
@@ -38,13 +53,26 @@ class ProxyKind:
     grace = DRAIN_TIMEOUT
 
     def __init__(
-        self, *, machine_user: str, secret_key: Secret, run_dir: Path, spawner: Spawner, log: Any
+        self,
+        *,
+        machine_user: str,
+        secret_key: Secret,
+        run_dir: Path,
+        spawner: Spawner,
+        log: Any,
+        unbound: Unbound | None = None,
     ) -> None:
+        """``unbound``: this machine serves bundles without a binding (upstream's), with
+        the built-in matrix route to its own homeserver; None: it refuses them."""
         self._log = log
         self._machine_user = machine_user
         self._key = secret_key
+        # Upstream's daemon names a bundle it re-encrypts by the key's public half
+        # (cmd/bureau-daemon/admin.go credentialRecipientKeys), ours by the machine.
+        self._names = {machine_user, age_keys.public_key_of(secret_key, "the machine key")}
         self._run_dir = run_dir
         self._spawner = spawner
+        self._unbound = unbound
 
     def socket_path(self, principal: str) -> Path:
         localpart, _ = names.parse_user_id(principal)
@@ -55,9 +83,14 @@ class ProxyKind:
             event = CredentialsEvent.from_json(content, f"credentials for {principal}")
         except InputError as exc:
             raise LauncherError(str(exc)) from None
+        if not event.principal:
+            raise LauncherError(
+                f'credentials for {principal}: principal: "" (a fleet bundle) is no '
+                "principal's own bundle"
+            )
         if event.principal != principal:
             raise LauncherError(f"credentials are for {event.principal}, not {principal}")
-        if self._machine_user not in event.encrypted_for:
+        if not self._names.intersection(event.encrypted_for):
             raise LauncherError(f"credentials for {principal} are not encrypted for this machine")
         if event.expires_at and parse_rfc3339(event.expires_at).timestamp() <= time.time():
             raise LauncherError(f"credentials for {principal} expired at {event.expires_at}")
@@ -69,13 +102,24 @@ class ProxyKind:
             plaintext = age_keys.decrypt(event.ciphertext, self._key)
         except age_keys.DecryptFailed as exc:
             raise LauncherError(f"credentials for {principal}: {exc}") from None
+        where = f"credentials for {principal}"
         try:
-            credentials = open_plaintext(plaintext, event, f"credentials for {principal}")
+            opened = open_plaintext(
+                plaintext, event, where, unbound_allowed=self._unbound is not None
+            )
+            services = event.services
+            if not opened.bound and self._unbound is not None:
+                services = unbound_services(
+                    services, opened.credentials, self._unbound.homeserver_url, where
+                )
         except InputError as exc:
             raise LauncherError(str(exc)) from None
         finally:
             del plaintext
-        return ProxyPayload(principal, event.services, credentials, event.expires_at).to_bytes()
+        if not opened.bound:
+            self._log.info("serving an unbound bundle", principal=principal)
+        payload = ProxyPayload(principal, services, opened.credentials, event.expires_at)
+        return payload.to_bytes()
 
     async def launch(self, principal: str, spec: dict[str, Any]) -> int:
         event = self.check_event(principal, spec)
