@@ -5,7 +5,7 @@ Pure: no I/O."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
@@ -148,9 +148,45 @@ class Session:
         return out
 
 
+DEFAULT_FLEET = "bureau/fleet/prod"
+
+# The namespace's rooms as upstream's credential file names them (upstream
+# cmd/bureau/matrix/doctor.go standardRoomsForNamespace, written by setup.go
+# writeCredentials), in the order upstream writes them: role -> key.
+NAMESPACE_ROOM_KEYS = {
+    "system": "MATRIX_SYSTEM_ROOM",
+    "template": "MATRIX_TEMPLATE_ROOM",
+    "pipeline": "MATRIX_PIPELINE_ROOM",
+    "artifact": "MATRIX_ARTIFACT_ROOM",
+    "dev": "MATRIX_DEV_TEAM_ROOM",
+}
+_CREDENTIAL_KEYS = (
+    "MATRIX_HOMESERVER_URL",
+    "MATRIX_ADMIN_USER",
+    "MATRIX_ADMIN_TOKEN",
+    "MATRIX_REGISTRATION_TOKEN",
+    "MATRIX_SPACE_ROOM",
+    *NAMESPACE_ROOM_KEYS.values(),
+    "BUREAU_SERVER_NAME",
+    "BUREAU_FLEET",
+)
+
+
+def _room_id(where: str, key: str, value: str) -> str:
+    # Room version 12 IDs have no ":server" part: only the sigil is certain.
+    if not value.startswith("!") or len(value) < 2 or any(c.isspace() for c in value):
+        raise InputError(where, key, f"{value!r} is not a room ID (!...)")
+    return value
+
+
 @dataclass(frozen=True)
 class OperatorCredentials:
-    """The operator credential file (``bureau-creds``), KEY=VALUE."""
+    """The operator credential file (``bureau-creds``), KEY=VALUE.
+
+    Read liberally: upstream's file (``MATRIX_*`` keys only) is one, its server name
+    taken from the admin's user ID as upstream does, its fleet from ``--fleet`` or
+    DEFAULT_FLEET. Keys this version does not know are kept in ``extra`` and written
+    back."""
 
     homeserver_url: str
     admin_user: str
@@ -159,39 +195,67 @@ class OperatorCredentials:
     space_room: str
     server_name: str
     fleet: str
+    # role (NAMESPACE_ROOM_KEYS) -> room ID, as recorded; the aliases are authoritative.
+    namespace_rooms: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, str] = field(default_factory=dict)
+    recorded_fleet: bool = True  # whether the file named the fleet (BUREAU_FLEET)
 
     @classmethod
-    def from_env(cls, data: dict[str, str], where: str) -> OperatorCredentials:
+    def from_env(
+        cls, data: dict[str, str], where: str, fleet: str | None = None
+    ) -> OperatorCredentials:
+        """``fleet`` (already validated, from --fleet) wins over the file's."""
         need = partial(_required, data, where)
         url = _checked(
             where, "MATRIX_HOMESERVER_URL", validate_homeserver_url, need("MATRIX_HOMESERVER_URL")
         )
         admin = need("MATRIX_ADMIN_USER")
-        _checked(where, "MATRIX_ADMIN_USER", names.parse_user_id, admin)
-        server = _checked(
-            where, "BUREAU_SERVER_NAME", names.validate_server_name, need("BUREAU_SERVER_NAME")
+        admin_server = _checked(
+            where, "MATRIX_ADMIN_USER", lambda v: names.parse_user_id(v)[1], admin
         )
-        fleet = _checked(where, "BUREAU_FLEET", names.validate_fleet, need("BUREAU_FLEET"))
+        server = admin_server
+        if data.get("BUREAU_SERVER_NAME"):
+            server = _checked(
+                where, "BUREAU_SERVER_NAME", names.validate_server_name, data["BUREAU_SERVER_NAME"]
+            )
+        recorded = data.get("BUREAU_FLEET", "")
+        if recorded:
+            recorded = _checked(where, "BUREAU_FLEET", names.validate_fleet, recorded)
+        rooms = {
+            role: _room_id(where, key, data[key])
+            for role, key in NAMESPACE_ROOM_KEYS.items()
+            if data.get(key)
+        }
         return cls(
             homeserver_url=url,
             admin_user=admin,
             admin_token=Secret(need("MATRIX_ADMIN_TOKEN")),
             registration_token=Secret(need("MATRIX_REGISTRATION_TOKEN")),
-            space_room=need("MATRIX_SPACE_ROOM"),
+            space_room=_room_id(where, "MATRIX_SPACE_ROOM", need("MATRIX_SPACE_ROOM")),
             server_name=server,
-            fleet=fleet,
+            fleet=fleet or recorded or DEFAULT_FLEET,
+            namespace_rooms=rooms,
+            extra={k: v for k, v in data.items() if k not in _CREDENTIAL_KEYS},
+            recorded_fleet=bool(recorded),
         )
 
     def to_env(self) -> dict[str, str]:
-        return {
+        """Upstream's keys in upstream's order (so its tools read our file: `bureau matrix
+        user create --operator` needs every room key), then ours, then those kept."""
+        out = {
             "MATRIX_HOMESERVER_URL": self.homeserver_url,
             "MATRIX_ADMIN_USER": self.admin_user,
             "MATRIX_ADMIN_TOKEN": self.admin_token.reveal(),
             "MATRIX_REGISTRATION_TOKEN": self.registration_token.reveal(),
             "MATRIX_SPACE_ROOM": self.space_room,
-            "BUREAU_SERVER_NAME": self.server_name,
-            "BUREAU_FLEET": self.fleet,
         }
+        for role, key in NAMESPACE_ROOM_KEYS.items():
+            if role in self.namespace_rooms:
+                out[key] = self.namespace_rooms[role]
+        out["BUREAU_SERVER_NAME"] = self.server_name
+        out["BUREAU_FLEET"] = self.fleet
+        out.update(sorted(self.extra.items()))
+        return out
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import RunningHub, free_port, one_line_error, run
+import yaml
+from conftest import Fleet, RunningHub, free_port, one_line_error, run
+
+from bureau.files import make_dirs
+from bureau.hub import Hub, HubSettings
+from bureau.operator import credentials
 
 
 def _listening_addresses(port: int) -> set[str]:
@@ -124,3 +129,39 @@ def test_full_cycle_up_status_down(tmp_path: Path) -> None:
     again = run("bureau", "hub", "down", "--state-dir", state)
     assert again.returncode == 0
     assert again.stdout.strip() == "not running"
+
+
+def test_rooms_created_without_a_version_get_11(hub: RunningHub, fleet: Fleet) -> None:
+    """Upstream's tools create rooms without a room_version and list the creator in the
+    power levels (upstream cmd/bureau/matrix/setup.go:336 ensureRoom), which version 12
+    refuses: the hub's default must be a version where that works."""
+    admin = credentials.admin_client(fleet.creds)
+    room = admin.create_room(
+        {
+            "preset": "private_chat",
+            "power_level_content_override": {"users": {fleet.creds.admin_user: 100}},
+        },
+        what="create a room the upstream way",
+    )
+    create = admin.get_state(room, "m.room.create", "") or {}
+    assert create.get("room_version") == "11"
+
+
+def test_a_hub_generated_before_the_room_default_gets_it(tmp_path: Path) -> None:
+    """Regenerating is never needed: the next `up` adds what an older bureau did not
+    write, and keeps an operator's own value."""
+    the_hub = Hub(tmp_path / "hub", bcrypt_rounds=4)
+    make_dirs(the_hub.dir, 0o700)
+    settings = HubSettings("old.test", free_port())
+    the_hub._generate_once(settings)
+    config = the_hub.dir / "homeserver.yaml"
+    generated = yaml.safe_load(config.read_text())
+    assert generated["default_room_version"] == "11"
+    del generated["default_room_version"]
+    config.write_text(yaml.safe_dump(generated, sort_keys=False))
+    the_hub._generate_once(settings)
+    assert yaml.safe_load(config.read_text()) == {**generated, "default_room_version": "11"}
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    config.write_text(yaml.safe_dump({**generated, "default_room_version": "10"}))
+    the_hub._generate_once(settings)
+    assert yaml.safe_load(config.read_text())["default_room_version"] == "10"

@@ -64,6 +64,7 @@ def test_setup_creates_rooms_and_credential_file_then_changes_nothing(
         "MATRIX_ADMIN_TOKEN",
         "MATRIX_REGISTRATION_TOKEN",
         "MATRIX_SPACE_ROOM",
+        "MATRIX_TEMPLATE_ROOM",
         "BUREAU_SERVER_NAME",
         "BUREAU_FLEET",
     }

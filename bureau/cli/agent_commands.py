@@ -5,15 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 
-from bureau.cli.common import Subparsers, add_credential_file, machine_name, principal_name, say
+from bureau.cli.common import (
+    Subparsers,
+    add_credential_file,
+    load_credentials,
+    machine_name,
+    principal_name,
+    say,
+)
 from bureau.cli.credential_commands import read_secrets, read_services
 from bureau.credentials_event import parse_services
 from bureau.errors import InputError, UsageError
-from bureau.operator import agents, credentials, templates
+from bureau.operator import agents, templates
 
 
 def agent_create(args: argparse.Namespace) -> int:
-    creds = credentials.load(args.credential_file)
+    creds = load_credentials(args)
     try:
         ref = templates.namespace_ref(creds, args.template)
     except ValueError as exc:
@@ -34,7 +41,7 @@ def agent_create(args: argparse.Namespace) -> int:
 
 
 def agent_list(args: argparse.Namespace) -> int:
-    creds = credentials.load(args.credential_file)
+    creds = load_credentials(args)
     machine = machine_name(creds, args.machine, "--machine") if args.machine else None
     listed = agents.list_agents(creds, machine)
     if args.json:
@@ -50,7 +57,7 @@ def agent_list(args: argparse.Namespace) -> int:
 
 
 def agent_show(args: argparse.Namespace) -> int:
-    creds = credentials.load(args.credential_file)
+    creds = load_credentials(args)
     principal = principal_name(creds, args.name, flag="NAME", to_run=False)
     user = f"@{principal}:{creds.server_name}"
     found = [a.to_json() for a in agents.list_agents(creds) if a.principal == user]
@@ -61,7 +68,7 @@ def agent_show(args: argparse.Namespace) -> int:
 
 
 def agent_destroy(args: argparse.Namespace) -> int:
-    creds = credentials.load(args.credential_file)
+    creds = load_credentials(args)
     principal = principal_name(creds, args.name, flag="NAME", to_run=False)
     agents.destroy(creds, principal, say)
     return 0

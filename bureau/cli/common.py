@@ -9,7 +9,8 @@ from typing import Any
 
 from bureau import names
 from bureau.errors import UsageError
-from bureau.schema import OperatorCredentials
+from bureau.operator import credentials
+from bureau.schema import DEFAULT_FLEET, OperatorCredentials
 
 Handler = Callable[[argparse.Namespace], int]
 Subparsers = Any  # argparse's _SubParsersAction is private
@@ -51,5 +52,16 @@ def add_credential_file(parser: argparse.ArgumentParser) -> None:
         "--credential-file",
         type=Path,
         required=True,
-        help="operator credential file from `bureau matrix setup`",
+        help="operator credential file from `bureau matrix setup` (ours or upstream's)",
     )
+    parser.add_argument(
+        "--fleet",
+        help="the fleet to act on (default: the credential file's BUREAU_FLEET, else "
+        f"{DEFAULT_FLEET}; upstream's credential file names none)",
+    )
+
+
+def load_credentials(args: argparse.Namespace) -> OperatorCredentials:
+    """The credential file of ``add_credential_file``'s flags, with --fleet applied."""
+    fleet = valid(names.validate_fleet, args.fleet, "--fleet") if args.fleet else None
+    return credentials.load(args.credential_file, fleet)

@@ -7,7 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from bureau.cli.common import Subparsers, add_credential_file, machine_name, principal_name, say
+from bureau.cli.common import (
+    Subparsers,
+    add_credential_file,
+    load_credentials,
+    machine_name,
+    principal_name,
+    say,
+)
 from bureau.credentials_event import (
     has_control_character,
     parse_rfc3339,
@@ -16,7 +23,7 @@ from bureau.credentials_event import (
 )
 from bureau.errors import InputError, UsageError
 from bureau.files import env_lines, read_private_bytes, read_private_file
-from bureau.operator import credentials, principal_credentials
+from bureau.operator import principal_credentials
 from bureau.schema import is_age_public_key
 from bureau.secret import Secret
 
@@ -64,7 +71,7 @@ def read_services(path: Path) -> object:
 
 
 def credentials_provision(args: argparse.Namespace) -> int:
-    creds = credentials.load(args.credential_file)
+    creds = load_credentials(args)
     machine = machine_name(creds, args.machine, "--machine")
     principal = principal_name(creds, args.principal)
     if args.escrow_recipient is not None and not is_age_public_key(args.escrow_recipient):
@@ -93,7 +100,7 @@ def credentials_provision(args: argparse.Namespace) -> int:
 
 
 def credentials_list(args: argparse.Namespace) -> int:
-    creds = credentials.load(args.credential_file)
+    creds = load_credentials(args)
     machine = machine_name(creds, args.machine, "--machine")
     listed = principal_credentials.list_credentials(creds, machine)
     if args.json:

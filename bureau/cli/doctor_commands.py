@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from bureau.cli.common import Subparsers, add_credential_file, say
+from bureau.cli.common import Subparsers, add_credential_file, load_credentials, say
 from bureau.doctor.findings import Report
 from bureau.doctor.machine import machine_doctor
 
@@ -36,7 +36,8 @@ def machine_doctor_command(args: argparse.Namespace) -> int:
 def matrix_doctor_command(args: argparse.Namespace) -> int:
     from bureau.doctor.matrix import matrix_doctor  # noqa: PLC0415 -- operator-side only
 
-    return _print(matrix_doctor(args.credential_file, apply_fixes=args.fix), args.json)
+    creds = load_credentials(args)  # a bad file or --fleet is one line before any check
+    return _print(matrix_doctor(args.credential_file, args.fix, creds.fleet), args.json)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

@@ -13,6 +13,7 @@ from bureau.cli import doctor_commands
 from bureau.cli.common import (
     Subparsers,
     add_credential_file,
+    load_credentials,
     machine_name,
     principal_name,
     say,
@@ -24,10 +25,8 @@ from bureau.machine_config import RESTART_POLICIES
 from bureau.operator import assignments, credentials, machines, templates
 from bureau.operator.decommission import decommission
 from bureau.operator.setup import setup
-from bureau.schema import validate_homeserver_url
+from bureau.schema import DEFAULT_FLEET, validate_homeserver_url
 from bureau.template_resolve import resolve
-
-DEFAULT_FLEET = "bureau/fleet/prod"
 
 
 def matrix_setup(args: argparse.Namespace) -> int:
@@ -49,7 +48,7 @@ def matrix_setup(args: argparse.Namespace) -> int:
 
 
 def machine_provision(args: argparse.Namespace) -> int:
-    creds = credentials.load(args.credential_file)
+    creds = load_credentials(args)
     machine = machine_name(creds, args.name, "NAME")
     output: Path | None = args.output
     if output is not None:
@@ -74,7 +73,7 @@ def machine_provision(args: argparse.Namespace) -> int:
 
 
 def machine_list(args: argparse.Namespace) -> int:
-    records = machines.list_machines(credentials.load(args.credential_file))
+    records = machines.list_machines(load_credentials(args))
     if args.json:
         say(json.dumps([r.to_json() for r in records], indent=2))
         return 0
@@ -90,7 +89,7 @@ def machine_list(args: argparse.Namespace) -> int:
 
 
 def machine_assign(args: argparse.Namespace) -> int:
-    creds = credentials.load(args.credential_file)
+    creds = load_credentials(args)
     machine = machine_name(creds, args.name, "NAME")
     principal = principal_name(creds, args.principal)
     overrides: dict[str, Any] = {}
@@ -112,7 +111,7 @@ def machine_assign(args: argparse.Namespace) -> int:
 
 
 def machine_unassign(args: argparse.Namespace) -> int:
-    creds = credentials.load(args.credential_file)
+    creds = load_credentials(args)
     machine = machine_name(creds, args.name, "NAME")
     principal = principal_name(creds, args.principal, to_run=False)
     changed = assignments.unassign(creds, machine, principal)
@@ -121,7 +120,7 @@ def machine_unassign(args: argparse.Namespace) -> int:
 
 
 def machine_decommission(args: argparse.Namespace) -> int:
-    creds = credentials.load(args.credential_file)
+    creds = load_credentials(args)
     machine = machine_name(creds, args.name, "NAME")
     changed = decommission(creds, machine, report=say)
     say(f"{machine} is decommissioned" if changed else f"{machine} was already decommissioned")

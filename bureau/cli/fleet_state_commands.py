@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from bureau.cli.common import Subparsers, add_credential_file, say, valid
+from bureau.cli.common import Subparsers, add_credential_file, load_credentials, say, valid
 from bureau.errors import UsageError
-from bureau.operator import credentials
 from bureau.operator.fleet_state import set_cache, set_profile
 from bureau.profile import commands as profile_commands
 from bureau.profile import model
@@ -19,14 +18,14 @@ def cache_set(args: argparse.Namespace) -> int:
     if not args.name.strip() or any(c.isspace() for c in args.name):
         raise UsageError("--name: expected a cache name without spaces")
     cache = FleetCache(url, args.name, keys)
-    changed = set_cache(credentials.load(args.credential_file), cache)
+    changed = set_cache(load_credentials(args), cache)
     say(f"{'published' if changed else 'already published'}: {url} ({', '.join(keys)})")
     return 0
 
 
 def profile_set(args: argparse.Namespace) -> int:
     profile = profile_commands.profile_from_flags(args)
-    changed = set_profile(credentials.load(args.credential_file), profile)
+    changed = set_profile(load_credentials(args), profile)
     say(f"{'published' if changed else 'already published'}: {model.summary(profile)}")
     return 0
 

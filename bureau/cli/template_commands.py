@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bureau.cli.common import Subparsers, add_credential_file, say
+from bureau.cli.common import Subparsers, add_credential_file, load_credentials, say
 from bureau.errors import InputError, UsageError
 from bureau.files import read_private_bytes
 from bureau.operator import credentials
@@ -28,7 +28,7 @@ def _read_template(path: Path) -> Template:
 
 
 def _ref(args: argparse.Namespace, value: str, flag: str) -> TemplateRef:
-    creds = credentials.load(args.credential_file)
+    creds = load_credentials(args)
     try:
         return operator_templates.namespace_ref(creds, value)
     except ValueError as exc:  # InvalidName
@@ -36,7 +36,7 @@ def _ref(args: argparse.Namespace, value: str, flag: str) -> TemplateRef:
 
 
 def template_push(args: argparse.Namespace) -> int:
-    creds = credentials.load(args.credential_file)
+    creds = load_credentials(args)
     template = _read_template(args.file)
     ref = _ref(args, args.name, "--name")
     admin = credentials.admin_client(creds)
@@ -46,7 +46,7 @@ def template_push(args: argparse.Namespace) -> int:
 
 
 def template_list(args: argparse.Namespace) -> int:
-    creds = credentials.load(args.credential_file)
+    creds = load_credentials(args)
     listed = operator_templates.list_templates(credentials.admin_client(creds), creds)
     if args.json:
         out = [
@@ -69,7 +69,7 @@ def template_list(args: argparse.Namespace) -> int:
 
 
 def template_show(args: argparse.Namespace) -> int:
-    creds = credentials.load(args.credential_file)
+    creds = load_credentials(args)
     ref = _ref(args, args.ref, "REF")
     fetch = operator_templates.fetcher(credentials.admin_client(creds), creds)
     if not args.resolved:

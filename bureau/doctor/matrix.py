@@ -22,9 +22,10 @@ from bureau.schema import OperatorCredentials
 
 
 class MatrixChecks:
-    def __init__(self, credential_file: Path) -> None:
+    def __init__(self, credential_file: Path, fleet: str | None = None) -> None:
         self.credential_file = credential_file
-        self.creds: OperatorCredentials = credentials.load(credential_file)
+        self.fleet = fleet
+        self.creds: OperatorCredentials = credentials.load(credential_file, fleet)
 
     def _admin(self) -> MatrixHTTP:
         return credentials.admin_client(self.creds)
@@ -38,7 +39,7 @@ class MatrixChecks:
             fleet=self.creds.fleet,
             report=lambda _line: None,
         )
-        self.creds = credentials.load(self.credential_file)
+        self.creds = credentials.load(self.credential_file, self.fleet)
 
     def session(self) -> Iterator[Finding]:
         name = f"admin session {self.creds.admin_user}"
@@ -116,7 +117,7 @@ class MatrixChecks:
         return str((content or {}).get("membership")) if content else None
 
 
-def matrix_doctor(credential_file: Path, apply_fixes: bool) -> Report:
-    checks = MatrixChecks(credential_file)
+def matrix_doctor(credential_file: Path, apply_fixes: bool, fleet: str | None = None) -> Report:
+    checks = MatrixChecks(credential_file, fleet)
     order: list[Check] = [checks.session, checks.fleet_rooms, checks.config_rooms]
     return examine(order, apply_fixes)

@@ -1,4 +1,5 @@
-"""The operator credential file (WIRE.md: ``bureau-creds``, 0600, KEY=VALUE)."""
+"""The operator credential file (WIRE.md: ``bureau-creds``, 0600, KEY=VALUE): ours, or
+upstream's (``MATRIX_*`` keys only), read alike."""
 
 from __future__ import annotations
 
@@ -11,9 +12,15 @@ from bureau.schema import OperatorCredentials
 HEADER = "Bureau operator credentials: the hub's admin login and registration token. Keep 0600."
 
 
-def load(path: Path) -> OperatorCredentials:
-    where = str(path)
-    return OperatorCredentials.from_env(parse_env(read_private_file(path), where), where)
+def read(path: Path) -> dict[str, str]:
+    """The file's KEY=VALUE pairs, as written."""
+    return parse_env(read_private_file(path), str(path))
+
+
+def load(path: Path, fleet: str | None = None) -> OperatorCredentials:
+    """``fleet`` (validated; from --fleet) wins over the file's BUREAU_FLEET, which
+    upstream's file lacks (then DEFAULT_FLEET)."""
+    return OperatorCredentials.from_env(read(path), str(path), fleet)
 
 
 def render(creds: OperatorCredentials) -> bytes:

@@ -15,7 +15,7 @@ from bureau.matrix_http import MatrixHTTP
 from bureau.operator import credentials, templates
 from bureau.operator.fleet import private_room
 from bureau.passwords import ADMIN_LOCALPART, admin_password
-from bureau.schema import OperatorCredentials
+from bureau.schema import NAMESPACE_ROOM_KEYS, OperatorCredentials
 from bureau.secret import Secret
 
 
@@ -59,24 +59,31 @@ def room_specs(fleet: str) -> list[RoomSpec]:
     ]
 
 
-def _existing_token(
+def _earlier(
     credential_file: Path, homeserver: str, admin_user: str, fleet: str
-) -> Secret | None:
-    """The admin token from an earlier run, if still valid. A file for another hub or
-    fleet is refused rather than overwritten: it may be the only copy of that login."""
+) -> OperatorCredentials | None:
+    """The file from an earlier run (ours or upstream's), if any. A file for another hub
+    or fleet is refused rather than overwritten: it may be the only copy of that login.
+    Upstream's file names no fleet, so any fleet may adopt it."""
     if not credential_file.exists():
         return None
     old = credentials.load(credential_file)
     where = str(credential_file)
-    for key, have, want in (
+    checks = [
         ("MATRIX_HOMESERVER_URL", old.homeserver_url, homeserver),
         ("MATRIX_ADMIN_USER", old.admin_user, admin_user),
-        ("BUREAU_FLEET", old.fleet, fleet),
-    ):
+    ]
+    if old.recorded_fleet:
+        checks.append(("BUREAU_FLEET", old.fleet, fleet))
+    for key, have, want in checks:
         if have != want:
             raise InputError(
                 where, key, f"is {have!r}, not {want!r}; use another --credential-file"
             )
+    return old
+
+
+def _valid_token(homeserver: str, old: OperatorCredentials, admin_user: str) -> Secret | None:
     with contextlib.suppress(MatrixError):
         if MatrixHTTP(homeserver, old.admin_token).whoami()[0] == admin_user:
             return old.admin_token
@@ -123,7 +130,8 @@ def setup(
         changed = True
         report(line)
 
-    token = _existing_token(credential_file, homeserver, admin_user, fleet)
+    earlier = _earlier(credential_file, homeserver, admin_user, fleet)
+    token = _valid_token(homeserver, earlier, admin_user) if earlier else None
     if token is None:
         token = _admin_login(client, registration_token, note)
         note(f"logged in as {admin_user}")
@@ -161,6 +169,8 @@ def setup(
         space_room=room_ids["space"],
         server_name=server_name,
         fleet=fleet,
+        namespace_rooms={r: room_ids[r] for r in NAMESPACE_ROOM_KEYS if r in room_ids},
+        extra=earlier.extra if earlier else {},
     )
     if credentials.write(credential_file, creds):
         note(f"wrote {credential_file}")
