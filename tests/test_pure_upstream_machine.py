@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,8 +22,16 @@ from bureau.credentials_event import (
     open_plaintext,
     unbound_services,
 )
+from bureau.daemon.reconcile import relayed
+from bureau.daemon.templates import TemplateStore
+from bureau.doctor.bundle_checks import BundleChecks
+from bureau.doctor.findings import Status
+from bureau.doctor.machine import machine_doctor
 from bureau.errors import InputError
+from bureau.host import Host
+from bureau.machine_config import Assignment
 from bureau.secret import Secret
+from bureau.templates import EVENT_TYPE
 
 SERVER = "bureau.local"
 MACHINE = f"@bureau/fleet/prod/machine/gpu-box:{SERVER}"
@@ -221,3 +230,112 @@ def test_an_unbound_bundles_routes_never_carry_its_matrix_identity_elsewhere() -
     with pytest.raises(InputError) as nothing:
         unbound_services({}, {"OPENAI_API_KEY": Secret("sk")}, "http://hub", "c")
     assert nothing.value.field == "services"
+
+
+# -- an unbound bundle's routes come from its principal's template -----------------------
+
+NS_ROOM = "!templates:bureau.local"
+
+
+def _store(templates: dict[str, dict[str, Any]]) -> TemplateStore:
+    store = TemplateStore(SERVER)
+    store.add_room(f"#bureau/template:{SERVER}", NS_ROOM)
+    store.set_state(
+        NS_ROOM, [{"type": EVENT_TYPE, "state_key": k, "content": v} for k, v in templates.items()]
+    )
+    return store
+
+
+# lib/schema/events_template_test.go:63-68 and events_template.go:607-637: a template's
+# proxy service names its URL "upstream", its scheme as upstream's docs spell it ("bearer").
+UPSTREAM_TEMPLATE: dict[str, Any] = {
+    "description": "an upstream agent",
+    "command": ["/usr/bin/agent"],
+    "proxy_services": {
+        "anthropic": {
+            "upstream": "https://api.anthropic.com",
+            "inject_headers": {"x-api-key": "ANTHROPIC_API_KEY"},
+            "strip_headers": ["x-api-key", "authorization"],
+        },
+        "github": {
+            "upstream": "https://api.github.com",
+            "inject_headers": {"Authorization": "github-token"},
+            "auth_scheme": "bearer",
+        },
+    },
+}
+
+
+def test_a_templates_proxy_services_become_an_unbound_events_routes() -> None:
+    store = _store({"upstream-agent": UPSTREAM_TEMPLATE})
+    assignment = Assignment.from_json(
+        {"principal": PRINCIPAL, "template": "bureau/template:upstream-agent", "auto_start": True},
+        "config",
+    )
+    found = store.resolved(assignment)
+    assert found is not None
+    spec, services = found
+    assert spec.command == ("/usr/bin/agent",)
+    unbound = upstream_principal_event()
+    bound = {**unbound, "principal": PRINCIPAL + "x", "services": {"own": {"x": 1}}}
+    relayed_content, problems = relayed(
+        {PRINCIPAL: unbound, bound["principal"]: bound, "@no/template:x": FLEET_EVENT},
+        {PRINCIPAL: services, bound["principal"]: services},
+    )
+    assert problems == {}
+    # Bound, or without a template: as published, byte for byte.
+    assert relayed_content[bound["principal"]] is bound
+    assert relayed_content["@no/template:x"] is FLEET_EVENT
+    routes = CredentialsEvent.from_json(relayed_content[PRINCIPAL]).services
+    assert {n: r.to_json() for n, r in routes.items()} == {
+        "anthropic": {
+            "upstream_url": "https://api.anthropic.com",
+            "inject_headers": {"x-api-key": "ANTHROPIC_API_KEY"},
+            "strip_headers": ["x-api-key", "authorization"],
+        },
+        "github": {
+            "upstream_url": "https://api.github.com",
+            "inject_headers": {"Authorization": "github-token"},
+            "auth_scheme": "bearer",
+        },
+    }
+    assert {k: v for k, v in relayed_content[PRINCIPAL].items() if k != "services"} == unbound
+    # A service a bundle cannot route (no credential to inject) holds that principal,
+    # named, and no other.
+    public = {**UPSTREAM_TEMPLATE, "proxy_services": {"docs": {"upstream": "https://d.example"}}}
+    other = _store({"upstream-agent": public}).resolved(assignment)
+    assert other is not None
+    relayed_content, problems = relayed({PRINCIPAL: unbound}, {PRINCIPAL: other[1]})
+    assert relayed_content == {}
+    assert problems[PRINCIPAL].startswith("unbound bundle: template: proxy_services.docs: ")
+
+
+def test_the_doctor_says_how_the_machine_treats_unbound_bundles(tmp_path: Path) -> None:
+    conf = tmp_path / "etc/bureau/machine.conf"
+    checks = BundleChecks(Host(tmp_path))
+    (missing,) = checks.unbound()
+    assert missing.status is Status.NOT_APPLICABLE
+    conf.parent.mkdir(parents=True)
+    conf.write_text("BUREAU_FLEET=bureau/fleet/prod\n")
+    (refused,) = checks.unbound()
+    assert refused.line() == (
+        "ok    unbound credential bundles: refused (the default; --allow-unbound-bundles in "
+        "BUREAU_LAUNCHER_OPTIONS of /etc/bureau/machine.conf serves them)"
+    )
+    for options in ("--allow-unbound-bundles", "--log-level debug  --allow-unbound-bundles"):
+        conf.write_text(f"BUREAU_LAUNCHER_OPTIONS={options}\n")
+        (served,) = checks.unbound()
+        assert served.passed and "served (--allow-unbound-bundles" in served.detail
+    conf.write_text("BUREAU_LAUNCHER_OPTIONS=--allow-unbound-bundles-not\n")
+    assert "refused" in next(iter(checks.unbound())).detail
+    conf.write_text("nonsense\n")
+    assert not next(iter(checks.unbound())).passed
+    # Registered: `bureau machine doctor` runs it, in its place after machine.conf.
+    conf.write_text("BUREAU_LAUNCHER_OPTIONS=--allow-unbound-bundles\n")
+    report = machine_doctor(
+        root=tmp_path, apply_fixes=False, start_services=False, nix_conf_dir=None
+    )
+    names_in_order = [f.name for f in report.findings]
+    at = names_in_order.index("unbound credential bundles")
+    assert names_in_order[at - 1] == "file /etc/bureau/machine.conf"
+    assert "served" in report.findings[at].detail

@@ -18,8 +18,10 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bureau.credentials_event import content_digest
+from bureau.credentials_event import content_digest, services_json
+from bureau.errors import InputError
 from bureau.machine_config import MachineConfig
+from bureau.template_model import ProxyService
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,35 @@ class Stop:
 
 
 Action = Ensure | Stop
+
+
+def relayed(
+    credentials: Mapping[str, dict[str, Any]],
+    template_services: Mapping[str, Mapping[str, ProxyService]],
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """What each principal's ``ensure`` carries, and the principals it cannot be made for
+    (principal -> why). An event as bureau writes it goes as published: its services are
+    bound to it. One without ``services`` (upstream's; unbound) goes with its principal's
+    template ``proxy_services`` as its routes, which the launcher uses only where the
+    machine serves unbound bundles; nothing binds those, so this is where a subverted
+    daemon could reroute them (WIRE.md)."""
+    out: dict[str, dict[str, Any]] = {}
+    problems: dict[str, str] = {}
+    for principal, content in credentials.items():
+        services = template_services.get(principal)
+        if "services" in content or not services:
+            out[principal] = content
+            continue
+        try:
+            routes = {
+                name: service.to_route(f"template: proxy_services.{name}")
+                for name, service in sorted(services.items())
+            }
+        except InputError as exc:
+            problems[principal] = f"unbound bundle: {exc}"
+            continue
+        out[principal] = {**content, "services": services_json(routes)}
+    return out, problems
 
 
 def desired(config: MachineConfig, credentials: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -15,11 +15,14 @@ from bureau.daemon.templates import NeedRoom, TemplateStore
 from bureau.errors import InputError, MatrixError
 from bureau.machine_config import Assignment, MachineConfig
 from bureau.sandbox_spec import SandboxSpec
+from bureau.template_model import ProxyService
 
 # A template room this machine could not join is tried again after this long (an operator
 # may invite it meanwhile: `bureau matrix doctor --fix`).
 RETRY_SECONDS = 60.0
 
+Services = dict[str, ProxyService]
+Resolved = tuple[dict[str, Any], Services]  # a spec's JSON, and its template's services
 Join = Callable[[str], Awaitable[str]]  # alias -> room ID
 ReadState = Callable[[str], Awaitable[None]]  # room ID -> (feeds set_state)
 
@@ -31,8 +34,11 @@ class SandboxSpecs:
         self._read_state = read_state
         self._log = log
         self._failed_at: dict[str, float] = {}  # alias -> when joining it last failed
-        self._good: dict[str, dict[str, Any]] = {}  # principal -> last spec resolved
+        self._good: dict[str, Resolved] = {}  # principal -> last spec resolved
         self.problems: dict[str, str] = {}  # principal -> why its template does not resolve
+        # principal -> its template's proxy_services (the last good ones while it does not
+        # resolve): an unbound bundle's routes.
+        self.services: dict[str, dict[str, ProxyService]] = {}
 
     async def follow(self, alias: str) -> None:
         """Join a template room and read its templates; a room this machine may not join
@@ -72,19 +78,20 @@ class SandboxSpecs:
         specs: dict[str, dict[str, Any]] = {}
         held: set[str] = set()
         problems: dict[str, str] = {}
+        services: dict[str, dict[str, ProxyService]] = {}
         for assignment in config.principals:
             if not assignment.auto_start:
                 continue
             principal = assignment.principal
             try:
-                spec = await self._spec(assignment)
+                found = await self._spec(assignment)
             except InputError as exc:
                 problems[principal] = f"template: {exc}"
                 good = self._good.get(principal)
                 if good is None:
                     held.add(principal)
                 else:
-                    specs[principal] = good
+                    specs[principal], services[principal] = good
                 if self.problems.get(principal) != problems[principal]:
                     self._log.error(
                         "cannot resolve a principal's template",
@@ -93,17 +100,20 @@ class SandboxSpecs:
                         kept_previous=good is not None,
                     )
                 continue
-            if spec is not None:
-                specs[principal] = self._good[principal] = spec.to_json()
+            if found is not None:
+                spec, proxy_services = found
+                self._good[principal] = (spec.to_json(), proxy_services)
+                specs[principal], services[principal] = self._good[principal]
             else:
                 self._good.pop(principal, None)
         self.problems = problems
+        self.services = services
         return specs, held
 
-    async def _spec(self, assignment: Assignment) -> SandboxSpec | None:
+    async def _spec(self, assignment: Assignment) -> tuple[SandboxSpec, Services] | None:
         for _ in range(4):  # each pass may name a room not followed yet
             try:
-                return self.templates.spec(assignment)
+                return self.templates.resolved(assignment)
             except NeedRoom as need:
                 await self.follow(need.alias)
-        return self.templates.spec(assignment)
+        return self.templates.resolved(assignment)

@@ -29,6 +29,7 @@ from bureau.daemon.heartbeat import CpuSampler, status_content
 from bureau.daemon.launcher_client import LauncherClient, LauncherRefused, LauncherUnavailable
 from bureau.daemon.matrix import MachineMatrix
 from bureau.daemon.principals import Principals
+from bureau.daemon.reconcile import relayed
 from bureau.daemon.relogin import SoftLogouts
 from bureau.daemon.sandbox_specs import SandboxSpecs
 from bureau.errors import InputError, MatrixError
@@ -102,6 +103,7 @@ class Daemon:
             self._server, self._join_template_room, self._read_room_state, log
         )
         self._templates = self._specs.templates
+        self._route_problems: dict[str, str] = {}  # principal -> why its routes cannot be made
         self._sampler = CpuSampler()
         self._last_status = time.monotonic()
 
@@ -357,14 +359,20 @@ class Daemon:
     async def _reconcile(self) -> None:
         # The first pass waits for its actions: READY means the principals are in place.
         settle = not self._reconciled.is_set()
-        problems = dict(self._specs.problems)
+        problems = self._problems()
         specs, held = await self._specs.resolve(self._config)
-        if self._specs.problems != problems:
+        credentials, self._route_problems = relayed(self._credentials, self._specs.services)
+        if self._problems() != problems:
             self._status_now.set()
+        held |= set(self._route_problems)
         if await self._principals.reconcile(
-            self._config, self._credentials, settle=settle, specs=specs, held=held
+            self._config, credentials, settle=settle, specs=specs, held=held
         ):
             self._status_now.set()
+
+    def _problems(self) -> dict[str, str]:
+        """Principals the daemon cannot ask the launcher for, and why."""
+        return {**self._specs.problems, **self._route_problems}
 
     async def _stop_every_principal(self) -> None:
         try:
@@ -397,7 +405,7 @@ class Daemon:
     async def _publish_status(self) -> None:
         now = time.monotonic()
         principals = await self._launcher.list()
-        failures = {**self._specs.problems}
+        failures = self._problems()
         failures |= {p: f.reason for p, f in self._principals.failures.items()}
         content = status_content(
             self._machine_user, principals, self._sampler, now - self._last_status, failures

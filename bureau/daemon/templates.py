@@ -14,7 +14,7 @@ from bureau import names
 from bureau.errors import InputError
 from bureau.machine_config import Assignment
 from bureau.sandbox_spec import SandboxSpec
-from bureau.template_model import TemplateRef
+from bureau.template_model import ProxyService, TemplateRef
 from bureau.template_resolve import apply_assignment, resolve
 from bureau.templates import EVENT_TYPE, Template
 
@@ -70,6 +70,14 @@ class TemplateStore:
 
     def spec(self, assignment: Assignment) -> SandboxSpec | None:
         """The sandbox an assignment asks for; None when it names no template."""
+        found = self.resolved(assignment)
+        return None if found is None else found[0]
+
+    def resolved(
+        self, assignment: Assignment
+    ) -> tuple[SandboxSpec, dict[str, ProxyService]] | None:
+        """The sandbox an assignment asks for and its template's ``proxy_services`` (the
+        routes of an unbound bundle); None when it names no template."""
         if assignment.template is None:
             return None
         where = f"assignment of {assignment.principal}"
@@ -84,4 +92,6 @@ class TemplateStore:
             assignment.command_override or (),
             assignment.extra_environment_variables,
         )
-        return SandboxSpec.from_template(str(ref), resolved.template, assignment.restart_policy)
+        template = resolved.template
+        spec = SandboxSpec.from_template(str(ref), template, assignment.restart_policy)
+        return spec, dict(template.proxy_services)

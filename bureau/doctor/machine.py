@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bureau.doctor.bundle_checks import BundleChecks
 from bureau.doctor.findings import Check, Report, examine
 from bureau.doctor.host_checks import HostChecks
 from bureau.doctor.machine_checks import MachineChecks
@@ -24,6 +25,7 @@ def machine_doctor(
     remote = MachineChecks(host, nix_conf_dir, start_services=start_services)
     run_dir = RunDirChecks(host)
     sandboxes = SandboxChecks(host)
+    bundles = BundleChecks(host)
     checks: list[Check] = [
         local.user,
         local.operators_group,
@@ -37,6 +39,7 @@ def machine_doctor(
         local.private_files,
         local.machine_key,
         local.machine_conf,
+        bundles.unbound,
         run_dir.entries,
         remote.session,
         remote.published_key,

@@ -29,6 +29,7 @@ from bureau.files import (
 )
 from bureau.hardening import clear_ambient_capabilities, no_dumps
 from bureau.launcher import first_boot, sandbox_flags, server
+from bureau.launcher.proxy_kind import Unbound
 from bureau.launcher.sandbox_uids import parse_range
 from bureau.launcher.supervisor import SandboxOptions
 from bureau.machine_state import load_session, session_path
@@ -113,6 +114,14 @@ def build_parser() -> Parser:
         "capabilities that takes, and the launcher holds none (the sandbox flags are then "
         "bureau-sandboxd's). Without it the launcher starts sandboxes itself and needs "
         "CAP_SETUID, CAP_SETGID, CAP_CHOWN and CAP_KILL",
+    )
+    p.add_argument(
+        "--allow-unbound-bundles",
+        action="store_true",
+        help="serve credential bundles that carry no binding (as upstream Bureau's tools write "
+        "them), with the routes of the principal's template as the daemon relays them: a "
+        "subverted daemon could then send those credentials to any host (MATRIX_TOKEN aside). "
+        "Default: refused, in one line naming the principal",
     )
     p.add_argument(
         "--log-level", help="debug, info, warning, error (default: $BUREAU_LOG_LEVEL or info)"
@@ -236,6 +245,11 @@ def _serve(
         host_network=args.allow_host_network,
         protected=(creds_dir,) if creds_dir else (),
         broker=args.sandbox_broker.absolute() if args.sandbox_broker else None,
+        unbound=Unbound(session.homeserver_url) if args.allow_unbound_bundles else None,
+    )
+    logger.info(
+        "unbound credential bundles "
+        + ("served (--allow-unbound-bundles)" if args.allow_unbound_bundles else "refused")
     )
     asyncio.run(
         server.serve(

@@ -121,6 +121,26 @@ class ProxyKind:
         payload = ProxyPayload(principal, services, opened.credentials, event.expires_at)
         return payload.to_bytes()
 
+    def refusal(self, principal: str, spec: dict[str, Any]) -> str | None:
+        """Why this launcher would not serve the proxy it adopted for ``spec``: an unbound
+        bundle that another launcher (run with --allow-unbound-bundles) started, when this
+        one refuses them. Anything else wrong with it was refused when it started."""
+        if self._unbound is not None:
+            return None
+        where = f"credentials for {principal}"
+        try:
+            event = CredentialsEvent.from_json(spec, where)
+            plaintext = age_keys.decrypt(event.ciphertext, self._key)
+            try:
+                bound = open_plaintext(plaintext, event, where, unbound_allowed=True).bound
+            finally:
+                del plaintext
+        except (InputError, age_keys.DecryptFailed):
+            return None
+        if bound:
+            return None
+        return f"{where}: the bundle is unbound and this launcher refuses unbound bundles"
+
     async def launch(self, principal: str, spec: dict[str, Any]) -> int:
         event = self.check_event(principal, spec)
         final = self.socket_path(principal)

@@ -30,7 +30,7 @@ from bureau.launcher.protocol import (
     SandboxState,
     StopResult,
 )
-from bureau.launcher.proxy_kind import ProxyKind
+from bureau.launcher.proxy_kind import ProxyKind, Unbound
 from bureau.launcher.sandbox_broker import BrokerClient
 from bureau.launcher.sandbox_host import SandboxHost
 from bureau.launcher.sandbox_kind import Host, SandboxKind
@@ -61,6 +61,9 @@ class SandboxOptions:
     host_network: bool = False
     protected: tuple[str, ...] = ()  # besides the state, run and sandbox dirs, /etc/bureau
     broker: Path | None = None  # bureau-sandboxd's socket: it hosts the sandboxes, not we
+    # Not a sandbox setting, but the launcher's one other per-machine choice, carried with
+    # them: serve unbound credential bundles (--allow-unbound-bundles); None refuses them.
+    unbound: Unbound | None = None
 
 
 def sandbox_host(
@@ -120,6 +123,7 @@ class Supervisor:
             run_dir=run_dir,
             spawner=self._spawner,
             log=log,
+            unbound=sandboxes.unbound,
         )
         self._proxies = Children(
             self._proxy_kind, run_dir / "launcher" / "proxies", log, tasks, self._lock
@@ -243,6 +247,15 @@ class Supervisor:
     async def adopt(self) -> None:
         """Take over what an earlier launcher left running; start again what died."""
         await self._proxies.adopt(self.ensure)
+        # A machine switched back to refusing unbound bundles serves none it adopted.
+        for principal, proxy in sorted(self._proxies.running.items()):
+            refusal = self._proxy_kind.refusal(principal, proxy.spec)
+            if refusal is not None:
+                self._log.warning(
+                    "stopping an adopted proxy this launcher would not start", error=refusal
+                )
+                await self._sandboxes.remove(principal)
+                await self._proxies.remove(principal)
         await self._sandboxes.adopt(self._restart_sandbox)
 
     async def _restart_sandbox(self, principal: str, spec: dict[str, Any]) -> None:
