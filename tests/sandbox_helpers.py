@@ -118,7 +118,12 @@ class Sandboxed:
     credentials: dict[str, Any]
     upstream: str
     sandbox_dir: Path
-    sandboxd: Service
+    sandboxd: Service | None  # None: the launcher hosts its sandboxes itself
+
+    @property
+    def host(self) -> Service:
+        assert self.sandboxd is not None
+        return self.sandboxd
 
     def ensure(
         self, sandbox: dict[str, Any] | None, credentials: dict[str, Any] | None = None
@@ -167,9 +172,11 @@ def sandboxed(
     run_dir: Path,
     *sandboxd_args: str,
     secrets: str = "TOKEN=sandbox-canary-1\n",
+    broker: bool = True,
 ) -> Iterator[Sandboxed]:
     """A launcher whose sandboxes bureau-sandboxd hosts (as the units run them), and a
-    principal's credentials ready for it. ``sandboxd_args``: more of bureau-sandboxd's."""
+    principal's credentials ready for it. ``sandboxd_args``: more of bureau-sandboxd's.
+    Without ``broker``, the launcher hosts them itself (and gets those arguments)."""
     machine = enroll(fleet, tmp_path)
     with echo_upstream() as upstream:
         services = services_file(tmp_path, upstream)
@@ -183,10 +190,14 @@ def sandboxed(
         sandbox_dir = run_dir.with_name(run_dir.name + "-sandbox")
         name, state = machine.machine.short_name, machine.state_dir
         try:
-            with (
-                sandboxd(run_dir, state, sandbox_dir, *sandboxd_args, **fleet_of(fleet)) as host,
-                launcher(name, state, run_dir, *broker_args(run_dir)) as running,
-            ):
+            with contextlib.ExitStack() as stack:
+                host, args = None, ["--sandbox-dir", str(sandbox_dir), *sandboxd_args]
+                if broker:
+                    host = stack.enter_context(
+                        sandboxd(run_dir, state, sandbox_dir, *sandboxd_args, **fleet_of(fleet))
+                    )
+                    args = broker_args(run_dir)
+                running = stack.enter_context(launcher(name, state, run_dir, *args))
                 yield Sandboxed(
                     fleet, machine, running, principal, content, upstream, sandbox_dir, host
                 )

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,12 +16,9 @@ from pathlib import Path
 import pytest
 from conftest import Fleet
 from launcher_proc import broker_args, launcher, sandboxd
-from machine_helpers import credentials_event, enroll, provision_credentials, services_file
-from processes import BIN, echo_upstream, launcher_call
+from processes import BIN, launcher_call
 from sandbox_helpers import (
-    PRINCIPAL,
     fleet_of,
-    kill_sandboxes_under,
     python_spec,
     sandboxed,
     wait_until,
@@ -52,7 +48,7 @@ def test_sandboxes_outlive_a_killed_sandboxd_and_the_next_one_stops_them(
         wait_until((box.workspace / "up").exists, what=box.launcher.log())
         workload = box.sandbox()["pid"]
         started = process_start_time(workload)
-        box.sandboxd.stop(signal.SIGKILL)
+        box.host.stop(signal.SIGKILL)
         assert process_start_time(workload) == started, "the sandbox died with sandboxd"
         state = box.machine.state_dir
         with sandboxd(run_dir, state, box.sandbox_dir, **fleet_of(box.fleet)):
@@ -69,7 +65,7 @@ def test_with_sandboxd_down_a_start_fails_with_a_line_saying_so(
     fleet: Fleet, tmp_path: Path, run_dir: Path
 ) -> None:
     with sandboxed(fleet, tmp_path, run_dir) as box:
-        box.sandboxd.stop()
+        box.host.stop()
         reply = box.ensure(python_spec(SLEEP))
         assert reply["ok"] is False
         assert str(_socket(run_dir)) in reply["error"]
@@ -207,7 +203,7 @@ def test_a_launcher_adopts_its_sandboxes_while_sandboxd_is_down(
         workload = box.sandbox()["pid"]
         box.launcher.proc.send_signal(signal.SIGKILL)
         box.launcher.proc.wait(timeout=10)
-        box.sandboxd.stop(signal.SIGKILL)
+        box.host.stop(signal.SIGKILL)
         name, state = box.machine.machine.short_name, box.machine.state_dir
         with launcher(name, state, run_dir, *broker_args(run_dir)) as second:
             again = dataclasses.replace(box, launcher=second)
@@ -250,27 +246,10 @@ def test_a_launcher_without_a_broker_still_hosts_sandboxes_itself(
     fleet: Fleet, tmp_path: Path, run_dir: Path
 ) -> None:
     """As on a host without the units, run as root: the same sandbox, no sandboxd."""
-    machine = enroll(fleet, tmp_path)
-    with echo_upstream() as upstream:
-        services = services_file(tmp_path, upstream)
-        done = provision_credentials(fleet, machine, PRINCIPAL, services, "TOKEN=t\n")
-        assert done.returncode == 0, done.stderr
-        content = credentials_event(fleet, machine)
-        principal = f"@{fleet.name}/{PRINCIPAL}:{fleet.hub.server_name}"
-        run_dir.chmod(0o751)
-        sandbox_dir = run_dir.with_name(run_dir.name + "-sandbox")
-        name, state = machine.machine.short_name, machine.state_dir
-        try:
-            with launcher(name, state, run_dir, "--sandbox-dir", str(sandbox_dir)) as running:
-                request = {"action": "ensure", "principal": principal, "credentials": content,
-                           "sandbox": python_spec(SLEEP)}  # fmt: skip
-                reply = launcher_call(running.socket, request)
-                assert reply["ok"], (reply, running.log())
-                listed = launcher_call(running.socket, {"action": "list"})["principals"]
-                assert listed[0]["sandbox"]["status"] == "running"
-                assert not _socket(run_dir).exists()
-                stop = {"action": "stop", "principal": principal}
-                assert launcher_call(running.socket, stop)["stopped"] is True
-        finally:
-            kill_sandboxes_under(run_dir)
-            shutil.rmtree(sandbox_dir, ignore_errors=True)
+    with sandboxed(fleet, tmp_path, run_dir, broker=False) as box:
+        assert box.ensure(python_spec(SLEEP))["ok"]
+        wait_until((box.workspace / "up").exists, what=box.launcher.log())
+        assert box.sandbox()["status"] == "running"
+        assert not _socket(run_dir).exists()
+        stop = {"action": "stop", "principal": box.principal}
+        assert launcher_call(box.launcher.socket, stop)["stopped"] is True
