@@ -38,7 +38,7 @@ def _strings(obj: dict[str, Any], key: str, where: str) -> tuple[str, ...] | Non
 
 
 def _string_map(obj: dict[str, Any], key: str, where: str) -> dict[str, str]:
-    value = obj.get(key, {})
+    value = obj.get(key) if obj.get(key) is not None else {}  # Go writes a nil map as null
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise InputError(where, key, "expected an object of string -> string")
     return dict(value)
@@ -76,10 +76,12 @@ class Assignment:
         for key, argv in (("command", command), ("command_override", override)):
             if argv is not None and not argv:
                 raise InputError(where, key, "expected a non-empty list of strings")
-        template = obj.get("template")
-        if template is not None and (not isinstance(template, str) or not template):
+        # Upstream always writes "template" (no omitempty; events_template.go:141): ""
+        # is an assignment without one, as its daemon reads it (reconcile.go:1091).
+        template = obj.get("template") or None
+        if template is not None and not isinstance(template, str):
             raise InputError(where, "template", "expected a template ref such as ns/template:name")
-        policy = obj.get("restart_policy")
+        policy = obj.get("restart_policy") or None
         if policy is not None and policy not in RESTART_POLICIES:
             raise InputError(where, "restart_policy", f"expected {', '.join(RESTART_POLICIES)}")
         return cls(
@@ -147,9 +149,11 @@ class MachineConfig:
 def _entries(obj: object, where: str) -> list[Any]:
     if obj is None or obj == {}:
         return []
-    if not isinstance(obj, dict) or not isinstance(obj.get("principals", []), list):
+    # Go writes an empty (nil) slice as null: MachineConfig{} is {"principals": null}.
+    entries = obj.get("principals") if isinstance(obj, dict) else None
+    if not isinstance(obj, dict) or not isinstance(entries if entries is not None else [], list):
         raise InputError(where, "principals", "expected a list")
-    return list(obj.get("principals", []))
+    return list(entries or [])
 
 
 def without_auto_start(content: object) -> list[str]:

@@ -54,7 +54,7 @@ def test_auto_start_absent_is_false() -> None:
         ({"command_override": "/bin/sh"}, "command_override"),
         ({"extra_environment_variables": {"A": 1}}, "extra_environment_variables"),
         ({"extra_inherits": [1]}, "extra_inherits"),
-        ({"template": ""}, "template"),
+        ({"template": 5}, "template"),  # "" is no template, as upstream writes it
         ({"auto_start": "yes"}, "auto_start"),
     ],
 )

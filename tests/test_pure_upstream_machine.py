@@ -29,7 +29,13 @@ from bureau.doctor.findings import Status
 from bureau.doctor.machine import machine_doctor
 from bureau.errors import InputError
 from bureau.host import Host
-from bureau.machine_config import Assignment
+from bureau.machine_config import (
+    Assignment,
+    MachineConfig,
+    with_entry,
+    without_auto_start,
+    without_entry,
+)
 from bureau.secret import Secret
 from bureau.templates import EVENT_TYPE
 
@@ -339,3 +345,114 @@ def test_the_doctor_says_how_the_machine_treats_unbound_bundles(tmp_path: Path) 
     at = names_in_order.index("unbound credential bundles")
     assert names_in_order[at - 1] == "file /etc/bureau/machine.conf"
     assert "served" in report.findings[at].detail
+
+
+# -- m.bureau.machine_config with every field upstream has -------------------------------
+
+# lib/schema/events_machine.go:361-381 (MachineConfig: principals, default_policy,
+# bureau_version) and :383-440 (BureauVersion); lib/schema/authorization.go:95-236 (Grant,
+# Denial, Allowance, AllowanceDenial, AuthorizationPolicy); lib/schema/events_template.go:
+# 115-300 (PrincipalAssignment, every field; template and auto_start without omitempty),
+# :335-352 (MatrixPolicy), StartCondition with a ContentMatch whose single "eq" is a bare
+# value and any other criterion a $-operator object (lib/schema/match.go:218-229).
+UPSTREAM_CONFIG_TEXT = json.dumps(
+    {
+        "principals": [
+            {
+                "principal": f"@bureau/fleet/prod/agent/pm:{SERVER}",
+                "template": "bureau/template:llm-agent",
+                "auto_start": True,
+                "labels": {"role": "agent", "team": "iree"},
+                "matrix_policy": {"allow_join": True, "allow_invite": True},
+                "service_visibility": ["service/stt/*", "service/embedding/**"],
+                "authorization": {
+                    "grants": [{"actions": ["command/ticket/*"], "targets": ["agent/**"]}],
+                    "denials": [{"actions": ["command/credential/**"]}],
+                    "allowances": [{"actions": ["observe"], "actors": ["agent/ops"]}],
+                    "allowance_denials": [{"actions": ["observe"], "actors": ["agent/x"]}],
+                },
+                "command_override": ["/usr/bin/agent", "--fast"],
+                "environment_override": "/nix/store/abc-env",
+                "extra_environment_variables": {"MODEL": "large"},
+                "extra_inherits": ["bureau/template:gpu"],
+                "required_services_override": ["ticket"],
+                "secrets_override": [{"key": "github-token", "file": "gh"}],
+                "payload": {"max_tokens": 4096, "nested": {"ratio": 0.25, "list": [1, "a"]}},
+                "start_condition": {
+                    "event_type": "m.bureau.workspace",
+                    "state_key": "",
+                    "room_alias": f"#iree/amdgpu:{SERVER}",
+                    "content_match": {"status": "active", "count": {"$gte": 2}},
+                },
+                "restart_policy": "on-failure",
+            },
+            # Upstream's zero values: no template is "template": "", auto_start false.
+            {
+                "principal": f"@bureau/fleet/prod/agent/idle:{SERVER}",
+                "template": "",
+                "auto_start": False,
+            },
+            # Written by hand: no auto_start at all.
+            {
+                "principal": f"@bureau/fleet/prod/agent/hand:{SERVER}",
+                "template": "bureau/template:x",
+            },
+        ],
+        "default_policy": {
+            "grants": [{"actions": ["matrix/join"], "expires_at": "2026-12-31T00:00:00Z"}],
+            "allowances": [{"actions": ["observe"], "actors": ["bureau-admin"], "source": "x"}],
+        },
+        "bureau_version": {
+            "daemon_store_path": "/nix/store/aaa-bureau-daemon/bin/bureau-daemon",
+            "launcher_store_path": "/nix/store/bbb-bureau-launcher/bin/bureau-launcher",
+            "proxy_store_path": "/nix/store/ccc-bureau-proxy/bin/bureau-proxy",
+            "log_relay_store_path": "/nix/store/ddd-bureau-log-relay/bin/bureau-log-relay",
+            "host_environment_path": "/nix/store/eee-bureau-host-env",
+        },
+    },
+    separators=(",", ":"),
+)
+
+
+def _compact(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def test_every_upstream_config_field_survives_read_modify_write() -> None:
+    content = json.loads(UPSTREAM_CONFIG_TEXT)
+    config, invalid = MachineConfig.from_json_each(content)
+    assert invalid == []
+    pm, idle, hand = config.principals
+    assert pm.template == "bureau/template:llm-agent" and pm.auto_start is True
+    assert idle.template is None and idle.auto_start is False
+    assert hand.auto_start is False  # absent reads as false, as upstream's bool does
+    assert without_auto_start(content) == [hand.principal]
+    assert set(pm.extra) == {
+        "matrix_policy",
+        "service_visibility",
+        "authorization",
+        "environment_override",
+        "required_services_override",
+        "secrets_override",
+        "payload",
+        "start_condition",
+    }
+    # An operator's assign of one principal: that entry changes in the field it sets;
+    # everything else, every upstream field included, goes back byte for byte.
+    for target, fields in ((idle.principal, {"auto_start": True}), (pm.principal, {})):
+        updated = with_entry(content, target, fields)
+        original = json.loads(UPSTREAM_CONFIG_TEXT)
+        assert _compact(content) == UPSTREAM_CONFIG_TEXT  # the input is left as it was
+        for key in ("default_policy", "bureau_version"):
+            assert _compact(updated[key]) == _compact(original[key])
+        for before, after in zip(original["principals"], updated["principals"], strict=True):
+            expected = {**before, **fields} if before["principal"] == target else before
+            assert _compact(after) == _compact(expected)
+    removed = without_entry(content, idle.principal)
+    assert _compact(removed) == _compact(
+        {**content, "principals": [content["principals"][0], content["principals"][2]]}
+    )
+    # Upstream's empty config: a nil slice is written as null.
+    assert MachineConfig.from_json({"principals": None}).principals == ()
+    added = with_entry({"principals": None, "bureau_version": {"x": 1}}, pm.principal, {})
+    assert added == {"principals": [{"principal": pm.principal}], "bureau_version": {"x": 1}}
