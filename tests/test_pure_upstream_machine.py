@@ -22,6 +22,8 @@ from bureau.credentials_event import (
     open_plaintext,
     unbound_services,
 )
+from bureau.daemon import machine_info
+from bureau.daemon.heartbeat import CpuSampler, status_content
 from bureau.daemon.reconcile import relayed
 from bureau.daemon.templates import TemplateStore
 from bureau.doctor.bundle_checks import BundleChecks
@@ -36,6 +38,7 @@ from bureau.machine_config import (
     without_auto_start,
     without_entry,
 )
+from bureau.operator.machines import machine_records
 from bureau.secret import Secret
 from bureau.templates import EVENT_TYPE
 
@@ -456,3 +459,132 @@ def test_every_upstream_config_field_survives_read_modify_write() -> None:
     assert MachineConfig.from_json({"principals": None}).principals == ()
     added = with_entry({"principals": None, "bureau_version": {"x": 1}}, pm.principal, {})
     assert added == {"principals": [{"principal": pm.principal}], "bureau_version": {"x": 1}}
+
+
+# -- m.bureau.machine_info and m.bureau.machine_status ------------------------------------
+
+# lib/schema/events_machine.go:179-261: MachineInfo's and CPUInfo's JSON names; those with
+# omitempty may be absent, the others are always written.
+INFO_ALWAYS = {"principal", "hostname", "kernel_version", "cpu", "memory_total_mb"}
+INFO_OMITEMPTY = {"board_vendor", "board_name", "swap_total_mb", "numa_nodes", "gpus", "labels"}
+CPU_ALWAYS = {"model", "sockets", "cores_per_socket", "threads_per_core"}
+
+
+def _host_tree(root: Path) -> tuple[Path, Path]:
+    proc, sys_root = root / "proc", root / "sys"
+    (proc).mkdir(parents=True)
+    (proc / "cpuinfo").write_text(
+        "processor\t: 0\nmodel name\t: AMD EPYC 7763 64-Core Processor\n\n"
+        "processor\t: 1\nmodel name\t: AMD EPYC 7763 64-Core Processor\n"
+    )
+    (proc / "meminfo").write_text("MemTotal:  8388608 kB\nSwapTotal:  1048576 kB\n")
+    for cpu, (package, core) in enumerate([("0", "0"), ("0", "0"), ("0", "1"), ("0", "1")]):
+        topology = sys_root / f"devices/system/cpu/cpu{cpu}/topology"
+        topology.mkdir(parents=True)
+        (topology / "physical_package_id").write_text(package + "\n")
+        (topology / "core_id").write_text(core + "\n")
+    (sys_root / "devices/system/cpu/cpu0/topology/thread_siblings_list").write_text("0,1\n")
+    (sys_root / "devices/system/cpu/cpufreq").mkdir()  # not a cpuN directory
+    cache = sys_root / "devices/system/cpu/cpu0/cache/index3"
+    cache.mkdir(parents=True)
+    (cache / "size").write_text("32768K\n")
+    (sys_root / "devices/system/node/node0").mkdir(parents=True)
+    dmi = sys_root / "class/dmi/id"
+    dmi.mkdir(parents=True)
+    (dmi / "sys_vendor").write_text("ASUS\n")
+    return proc, sys_root
+
+
+def test_machine_info_has_upstreams_shape(tmp_path: Path) -> None:
+    proc, sys_root = _host_tree(tmp_path)
+    info = machine_info.probe(MACHINE, {"gpu": "none"}, proc=proc, sys_root=sys_root)
+    assert info["principal"] == MACHINE
+    assert info["cpu"] == {
+        "model": "AMD EPYC 7763 64-Core Processor",
+        "sockets": 1,
+        "cores_per_socket": 2,
+        "threads_per_core": 2,
+        "l3_cache_kb": 32768,
+    }
+    assert (info["memory_total_mb"], info["swap_total_mb"], info["numa_nodes"]) == (8192, 1024, 1)
+    assert info["board_vendor"] == "ASUS" and "board_name" not in info  # omitempty
+    assert info["labels"] == {"gpu": "none"}
+    assert info["daemon_version"].startswith("bureau ")
+    assert set(info) <= INFO_ALWAYS | INFO_OMITEMPTY | {"daemon_version"}
+    # Nothing readable: zeros where upstream writes them, the rest absent; never an error.
+    bare = machine_info.probe(MACHINE, proc=tmp_path / "none", sys_root=tmp_path / "none")
+    assert set(bare) == INFO_ALWAYS | {"daemon_version"}
+    assert bare["cpu"] == {"model": "", "sockets": 0, "cores_per_socket": 0, "threads_per_core": 1}
+    # This host, as the daemon publishes it: Matrix canonical JSON holds no fractions.
+    here = machine_info.probe(MACHINE)
+    assert set(here) >= INFO_ALWAYS and set(here["cpu"]) >= CPU_ALWAYS
+    assert here["memory_total_mb"] > 0
+    numbers = [*here["cpu"].values(), *here.values()]
+    assert not any(isinstance(v, float) for v in numbers)
+    # An operator's labels (upstream's `bureau machine label`) survive a restart.
+    assert machine_info.kept_labels({**here, "labels": {"tier": "prod"}}) == {"tier": "prod"}
+    assert machine_info.kept_labels({"labels": 5}) is None
+    assert machine_info.kept_labels(None) is None
+
+
+# lib/schema/events_machine.go:27-76: MachineStatus with every optional field upstream's
+# daemon may write (gpu_stats :49, last_activity_at :61, transport_address :68, principals
+# :75 with idle/starting statuses, gpu_percent and gpu_memory_mb :160-168).
+UPSTREAM_STATUS: dict[str, Any] = {
+    "principal": MACHINE,
+    "cpu_percent": 12,
+    "memory_used_mb": 4096,
+    "gpu_stats": [
+        {
+            "pci_slot": "0000:c3:00.0",
+            "utilization_percent": 80,
+            "vram_used_bytes": 8589934592,
+            "temperature_millidegrees": 55000,
+            "power_draw_watts": 300,
+            "graphics_clock_mhz": 2100,
+            "memory_clock_mhz": 1300,
+        }
+    ],
+    "sandboxes": {"running": 1, "idle": 1},
+    "uptime_seconds": 86400,
+    "last_activity_at": "2026-02-09T18:30:00Z",
+    "transport_address": MACHINE,
+    "principals": {
+        PRINCIPAL: {"cpu_percent": 0, "memory_mb": 12, "gpu_percent": 5, "status": "idle"}
+    },
+}
+
+
+def test_upstream_machine_status_is_read_and_ours_has_its_shape(tmp_path: Path) -> None:
+    # The one reader of machine_status (`bureau machine list`) takes upstream's as a
+    # heartbeat like ours.
+    events: list[dict[str, Any]] = [
+        {"type": "m.room.member", "state_key": MACHINE, "content": {"membership": "join"}},
+        {
+            "type": "m.bureau.machine_key",
+            "state_key": MACHINE[1:],
+            "sender": MACHINE,
+            "content": {"algorithm": "age-x25519", "public_key": AGE_KEY},
+        },
+        {
+            "type": "m.bureau.machine_status",
+            "state_key": MACHINE[1:],
+            "sender": MACHINE,
+            "origin_server_ts": 1_770_661_800_000,
+            "content": UPSTREAM_STATUS,
+        },
+    ]
+    (record,) = machine_records(events, "bureau/fleet/prod", SERVER)
+    assert record.state == "enrolled"
+    assert record.last_heartbeat == "2026-02-09T18:30:00Z"
+    # Ours: upstream's required fields, and last_activity_at once there was activity.
+    (tmp_path / "stat").write_text("cpu 1 0 1 10 0 0 0 0 0 0\n")
+    (tmp_path / "meminfo").write_text("MemTotal: 2048 kB\nMemAvailable: 1024 kB\n")
+    (tmp_path / "uptime").write_text("12.5 1.0\n")
+    sampler = CpuSampler(tmp_path)
+    quiet = status_content(MACHINE, [], sampler, 1.0)
+    assert "last_activity_at" not in quiet
+    required = {"principal", "cpu_percent", "memory_used_mb", "sandboxes", "uptime_seconds"}
+    assert required <= set(quiet)
+    active = status_content(MACHINE, [], sampler, 1.0, last_activity_at="2026-02-09T18:30:00Z")
+    assert active["last_activity_at"] == "2026-02-09T18:30:00Z"

@@ -116,11 +116,15 @@ def status_content(
     sampler: CpuSampler,
     elapsed_seconds: float,
     failures: dict[str, str] | None = None,
+    *,
+    last_activity_at: str | None = None,
 ) -> dict[str, Any]:
     """``principals`` as the launcher lists them; ``failures``: principal -> why the
     daemon's last request for it failed. A failed principal that is not running is
     ``failed``; one still serving its previous credentials stays ``running``; both carry
-    the reason in ``error`` (OURS)."""
+    the reason in ``error`` (OURS). ``last_activity_at``: when the daemon last started,
+    stopped or replaced a principal (upstream's field, absent before the first; upstream's
+    ``bureau machine list`` shows it as the machine's last activity)."""
     failures = failures or {}
     ticks = max(1, round(elapsed_seconds * _CLOCK_TICKS))
     entries = {p.principal: _entry(p, sampler, ticks) for p in principals}
@@ -129,7 +133,7 @@ def status_content(
             principal, {"cpu_percent": 0, "memory_mb": 0, "status": "failed"}
         )
         entry["error"] = reason
-    return {
+    content: dict[str, Any] = {
         "principal": machine_user,
         "cpu_percent": sampler.machine_percent(),
         "memory_used_mb": memory_used_mb(sampler.proc),
@@ -137,3 +141,6 @@ def status_content(
         "uptime_seconds": uptime_seconds(sampler.proc),
         "principals": entries,
     }
+    if last_activity_at:
+        content["last_activity_at"] = last_activity_at
+    return content

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from bureau.credentials_event import rfc3339_now
 from bureau.daemon.launcher_client import LauncherClient, LauncherRefused, LauncherUnavailable
 from bureau.daemon.reconcile import Action, Ensure, Failure, Stop, failed, is_due, plan, tried
 from bureau.machine_config import MachineConfig
@@ -41,6 +42,7 @@ class Principals:
         self._changed = False
         self.failures: dict[str, Failure] = {}  # principal -> its last action's failure
         self.running = 0
+        self.last_activity_at: str | None = None  # RFC 3339: the last action that succeeded
 
     def next_retry(self) -> float | None:
         """When the earliest failed principal is due again (monotonic), if any."""
@@ -109,6 +111,7 @@ class Principals:
         else:
             self.failures.pop(action.principal, None)
             self._changed = True
+            self.last_activity_at = rfc3339_now()
             self._log.info(
                 "principal running" if starting else "principal stopped",
                 principal=action.principal,

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bureau import names, rooms
+from bureau.daemon import machine_info
 from bureau.daemon.heartbeat import CpuSampler, status_content
 from bureau.daemon.launcher_client import LauncherClient, LauncherRefused, LauncherUnavailable
 from bureau.daemon.matrix import MachineMatrix
@@ -139,6 +140,7 @@ class Daemon:
             tasks.create_task(self._sync_loop())
             tasks.create_task(self._reconcile_loop())
             tasks.create_task(self._heartbeat_loop())
+            tasks.create_task(self._publish_info())
 
     def _die(self, reason: str) -> None:
         self._log.error("machine lost its standing; stopping every principal", reason=reason)
@@ -382,6 +384,41 @@ class Daemon:
         except (LauncherUnavailable, LauncherRefused) as exc:
             self._log.error("could not stop every principal", error=str(exc))
 
+    # -- machine info --------------------------------------------------------------------
+
+    async def _publish_info(self) -> None:
+        """m.bureau.machine_info, once per start (as upstream's daemon publishes it), with
+        the labels an operator already gave it. Inventory is a courtesy to the fleet's
+        tools: failing to publish it is logged, never fatal."""
+        key = names.state_key(self._localpart, self._server)
+        try:
+            events = await self._retrying(
+                "reading machine info", partial(self._matrix.room_state, self._machine_room)
+            )
+            published = next(
+                (
+                    e.get("content")
+                    for e in events
+                    if e.get("type") == rooms.MACHINE_INFO and e.get("state_key") == key
+                ),
+                None,
+            )
+            content = machine_info.probe(self._machine_user, machine_info.kept_labels(published))
+            await self._retrying(
+                "publishing machine info",
+                partial(
+                    self._matrix.put_state, self._machine_room, rooms.MACHINE_INFO, key, content
+                ),
+            )
+        except MatrixError as exc:
+            self._log.warning("could not publish machine info", error=str(exc))
+            return
+        self._log.info(
+            "machine info published",
+            cpu=content["cpu"]["model"],
+            memory_mb=content["memory_total_mb"],
+        )
+
     # -- heartbeat -----------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
@@ -408,7 +445,12 @@ class Daemon:
         failures = self._problems()
         failures |= {p: f.reason for p, f in self._principals.failures.items()}
         content = status_content(
-            self._machine_user, principals, self._sampler, now - self._last_status, failures
+            self._machine_user,
+            principals,
+            self._sampler,
+            now - self._last_status,
+            failures,
+            last_activity_at=self._principals.last_activity_at,
         )
         self._last_status = now
         await self._matrix.put_state(
