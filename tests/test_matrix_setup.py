@@ -64,7 +64,11 @@ def test_setup_creates_rooms_and_credential_file_then_changes_nothing(
         "MATRIX_ADMIN_TOKEN",
         "MATRIX_REGISTRATION_TOKEN",
         "MATRIX_SPACE_ROOM",
+        "MATRIX_SYSTEM_ROOM",
         "MATRIX_TEMPLATE_ROOM",
+        "MATRIX_PIPELINE_ROOM",
+        "MATRIX_ARTIFACT_ROOM",
+        "MATRIX_DEV_TEAM_ROOM",
         "BUREAU_SERVER_NAME",
         "BUREAU_FLEET",
     }
@@ -85,8 +89,8 @@ def test_setup_creates_rooms_and_credential_file_then_changes_nothing(
         names.room_alias(names.template_room_localpart(fleet), server)
     )
     assert fleet_room and machine_room and service_room and template_room
-    template_levels = _levels(admin, template_room)  # admins only, both kinds of event
-    assert (template_levels["events_default"], template_levels["state_default"]) == (100, 100)
+    template_levels = _levels(admin, template_room)  # templates are admins'; talk is free
+    assert (template_levels["events_default"], template_levels["state_default"]) == (0, 100)
     assert _levels(admin, fleet_room)["state_default"] == 100
     machine_levels = _levels(admin, machine_room)
     assert machine_levels["users"] == {creds.admin_user: 100}
@@ -94,7 +98,11 @@ def test_setup_creates_rooms_and_credential_file_then_changes_nothing(
     children = {
         e["state_key"] for e in admin.room_state_events(space) if e["type"] == "m.space.child"
     }
-    assert children == {fleet_room, machine_room, service_room, template_room}
+    namespace_rooms = {
+        admin.resolve_alias(names.room_alias(f"{names.namespace_of(fleet)}/{role}", server))
+        for role in ("system", "template", "pipeline", "artifact", "dev")
+    }
+    assert children == {fleet_room, machine_room, service_room, *namespace_rooms}
     for room_id in (space, fleet_room, machine_room, service_room, template_room):
         join_rules = [
             e for e in admin.room_state_events(room_id) if e["type"] == "m.room.join_rules"

@@ -6,21 +6,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import RunningHub, fresh, one_line_error, run
+from conftest import Fleet, RunningHub, fresh, one_line_error, run
 from upstream_shapes import (
     STANDARD_ROOMS,
     UpstreamHub,
     credential_file_text,
     read_credential_file,
     setup_hub,
+    standard_room_power_levels,
 )
 
+from bureau import names, rooms
 from bureau.cli.main import build_parser
 from bureau.errors import InputError
+from bureau.matrix_http import MatrixHTTP, segment
 from bureau.operator import credentials
 from bureau.schema import OperatorCredentials
 
@@ -135,3 +139,122 @@ def test_commands_work_with_upstreams_credential_file(
     assert bootstrap["machine_name"] == f"{upstream.fleet}/machine/w1"
     listed = run("bureau", "machine", "list", "--json", *creds)
     assert [r["name"] for r in json.loads(listed.stdout)] == [f"{upstream.fleet}/machine/w1"]
+
+
+# -- step 2: upstream's rooms and m.bureau.dev_team --------------------------------------
+
+
+def _state(admin: MatrixHTTP, room_id: str, event_type: str) -> dict[str, object] | None:
+    return admin.get_state(room_id, event_type, "")
+
+
+def test_setup_creates_upstreams_rooms_and_dev_team(fleet: Fleet) -> None:
+    admin = credentials.admin_client(fleet.creds)
+    server, ns = fleet.hub.server_name, names.namespace_of(fleet.name)
+    values = read_credential_file(fleet.credential_file.read_text())  # as upstream reads it
+    space = admin.resolve_alias(f"#{ns}:{server}")
+    assert space is not None and values["MATRIX_SPACE_ROOM"] == space
+    children = {
+        e["state_key"] for e in admin.room_state_events(space) if e["type"] == "m.space.child"
+    }
+    dev_team = {"room": f"#{ns}/dev:{server}"}  # upstream lib/schema/rooms.go:23
+    admin_user = fleet.creds.admin_user
+    for suffix, _, _, key in STANDARD_ROOMS:
+        room = admin.resolve_alias(f"#{ns}/{suffix}:{server}")
+        assert room is not None, suffix
+        # What upstream's `matrix user create --operator` reads (matrix/user.go:316).
+        assert values[key] == room
+        assert room in children
+        levels = _state(admin, room, "m.room.power_levels") or {}
+        assert rooms.power_level_drift(levels, standard_room_power_levels(suffix, admin_user)) == []
+    for localpart in (ns, *(f"{ns}/{s}" for s, _, _, _ in STANDARD_ROOMS), fleet.name):
+        room = admin.resolve_alias(f"#{localpart}:{server}")
+        assert room is not None
+        assert _state(admin, room, "m.bureau.dev_team") == dev_team, localpart
+    for suffix in ("machine", "service"):
+        room = admin.resolve_alias(f"#{fleet.name}/{suffix}:{server}")
+        assert room is not None
+        assert _state(admin, room, "m.bureau.dev_team") == dev_team
+
+
+def _doctor(credential_file: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run("bureau", "matrix", "doctor", "--credential-file", credential_file, *extra)
+
+
+def test_an_existing_hub_gets_upstreams_rooms_on_the_next_run(fleet: Fleet) -> None:
+    """A hub set up before these rooms existed: no system, pipeline, artifact or dev
+    room, no m.bureau.dev_team, a credential file without their keys."""
+    admin = credentials.admin_client(fleet.creds)
+    server, ns = fleet.hub.server_name, names.namespace_of(fleet.name)
+    for suffix in ("system", "pipeline", "artifact", "dev"):
+        alias = f"#{ns}/{suffix}:{server}"
+        admin.send("DELETE", f"/_matrix/client/v3/directory/room/{segment(alias)}", what="unalias")
+    template = admin.resolve_alias(f"#{ns}/template:{server}")
+    machine_room = admin.resolve_alias(f"#{fleet.name}/machine:{server}")
+    assert template is not None and machine_room is not None
+    for room in (template, machine_room, fleet.creds.space_room):
+        admin.put_state(room, "m.bureau.dev_team", "", {})
+    old = {
+        k: v
+        for k, v in fleet.creds.to_env().items()
+        if k not in ("MATRIX_SYSTEM_ROOM", "MATRIX_PIPELINE_ROOM", "MATRIX_ARTIFACT_ROOM")
+        and k != "MATRIX_DEV_TEAM_ROOM"
+    }
+    fleet.credential_file.write_text("".join(f"{k}={v}\n" for k, v in old.items()))
+
+    missing = _doctor(fleet.credential_file)
+    assert missing.returncode == 1
+    for suffix in ("system", "pipeline", "artifact", "dev"):
+        assert f"FAIL  room #{ns}/{suffix}:{server}: missing" in missing.stdout
+    assert f"FAIL  m.bureau.dev_team in #{ns}/template:{server}: missing" in missing.stdout
+    assert f"FAIL  m.bureau.dev_team in #{fleet.name}/machine:{server}: missing" in missing.stdout
+
+    again = run(
+        "bureau",
+        "matrix",
+        "setup",
+        "--homeserver",
+        fleet.hub.url,
+        "--server-name",
+        server,
+        "--registration-token-file",
+        fleet.hub.token_file,
+        "--credential-file",
+        fleet.credential_file,
+        "--fleet",
+        fleet.name,
+    )
+    assert again.returncode == 0, again.stderr
+    assert f"created system room #{ns}/system:{server}" in again.stdout
+    assert f"published m.bureau.dev_team in #{ns}/template:{server}" in again.stdout
+    healthy = _doctor(fleet.credential_file)
+    assert healthy.returncode == 0, healthy.stdout
+    values = read_credential_file(fleet.credential_file.read_text())
+    assert values["MATRIX_DEV_TEAM_ROOM"] == admin.resolve_alias(f"#{ns}/dev:{server}")
+
+
+def test_matrix_doctor_fix_creates_upstreams_rooms_and_records_them(fleet: Fleet) -> None:
+    admin = credentials.admin_client(fleet.creds)
+    server, ns = fleet.hub.server_name, names.namespace_of(fleet.name)
+    alias = f"#{ns}/pipeline:{server}"
+    admin.send("DELETE", f"/_matrix/client/v3/directory/room/{segment(alias)}", what="unalias")
+    assert f"FAIL  room {alias}: missing" in _doctor(fleet.credential_file).stdout
+    fixed = _doctor(fleet.credential_file, "--fix")
+    assert fixed.returncode == 0, fixed.stdout
+    room = admin.resolve_alias(alias)
+    assert room is not None
+    assert read_credential_file(fleet.credential_file.read_text())["MATRIX_PIPELINE_ROOM"] == room
+
+    # A file written before the namespace's rooms were recorded (ours until now).
+    text = fleet.credential_file.read_text()
+    fleet.credential_file.write_text(
+        "".join(f"{line}\n" for line in text.splitlines() if "_ARTIFACT_ROOM=" not in line)
+    )
+    stale = _doctor(fleet.credential_file)
+    assert stale.returncode == 1
+    assert "MATRIX_ARTIFACT_ROOM is missing, not !" in stale.stdout
+    assert _doctor(fleet.credential_file, "--fix").returncode == 0
+    artifact = admin.resolve_alias(f"#{ns}/artifact:{server}")
+    assert (
+        read_credential_file(fleet.credential_file.read_text())["MATRIX_ARTIFACT_ROOM"] == artifact
+    )

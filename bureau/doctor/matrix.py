@@ -1,12 +1,16 @@
 """`bureau matrix doctor`: the operator's view of the fleet on its homeserver. The admin
-session is valid and a server admin (decommissioning needs it); every fleet room and every
-machine's config room exists, the admin is joined, and the power levels are WIRE.md's.
-Fixes: a fresh admin login and missing rooms (through `bureau matrix setup`), joins, and
-power levels put back."""
+session is valid and a server admin (decommissioning needs it); the namespace's space and
+rooms (upstream's system, template, pipeline, artifact and dev rooms included), the
+fleet's rooms and every machine's config room exist, the admin is joined, the power levels
+are upstream's (WIRE.md "Rooms"), ``m.bureau.dev_team`` is published, and the credential
+file records the namespace's rooms as upstream's tools read them. A hub set up by
+upstream's tools passes as it is: what is checked is what upstream sets, never our own
+additions. Fixes: a fresh admin login, missing rooms, the dev team and the credential
+file (through `bureau matrix setup`), joins, and power levels put back."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -17,8 +21,8 @@ from bureau.errors import MatrixError
 from bureau.matrix_http import MatrixHTTP
 from bureau.operator import credentials
 from bureau.operator.machines import DECOMMISSIONED, machine_records
-from bureau.operator.setup import room_specs, setup
-from bureau.schema import OperatorCredentials
+from bureau.operator.setup import dev_team_ok, room_specs, setup
+from bureau.schema import NAMESPACE_ROOM_KEYS, OperatorCredentials
 
 
 class MatrixChecks:
@@ -63,9 +67,46 @@ class MatrixChecks:
 
     def fleet_rooms(self) -> Iterator[Finding]:
         admin, server = self._admin(), self.creds.server_name
+        dev_team = rooms.dev_team_content(self.creds.fleet, server)
         for spec in room_specs(self.creds.fleet):
             alias = names.room_alias(spec.alias_localpart, server)
-            yield from self._room(admin, alias, spec.power_levels(self.creds.admin_user))
+            room_id = yield from self._room(admin, alias, spec.power_levels(self.creds.admin_user))
+            if room_id is None:
+                continue
+            published = admin.get_state(room_id, rooms.DEV_TEAM, "")
+            name = f"{rooms.DEV_TEAM} in {alias}"
+            if dev_team_ok(published, dev_team, exact=spec.exact_dev_team):
+                yield ok(name, str((published or {}).get("room")))
+            else:
+                yield fail(
+                    name,
+                    f"is {published}, not {dev_team}" if published else "missing",
+                    "bureau matrix setup publishes it",
+                    self._setup,
+                )
+
+    def recorded_rooms(self) -> Iterator[Finding]:
+        """The namespace's rooms as upstream's tools read them from the file (`bureau
+        matrix user create --operator` needs every one)."""
+        admin, server = self._admin(), self.creds.server_name
+        name = f"room IDs in {self.credential_file}"
+        wrong = []
+        recorded = {"space": self.creds.space_room, **self.creds.namespace_rooms}
+        for role in ("space", *rooms.NAMESPACE_ROOMS):
+            localpart = (
+                names.space_alias_localpart(self.creds.fleet)
+                if role == "space"
+                else rooms.namespace_room_localpart(self.creds.fleet, role)
+            )
+            actual = admin.resolve_alias(names.room_alias(localpart, server))
+            if actual is not None and recorded.get(role) != actual:
+                key = "MATRIX_SPACE_ROOM" if role == "space" else NAMESPACE_ROOM_KEYS[role]
+                wrong.append(f"{key} is {recorded.get(role) or 'missing'}, not {actual}")
+        if wrong:
+            detail = "; ".join(wrong[:2]) + (f" (+{len(wrong) - 2} more)" if len(wrong) > 2 else "")
+            yield fail(name, detail, "bureau matrix setup rewrites them", self._setup)
+        else:
+            yield ok(name, "as upstream's tools read them")
 
     def config_rooms(self) -> Iterator[Finding]:
         admin, server, fleet = self._admin(), self.creds.server_name, self.creds.fleet
@@ -81,11 +122,14 @@ class MatrixChecks:
             expected = rooms.config_room_power_levels(self.creds.admin_user, record.user_id)
             yield from self._room(admin, alias, expected)
 
-    def _room(self, admin: MatrixHTTP, alias: str, expected: dict[str, Any]) -> Iterator[Finding]:
+    def _room(
+        self, admin: MatrixHTTP, alias: str, expected: dict[str, Any]
+    ) -> Generator[Finding, None, str | None]:
+        """Its findings; returns the room's ID when it exists and the admin is in it."""
         room_id = admin.resolve_alias(alias)
         if room_id is None:
             yield fail(f"room {alias}", "missing", "bureau matrix setup creates it", self._setup)
-            return
+            return None
         member = self._membership(admin, room_id)
         if member != "join":
             yield fail(
@@ -94,7 +138,7 @@ class MatrixChecks:
                 "join it",
                 partial(admin.join, room_id),
             )
-            return
+            return None
         yield ok(f"room {alias}", room_id)
         actual = admin.get_state(room_id, "m.room.power_levels", "") or {}
         drift = rooms.power_level_drift(actual, expected)
@@ -103,11 +147,12 @@ class MatrixChecks:
             yield fail(
                 f"power levels of {alias}",
                 "; ".join(drift[:3]) + (f" (+{len(drift) - 3} more)" if len(drift) > 3 else ""),
-                "put the design's levels back",
+                "put upstream's levels back",
                 partial(admin.put_state, room_id, "m.room.power_levels", "", merged),
             )
         else:
-            yield ok(f"power levels of {alias}", "as designed")
+            yield ok(f"power levels of {alias}", "as upstream's")
+        return room_id
 
     def _membership(self, admin: MatrixHTTP, room_id: str) -> str | None:
         try:
@@ -119,5 +164,10 @@ class MatrixChecks:
 
 def matrix_doctor(credential_file: Path, apply_fixes: bool, fleet: str | None = None) -> Report:
     checks = MatrixChecks(credential_file, fleet)
-    order: list[Check] = [checks.session, checks.fleet_rooms, checks.config_rooms]
+    order: list[Check] = [
+        checks.session,
+        checks.fleet_rooms,
+        checks.recorded_rooms,
+        checks.config_rooms,
+    ]
     return examine(order, apply_fixes)

@@ -43,7 +43,14 @@ def resolve_fleet_rooms(client: MatrixHTTP, fleet: str, server: str) -> FleetRoo
 def template_room(client: MatrixHTTP, fleet: str, server: str) -> str | None:
     """The namespace's template room; None on a hub set up before it existed (the next
     `bureau matrix setup` or `matrix doctor --fix` creates it)."""
-    return client.resolve_alias(names.room_alias(names.template_room_localpart(fleet), server))
+    return namespace_room(client, fleet, server, "template")
+
+
+def namespace_room(client: MatrixHTTP, fleet: str, server: str, role: str) -> str | None:
+    """One of the namespace's rooms (rooms.NAMESPACE_ROOMS); None where it is missing."""
+    return client.resolve_alias(
+        names.room_alias(rooms.namespace_room_localpart(fleet, role), server)
+    )
 
 
 def private_room(
@@ -84,10 +91,14 @@ def ensure_config_room(
     machine_user = names.user_id(machine_localpart, server)
     content = private_room(
         machine_localpart,
-        f"config: {machine_localpart}",
-        rooms.config_room_power_levels(admin_user, machine_user),
+        f"Config: {machine_localpart}",
+        rooms.with_ours(rooms.config_room_power_levels(admin_user, machine_user)),
+        topic=f"Machine configuration and credentials for {machine_localpart}",
     )
-    return client.create_room(content, what=f"create config room {alias}"), True
+    room = client.create_room(content, what=f"create config room {alias}")
+    dev_team = rooms.dev_team_content(names.fleet_of_entity(machine_localpart), server)
+    client.put_state(room, rooms.DEV_TEAM, "", dev_team)  # as upstream's provision
+    return room, True
 
 
 def invite_machine(

@@ -1,5 +1,7 @@
-"""``bureau matrix setup``: the admin account, the space and the fleet rooms, and the
-operator credential file. Creates only what is missing; a second run changes nothing."""
+"""``bureau matrix setup``: the admin account, the namespace's space and rooms (system,
+template, pipeline, artifact, dev: upstream's), the fleet's rooms, ``m.bureau.dev_team``
+in each, and the operator credential file. Creates only what is missing; a second run
+changes nothing."""
 
 from __future__ import annotations
 
@@ -24,39 +26,90 @@ class RoomSpec:
     role: str
     alias_localpart: str
     name: str
-    power_levels: Callable[[str], dict[str, Any]]
+    topic: str
+    power_levels: Callable[[str], dict[str, Any]]  # upstream's: what the doctor requires
     is_space: bool = False
+    # Whether m.bureau.dev_team must name the namespace's dev room exactly (upstream's
+    # matrix doctor requires it in the namespace's rooms; `fleet setup --dev-team` may
+    # point a fleet's rooms elsewhere).
+    exact_dev_team: bool = True
 
 
 def room_specs(fleet: str) -> list[RoomSpec]:
+    """The namespace's space and rooms (upstream's `matrix setup`, cmd/bureau/matrix/
+    doctor.go standardRoomsForNamespace), then the fleet's (upstream's `fleet create`),
+    with upstream's names, topics and power levels."""
+    ns = names.namespace_of(fleet)
+    fleet_name = fleet.rsplit("/", 1)[1]
+
+    def namespace_room(role: str, name: str, topic: str, levels: Any) -> RoomSpec:
+        return RoomSpec(role, rooms.namespace_room_localpart(fleet, role), name, topic, levels)
+
+    def fleet_room(role: str, alias: str, name: str, topic: str, levels: Any) -> RoomSpec:
+        return RoomSpec(role, alias, name, topic, levels, exact_dev_team=False)
+
     return [
         RoomSpec(
             "space",
             names.space_alias_localpart(fleet),
-            names.namespace_of(fleet),
+            ns,
+            "Bureau agent orchestration",
             rooms.space_power_levels,
             is_space=True,
         ),
-        RoomSpec("fleet", names.fleet_room_localpart(fleet), fleet, rooms.fleet_power_levels),
-        RoomSpec(
+        namespace_room(
+            "system", "Bureau System", "Operational messages", rooms.system_room_power_levels
+        ),
+        namespace_room(
+            "template", "Bureau Template", "Sandbox templates", rooms.template_room_power_levels
+        ),
+        namespace_room(
+            "pipeline",
+            "Bureau Pipeline",
+            "Pipeline definitions",
+            rooms.pipeline_room_power_levels,
+        ),
+        namespace_room(
+            "artifact",
+            "Bureau Artifact",
+            "Artifact coordination",
+            rooms.artifact_room_power_levels,
+        ),
+        namespace_room(
+            "dev",
+            "Bureau Dev Team",
+            "Development team coordination and work routing",
+            rooms.dev_room_power_levels,
+        ),
+        fleet_room(
+            "fleet",
+            names.fleet_room_localpart(fleet),
+            f"Fleet: {ns}/{fleet_name}",
+            "Fleet configuration, HA leases, and service definitions",
+            rooms.fleet_power_levels,
+        ),
+        fleet_room(
             "machine",
             names.machine_room_localpart(fleet),
-            f"{fleet}: machines",
+            f"Machines: {ns}/{fleet_name}",
+            "Machine keys, hardware info, status heartbeats, and WebRTC signaling",
             rooms.machine_room_power_levels,
         ),
-        RoomSpec(
+        fleet_room(
             "service",
             names.service_room_localpart(fleet),
-            f"{fleet}: services",
+            f"Services: {ns}/{fleet_name}",
+            "Service registrations and discovery",
             rooms.service_room_power_levels,
         ),
-        RoomSpec(
-            "template",
-            names.template_room_localpart(fleet),
-            f"{names.namespace_of(fleet)}: templates",
-            rooms.template_room_power_levels,
-        ),
     ]
+
+
+def dev_team_ok(content: dict[str, Any] | None, want: dict[str, str], *, exact: bool) -> bool:
+    if exact or content is None:
+        return content == want
+    room = content.get("room")
+    return isinstance(room, str) and room.startswith("#")
 
 
 def _earlier(
@@ -141,16 +194,16 @@ def setup(
         raise MatrixError(f"the homeserver says this login is {whoami}, expected {admin_user}")
 
     room_ids: dict[str, str] = {}
+    dev_team = rooms.dev_team_content(fleet, server_name)
     for spec in room_specs(fleet):
         alias = names.room_alias(spec.alias_localpart, server_name)
         room_id = admin.resolve_alias(alias)
         if room_id is None:
-            extra: dict[str, Any] = {}
+            extra: dict[str, Any] = {"topic": spec.topic}
             if spec.is_space:
                 extra["creation_content"] = {"type": "m.space"}
-            content = private_room(
-                spec.alias_localpart, spec.name, spec.power_levels(admin_user), **extra
-            )
+            levels = rooms.with_ours(spec.power_levels(admin_user))
+            content = private_room(spec.alias_localpart, spec.name, levels, **extra)
             room_id = admin.create_room(content, what=f"create {alias}")
             note(f"created {spec.role} room {alias} ({room_id})")
             if not spec.is_space:
@@ -160,6 +213,10 @@ def setup(
         else:
             admin.join(room_id)  # no-op when joined; fails clearly when we may not
         room_ids[spec.role] = room_id
+        published = admin.get_state(room_id, rooms.DEV_TEAM, "")
+        if not dev_team_ok(published, dev_team, exact=spec.exact_dev_team):
+            admin.put_state(room_id, rooms.DEV_TEAM, "", dev_team)
+            note(f"published {rooms.DEV_TEAM} in {alias}")
 
     creds = OperatorCredentials(
         homeserver_url=homeserver,
