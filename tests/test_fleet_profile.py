@@ -12,10 +12,13 @@ import time
 from pathlib import Path
 
 from conftest import BIN, Fleet, one_line_error, run
-from launcher_proc import daemon, launcher
+from launcher_proc import Service, daemon, launcher
 from machine_helpers import enroll
 from test_profile import CACHE, EXECUTOR, JWT
 
+from bureau import rooms
+from bureau.operator import credentials
+from bureau.operator.fleet import resolve_fleet_rooms
 from bureau.profile import model, sources
 
 
@@ -36,6 +39,34 @@ def _eventually_file(path: Path, want: model.Profile, seconds: float = 30) -> fl
             pass
         assert time.monotonic() - started < seconds, f"{path} never held {want}"
         time.sleep(0.1)
+
+
+def _publish_unchecked(fleet: Fleet, content: dict[str, str]) -> None:
+    """``m.bureau.fleet_profile`` put in the fleet room as is, without the operator
+    command's checks."""
+    admin = credentials.admin_client(fleet.creds)
+    room = resolve_fleet_rooms(admin, fleet.name, fleet.hub.server_name).fleet
+    admin.put_state(room, rooms.FLEET_PROFILE, "", content)
+
+
+# What the daemon logs once it has read a fleet profile event: refused, or written out.
+OUTCOMES = ("ignoring invalid fleet profile", "fleet profile materialized")
+
+
+def _next_outcome(daemon: Service, start: int, path: Path, seconds: float = 30) -> str:
+    """The daemon's verdict on the next fleet profile it reads (its log from line
+    ``start``); a file that changes without a log line counts as materialized."""
+    before = path.read_bytes()
+    deadline = time.monotonic() + seconds
+    while True:
+        for line in daemon.lines[start:]:
+            for outcome in OUTCOMES:
+                if outcome in line:
+                    return outcome
+        if path.read_bytes() != before:
+            return "fleet profile materialized"
+        assert time.monotonic() < deadline, f"the daemon never read the profile:\n{daemon.log()}"
+        time.sleep(0.05)
 
 
 def test_published_profile_reaches_the_worker_and_verifies(
@@ -78,8 +109,19 @@ def test_published_profile_reaches_the_worker_and_verifies(
         assert refused.returncode == 2
         assert "must never hold a token" in one_line_error(refused)
         assert JWT not in refused.stderr
-        time.sleep(1)
+        # Nothing was published, so the worker has nothing to refuse yet: the same event
+        # put in the fleet room by a publisher that skips the command (another tool, a
+        # hand-written event) must be refused by the daemon too, which keeps what it had.
+        mark = len(the_daemon.lines)
+        _publish_unchecked(
+            fleet,
+            {model.STATE: model.SHARED_CACHE, model.MODE: model.SHARED_CACHE, model.CACHE: CACHE,
+             model.INSTANCE: JWT},
+        )  # fmt: skip
+        outcome = _next_outcome(the_daemon, mark, profile_env)
+        assert outcome == "ignoring invalid fleet profile", the_daemon.log()[-2000:]
         assert sources.parse_env_file(profile_env.read_text())[model.STATE] == "executor-backed"
+        assert JWT not in profile_env.read_text()
 
         # What the machine's tools read: flywheel-verify finds the materialized profile.
         verified = subprocess.run(
