@@ -66,6 +66,7 @@ ALLOWED_OURS = {
     "bureau.launcher.server",
     "bureau.launcher.spawner",
     "bureau.launcher.supervisor",
+    "bureau.lifecycle",
     "bureau.log",
     "bureau.machine_config",
     "bureau.machine_state",

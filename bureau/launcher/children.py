@@ -18,11 +18,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from bureau.errors import BureauError, InputError
 from bureau.files import atomic_write, make_dirs, read_private_json
 from bureau.launcher.processes import process_start_time, reap
+
+if TYPE_CHECKING:  # sandboxd imports this module; it runs no lifecycle of its own
+    from bureau.lifecycle import TaskOwner
 
 # Starts a principal's child again from its recorded spec (the registry's ensure).
 Recreate = Callable[[str, dict[str, Any]], Awaitable[object]]
@@ -110,7 +113,7 @@ class Children:
         kind: Kind,
         records: Path,
         log: Any,
-        tasks: asyncio.TaskGroup,
+        tasks: TaskOwner,
         lock: Callable[[str], asyncio.Lock],
     ) -> None:
         """``lock`` gives the principal's lock, held around every start and stop of it."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import struct
 import time
@@ -18,6 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from bureau import lifecycle
 from bureau.errors import BureauError
 from bureau.files import make_dirs
 from bureau.launcher import relogin
@@ -32,6 +32,7 @@ from bureau.launcher.protocol import (
     parse_request,
 )
 from bureau.launcher.supervisor import LauncherError, SandboxOptions, Supervisor
+from bureau.lifecycle import Owned
 from bureau.notify import Notifier
 from bureau.secret import Secret
 
@@ -45,8 +46,8 @@ REFUSAL_GRACE_SECONDS = 0.5
 MAX_HELD_REFUSALS = 16
 
 
-class _Stopped(Exception):
-    pass
+# For requests under way when SIGTERM comes (a start waits for its proxy's READY).
+STOP_GRACE_SECONDS = 10.0
 
 
 def peer_uid(writer: asyncio.StreamWriter) -> int:
@@ -198,57 +199,61 @@ async def serve(
     notifier: Notifier,
     sandboxes: SandboxOptions | None = None,
 ) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     make_dirs(run_dir, 0o755)
     path = run_dir / SOCKET_NAME
     supervisor: Supervisor | None = None
-    try:
-        async with asyncio.TaskGroup() as tasks:
-            supervisor = Supervisor(
-                machine_user=machine_user,
-                secret_key=secret_key,
-                run_dir=run_dir,
-                log=log,
-                tasks=tasks,
-                state_dir=state_dir,
-                sandboxes=sandboxes or SandboxOptions(),
-                reserved_uids=allowed_uids,
-            )
-            if supervisor.cgroups == "none":
-                log.warning("no writable cgroup: sandboxes get pids and open-file limits only")
-            await supervisor.adopt()
-            handler = LauncherServer(
-                supervisor,
-                allowed_uids,
-                log,
-                notifier,
-                partial(relogin.relogin, state_dir, secret_key, log),
-            ).handle
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()  # a stale socket from a launcher that died
-            old_umask = os.umask(0o117)  # bound 0660 from the start
-            try:
-                server = await asyncio.start_unix_server(handler, path, limit=MAX_MESSAGE)
-            finally:
-                os.umask(old_umask)
-            log.info("launcher serving", socket=str(path), allowed_uids=sorted(allowed_uids))
-            notifier.ready(summary(supervisor.status()))
-            tasks.create_task(notifier.watchdog())
-            await stop.wait()
-            notifier.stopping("stopping; proxies keep running for the next launcher")
-            log.info("stopping; proxies keep running for the next launcher")
+    server: asyncio.Server | None = None
+
+    async def start(tasks: Owned) -> None:
+        nonlocal supervisor, server
+        supervisor = Supervisor(
+            machine_user=machine_user,
+            secret_key=secret_key,
+            run_dir=run_dir,
+            log=log,
+            tasks=tasks,
+            state_dir=state_dir,
+            sandboxes=sandboxes or SandboxOptions(),
+            reserved_uids=allowed_uids,
+        )
+        if supervisor.cgroups == "none":
+            log.warning("no writable cgroup: sandboxes get pids and open-file limits only")
+        await supervisor.adopt()
+        handler = LauncherServer(
+            supervisor,
+            allowed_uids,
+            log,
+            notifier,
+            partial(relogin.relogin, state_dir, secret_key, log),
+        ).handle
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a stale socket from a launcher that died
+        old_umask = os.umask(0o117)  # bound 0660 from the start
+        try:
+            server = await asyncio.start_unix_server(handler, path, limit=MAX_MESSAGE)
+        finally:
+            os.umask(old_umask)
+        log.info("launcher serving", socket=str(path), allowed_uids=sorted(allowed_uids))
+        notifier.ready(summary(supervisor.status()))
+        tasks.create_task(notifier.watchdog())
+
+    async def stopping() -> None:
+        notifier.stopping("stopping; proxies keep running for the next launcher")
+        log.info("stopping; proxies keep running for the next launcher")
+        if server is not None:
             server.close()
             await server.wait_closed()
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            raise _Stopped  # cancels the watchers still in the group
-    except* _Stopped:
-        pass
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+    try:
+        # The children's watchers are cancelled after the grace: the children stay.
+        await lifecycle.serve(
+            start,
+            stopping,
+            grace=STOP_GRACE_SECONDS,
+            on_grace_exceeded=lambda: log.warning("requests under way outlived the grace"),
+        )
     finally:
         if supervisor is not None:
             supervisor.close()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)

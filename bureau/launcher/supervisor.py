@@ -36,6 +36,7 @@ from bureau.launcher.sandbox_host import SandboxHost
 from bureau.launcher.sandbox_kind import Host, SandboxKind
 from bureau.launcher.sandbox_uids import DEFAULT_RANGE, SandboxUids
 from bureau.launcher.spawner import Spawner
+from bureau.lifecycle import TaskOwner
 from bureau.secret import Secret
 
 __all__ = ["LauncherError", "Supervisor"]
@@ -103,7 +104,7 @@ class Supervisor:
         secret_key: Secret,
         run_dir: Path,
         log: Any,
-        tasks: asyncio.TaskGroup,
+        tasks: TaskOwner,
         state_dir: Path,
         sandboxes: SandboxOptions,
         reserved_uids: set[int],
@@ -247,7 +248,9 @@ class Supervisor:
     async def adopt(self) -> None:
         """Take over what an earlier launcher left running; start again what died."""
         await self._proxies.adopt(self.ensure)
-        # A machine switched back to refusing unbound bundles serves none it adopted.
+        await self._sandboxes.adopt(self._restart_sandbox)
+        # A machine switched back to refusing unbound bundles serves none it adopted: the
+        # workload goes first, then the proxy that was its way out.
         for principal, proxy in sorted(self._proxies.running.items()):
             refusal = self._proxy_kind.refusal(principal, proxy.spec)
             if refusal is not None:
@@ -256,7 +259,6 @@ class Supervisor:
                 )
                 await self._sandboxes.remove(principal)
                 await self._proxies.remove(principal)
-        await self._sandboxes.adopt(self._restart_sandbox)
 
     async def _restart_sandbox(self, principal: str, spec: dict[str, Any]) -> None:
         """A sandbox that died with the launcher starts again if its proxy runs."""
