@@ -9,9 +9,12 @@ import json
 import subprocess
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
+import upstream_shapes as upstream
 from conftest import Fleet, RunningHub, fresh, one_line_error, run
+from machine_helpers import provision
 from upstream_shapes import (
     STANDARD_ROOMS,
     UpstreamHub,
@@ -52,7 +55,7 @@ def _upstream_file(directory: Path, **change: str) -> Path:
 
 
 @pytest.fixture
-def upstream(hub: RunningHub, tmp_path: Path) -> UpstreamHub:
+def upstream_hub(hub: RunningHub, tmp_path: Path) -> UpstreamHub:
     return setup_hub(hub.url, hub.server_name, hub.token.reveal(), fresh("u"), tmp_path)
 
 
@@ -124,9 +127,9 @@ def test_every_command_that_reads_a_credential_file_takes_fleet() -> None:
 
 
 def test_commands_work_with_upstreams_credential_file(
-    upstream: UpstreamHub, tmp_path: Path
+    upstream_hub: UpstreamHub, tmp_path: Path
 ) -> None:
-    creds = ("--credential-file", str(upstream.credential_file), "--fleet", upstream.fleet)
+    creds = ("--credential-file", str(upstream_hub.credential_file), "--fleet", upstream_hub.fleet)
     for argv in (
         ("machine", "list", "--json"),
         ("template", "list"),
@@ -136,9 +139,9 @@ def test_commands_work_with_upstreams_credential_file(
         result = run("bureau", *argv, *creds)
         assert result.returncode == 0, (argv, result.stderr)
     bootstrap = json.loads((tmp_path / "bootstrap.json").read_text())
-    assert bootstrap["machine_name"] == f"{upstream.fleet}/machine/w1"
+    assert bootstrap["machine_name"] == f"{upstream_hub.fleet}/machine/w1"
     listed = run("bureau", "machine", "list", "--json", *creds)
-    assert [r["name"] for r in json.loads(listed.stdout)] == [f"{upstream.fleet}/machine/w1"]
+    assert [r["name"] for r in json.loads(listed.stdout)] == [f"{upstream_hub.fleet}/machine/w1"]
 
 
 # -- step 2: upstream's rooms and m.bureau.dev_team --------------------------------------
@@ -258,3 +261,108 @@ def test_matrix_doctor_fix_creates_upstreams_rooms_and_records_them(fleet: Fleet
     assert (
         read_credential_file(fleet.credential_file.read_text())["MATRIX_ARTIFACT_ROOM"] == artifact
     )
+
+
+# -- step 3: upstream's power levels, and a doctor that leaves an upstream hub alone ------
+
+ADMIN, MACHINE = "@bureau-admin:example.org", "@bureau/fleet/prod/machine/w1:example.org"
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        (rooms.space_power_levels(ADMIN), upstream.admin_only_power_levels(ADMIN)),
+        (rooms.template_room_power_levels(ADMIN), upstream.admin_only_power_levels(ADMIN)),
+        (rooms.dev_room_power_levels(ADMIN), upstream.admin_only_power_levels(ADMIN)),
+        (rooms.system_room_power_levels(ADMIN), upstream.system_room_power_levels(ADMIN)),
+        (rooms.pipeline_room_power_levels(ADMIN), upstream.pipeline_room_power_levels(ADMIN)),
+        (rooms.artifact_room_power_levels(ADMIN), upstream.artifact_room_power_levels(ADMIN)),
+        (rooms.fleet_power_levels(ADMIN), upstream.fleet_room_power_levels(ADMIN)),
+        (rooms.machine_room_power_levels(ADMIN), upstream.machine_room_power_levels(ADMIN)),
+        (rooms.service_room_power_levels(ADMIN), upstream.service_room_power_levels(ADMIN)),
+        (
+            rooms.config_room_power_levels(ADMIN, MACHINE),
+            upstream.config_room_power_levels(ADMIN, MACHINE),
+        ),
+    ],
+    ids=[
+        "space",
+        "template",
+        "dev",
+        "system",
+        "pipeline",
+        "artifact",
+        "fleet",
+        "machine",
+        "service",
+        "config",
+    ],
+)
+def test_power_levels_are_upstreams_exactly(ours: dict[str, Any], theirs: dict[str, Any]) -> None:
+    assert ours == theirs
+    # What we create adds only what upstream leaves unset (OURS: m.space.parent).
+    added = rooms.with_ours(ours)
+    assert {**added, "events": {}} == {**theirs, "events": {}}
+    assert {k: v for k, v in added["events"].items() if k not in theirs["events"]} == {
+        "m.space.parent": 100
+    }
+    assert {k: added["events"][k] for k in theirs["events"]} == theirs["events"]
+
+
+def test_rooms_we_create_hold_upstreams_levels(fleet: Fleet, tmp_path: Path) -> None:
+    admin = credentials.admin_client(fleet.creds)
+    server, admin_user = fleet.hub.server_name, fleet.creds.admin_user
+    machine = provision(fleet, tmp_path)
+    expected = {
+        f"#{names.namespace_of(fleet.name)}:{server}": upstream.admin_only_power_levels(admin_user),
+        f"#{fleet.name}:{server}": upstream.fleet_room_power_levels(admin_user),
+        f"#{fleet.name}/machine:{server}": upstream.machine_room_power_levels(admin_user),
+        f"#{fleet.name}/service:{server}": upstream.service_room_power_levels(admin_user),
+        f"#{machine.localpart}:{server}": upstream.config_room_power_levels(
+            admin_user, machine.user_id
+        ),
+    }
+    for alias, theirs in expected.items():
+        room = admin.resolve_alias(alias)
+        assert room is not None
+        actual = admin.get_state(room, "m.room.power_levels", "") or {}
+        assert {k: actual[k] for k in theirs if k != "events"} == {
+            k: v for k, v in theirs.items() if k != "events"
+        }, alias
+        assert actual["events"] == {**theirs["events"], "m.space.parent": 100}, alias
+
+
+def test_matrix_doctor_passes_an_upstream_hub_and_fix_changes_nothing(
+    upstream_hub: UpstreamHub, hub: RunningHub
+) -> None:
+    """Set up, fleet created and a machine provisioned by upstream's code: every check
+    passes, and --fix writes nothing anywhere (every state event keeps its ID)."""
+    machine = upstream.provision(upstream_hub, hub.token.reveal(), "w1")
+    admin = upstream_hub.admin
+    room_ids = [
+        upstream_hub.space,
+        *upstream_hub.rooms.values(),
+        *upstream_hub.fleet_rooms.values(),
+        machine.config_room,
+        machine.ops_room,
+    ]
+    before = {room: upstream.room_state_ids(admin, room) for room in room_ids}
+    file_before = upstream_hub.credential_file.read_bytes()
+    doctor = (
+        "--credential-file",
+        str(upstream_hub.credential_file),
+        "--fleet",
+        upstream_hub.fleet,
+    )
+    checked = run("bureau", "matrix", "doctor", *doctor)
+    assert checked.returncode == 0, checked.stdout
+    assert "FAIL" not in checked.stdout
+    alias = upstream_hub.alias(machine.localpart)
+    assert f"ok    power levels of {alias}: as upstream's" in checked.stdout
+    for suffix, _, _, _ in STANDARD_ROOMS:
+        assert f"ok    power levels of #{upstream_hub.namespace}/{suffix}:" in checked.stdout
+    fixed = run("bureau", "matrix", "doctor", *doctor, "--fix")
+    assert fixed.returncode == 0, fixed.stdout
+    assert "fixed" not in fixed.stdout
+    assert {room: upstream.room_state_ids(admin, room) for room in room_ids} == before
+    assert upstream_hub.credential_file.read_bytes() == file_before
