@@ -337,6 +337,13 @@ def test_credentials_provision_and_list(fleet: Fleet, tmp_path: Path) -> None:
     secrets = tmp_path / "secrets.env"
     secrets.write_text("TOKEN=list-canary\nEXTRA=x\n")
     secrets.chmod(0o600)
+    # The operator's escrow identity: an age key of its own, never the machine's.
+    escrow_identity = tmp_path / "escrow.key"
+    subprocess.run(["age-keygen", "-o", str(escrow_identity)], check=True, capture_output=True)
+    escrow_public = subprocess.run(
+        ["age-keygen", "-y", str(escrow_identity)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    assert escrow_public != machine.public_key
     result = run(
         "bureau",
         "credentials",
@@ -354,12 +361,25 @@ def test_credentials_provision_and_list(fleet: Fleet, tmp_path: Path) -> None:
         "--expires-at",
         "2099-01-01T00:00:00Z",
         "--escrow-recipient",
-        machine.public_key,
+        escrow_public,
     )
     assert result.returncode == 0, result.stderr
     content = credentials_event(fleet, machine)
     assert content["keys"] == ["EXTRA", "TOKEN"]
     assert content["encrypted_for"] == [machine.machine.user_id, "escrow:operator"]
+    # Each recipient opens the bundle with its own identity alone: the escrow with the
+    # age CLI and its key, the machine with its key.
+    for identity in (escrow_identity, machine.plain_key):
+        opened = subprocess.run(
+            ["age", "-d", "-i", str(identity)],
+            input=base64.b64decode(content["ciphertext"]),
+            capture_output=True,
+            check=False,
+        )
+        assert opened.returncode == 0, (identity.name, opened.stderr)
+        plaintext = json.loads(opened.stdout)
+        assert (plaintext["TOKEN"], plaintext["EXTRA"]) == ("list-canary", "x")
+        assert plaintext["bureau.binding"] == content["signature"]
     assert content["provisioned_by"] == fleet.creds.admin_user
     assert content["expires_at"] == "2099-01-01T00:00:00Z"
     assert content["version"] == 1
