@@ -10,6 +10,7 @@ import os
 import stat
 import subprocess
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -383,8 +384,12 @@ def test_credential_helper_answers_with_the_header_and_expiry(
     token.write_text("opaque-short-lived-token\n")
     before = int(time.time())
     answer = json.loads(_helper(repo, tmp_path, json.dumps({"uri": f"grpcs://{HOST}"})).stdout)
+    after = int(time.time())
     assert answer["headers"] == {"Authorization": ["Bearer opaque-short-lived-token"]}
-    assert answer["expires"] >= time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(before + 299))
+    # A token whose expiry cannot be read is good for 300 s (README), from when it was read:
+    # no less, and no more.
+    expires = datetime.strptime(answer["expires"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert before + 300 <= expires.timestamp() <= after + 300, (before, answer, after)
 
 
 def _expired_jwt() -> str:
