@@ -63,6 +63,11 @@ async def serve(
             except TimeoutError:
                 on_grace_exceeded()
             owned.cancel_all()
+    except BaseExceptionGroup as failed:
+        # One failure (a refusal at start, say) is itself: its one line, not a group's.
+        if len(failed.exceptions) == 1:
+            raise failed.exceptions[0] from None
+        raise
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -15,18 +15,18 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import uvloop
 
-from bureau import log
+from bureau import lifecycle, log
 from bureau.edge import Parser, run
 from bureau.errors import BureauError, InputError, UsageError
 from bureau.files import make_dirs
 from bureau.hardening import no_dumps
+from bureau.lifecycle import Owned
 from bureau.proxy.server import SWEEP_SECONDS, ClientConnection, Proxy
 from bureau.proxy_payload import WHERE, ProxyPayload
 
@@ -85,24 +85,23 @@ def _raw_credentials(raw: bytes) -> list[str]:
 
 
 async def serve(payload: ProxyPayload, socket_path: Path, logger: Any, *, debug: bool) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     proxy = Proxy(payload, logger, debug=debug)
-    make_dirs(socket_path.parent, 0o755)
-    # Bind with the final mode: no moment where the socket is wider than 0660.
-    old_umask = os.umask(0o117)
-    try:
-        server = await loop.create_unix_server(
-            lambda: ClientConnection(proxy), str(socket_path), backlog=1024
-        )
-    except OSError as exc:
-        raise BureauError(f"--socket {socket_path}: {exc.strerror or exc}") from None
-    finally:
-        os.umask(old_umask)
-    sweeper = loop.create_task(_sweep(proxy))
-    try:
+    server: asyncio.Server | None = None
+
+    async def start(tasks: Owned) -> None:
+        nonlocal server
+        make_dirs(socket_path.parent, 0o755)
+        # Bind with the final mode: no moment where the socket is wider than 0660.
+        old_umask = os.umask(0o117)
+        try:
+            server = await asyncio.get_running_loop().create_unix_server(
+                lambda: ClientConnection(proxy), str(socket_path), backlog=1024
+            )
+        except OSError as exc:
+            raise BureauError(f"--socket {socket_path}: {exc.strerror or exc}") from None
+        finally:
+            os.umask(old_umask)
+        tasks.create_task(_sweep(proxy))
         try:
             # Unbuffered: nothing of it may be left for a flush at exit to fail on again.
             os.write(sys.stdout.fileno(), f"READY {os.getpid()}\n".encode())
@@ -113,26 +112,31 @@ async def serve(payload: ProxyPayload, socket_path: Path, logger: Any, *, debug:
                 socket_path.unlink()
             raise BureauError("the launcher went away before this proxy was ready") from None
         logger.info("proxy serving", socket=str(socket_path), services=sorted(payload.services))
-        await stop.wait()
+
+    async def draining() -> None:
         logger.info("draining")
         # The launcher renamed this socket's path to the next proxy before signalling:
         # nothing new arrives here, but connections already queued on the listener are
         # accepted and answered rather than reset with it.
         proxy.drain()
         await asyncio.sleep(ACCEPT_GRACE)
-        server.close()
-        try:
-            async with asyncio.timeout(DRAIN_SECONDS):
-                while proxy.clients:
-                    await asyncio.sleep(0.05)
-        except TimeoutError:
-            logger.warning("drain timed out", connections=len(proxy.clients))
+        if server is not None:
+            server.close()
+        await proxy.no_clients.wait()
+
+    try:
+        await lifecycle.serve(
+            start,
+            draining,
+            grace=DRAIN_SECONDS,
+            on_grace_exceeded=lambda: logger.warning(
+                "drain timed out", connections=len(proxy.clients)
+            ),
+        )
     finally:
-        sweeper.cancel()
-        server.close()
+        if server is not None:
+            server.close()
         await proxy.cancel_tasks()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
 
 
 async def _sweep(proxy: Proxy) -> None:

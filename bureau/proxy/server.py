@@ -60,6 +60,8 @@ class Proxy:
         self.clock = clock
         self.draining = False
         self.clients: set[ClientConnection] = set()
+        self.no_clients = asyncio.Event()  # set while no client is connected
+        self.no_clients.set()
         self.idle: dict[str, collections.deque[UpstreamConnection]] = {}
         self._tls: ssl.SSLContext | None = None
         self._health = {
@@ -194,6 +196,7 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.proxy.clients.add(self)
+        self.proxy.no_clients.clear()
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
@@ -227,6 +230,8 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         del exc
         self.proxy.clients.discard(self)
+        if not self.proxy.clients:
+            self.proxy.no_clients.set()
         self.closing = True
         for exchange in self.queue:
             exchange.finished = True
