@@ -27,8 +27,15 @@ from bureau.schema import OperatorCredentials
 from bureau.secret import Secret
 
 BIN = Path(sys.executable).parent
+# Every program a test runs (script/setup installs them).
 REQUIRED_TOOLS = (
     "age",
+    "age-keygen",
+    "curl",
+    "openssl",
+    "bwrap",
+    "prlimit",
+    "unshare",
     "jq",
     "strace",
     "systemd-creds",
