@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import pwd
 import signal
 import sys
 from collections.abc import Callable
@@ -196,17 +195,6 @@ def _first_boot_done(state_dir: Path, machine_name: str, creds_dir: str | None) 
     return True
 
 
-def _daemon_uid(value: str | None) -> set[int]:
-    if value is None:
-        return set()
-    if value.isdigit():
-        return {int(value)}
-    try:
-        return {pwd.getpwnam(value).pw_uid}
-    except KeyError:
-        raise UsageError(f"--daemon-user: no such user {value!r}") from None
-
-
 def _check_run_dir(run_dir: Path) -> None:
     """The run dir and what the launcher keeps in it (adoption records, proxy sockets):
     whoever could write there could rename the launcher's socket away and bind their own,
@@ -238,7 +226,7 @@ def _serve(
     logger = logger.bind(machine=session.user_id)
     logger.info("machine key loaded", source=source)
     # Root too: it can read the key anyway, and `bureau machine doctor` runs as root.
-    allowed = {os.getuid(), 0, *_daemon_uid(args.daemon_user)}
+    allowed = {os.getuid(), 0, *sandbox_flags.uid_of_user(args.daemon_user, "--daemon-user")}
     sandboxes = SandboxOptions(
         uids=parse_range(sandbox_flags.uid_range_text(args)),
         directory=args.sandbox_dir.absolute() if args.sandbox_dir else None,

@@ -4,8 +4,10 @@ launcher's when it hosts them itself (no --sandbox-broker)."""
 from __future__ import annotations
 
 import argparse
+import pwd
 from pathlib import Path
 
+from bureau.errors import UsageError
 from bureau.launcher.sandbox_uids import DEFAULT_RANGE
 
 FLAGS = ("--sandbox-uids", "--sandbox-dir", "--allow-host-network")
@@ -42,3 +44,16 @@ def given(args: argparse.Namespace) -> list[str]:
 
 def uid_range_text(args: argparse.Namespace) -> str:
     return args.sandbox_uids or "-".join(map(str, DEFAULT_RANGE))
+
+
+def uid_of_user(value: str | None, flag: str) -> set[int]:
+    """The uid a user flag names (a name or a number; none when not given), e.g. the
+    daemon's, which no sandbox may take and the launcher's socket admits."""
+    if value is None:
+        return set()
+    if value.isdigit():
+        return {int(value)}
+    try:
+        return {pwd.getpwnam(value).pw_uid}
+    except KeyError:
+        raise UsageError(f"{flag}: no such user {value!r}") from None

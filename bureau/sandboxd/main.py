@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import pwd
 import socket
 import struct
 import sys
@@ -93,17 +92,6 @@ def build_parser() -> Parser:
         "--log-level", help="debug, info, warning, error (default: $BUREAU_LOG_LEVEL or info)"
     )
     return p
-
-
-def _uid_of(value: str | None, flag: str) -> set[int]:
-    if value is None:
-        return set()
-    if value.isdigit():
-        return {int(value)}
-    try:
-        return {pwd.getpwnam(value).pw_uid}
-    except KeyError:
-        raise UsageError(f"{flag}: no such user {value!r}") from None
 
 
 def peer_uid(conn: socket.socket) -> int:
@@ -229,7 +217,7 @@ def _serve(args: argparse.Namespace, logger: Any, notifier: Notifier) -> int:
     make_dirs(workspaces, 0o711)
     check_owned_dir(workspaces, "--sandbox-dir", 0o711)
     protected = (str(state_dir), str(run_dir), str(workspaces), "/etc/bureau", "/run/credentials")
-    reserved = {os.getuid(), *_uid_of(args.daemon_user, "--daemon-user")}
+    reserved = {os.getuid(), *sandbox_flags.uid_of_user(args.daemon_user, "--daemon-user")}
     host = SandboxHost(
         sandbox_dir=workspaces,
         run_dir=run_dir,
