@@ -11,7 +11,7 @@ header of one side can desynchronise the other.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from bureau.proxy_payload import ProxyPayload
@@ -69,7 +69,8 @@ class CompiledRoute:
     base_path: bytes
     drop: frozenset[bytes]
     # The injected headers as wire lines, ready to append: built once, not per request.
-    inject_lines: bytes
+    # They hold revealed credentials: never in a repr.
+    inject_lines: bytes = field(repr=False)
     # Why requests on this route are refused (a credential the payload lacks), or None.
     unavailable: str | None
 
