@@ -58,6 +58,7 @@ def test_decommission_stops_the_machine_and_the_name_can_come_back(
             assert result.returncode == 0, result.stderr
             assert f"{machine.machine.localpart} is decommissioned" in result.stdout
             assert "machine key tombstoned" in result.stdout
+            assert "machine status tombstoned" in result.stdout
             assert the_daemon.proc.wait(timeout=60) == 77
             assert proxies_under(run_dir) == []
             assert not proxy_socket(run_dir).exists()
@@ -70,8 +71,11 @@ def test_decommission_stops_the_machine_and_the_name_can_come_back(
     assert config_room is not None and machine_room is not None
     principal_key = names.state_key(f"{fleet.name}/{PRINCIPAL}", server)
     assert admin.get_state(config_room, rooms.CREDENTIALS, principal_key) == {}
-    assert admin.get_state(config_room, rooms.MACHINE_CONFIG, key) == {"principals": []}
+    # Upstream's tombstones (cmd/bureau/machine/decommission.go:159-185): {} for the
+    # config, the key and the status, which its provision checks before taking a name back.
+    assert admin.get_state(config_room, rooms.MACHINE_CONFIG, key) == {}
     assert admin.get_state(machine_room, rooms.MACHINE_KEY, key) == {}
+    assert admin.get_state(machine_room, rooms.MACHINE_STATUS, key) == {}
     member = admin.get_state(config_room, "m.room.member", machine.machine.user_id)
     assert member is not None and member["membership"] == "leave"
     # The account is gone: its old token and its password log in no more.
@@ -84,6 +88,7 @@ def test_decommission_stops_the_machine_and_the_name_can_come_back(
     listed = run("bureau", "machine", "list", "--json", "--credential-file", fleet.credential_file)
     (record,) = [r for r in json.loads(listed.stdout) if r["name"] == machine.machine.localpart]
     assert record["state"] == "decommissioned"
+    assert record["last_heartbeat"] is None  # the status tombstone is no heartbeat
 
     # Again: nothing left to do, and it says so.
     again = _decommission(fleet, name)

@@ -26,7 +26,7 @@ from upstream_shapes import (
 
 from bureau import names, rooms
 from bureau.cli.main import build_parser
-from bureau.errors import InputError
+from bureau.errors import InputError, MatrixError
 from bureau.matrix_http import MatrixHTTP, segment
 from bureau.operator import credentials
 from bureau.schema import OperatorCredentials
@@ -366,3 +366,75 @@ def test_matrix_doctor_passes_an_upstream_hub_and_fix_changes_nothing(
     assert "fixed" not in fixed.stdout
     assert {room: upstream.room_state_ids(admin, room) for room in room_ids} == before
     assert upstream_hub.credential_file.read_bytes() == file_before
+
+
+# -- step 4: decommission as upstream's, and our deactivation ----------------------------
+
+PUBLIC = "age1" + "q" * 58
+
+
+def test_decommission_leaves_what_upstreams_provision_takes_back(
+    upstream_hub: UpstreamHub, hub: RunningHub
+) -> None:
+    """A machine provisioned and running the upstream way (key, status, config, a
+    credentials event, a reservation and a drain in its ops room): decommission leaves
+    {} for each as upstream's does, no membership anywhere, and the account deactivated;
+    upstream's provision would now take the name back."""
+    machine = upstream.provision(upstream_hub, hub.token.reveal(), "w1")
+    admin = upstream_hub.admin
+    login = MatrixHTTP(hub.url).login_password(machine.localpart, machine.password)
+    own = MatrixHTTP(hub.url, login.access_token)
+    key = f"{machine.localpart}:{hub.server_name}"
+    machine_room = upstream_hub.fleet_rooms["machine"]
+    for room in (machine.config_room, machine.ops_room, *upstream_hub.fleet_rooms.values()):
+        own.join(room)
+    own.put_state(machine_room, upstream.MACHINE_KEY, key, upstream.machine_key(PUBLIC))
+    own.put_state(
+        machine_room, upstream.MACHINE_STATUS, key, upstream.machine_status(login.user_id)
+    )
+    principal = f"{upstream_hub.fleet}/agent/a:{hub.server_name}"
+    assignment = {"principals": [{"principal": f"@{principal}", "auto_start": True}]}
+    admin.put_state(machine.config_room, upstream.MACHINE_CONFIG, key, assignment)
+    credentials_event = {"version": 1, "ciphertext": "x", "encrypted_for": [login.user_id]}
+    admin.put_state(machine.config_room, upstream.CREDENTIALS, principal, credentials_event)
+    own.put_state(machine.ops_room, upstream.RESERVATION, key, {"mode": "exclusive"})
+    own.put_state(machine.ops_room, upstream.MACHINE_DRAIN, "", {"services": []})
+    assert upstream.verify_full_decommission(upstream_hub, machine) != []
+
+    creds = ("--credential-file", str(upstream_hub.credential_file), "--fleet", upstream_hub.fleet)
+    done = run("bureau", "machine", "decommission", "machine/w1", *creds)
+    assert done.returncode == 0, done.stderr
+    for what in ("machine key", "machine status", "machine config", "reservation", "drain"):
+        assert f"{what} tombstoned" in done.stdout
+    assert f"account {login.user_id} deactivated" in done.stdout
+    # Removed by decommission itself, as upstream's (which deactivates nothing), not
+    # merely by the deactivation that follows.
+    for room in (*upstream_hub.rooms.values(), *upstream_hub.fleet_rooms.values()):
+        if room not in (upstream_hub.rooms["artifact"], upstream_hub.rooms["dev"]):
+            assert f"removed from {room}" in done.stdout
+    for room in (machine.config_room, machine.ops_room):
+        assert f"removed from {room}" in done.stdout
+
+    assert admin.get_state(machine_room, upstream.MACHINE_KEY, key) == {}
+    assert admin.get_state(machine_room, upstream.MACHINE_STATUS, key) == {}
+    assert admin.get_state(machine.config_room, upstream.MACHINE_CONFIG, key) == {}
+    assert admin.get_state(machine.config_room, upstream.CREDENTIALS, principal) == {}
+    assert admin.get_state(machine.ops_room, upstream.RESERVATION, key) == {}
+    assert admin.get_state(machine.ops_room, upstream.MACHINE_DRAIN, "") == {}
+    every_room = [
+        *upstream_hub.rooms.values(),
+        *upstream_hub.fleet_rooms.values(),
+        machine.config_room,
+        machine.ops_room,
+    ]
+    for room in every_room:
+        member = admin.get_state(room, "m.room.member", login.user_id) or {}
+        assert member.get("membership") in (None, "leave"), room
+    assert upstream.verify_full_decommission(upstream_hub, machine) == []
+    with pytest.raises(MatrixError) as caught:  # upstream's revoke; ours decommissions so
+        own.whoami()
+    assert caught.value.status == 401
+
+    again = run("bureau", "machine", "decommission", "machine/w1", *creds)
+    assert again.returncode == 0, again.stderr
+    assert "was already decommissioned" in again.stdout

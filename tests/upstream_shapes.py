@@ -431,6 +431,7 @@ class UpstreamMachine:
     user_id: str
     config_room: str
     ops_room: str
+    password: Secret  # the one-time password bootstrap.json would carry
 
 
 def provision(hub: UpstreamHub, registration_token: str, name: str) -> UpstreamMachine:
@@ -438,9 +439,8 @@ def provision(hub: UpstreamHub, registration_token: str, name: str) -> UpstreamM
     (a state event our checks do not read)."""
     localpart = f"{hub.fleet}/machine/{name}"
     user = f"@{localpart}:{hub.server}"
-    MatrixHTTP(hub.url).register_with_token(
-        localpart, Secret(secrets.token_hex(32)), Secret(registration_token)
-    )
+    password = Secret(secrets.token_hex(32))  # provision.go:242-252
+    MatrixHTTP(hub.url).register_with_token(localpart, password, Secret(registration_token))
     admin = hub.admin
     for suffix in ("template", "pipeline", "system"):  # machine/rooms.go:57 resolveGlobalRooms
         admin.invite(hub.rooms[suffix], user)
@@ -479,7 +479,41 @@ def provision(hub: UpstreamHub, registration_token: str, name: str) -> UpstreamM
     admin.put_state(ops_room, "m.room.power_levels", "", ops_room_power_levels(hub.admin_user))
     _grant(admin, ops_room, user, 50)  # provision.go:497
     admin.put_state(ops_room, DEV_TEAM, "", dev_team)  # provision.go:504
-    return UpstreamMachine(localpart, user, config_room, ops_room)
+    return UpstreamMachine(localpart, user, config_room, ops_room, password)
+
+
+def machine_key(public_key: str) -> dict[str, str]:
+    """lib/schema/events_machine.go:17 MachineKey."""
+    return {"algorithm": "age-x25519", "public_key": public_key}
+
+
+def machine_status(user: str) -> dict[str, Any]:
+    """lib/schema/events_machine.go:29 MachineStatus, as upstream's daemon heartbeats."""
+    return {
+        "principal": user,
+        "cpu_percent": 3,
+        "memory_used_mb": 512,
+        "sandboxes": {"running": 1, "idle": 0},  # events_machine.go:80 SandboxCounts
+        "uptime_seconds": 42,
+    }
+
+
+def verify_full_decommission(hub: UpstreamHub, machine: UpstreamMachine) -> list[str]:
+    """cmd/bureau/machine/provision.go:532 verifyFullDecommission: what upstream's
+    provision checks before it takes a used name back. The reasons it would refuse."""
+    admin, refusals = hub.admin, []
+    rooms = [hub.rooms[s] for s in ("template", "pipeline", "system")]  # rooms.go:57
+    config = admin.resolve_alias(hub.alias(machine.localpart))
+    for room_id in (*rooms, *([config] if config else [])):  # rooms.go:90
+        member = admin.get_state(room_id, "m.room.member", machine.user_id) or {}
+        if member.get("membership") in ("join", "invite"):
+            refusals.append(f"member of {room_id}")
+    key = f"{machine.localpart}:{hub.server}"
+    for event in admin.room_state_events(hub.fleet_rooms["machine"]):  # provision.go:593
+        ours = event.get("state_key") == key and event["type"] in (MACHINE_KEY, MACHINE_STATUS)
+        if ours and event.get("content") not in ({}, None):
+            refusals.append(f"active {event['type']}")
+    return refusals
 
 
 def room_state_ids(admin: MatrixHTTP, room_id: str) -> dict[tuple[str, str], str]:

@@ -1,12 +1,20 @@
-"""``bureau machine decommission``: take a machine out of the fleet for good.
+"""``bureau machine decommission``: take a machine out of the fleet for good, as
+upstream's `bureau machine decommission` does (cmd/bureau/machine/decommission.go), plus
+the account's deactivation (upstream does that in `bureau machine revoke`; ours does it
+here so that the name's old password and tokens are dead at once).
 
 In this order, so that a daemon still running on the machine sees its principals' reason
 to stop before it sees its own removal: every credentials event in its config room
-becomes the tombstone ``{}``; its assignments are removed; its published key becomes
-``{}``; it is removed from its config room and the fleet rooms; its account is
-deactivated (Synapse's server admin API). Each step is skipped when already done, so a
-decommission cut off half way is finished by running it again. The name can be
-provisioned again afterwards (provision reactivates the account).
+becomes the tombstone ``{}``; its ``m.bureau.machine_config`` becomes ``{}``; its
+published key becomes ``{}``; in an ops room (upstream's provision makes one) its
+reservation and drain become ``{}``; it is removed from its config and ops rooms, the
+fleet's rooms and the namespace's; its ``m.bureau.machine_status`` becomes ``{}`` (only
+now, so that a daemon still heartbeating cannot write it back); no membership may remain;
+its account is deactivated (Synapse's server admin API). Upstream's provision refuses a
+name whose key or status is not ``{}`` or that is still in a room: after this it accepts
+it. Each step is skipped when already done, so a decommission cut off half way is
+finished by running it again. The name can be provisioned again afterwards (provision
+reactivates the account).
 """
 
 from __future__ import annotations
@@ -15,9 +23,9 @@ from collections.abc import Callable
 
 from bureau import names, rooms
 from bureau.errors import BureauError
-from bureau.machine_config import MachineConfig
+from bureau.matrix_http import MatrixHTTP
 from bureau.operator.credentials import admin_client
-from bureau.operator.fleet import resolve_fleet_rooms, template_room
+from bureau.operator.fleet import namespace_room, resolve_fleet_rooms
 from bureau.operator.machines import machine_records
 from bureau.schema import OperatorCredentials
 
@@ -37,6 +45,15 @@ def decommission(
     if not any(r.user_id == user for r in machine_records(machine_state, creds.fleet, server)):
         raise BureauError(f"{machine_localpart}: no such machine in {creds.fleet}")
     changed = False
+
+    def tombstone(room: str, event_type: str, state_key: str, what: str) -> None:
+        """``{}`` unless it already is."""
+        nonlocal changed
+        if admin.get_state(room, event_type, state_key) != {}:
+            admin.put_state(room, event_type, state_key, {})
+            report(f"{what} tombstoned")
+            changed = True
+
     config_room = admin.resolve_alias(names.room_alias(machine_localpart, server))
     if config_room is not None:
         for event in admin.room_state_events(config_room):
@@ -45,28 +62,26 @@ def decommission(
                 admin.put_state(config_room, rooms.CREDENTIALS, principal_key, {})
                 report(f"credentials of @{principal_key} tombstoned")
                 changed = True
-        config = admin.get_state(config_room, rooms.MACHINE_CONFIG, key)
-        if config and config.get("principals"):
-            admin.put_state(config_room, rooms.MACHINE_CONFIG, key, MachineConfig().to_json())
-            report("assignments removed")
-            changed = True
-    published = next(
-        (
-            e
-            for e in machine_state
-            if e.get("type") == rooms.MACHINE_KEY and e.get("state_key") == key
-        ),
-        None,
-    )
-    if published is not None and published.get("content"):
-        admin.put_state(fleet_rooms.machine, rooms.MACHINE_KEY, key, {})
-        report("machine key tombstoned")
-        changed = True
-    templates = template_room(admin, creds.fleet, server)
-    for room_id in (config_room, *fleet_rooms.all(), templates):
-        if room_id is not None and admin.kick(room_id, user, REASON):
+        tombstone(config_room, rooms.MACHINE_CONFIG, key, "machine config")
+    tombstone(fleet_rooms.machine, rooms.MACHINE_KEY, key, "machine key")
+    ops_room = admin.resolve_alias(names.room_alias(f"{machine_localpart}/ops", server))
+    if ops_room is not None:
+        tombstone(ops_room, rooms.RESERVATION, key, "reservation")
+        tombstone(ops_room, rooms.MACHINE_DRAIN, "", "drain")
+    namespace_rooms = [namespace_room(admin, creds.fleet, server, r) for r in rooms.NAMESPACE_ROOMS]
+    every_room = [
+        r for r in (config_room, ops_room, *fleet_rooms.all(), *namespace_rooms) if r is not None
+    ]
+    for room_id in every_room:
+        if admin.kick(room_id, user, REASON):
             report(f"removed from {room_id}")
             changed = True
+    tombstone(fleet_rooms.machine, rooms.MACHINE_STATUS, key, "machine status")
+    remaining = [r for r in every_room if _membership(admin, r, user) in ("join", "invite")]
+    if remaining:
+        raise BureauError(
+            f"{user} is still in {', '.join(remaining)} after being removed; run this again"
+        )
     if admin.is_server_admin(creds.admin_user):
         admin.deactivate_user(user)
         report(f"account {user} deactivated")
@@ -77,3 +92,9 @@ def decommission(
             "register_new_matrix_user -a, or the admin API) and run this again"
         )
     return changed
+
+
+def _membership(admin: MatrixHTTP, room_id: str, user: str) -> str | None:
+    content = admin.get_state(room_id, "m.room.member", user)
+    membership = (content or {}).get("membership")
+    return membership if isinstance(membership, str) else None

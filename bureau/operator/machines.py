@@ -66,7 +66,11 @@ def machine_records(events: list[dict[str, Any]], fleet: str, server: str) -> li
             members[key] = str((event.get("content") or {}).get("membership", ""))
         elif kind == rooms.MACHINE_KEY:
             keys[f"@{key}"] = event
-        elif kind == rooms.MACHINE_STATUS and isinstance(event.get("origin_server_ts"), int):
+        elif (
+            kind == rooms.MACHINE_STATUS
+            and isinstance(event.get("origin_server_ts"), int)
+            and event.get("content")  # {} is decommission's tombstone, not a heartbeat
+        ):
             heartbeats[f"@{key}"] = event["origin_server_ts"]
     records = []
     for user, membership in sorted(members.items()):
