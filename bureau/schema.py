@@ -5,7 +5,7 @@ Pure: no I/O."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
@@ -78,11 +78,10 @@ class BootstrapConfig:
 
     @classmethod
     def from_json(cls, obj: object, where: str = "bootstrap.json") -> BootstrapConfig:
+        # Fields this version does not know are ignored, as upstream's reader ignores them
+        # (lib/bootstrap/config.go ReadConfig: plain json.Unmarshal): a provisioner newer
+        # than this launcher may add one. The fields we know are validated all the same.
         data = _object(obj, where)
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            # Strict: a field we do not know may be one a newer bureau relies on.
-            raise InputError(where, unknown[0], "unknown field")
         homeserver_url = _checked(
             where, "homeserver_url", validate_homeserver_url, _field(data, "homeserver_url", where)
         )
@@ -344,17 +343,22 @@ def validate_nix_public_key(value: str) -> str:
 
 @dataclass(frozen=True)
 class FleetCache:
-    """Content of ``m.bureau.fleet_cache`` (fleet room, state key "")."""
+    """Content of ``m.bureau.fleet_cache`` (fleet room, state key ""). Upstream's
+    FleetCacheContent (lib/schema/events_fleet.go): ``name`` is optional there
+    (``omitempty``: a cache without named push), and its ``compose_template`` and
+    ``default_system``, like any field a later version adds, are ignored here."""
 
     url: str
-    name: str
+    name: str | None
     public_keys: tuple[str, ...]
 
     @classmethod
     def from_json(cls, obj: object, where: str = "m.bureau.fleet_cache") -> FleetCache:
         data = _object(obj, where)
         url = _checked(where, "url", validate_cache_url, _field(data, "url", where))
-        name = _field(data, "name", where)
+        name = data.get("name")
+        if name is not None and not isinstance(name, str):
+            raise InputError(where, "name", "expected a string")
         keys = data.get("public_keys")
         if not isinstance(keys, list) or not keys:
             raise InputError(where, "public_keys", "expected a non-empty list of strings")
@@ -363,7 +367,11 @@ class FleetCache:
             if not isinstance(key, str):
                 raise InputError(where, f"public_keys[{index}]", "expected a string")
             checked.append(_checked(where, f"public_keys[{index}]", validate_nix_public_key, key))
-        return cls(url, name, tuple(checked))
+        return cls(url, name or None, tuple(checked))
 
     def to_json(self) -> dict[str, Any]:
-        return {"url": self.url, "name": self.name, "public_keys": list(self.public_keys)}
+        out: dict[str, Any] = {"url": self.url}
+        if self.name:
+            out["name"] = self.name
+        out["public_keys"] = list(self.public_keys)
+        return out

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import upstream_shapes as upstream
 from conftest import Fleet, RunningHub, fresh, one_line_error, run
-from machine_helpers import provision
+from machine_helpers import boot, provision
 from upstream_shapes import (
     STANDARD_ROOMS,
     UpstreamHub,
@@ -27,9 +27,11 @@ from upstream_shapes import (
 from bureau import names, rooms
 from bureau.cli.main import build_parser
 from bureau.errors import InputError, MatrixError
+from bureau.launcher.first_boot import load_bootstrap
+from bureau.machine_state import load_session
 from bureau.matrix_http import MatrixHTTP, segment
 from bureau.operator import credentials
-from bureau.schema import OperatorCredentials
+from bureau.schema import FleetCache, OperatorCredentials
 
 ROOM_IDS = {suffix: f"!{suffix}room:example.org" for suffix, _, _, _ in STANDARD_ROOMS}
 
@@ -438,3 +440,116 @@ def test_decommission_leaves_what_upstreams_provision_takes_back(
     again = run("bureau", "machine", "decommission", "machine/w1", *creds)
     assert again.returncode == 0, again.stderr
     assert "was already decommissioned" in again.stdout
+
+
+# -- step 5: upstream's fleet cache, session.json and bootstrap.json ---------------------
+
+NIX_KEY = "cache.example:" + "A" * 43 + "="
+GO_AMPERSAND = "\\u0026"  # how Go's encoder writes & in a string
+
+
+def test_fleet_cache_without_name_is_read_and_we_write_none_when_not_given(
+    fleet: Fleet,
+) -> None:
+    # lib/schema/events_fleet.go:274 FleetCacheContent: name and the two compose fields
+    # are omitempty; public_keys is always written.
+    upstream_cache: dict[str, Any] = {
+        "url": "http://attic.internal:5580/main",
+        "public_keys": [NIX_KEY],
+        "compose_template": "bureau/template:nix-builder",
+        "default_system": "x86_64-linux",
+    }
+    cache = FleetCache.from_json(upstream_cache)
+    assert (cache.url, cache.name, cache.public_keys) == (upstream_cache["url"], None, (NIX_KEY,))
+    assert FleetCache.from_json({**upstream_cache, "name": "main"}).name == "main"
+    with pytest.raises(InputError, match=r"^m\.bureau\.fleet_cache: name: expected a string$"):
+        FleetCache.from_json({**upstream_cache, "name": 7})
+    with pytest.raises(InputError, match=r"^m\.bureau\.fleet_cache: public_keys\[0\]: "):
+        FleetCache.from_json({**upstream_cache, "public_keys": ["nope"]})
+
+    published = run(
+        "bureau",
+        "fleet",
+        "cache",
+        "set",
+        "--url",
+        upstream_cache["url"],
+        "--public-key",
+        NIX_KEY,
+        "--credential-file",
+        fleet.credential_file,
+    )
+    assert published.returncode == 0, published.stderr
+    admin = credentials.admin_client(fleet.creds)
+    room = admin.resolve_alias(f"#{fleet.name}:{fleet.hub.server_name}")
+    assert room is not None
+    content = admin.get_state(room, "m.bureau.fleet_cache", "")
+    assert content == {"url": upstream_cache["url"], "public_keys": [NIX_KEY]}
+
+
+@pytest.mark.parametrize("order", ["go", "reversed"])
+def test_session_json_written_compact_by_go_is_read(tmp_path: Path, order: str) -> None:
+    # lib/service/session.go:21 SessionData and :88 SaveSession: json.Marshal (compact, no
+    # newline, field order as declared, <>& escaped as \u003c \u003e \u0026), 0600.
+    fields = [
+        ("homeserver_url", "http://matrix.internal:6167"),
+        ("user_id", "@bureau/fleet/prod/machine/w1:bureau.local"),
+        ("access_token", "syt_a&b"),
+    ]
+    if order == "reversed":
+        fields.reverse()
+    escaped = [(k, v.replace("&", GO_AMPERSAND)) for k, v in fields]
+    body = "{" + ",".join(f'"{k}":"{v}"' for k, v in escaped) + "}"
+    assert " " not in body and GO_AMPERSAND in body
+    (tmp_path / "session.json").write_text(body)
+    (tmp_path / "session.json").chmod(0o600)
+    session = load_session(tmp_path)
+    assert session is not None
+    assert session.homeserver_url == "http://matrix.internal:6167"
+    assert session.user_id == "@bureau/fleet/prod/machine/w1:bureau.local"
+    assert session.access_token.reveal() == "syt_a&b"
+    assert session.device_id is None
+
+
+def _go_bootstrap(config: dict[str, str], **later: str) -> str:
+    """lib/bootstrap/config.go:82 WriteConfig: MarshalIndent with two spaces, in the
+    struct's field order (config.go:23), and a newline; ``later`` are fields a newer
+    upstream adds."""
+    order = ("homeserver_url", "server_name", "machine_name", "password", "fleet_prefix")
+    fields = {**{k: config[k] for k in order}, **later}
+    body = ",\n".join(f'  "{k}": "{v}"' for k, v in fields.items())
+    return "{\n" + body + "\n}\n"
+
+
+def test_bootstrap_from_a_later_upstream_boots(fleet: Fleet, tmp_path: Path) -> None:
+    machine = provision(fleet, tmp_path)
+    ours = json.loads(machine.bootstrap.read_text())
+    machine.bootstrap.write_text(_go_bootstrap(ours, ops_room_alias="#x/ops:bureau.local"))
+    booted = boot(machine, "--key-storage", "plain")
+    assert booted.returncode == 0, booted.stderr
+    assert not machine.bootstrap.exists()  # read, used and deleted
+
+
+def test_bootstrap_with_a_new_field_still_checks_the_known_ones(tmp_path: Path) -> None:
+    path = tmp_path / "bootstrap.json"
+    good = {
+        "homeserver_url": "http://matrix.internal:6167",
+        "server_name": "bureau.local",
+        "machine_name": "bureau/fleet/prod/machine/w1",
+        "password": "ab" * 32,
+        "fleet_prefix": "bureau/fleet/prod",
+    }
+    for change, problem in (
+        ({}, None),
+        ({"machine_name": "bureau/fleet/prod/w1"}, "machine_name: "),
+        ({"homeserver_url": "ftp://x"}, "homeserver_url: 'ftp://x' is not an http"),
+        ({"password": "short"}, "password: expected 64 lowercase hex characters"),
+    ):
+        path.write_text(_go_bootstrap({**good, **change}, attestation="tpm2", zz_new="1"))
+        path.chmod(0o600)
+        if problem is None:
+            assert load_bootstrap(path, "machine/w1").machine_name == good["machine_name"]
+            continue
+        with pytest.raises(InputError) as caught:
+            load_bootstrap(path, "machine/w1")
+        assert str(caught.value).startswith(f"{path}: {problem}"), caught.value

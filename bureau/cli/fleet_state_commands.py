@@ -15,7 +15,7 @@ from bureau.schema import FleetCache, validate_cache_url, validate_nix_public_ke
 def cache_set(args: argparse.Namespace) -> int:
     url = valid(validate_cache_url, args.url, "--url")
     keys = tuple(valid(validate_nix_public_key, k, "--public-key") for k in args.public_key)
-    if not args.name.strip() or any(c.isspace() for c in args.name):
+    if args.name is not None and (not args.name.strip() or any(c.isspace() for c in args.name)):
         raise UsageError("--name: expected a cache name without spaces")
     cache = FleetCache(url, args.name, keys)
     changed = set_cache(load_credentials(args), cache)
@@ -41,7 +41,9 @@ def register(groups: Subparsers) -> None:
     setter.add_argument(
         "--url", required=True, help="substituter URL, e.g. http://attic:5580/bureau"
     )
-    setter.add_argument("--name", required=True, help="the cache's name, e.g. bureau")
+    setter.add_argument(
+        "--name", help="the cache's name for pushes, e.g. bureau (optional, as upstream)"
+    )
     setter.add_argument(
         "--public-key",
         required=True,

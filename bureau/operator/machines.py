@@ -69,7 +69,7 @@ def machine_records(events: list[dict[str, Any]], fleet: str, server: str) -> li
         elif (
             kind == rooms.MACHINE_STATUS
             and isinstance(event.get("origin_server_ts"), int)
-            and event.get("content")  # {} is decommission's tombstone, not a heartbeat
+            and event.get("content") != {}  # decommission's tombstone is no heartbeat
         ):
             heartbeats[f"@{key}"] = event["origin_server_ts"]
     records = []
