@@ -410,10 +410,16 @@ def test_a_revoked_session_is_not_revived_on_the_daemons_word(
             assert provisioned.returncode == 0
             assert eventually(lambda: served_token(proxy_socket(run_dir))) == "Bearer hard"
             since = time.monotonic()
-            front.fault("status", 401, SOFT_LOGOUT, paths=(SYNC,), count=1)
+            # The daemon's syncs are held unanswered first (the one in flight cut), so that
+            # none is answered between the logout and the fault that claims it was soft.
+            front.fault("hang", paths=(SYNC,), cut_open=True)
+            eventually(lambda: [s for s in front.requests_to(SYNC, since) if s.outcome == "hang"])
             session = json.loads((state / "session.json").read_text())
             MatrixHTTP(fleet.hub.url, Secret(session["access_token"])).logout()
+            # Only now, with the session over, is the daemon told it was soft-logged-out.
+            front.fault("status", 401, SOFT_LOGOUT, paths=(SYNC,), count=1)
             assert the_daemon.proc.wait(timeout=90) == 77
+            assert [s.outcome for s in front.requests_to(SYNC, since)].count("status") == 1
             eventually(lambda: proxies_under(run_dir) == [])
             assert front.requests_to("/_matrix/client/v3/login", since) == []
             assert "ended this machine's session for good" in the_daemon.log()
