@@ -221,9 +221,11 @@ def test_operator_credentials_round_trip() -> None:
         "BUREAU_FLEET": FLEET,
     }
     creds = OperatorCredentials.from_env(env, "creds")
-    assert creds.to_env() == env
-    with pytest.raises(InputError, match="creds: BUREAU_FLEET: missing"):
-        OperatorCredentials.from_env({k: v for k, v in env.items() if k != "BUREAU_FLEET"}, "creds")
+    assert creds.to_env()["BUREAU_FLEET"] == FLEET
+    assert OperatorCredentials.from_env(creds.to_env(), "creds") == creds
+    # Upstream's file has no BUREAU_FLEET: the fleet is then upstream's default one.
+    upstream = {k: v for k, v in env.items() if k != "BUREAU_FLEET"}
+    assert OperatorCredentials.from_env(upstream, "creds").fleet == "bureau/fleet/prod"
 
 
 def test_machine_key_content() -> None:
