@@ -5,6 +5,7 @@ STOPPING first on SIGTERM; and no child inherits the socket."""
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import threading
 import time
@@ -30,6 +31,7 @@ class Listener:
     """Reads the notify socket as systemd does, promptly, on a thread of its own."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
         self.seen: list[str] = []
@@ -59,6 +61,19 @@ class Listener:
             pass
         return message
 
+    def barrier(self, timeout: float = 30) -> list[str]:
+        """Every message sent to the socket before this call, not yet read: a marker of the
+        test's own queues up behind them, and they are read once it is."""
+        marker = f"TEST-BARRIER {secrets.token_hex(8)}"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            sender.sendto(marker.encode(), str(self.path))
+        with self._changed:
+            if not self._changed.wait_for(lambda: marker in self.seen[self._read :], timeout):
+                raise TimeoutError("the barrier never arrived")
+            end = self.seen.index(marker, self._read)
+            before, self._read = self.seen[self._read : end], end + 1
+            return before
+
 
 @pytest.fixture
 def listener(run_dir: Path) -> Iterator[Listener]:
@@ -81,12 +96,7 @@ def test_first_boot_extends_its_start_timeout(
 ) -> None:
     machine = provision(fleet, tmp_path)
     assert boot(machine).returncode == 0
-    messages = []
-    try:
-        while True:
-            messages.append(listener.next(timeout=1))
-    except TimeoutError:
-        pass
+    messages = listener.barrier()  # all it sent: it has exited
     assert "EXTEND_TIMEOUT_USEC=60000000\nSTATUS=first boot: key-ready" in messages
     assert messages[-1] == "EXTEND_TIMEOUT_USEC=60000000\nSTATUS=first boot: bootstrap-deleted"
 
@@ -173,13 +183,17 @@ def test_sigterm_whenever_it_comes_stops_the_daemon_promptly(
             front.url,
         ]
         with service(argv, PHASES[phase]) as the_daemon:
-            time.sleep(0.5)  # let whatever the phase sends arrive first
-            mark = len(listener.seen)
+            if phase == "serving":
+                # The daemon's READY, sent just after the log line the start waited for (the
+                # launcher's came before).
+                while "STATUS=synced" not in listener.until("READY=1"):
+                    pass
+            # What was sent before the signal is read; what comes next is the stop's.
+            listener.barrier()
             started = time.monotonic()
             assert the_daemon.stop() == 0, the_daemon.log()
             took = time.monotonic() - started
-            time.sleep(0.2)
-            after = [m for m in listener.seen[mark:] if m != "WATCHDOG=1"]
+            after = [m for m in listener.barrier() if m != "WATCHDOG=1"]
             assert after and after[0].startswith("STOPPING=1\nSTATUS="), after
     assert took < 5, took  # systemd's TimeoutStopSec is 30
     assert "Traceback" not in the_daemon.log()
