@@ -9,8 +9,10 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,84 @@ def echo_upstream(*extra: str, scheme: str = "http") -> Iterator[str]:
             proc.terminate()
             proc.wait(timeout=10)
             proc.stdout.close()
+
+
+class GateUpstream:
+    """An upstream that holds every request until the test opens the gate, and says when
+    requests arrive and when its answers have gone out: what a test waits on instead of
+    guessing how long a request takes to cross the proxy.
+
+        with GateUpstream() as gate:
+            ... a request through the proxy to gate.url ...
+            gate.wait_arrived(1)
+            gate.open()
+            gate.wait_answered(1)
+    """
+
+    def __init__(self) -> None:
+        self.arrived = 0
+        self.answered = 0
+        self._open = False
+        self._changed = threading.Condition()
+        gate = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                with gate._changed:
+                    gate.arrived += 1
+                    gate._changed.notify_all()
+                    gate._changed.wait_for(lambda: gate._open, timeout=60)
+                try:
+                    payload = json.dumps({"path": self.path}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    self.wfile.flush()
+                except OSError:
+                    self.close_connection = True  # the proxy is gone: answered all the same
+                finally:
+                    with gate._changed:
+                        gate.answered += 1
+                        gate._changed.notify_all()
+
+            def log_message(self, format: str, *args: object) -> None:
+                del format, args
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        # A proxy that went away is not an error worth a traceback.
+        self._server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> GateUpstream:
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.open()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def open(self) -> None:
+        """Answer every request held, and every later one at once."""
+        with self._changed:
+            self._open = True
+            self._changed.notify_all()
+
+    def _wait(self, what: str, count: int, timeout: float) -> None:
+        with self._changed:
+            if not self._changed.wait_for(lambda: getattr(self, what) >= count, timeout):
+                raise AssertionError(f"{what}: {getattr(self, what)} of {count} in {timeout} s")
+
+    def wait_arrived(self, count: int, timeout: float = 30) -> None:
+        self._wait("arrived", count, timeout)
+
+    def wait_answered(self, count: int, timeout: float = 30) -> None:
+        self._wait("answered", count, timeout)
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):

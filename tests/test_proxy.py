@@ -17,7 +17,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from processes import BIN, echo_upstream, proxy, unix_request
+from processes import BIN, GateUpstream, RunningProxy, echo_upstream, proxy, unix_request
 
 from bureau.errors import InputError
 from bureau.proxy import main as proxy_main
@@ -133,32 +133,63 @@ def test_expired_credentials_are_refused(upstream: str, tmp_path: Path) -> None:
         assert (reply.status, reply.json()) == (503, {"error": "credentials expired"})
 
 
-def test_sigterm_lets_in_flight_requests_finish(upstream: str, tmp_path: Path) -> None:
-    with proxy(_payload(upstream), tmp_path / "s") as running:
+def _logged(running: RunningProxy, event: str) -> None:
+    """Read the proxy's log until it says ``event``."""
+    assert running.proc.stderr is not None
+    while f'"event": "{event}"' not in (line := running.proc.stderr.readline().decode()):
+        assert line, f"the proxy exited without logging {event!r}"
+
+
+def _accepts(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+    return True
+
+
+def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
+    """A request at the upstream when SIGTERM comes, answered only once the proxy has
+    started draining, still reaches its client; then the proxy exits 0."""
+    with GateUpstream() as gate, proxy(_payload(gate.url), tmp_path / "s") as running:
         result: dict[str, Any] = {}
 
-        def slow() -> None:
-            result["reply"] = unix_request(running.socket, "GET", "/http/api/slow?ms=1500")
+        def held() -> None:
+            result["reply"] = unix_request(running.socket, "GET", "/http/api/held")
 
-        thread = threading.Thread(target=slow)
+        thread = threading.Thread(target=held)
         thread.start()
-        # Give the request time to reach the upstream (which holds it for 1.5 s); there
-        # is no event to wait on across the three processes.
-        time.sleep(0.5)
+        gate.wait_arrived(1)
         running.proc.send_signal(signal.SIGTERM)
+        _logged(running, "draining")
+        # Its listener closed (after the grace for connections already queued): the proxy
+        # now only waits for what is in flight, which the upstream answers only now.
+        deadline = time.monotonic() + 30
+        while _accepts(running.socket):
+            assert time.monotonic() < deadline, "the proxy never stopped accepting"
+            time.sleep(0.01)
+        gate.open()
         thread.join(timeout=30)
         assert result["reply"].status == 200
+        assert result["reply"].json() == {"path": "/held"}
         assert running.proc.wait(timeout=30) == 0
 
 
-def test_a_client_that_goes_away_is_no_upstream_error(upstream: str, tmp_path: Path) -> None:
-    with proxy(_payload(upstream), tmp_path / "s") as running:
+def test_a_client_that_goes_away_is_no_upstream_error(tmp_path: Path) -> None:
+    with GateUpstream() as gate, proxy(_payload(gate.url), tmp_path / "s") as running:
+        clients = []
         for _ in range(3):
-            with socket.socket(socket.AF_UNIX) as client:
-                client.connect(str(running.socket))
-                client.sendall(b"GET /http/api/slow?ms=300 HTTP/1.1\r\nHost: x\r\n\r\n")
+            client = socket.socket(socket.AF_UNIX)
+            client.connect(str(running.socket))
+            client.sendall(b"GET /http/api/held HTTP/1.1\r\nHost: x\r\n\r\n")
+            clients.append(client)
+        gate.wait_arrived(3)
+        for client in clients:
+            client.close()
         # The upstream answers after the clients left; the next client is served.
-        time.sleep(0.6)
+        gate.open()
+        gate.wait_answered(3)
         assert unix_request(running.socket, "GET", "/http/api/x").status == 200
         code, stderr = running.stop()
     assert code == 0
@@ -347,6 +378,7 @@ def test_handover_under_load_loses_no_request(upstream: str, tmp_path: Path) -> 
     final = tmp_path / "p.sock"
     errors: list[str] = []
     answered = 0
+    counted = threading.Condition()
     stop = threading.Event()
 
     def client() -> None:
@@ -355,9 +387,17 @@ def test_handover_under_load_loses_no_request(upstream: str, tmp_path: Path) -> 
             try:
                 reply = unix_request(final, "GET", "/http/api/x", timeout=10)
                 assert reply.status == 200, reply.status
-                answered += 1
+                with counted:
+                    answered += 1
+                    counted.notify_all()
             except Exception as exc:
                 errors.append(repr(exc))
+
+    def flowed(more: int) -> None:
+        """Wait for ``more`` answers (or the first error)."""
+        with counted:
+            wanted = answered + more
+            assert counted.wait_for(lambda: answered >= wanted or bool(errors), 30)
 
     def start(index: int) -> subprocess.Popen[bytes]:
         temp = tmp_path / f".p.sock.{index}"
@@ -380,7 +420,7 @@ def test_handover_under_load_loses_no_request(upstream: str, tmp_path: Path) -> 
         thread.start()
     try:
         for index in range(1, 13):
-            time.sleep(0.1)
+            flowed(10)  # through each proxy before it is handed over
             new = start(index)
             old.send_signal(signal.SIGTERM)
             assert old.wait(timeout=30) == 0
