@@ -44,6 +44,7 @@ from sandbox_helpers import PROXY_CLIENT, kill_sandboxes_under, python_template
 
 from bureau import age_keys, names, passwords, rooms
 from bureau.credentials_event import CredentialsEvent, open_plaintext
+from bureau.matrix_http import MatrixHTTP
 from bureau.operator import credentials as operator_credentials
 from bureau.secret import Secret
 
@@ -494,6 +495,13 @@ def test_a_machines_whole_life_leaks_no_canary(
                 modes["bureau-creds"] = f"f {stat.S_IMODE(creds_file.stat().st_mode):04o}"
                 assert modes == INTENDED
 
+                # The permanent password, from the code that derives it, is the one the
+                # machine set: the homeserver logs its account in with it.
+                permanent = passwords.machine_permanent_password(localpart, _sealed_key(state))
+                login = MatrixHTTP(hub.url).login_password(localpart, permanent)
+                assert login.user_id == names.user_id(localpart, hub.server_name)
+                MatrixHTTP(hub.url, login.access_token).logout()
+
                 cycle.run("decommission", "bureau", "machine", "decommission", short, *operator)
                 assert daemon.proc.wait(timeout=60) == 77
                 assert proxies_under(run_dir) == []
@@ -505,18 +513,7 @@ def test_a_machines_whole_life_leaks_no_canary(
 
         # The secrets the run made, read back from their stores.
         session = json.loads((state / "session.json").read_text())
-        private_key = subprocess.run(
-            [
-                "systemd-creds",
-                "decrypt",
-                "--name=machine-key",
-                str(state / "machine-key.cred"),
-                "-",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        private_key = _sealed_key(state).reveal()
         # The sandboxed principal's Matrix token, from its bundle: held in the test's memory
         # only, never written or passed on.
         assert bundle, f"no bundle for {SANDBOXED}"
@@ -537,9 +534,7 @@ def test_a_machines_whole_life_leaks_no_canary(
             "admin password": passwords.admin_password(hub.token).reveal(),
             "admin token": _env_value(creds_file, "MATRIX_ADMIN_TOKEN"),
             "one-time password": one_time,
-            "permanent password": hashlib.sha256(
-                f"bureau-machine-permanent:{localpart}:{private_key}".encode()
-            ).hexdigest(),
+            "permanent password": permanent.reveal(),
             "private key": private_key,
             "session token": session["access_token"],
         }
@@ -587,6 +582,18 @@ def test_a_machines_whole_life_leaks_no_canary(
         kill_sandboxes_under(run_dir)
         kill_proxies_under(run_dir)
         subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def _sealed_key(state: Path) -> Secret:
+    """The machine key, unsealed from its store as the launcher reads it."""
+    sealed = str(state / "machine-key.cred")
+    unsealed = subprocess.run(
+        ["systemd-creds", "decrypt", "--name=machine-key", sealed, "-"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return Secret(unsealed.stdout.strip())
 
 
 def _env_value(path: Path, key: str) -> str:
