@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import BIN, Fleet
 from fault_front import FaultFront
-from launcher_proc import daemon, launcher, proxies_under, service
+from launcher_proc import daemon, launcher, proxies_under, sandboxd, service
 from machine_helpers import (
     assign,
     boot,
@@ -25,6 +25,8 @@ from machine_helpers import (
     services_file,
 )
 from processes import echo_upstream, launcher_call, unix_request
+
+from bureau.launcher.sandbox_broker import BrokerClient
 
 
 class Listener:
@@ -198,3 +200,27 @@ def test_sigterm_whenever_it_comes_stops_the_daemon_promptly(
     assert took < 5, took  # systemd's TimeoutStopSec is 30
     assert "Traceback" not in the_daemon.log()
     assert {p.name: p.read_bytes() for p in state.iterdir()} == before
+
+
+def test_sandboxd_readiness_and_a_clean_stop(
+    tmp_path: Path, run_dir: Path, listener: Listener
+) -> None:
+    """bureau-sandboxd says READY once it serves, and SIGTERM then stops it cleanly:
+    STOPPING=1 first, exit 0 (its sandboxes keep running)."""
+    with sandboxd(
+        run_dir,
+        tmp_path / "state",
+        tmp_path / "sandbox",
+        fleet="t/fleet/prod",
+        server="bureau.local",
+    ) as host:
+        ready = listener.until("READY=1")
+        assert ready.startswith("READY=1\nSTATUS=serving; cgroups ")
+        # An answered request: it is in its serving loop, not still starting.
+        cgroups = ready.rsplit(" ", 1)[1]
+        assert BrokerClient(run_dir / "sandboxd" / "sandboxd.sock").mode == cgroups
+        listener.barrier()
+        assert host.stop() == 0, host.log()
+        after = [m for m in listener.barrier() if m != "WATCHDOG=1"]
+        assert after == ["STOPPING=1\nSTATUS=stopping; sandboxes keep running"], after
+    assert "Traceback" not in host.log()
