@@ -229,11 +229,11 @@ def _serve(args: argparse.Namespace, logger: Any, notifier: Notifier) -> int:
     broker = Broker(host, logger)
     listener = _listen(run_dir)
     threads: set[threading.Thread] = set()
-    logger.info("serving", socket=str(run_dir / SOCKET_DIR / SOCKET_NAME), cgroups=host.mode)
-    if host.mode == "none":
-        logger.warning("no writable cgroups: sandboxes get rlimits only (memory unlimited)")
-    notifier.ready(f"serving; cgroups {host.mode}")
-    try:
+    try:  # from here on, SIGTERM is a clean stop
+        logger.info("serving", socket=str(run_dir / SOCKET_DIR / SOCKET_NAME), cgroups=host.mode)
+        if host.mode == "none":
+            logger.warning("no writable cgroups: sandboxes get rlimits only (memory unlimited)")
+        notifier.ready(f"serving; cgroups {host.mode}")
         while True:
             conn, _ = listener.accept()
             thread = threading.Thread(
@@ -242,7 +242,7 @@ def _serve(args: argparse.Namespace, logger: Any, notifier: Notifier) -> int:
             threads = {t for t in threads if t.is_alive()} | {thread}
             thread.start()
     except Interrupted:
-        notifier.stopping("stopping; sandboxes keep running")
+        notifier.stopping("stopping")
         listener.close()
         for thread in threads:
             thread.join(STOP_GRACE)
