@@ -6,6 +6,7 @@ dir. No asyncio: callers run the blocking ones in a thread."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 from pathlib import Path
 
@@ -99,3 +100,51 @@ def titled_under(title: bytes, flag: bytes, run_dir: Path) -> list[int]:
         if argv[:2] == [title, flag] and argv[2:3] and argv[2].startswith(prefix):
             found.append(int(entry.name))
     return found
+
+
+def process_status(pid: int) -> tuple[int, bool] | None:
+    """(real uid, whether a zombie) of ``pid``, from /proc/PID/status; None when gone."""
+    uid, zombie = None, False
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("State:"):
+                zombie = line.split()[1] == "Z"
+            elif line.startswith("Uid:"):
+                uid = int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None if uid is None else (uid, zombie)
+
+
+def real_uid(pid: int) -> int | None:
+    found = process_status(pid)
+    return None if found is None else found[0]
+
+
+def pids_of_uid(uid: int) -> set[int]:
+    """Every live (not zombie) process whose real uid is ``uid``: a sandbox uid is one
+    principal's alone, so these are its sandbox's processes, found with or without
+    cgroups."""
+    found = set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and process_status(int(entry.name)) == (uid, False):
+            found.add(int(entry.name))
+    return found
+
+
+def signal_as(pid: int, uid: int, signum: int) -> bool:
+    """Send ``signum`` to ``pid`` only if it runs as ``uid``: a pidfd holds the process
+    from the check to the signal, so a pid reused meanwhile is never signalled."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        if real_uid(pid) != uid or select.select([fd], [], [], 0)[0]:
+            return False  # another uid's, or exited since (its pid may be another's now)
+        signal.pidfd_send_signal(fd, signum)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

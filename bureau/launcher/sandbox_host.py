@@ -23,11 +23,9 @@ so the running workload's next connection reaches the new proxy.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import select
 import signal
-import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -40,82 +38,24 @@ from bureau.files import make_dirs
 from bureau.launcher import sandbox_policy as policy
 from bureau.launcher.cgroups import Cgroups
 from bureau.launcher.children import LauncherError
-from bureau.launcher.processes import reap_exited
+from bureau.launcher.processes import pids_of_uid, process_status, real_uid, reap_exited, signal_as
+from bureau.launcher.sandbox_paths import (
+    LINK_NAME,
+    key_of,
+    link_socket,
+    prepare_workspace,
+    unreachable,
+)
 from bureau.launcher.sandbox_start import OVERHEAD, Started, descendants, exit_status, start
 from bureau.launcher.sandbox_uids import SandboxUids
 
 CLEAR_TIMEOUT = 10.0  # for a SIGKILLed sandbox's processes to be gone
 CLEAR_POLL = 0.01
-LINK_NAME = "proxy.sock"
-
-
-def key_of(principal: str) -> str:
-    return hashlib.sha256(principal.encode()).hexdigest()[:32]
-
-
-def unreachable(path: Path) -> Path | None:
-    """The first directory on the way to ``path`` that others may not pass through."""
-    for directory in [*reversed(path.parents), path]:
-        try:
-            mode = directory.stat().st_mode
-        except FileNotFoundError:
-            return None  # made here, 0711
-        if not mode & 0o001:
-            return directory
-    return None
 
 
 def _failed(principal: str, exc: OSError) -> LauncherError:
     where = f" ({exc.filename})" if exc.filename else ""
     return LauncherError(f"sandbox for {principal}: {exc.strerror or type(exc).__name__}{where}")
-
-
-def _status(pid: int) -> tuple[int, bool] | None:
-    """(real uid, whether a zombie) of ``pid``, from /proc/PID/status; None when gone."""
-    uid, zombie = None, False
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("State:"):
-                zombie = line.split()[1] == "Z"
-            elif line.startswith("Uid:"):
-                uid = int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None if uid is None else (uid, zombie)
-
-
-def real_uid(pid: int) -> int | None:
-    found = _status(pid)
-    return None if found is None else found[0]
-
-
-def pids_of_uid(uid: int) -> set[int]:
-    """Every live (not zombie) process whose real uid is ``uid``: a sandbox uid is one
-    principal's alone, so these are its sandbox's processes, found with or without
-    cgroups."""
-    found = set()
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and _status(int(entry.name)) == (uid, False):
-            found.add(int(entry.name))
-    return found
-
-
-def signal_as(pid: int, uid: int, signum: int) -> bool:
-    """Send ``signum`` to ``pid`` only if it runs as ``uid``: a pidfd holds the process
-    from the check to the signal, so a pid reused meanwhile is never signalled."""
-    try:
-        fd = os.pidfd_open(pid)
-    except OSError:
-        return False
-    try:
-        if real_uid(pid) != uid or select.select([fd], [], [], 0)[0]:
-            return False  # another uid's, or exited since (its pid may be another's now)
-        signal.pidfd_send_signal(fd, signum)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -213,41 +153,8 @@ class SandboxHost:
         return self._run_dir / names.proxy_socket_relpath(localpart)
 
     def _link(self, principal: str) -> Path:
-        """Put the principal's current proxy socket in its sandbox directory, reachable by
-        its uid only: group = the sandbox's gid, mode 0660. Worked on through descriptors
-        that follow no symbolic link: what is linked is the socket that was checked."""
-        uid = self._uids.get(principal)
         socket = self._proxy_socket(principal)
-        directory = self._links / key_of(principal)
-        make_dirs(self._links, 0o711)
-        make_dirs(directory, 0o710)
-        if not stat.S_ISDIR(directory.lstat().st_mode):
-            raise LauncherError(f"sandbox for {principal}: {directory} is not a directory")
-        os.chown(directory, -1, uid, follow_symlinks=False)
-        fd = os.open(socket, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-                raise LauncherError(f"sandbox for {principal}: {socket} is not a socket")
-            opened = f"/proc/self/fd/{fd}"  # the inode opened, whatever the path is now
-            os.chown(opened, -1, uid)
-            Path(opened).chmod(0o660)
-            temporary = directory / f".{LINK_NAME}.new"
-            with contextlib.suppress(FileNotFoundError):
-                temporary.unlink()
-            # linkat(AT_SYMLINK_FOLLOW) of the magic link: the inode itself. os.link()
-            # calls plain link(), which follows nothing, unless given a directory fd.
-            procfd = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.link(str(fd), temporary, src_dir_fd=procfd, follow_symlinks=True)
-            finally:
-                os.close(procfd)
-        finally:
-            os.close(fd)
-        temporary.rename(directory / LINK_NAME)
-        # rename() of a link onto a link of the same socket does nothing, and leaves it.
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        return directory
+        return link_socket(principal, socket, self._links, self._uids.get(principal))
 
     def relink(self, principal: str) -> None:
         """After the proxy was replaced: the sandbox's link follows it."""
@@ -257,22 +164,6 @@ class SandboxHost:
                     self._link(principal)
                 except OSError as exc:
                     raise _failed(principal, exc) from None
-
-    def _workspace(self, principal: str, uid: int) -> Path:
-        path = self._workspaces / key_of(principal)
-        make_dirs(self._workspaces, 0o711)  # others pass through, see nothing
-        with contextlib.suppress(FileExistsError):
-            path.mkdir(mode=0o700)
-        info = path.lstat()
-        if not stat.S_ISDIR(info.st_mode):
-            raise LauncherError(f"sandbox for {principal}: workspace {path} is not a directory")
-        if info.st_uid != uid or info.st_gid != uid or info.st_mode & 0o7777 != 0o700:
-            # A workload may have changed its own workspace's mode. Without CAP_FOWNER, own
-            # the directory for a moment (CAP_CHOWN) to set it right.
-            os.chown(path, os.getuid(), -1, follow_symlinks=False)
-            path.chmod(0o700)
-            os.chown(path, uid, uid, follow_symlinks=False)
-        return path
 
     # -- starting ------------------------------------------------------------------------
 
@@ -313,7 +204,7 @@ class SandboxHost:
             raise LauncherError(f"sandbox for {principal}: an earlier sandbox's processes live on")
         self._forget_ended(principal)
         try:
-            workspace = self._workspace(principal, uid)
+            workspace = prepare_workspace(principal, self._workspaces, uid)
             socket_dir = self._link(principal)
             group = self._cgroups.create(
                 key_of(principal),
@@ -383,7 +274,7 @@ class SandboxHost:
             running = self._started.get(keeper)
             if running is not None and running.principal != principal:
                 raise LauncherError(f"sandbox for {principal}: pid {keeper} is not its keeper")
-            if running is None and uid is not None and _status(keeper) == (uid, False):
+            if running is None and uid is not None and process_status(keeper) == (uid, False):
                 raise LauncherError(f"sandbox for {principal}: its keeper {keeper} still runs")
             self._started.pop(keeper, None)
         how = "status unknown"

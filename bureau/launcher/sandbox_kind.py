@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from bureau.files import make_dirs
 from bureau.launcher.children import Child, LauncherError
-from bureau.launcher.sandbox_host import key_of
+from bureau.launcher.sandbox_paths import key_of
 from bureau.launcher.spawner import Spawner, SpawnError
 
 GRACE_SECONDS = 10.0
