@@ -47,6 +47,11 @@ _CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 RESERVED_PREFIX = "bureau."
 MATRIX_TOKEN = "MATRIX_TOKEN"  # noqa: S105 -- the name of a credential, not one
 MATRIX_SERVICE = "matrix"
+# Short: it ends up in machine_status, whose reasons are cut at 200 characters.
+UNBOUND_REFUSED = (
+    "unbound bundle refused (no bureau.binding, as upstream writes them; "
+    "--allow-unbound-bundles serves them)"
+)
 _SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
 _RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
@@ -330,13 +335,7 @@ def open_plaintext(
         raise InputError(where, None, "decrypted bundle is not an object of string -> string")
     binding = data.pop(BINDING_KEY, None)
     if binding is None and not unbound_allowed:
-        raise InputError(
-            where,
-            None,
-            "the bundle is unbound (no bureau.binding: written by upstream's tools?) and "
-            "this machine serves only bound bundles (bureau-launcher --allow-unbound-bundles "
-            "in BUREAU_LAUNCHER_OPTIONS allows them)",
-        )
+        raise InputError(where, None, UNBOUND_REFUSED)
     if binding is not None and binding != binding_digest(event.principal, event.services):
         problem = "does not match this event's principal and services; refused"
         if not event.services:

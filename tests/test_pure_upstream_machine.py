@@ -172,7 +172,7 @@ def test_upstream_plaintext_is_unbound_and_served_only_where_allowed() -> None:
     with pytest.raises(InputError) as refused:
         open_plaintext(plaintext, event, "credentials for @p", unbound_allowed=False)
     message = str(refused.value)
-    assert message.startswith("credentials for @p: the bundle is unbound")
+    assert message.startswith("credentials for @p: unbound bundle refused (no bureau.binding")
     assert "--allow-unbound-bundles" in message
     assert "\n" not in message and "sk-test" not in message
 

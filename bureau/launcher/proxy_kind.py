@@ -21,6 +21,7 @@ from typing import Any
 
 from bureau import age_keys, names
 from bureau.credentials_event import (
+    UNBOUND_REFUSED,
     CredentialsEvent,
     open_plaintext,
     parse_rfc3339,
@@ -139,7 +140,7 @@ class ProxyKind:
             return None
         if bound:
             return None
-        return f"{where}: the bundle is unbound and this launcher refuses unbound bundles"
+        return f"{where}: {UNBOUND_REFUSED}"
 
     async def launch(self, principal: str, spec: dict[str, Any]) -> int:
         event = self.check_event(principal, spec)

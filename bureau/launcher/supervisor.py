@@ -259,6 +259,13 @@ class Supervisor:
                 )
                 await self._sandboxes.remove(principal)
                 await self._proxies.remove(principal)
+        # Nor does a workload run on whose proxy it could not start again (refused, say,
+        # as an unbound bundle): its way out would be a dead socket.
+        for principal in sorted(set(self._sandboxes.running) - set(self._proxies.running)):
+            self._log.warning(
+                "stopping an adopted sandbox whose proxy is not running", principal=principal
+            )
+            await self._sandboxes.remove(principal)
 
     async def _restart_sandbox(self, principal: str, spec: dict[str, Any]) -> None:
         """A sandbox that died with the launcher starts again if its proxy runs."""
