@@ -149,7 +149,7 @@ def test_empty_template_and_zero_nested_objects() -> None:
         ("resources.cpu_shares", True, "t: resources: cpu_shares:"),
         ("create_dirs", "/scratch", "t: create_dirs:"),
         ("create_dirs.1", None, "t: create_dirs[1]:"),
-        ("required_credentials.0", "api-token", "t: required_credentials[0]:"),
+        ("required_credentials.0", "api token", "t: required_credentials[0]:"),
         ("health_check.interval_seconds", 0, "t: health_check: interval_seconds:"),
         ("health_check.interval_seconds", "10", "t: health_check: interval_seconds:"),
         ("health_check.endpoint", "", "t: health_check: endpoint:"),
