@@ -17,7 +17,7 @@ import re
 import secrets
 import stat
 import sys
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 from bureau.errors import BureauError, InputError
@@ -361,12 +361,19 @@ def read_secret_input(path: str, what: str) -> Secret:
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def env_lines(text: str, where: str) -> Iterator[tuple[str, str, str]]:
+def env_lines(
+    text: str,
+    where: str,
+    *,
+    valid_name: Callable[[str], object] = _ENV_NAME.fullmatch,
+    names: str = "letters, digits and _",
+) -> Iterator[tuple[str, str, str]]:
     """(``line N``, name, value) for each NAME=VALUE line; ``#`` comments and blank lines
     are skipped, a line is split at its first ``=``. Lines end at LF only (a CRLF's CR is
     trimmed): a CR or other control character inside a value stays in it, for the caller
     to refuse. Errors name the line by number, never by content: a line that is not
-    NAME=VALUE may be a raw secret pasted in."""
+    NAME=VALUE may be a raw secret pasted in. ``valid_name``: which names are (``names``
+    says so in the error)."""
     seen: dict[str, int] = {}
     for number, line in enumerate(text.split("\n"), start=1):
         stripped = line.strip()
@@ -374,8 +381,8 @@ def env_lines(text: str, where: str) -> Iterator[tuple[str, str, str]]:
             continue
         name, sep, value = stripped.partition("=")
         name, at = name.strip(), f"line {number}"
-        if not sep or not _ENV_NAME.fullmatch(name):
-            raise InputError(where, at, "expected NAME=VALUE with a name of letters, digits and _")
+        if not sep or not valid_name(name):
+            raise InputError(where, at, f"expected NAME=VALUE with a name of {names}")
         if name in seen:
             raise InputError(where, at, f"sets the name line {seen[name]} set")
         seen[name] = number

@@ -206,7 +206,9 @@ def test_socket_names_cannot_collide() -> None:
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
-        ("sk-live-canary-token==\n", "line 1: expected NAME=VALUE"),
+        ("sk-live-canary-token==\n", "line 1: has no value"),
+        ("sk live canary token=x\n", "line 1: expected NAME=VALUE"),
+        ("bureau.binding=sk-live-canary\n", "line 1: expected NAME=VALUE"),
         ("# comment\nsk-live-canary-token\n", "line 2: expected NAME=VALUE"),
         ("A=1\nA=sk-live-canary-token\n", "line 2: sets the name line 1 set"),
         ("c2tsaXZlY2FuYXJ5=\n", "line 1: has no value"),
@@ -223,3 +225,12 @@ def test_secrets_lines_are_named_by_number_never_content(text: str, problem: str
     assert "canary" not in str(refused.value)
     assert "sk-" not in str(refused.value)
     assert "c2tsaXZlY2FuYXJ5" not in str(refused.value)
+
+
+def test_secrets_take_upstreams_credential_names() -> None:
+    parsed = parse_secrets("github-token=t1\nMATRIX_TOKEN=t2\napi.key=t3\n", "f")
+    assert {name: secret.reveal() for name, secret in parsed.items()} == {
+        "github-token": "t1",
+        "MATRIX_TOKEN": "t2",
+        "api.key": "t3",
+    }

@@ -48,9 +48,8 @@ def parse_secrets(text: str, where: str, *, allow_empty: bool = False) -> dict[s
     single-line value. Errors name the line, never its name or value: a pasted base64
     token (``dG9rZW4=``) parses as a name and an empty value, or a value of ``=``."""
     secrets: dict[str, Secret] = {}
-    for at, name, value in env_lines(text, where):
-        if not valid_credential_name(name):
-            raise InputError(where, at, "credential names are at most 128 letters, digits and _")
+    rule = "at most 128 letters, digits, _, . and - (not starting bureau.)"
+    for at, name, value in env_lines(text, where, valid_name=valid_credential_name, names=rule):
         if not value.strip("="):
             raise InputError(where, at, "has no value (a pasted base64 token? write NAME=token)")
         if has_control_character(value):
