@@ -17,14 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import signal
 import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bureau import names, rooms
+from bureau import lifecycle, names, rooms
 from bureau.daemon import machine_info
 from bureau.daemon.heartbeat import CpuSampler, status_content
 from bureau.daemon.launcher_client import LauncherClient, LauncherRefused, LauncherUnavailable
@@ -34,6 +33,7 @@ from bureau.daemon.reconcile import relayed
 from bureau.daemon.relogin import SoftLogouts
 from bureau.daemon.sandbox_specs import SandboxSpecs
 from bureau.errors import InputError, MatrixError
+from bureau.lifecycle import Owned
 from bureau.machine_config import MachineConfig, without_auto_start
 from bureau.matrix_http import backoff_seconds
 from bureau.notify import Notifier
@@ -45,10 +45,8 @@ STATE_TYPES = [rooms.MACHINE_CONFIG, rooms.CREDENTIALS, rooms.FLEET_PROFILE, TEM
 
 RECONCILE_SECONDS = 30.0
 HEARTBEAT_SECONDS = 300.0
-
-
-class _Stopped(Exception):
-    pass
+# SIGTERM's teardown only says STOPPING: what runs is cancelled at once after it.
+STOP_GRACE_SECONDS = 5.0
 
 
 class Daemon:
@@ -111,21 +109,16 @@ class Daemon:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._stop.set)
+        async def start(tasks: Owned) -> None:
+            tasks.create_task(self._main())  # READY once the first sync is reconciled
+            tasks.create_task(self._notifier.watchdog())
+
+        async def stopping() -> None:
+            self._notifier.stopping(self.fatal or "stopping; principals keep running")
+
         try:
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._main())
-                tasks.create_task(self._notifier.watchdog())
-                await self._stop.wait()
-                self._notifier.stopping(self.fatal or "stopping; principals keep running")
-                raise _Stopped
-        except* _Stopped:
-            pass
+            await lifecycle.serve(start, stopping, grace=STOP_GRACE_SECONDS, stop=self._stop)
         finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(signum)
             await self._matrix.close()
         if self.fatal is not None:
             await self._stop_every_principal()
