@@ -160,7 +160,8 @@ def bureau_proxy(work: Path, upstream_port: int) -> Iterator[Server]:
         stdout=subprocess.PIPE,
         env=env,
     )
-    assert proc.stdin is not None and proc.stdout is not None
+    assert proc.stdin is not None
+    assert proc.stdout is not None
     proc.stdin.write(json.dumps(payload).encode())
     proc.stdin.close()
     if not proc.stdout.readline().startswith(b"READY"):

@@ -183,7 +183,8 @@ def proxy(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     ) as proc:
-        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdin is not None
+        assert proc.stdout is not None
         proc.stdin.write(raw)
         proc.stdin.close()
         proc.stdin = None  # communicate() must not flush it again

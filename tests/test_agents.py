@@ -98,7 +98,8 @@ def test_an_agent_from_create_to_destroy(fleet: Fleet, tmp_path: Path, run_dir: 
         eventually(lambda: not socket.exists() and proxies_under(run_dir) == [])
         again = _agent(fleet, "destroy", "agent/bot")
         assert again.returncode == 0, again.stderr
-        assert "unassigned" not in again.stdout and "tombstoned" not in again.stdout
+        assert "unassigned" not in again.stdout
+        assert "tombstoned" not in again.stdout
 
         # Created again after a destroy: the same account, reactivated, and it serves.
         back = _agent(fleet, *create, "--services", services, "--secrets-file", "-",

@@ -111,4 +111,5 @@ def test_assign_with_a_template_and_a_restart_policy(fleet: Fleet, tmp_path: Pat
     assert "no-such-template" in one_line_error(missing)
     assert "not found" in one_line_error(missing)
     final = admin.get_state(room, rooms.MACHINE_CONFIG, key)
-    assert final is not None and len(final["principals"]) == 1
+    assert final is not None
+    assert len(final["principals"]) == 1

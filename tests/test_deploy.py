@@ -60,7 +60,8 @@ def test_configure_renders_one_consistent_private_hub(tmp_path: Path) -> None:
     assert attic["jwt"]["signing"]["token-hs256-secret-base64"] == env["ATTIC_JWT_SECRET"]
     assert env["COMPOSE_PROFILES"] == "synapse"
     secrets = [env[k] for k in ("TURN_SECRET", "REGISTRATION_TOKEN", "POSTGRES_PASSWORD")]
-    assert len(set(secrets)) == 3 and all(len(s) >= 40 for s in secrets)
+    assert len(set(secrets)) == 3
+    assert all(len(s) >= 40 for s in secrets)
     for path in hub.rglob("*"):
         if path.is_file():
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
@@ -83,7 +84,8 @@ def test_configure_refuses_to_change_a_configured_hub_in_one_line(tmp_path: Path
     )
     missing = _configure("--dir", tmp_path / "new", "--server-name", "x.example")
     assert missing.returncode == 2
-    assert missing.stderr.count("\n") == 1 and "is required on the first run" in missing.stderr
+    assert missing.stderr.count("\n") == 1
+    assert "is required on the first run" in missing.stderr
 
 
 def test_compose_takes_every_secret_from_hub_env() -> None:

@@ -336,7 +336,8 @@ def test_a_hub_without_the_template_room_gets_it_and_machines_are_invited(
     assert room is not None
     machine = provision(fleet, tmp_path)
     member = admin.get_state(room, "m.room.member", machine.user_id)
-    assert member is not None and member["membership"] == "invite"
+    assert member is not None
+    assert member["membership"] == "invite"
 
 
 # -- sandboxes, on this machine itself -------------------------------------------------------
@@ -455,4 +456,5 @@ def test_the_uid_map_moves_to_bureau_sandboxd_with_every_uid_kept(tmp_path: Path
     assert "is left over beside" in leftover.line()
     assert leftover.fix is not None
     leftover.fix()
-    assert not old.exists() and json.loads(new.read_text()) == uids
+    assert not old.exists()
+    assert json.loads(new.read_text()) == uids

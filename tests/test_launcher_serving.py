@@ -106,7 +106,8 @@ def test_ensure_serves_rotates_restarts_and_stops(
             stop.set()
             for thread in threads:
                 thread.join()
-            assert swapped["ok"] and swapped["changed"], swapped
+            assert swapped["ok"], swapped
+            assert swapped["changed"], swapped
             assert failures == []
             assert "Bearer first-canary-1" in seen[:mark]
             assert set(seen[mark + 8 :]) == {"Bearer second-canary-2"}
@@ -121,7 +122,8 @@ def test_ensure_serves_rotates_restarts_and_stops(
             title = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
             assert title[:2] == [b"bureau-proxy", b"--socket"]
             bound = Path(title[2].decode())  # the temporary name it bound, since renamed
-            assert bound.parent == socket.parent and bound.name.startswith(f".{socket.name}.")
+            assert bound.parent == socket.parent
+            assert bound.name.startswith(f".{socket.name}.")
             assert Path(f"/proc/{pid}/comm").read_text() == "bureau-proxy\n"
 
             # A proxy killed with SIGKILL comes back, with the same credentials, and the

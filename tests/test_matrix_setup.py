@@ -88,7 +88,10 @@ def test_setup_creates_rooms_and_credential_file_then_changes_nothing(
     template_room = admin.resolve_alias(
         names.room_alias(names.template_room_localpart(fleet), server)
     )
-    assert fleet_room and machine_room and service_room and template_room
+    assert fleet_room
+    assert machine_room
+    assert service_room
+    assert template_room
     template_levels = _levels(admin, template_room)  # templates are admins'; talk is free
     assert (template_levels["events_default"], template_levels["state_default"]) == (0, 100)
     assert _levels(admin, fleet_room)["state_default"] == 100

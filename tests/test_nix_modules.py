@@ -130,7 +130,8 @@ def test_nixos_trusts_attic_and_home_manager_does_not() -> None:
     assert "extra-trusted-public-keys" in nixos
     assert 'home.file.".config/gloriousflywheel/profile.env"' in home
     assert "home.sessionVariables" in home
-    assert "nix.settings" not in home and "trusted-public-keys" not in home
+    assert "nix.settings" not in home
+    assert "trusted-public-keys" not in home
     flake = (NIX / "flake.nix").read_text()
     for output in (
         "nixosModules.flywheel-profile",

@@ -105,7 +105,7 @@ def test_a_blocked_event_loop_stops_the_pings(listener: tuple[str, socket.socket
     async def ping_then_block() -> None:
         task = asyncio.create_task(notifier.watchdog())
         await asyncio.sleep(0.12)
-        time.sleep(0.6)  # the loop is stuck: a hung daemon
+        time.sleep(0.6)  # noqa: ASYNC251 - the loop is stuck: a hung daemon
         await asyncio.sleep(0.12)
         task.cancel()
 

@@ -271,7 +271,8 @@ def test_launcher_refuses_a_run_dir_someone_else_could_write(
         if named:
             assert f"in --run-dir {run_dir}" in line, line
         else:
-            assert f"{run_dir}: --run-dir " in line and f"chmod 750 {run_dir}" in line, line
+            assert f"{run_dir}: --run-dir " in line, line
+            assert f"chmod 750 {run_dir}" in line, line
         assert not (run_dir / "launcher.sock").exists(), case
 
 

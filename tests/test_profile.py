@@ -177,10 +177,12 @@ def test_sources_take_the_first_that_sets_the_state(tmp_path: Path) -> None:
         "GF_FLYWHEEL_PROFILE_STATE=unattached\n$(touch /tmp/never)\n"
     )
     found = sources.load({"HOME": str(home)}, cwd, root)
-    assert found is not None and found.profile == {model.STATE: model.UNATTACHED}
+    assert found is not None
+    assert found.profile == {model.STATE: model.UNATTACHED}
     env = {"HOME": str(home), model.STATE: model.LOCAL, model.LOCAL_PROOF: "port-forward"}
     found = sources.load(env, cwd, root)
-    assert found is not None and found.source == "environment"
+    assert found is not None
+    assert found.source == "environment"
     assert sources.load({}, cwd, tmp_path / "empty") is None
 
 
@@ -281,7 +283,8 @@ def test_enroll_then_verify_then_doctor(repo: Path, tmp_path: Path) -> None:
     assert described["token_file"]["usable"] is True
     assert described["token_file"]["expires_at"] == 4102444800 - 60
     text = _tool("flywheel-doctor", cwd=repo, home=home).stdout
-    assert "state: shared-cache-backed" in text and JWT not in text
+    assert "state: shared-cache-backed" in text
+    assert JWT not in text
 
     # Same through `bureau profile`.
     again = _tool("bureau", "profile", "verify", cwd=repo, home=home)
@@ -434,7 +437,8 @@ def test_credential_helper_fails_closed(
     result = _helper(repo, tmp_path, body)
     assert result.returncode == 1
     assert result.stdout == ""
-    assert result.stderr.startswith("gf-reapi-credhelper: ") and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("gf-reapi-credhelper: ")
+    assert result.stderr.count("\n") == 1
     assert message in result.stderr
     assert secret not in result.stderr
 

@@ -62,6 +62,7 @@ def test_descriptors_travel_and_too_many_are_refused() -> None:
             receive(right, max_fds=1)
         send(left, b"{}", [reader])
         message, fds = receive(right, max_fds=1)
-        assert message == b"{}" and len(fds) == 1
+        assert message == b"{}"
+        assert len(fds) == 1
         for fd in (*fds, reader, writer):
             os.close(fd)

@@ -174,7 +174,8 @@ def test_upstream_plaintext_is_unbound_and_served_only_where_allowed() -> None:
     message = str(refused.value)
     assert message.startswith("credentials for @p: unbound bundle refused (no bureau.binding")
     assert "--allow-unbound-bundles" in message
-    assert "\n" not in message and "sk-test" not in message
+    assert "\n" not in message
+    assert "sk-test" not in message
 
 
 def test_a_bound_bundle_stays_bound_whatever_the_event_says() -> None:
@@ -334,7 +335,8 @@ def test_the_doctor_says_how_the_machine_treats_unbound_bundles(tmp_path: Path) 
     for options in ("--allow-unbound-bundles", "--log-level debug  --allow-unbound-bundles"):
         conf.write_text(f"BUREAU_LAUNCHER_OPTIONS={options}\n")
         (served,) = checks.unbound()
-        assert served.passed and "served (--allow-unbound-bundles" in served.detail
+        assert served.passed
+        assert "served (--allow-unbound-bundles" in served.detail
     conf.write_text("BUREAU_LAUNCHER_OPTIONS=--allow-unbound-bundles-not\n")
     assert "refused" in next(iter(checks.unbound())).detail
     conf.write_text("nonsense\n")
@@ -426,8 +428,10 @@ def test_every_upstream_config_field_survives_read_modify_write() -> None:
     config, invalid = MachineConfig.from_json_each(content)
     assert invalid == []
     pm, idle, hand = config.principals
-    assert pm.template == "bureau/template:llm-agent" and pm.auto_start is True
-    assert idle.template is None and idle.auto_start is False
+    assert pm.template == "bureau/template:llm-agent"
+    assert pm.auto_start is True
+    assert idle.template is None
+    assert idle.auto_start is False
     assert hand.auto_start is False  # absent reads as false, as upstream's bool does
     assert without_auto_start(content) == [hand.principal]
     assert set(pm.extra) == {
@@ -507,7 +511,8 @@ def test_machine_info_has_upstreams_shape(tmp_path: Path) -> None:
         "l3_cache_kb": 32768,
     }
     assert (info["memory_total_mb"], info["swap_total_mb"], info["numa_nodes"]) == (8192, 1024, 1)
-    assert info["board_vendor"] == "ASUS" and "board_name" not in info  # omitempty
+    assert info["board_vendor"] == "ASUS"
+    assert "board_name" not in info
     assert info["labels"] == {"gpu": "none"}
     assert info["daemon_version"].startswith("bureau ")
     assert set(info) <= INFO_ALWAYS | INFO_OMITEMPTY | {"daemon_version"}
@@ -517,7 +522,8 @@ def test_machine_info_has_upstreams_shape(tmp_path: Path) -> None:
     assert bare["cpu"] == {"model": "", "sockets": 0, "cores_per_socket": 0, "threads_per_core": 1}
     # This host, as the daemon publishes it: Matrix canonical JSON holds no fractions.
     here = machine_info.probe(MACHINE)
-    assert set(here) >= INFO_ALWAYS and set(here["cpu"]) >= CPU_ALWAYS
+    assert set(here) >= INFO_ALWAYS
+    assert set(here["cpu"]) >= CPU_ALWAYS
     assert here["memory_total_mb"] > 0
     numbers = [*here["cpu"].values(), *here.values()]
     assert not any(isinstance(v, float) for v in numbers)

@@ -89,7 +89,8 @@ def test_bad_specs_are_refused_in_one_line_and_the_running_workload_is_kept(
             reply = box.ensure(python_spec(SLEEP, **fields))
             assert reply["ok"] is False, what
             error = reply["error"]
-            assert "\n" not in error and box.principal in error, (what, error)
+            assert "\n" not in error, (what, error)
+            assert box.principal in error, (what, error)
         assert box.sandbox()["pid"] == running
         assert box.sandbox()["status"] == "running"
         assert box.listed()["pid"] == proxy

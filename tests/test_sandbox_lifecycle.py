@@ -235,7 +235,8 @@ def test_rotation_swaps_the_proxy_under_a_running_workload(
 
         rotated = rotate(box, tmp_path, "TOKEN=sandbox-canary-2\n")
         reply = box.ensure(the_spec, credentials=rotated)
-        assert reply["ok"] and reply["changed"] is True, reply
+        assert reply["ok"], reply
+        assert reply["changed"] is True, reply
         mark = len(seen(box))
         wait_until(lambda: len(seen(box)) >= mark + 4, what="requests after the rotation")
 
@@ -265,7 +266,8 @@ def test_a_changed_spec_restarts_the_workload_and_the_same_spec_changes_nothing(
 
         two = python_spec(MARK_AND_WAIT, environment=environment(MARK="two"))
         reply = box.ensure(two)
-        assert reply["ok"] and reply["changed"] is True, reply
+        assert reply["ok"], reply
+        assert reply["changed"] is True, reply
         assert alive(old) == []  # the old sandbox is gone before the new one starts
         second = running_workload(box, box.workspace / "started-two")
         assert second["pid"] != first["pid"]
@@ -281,7 +283,8 @@ def test_a_changed_spec_restarts_the_workload_and_the_same_spec_changes_nothing(
 
         # The same spec again: nothing changes, the workload runs on.
         reply = box.ensure(three)
-        assert reply["ok"] and reply["changed"] is False, reply
+        assert reply["ok"], reply
+        assert reply["changed"] is False, reply
         again = box.sandbox()
         assert again["pid"] == third["pid"]
         assert again["status"] == "running"
@@ -300,7 +303,8 @@ def test_the_restart_policy_decides_what_an_exit_does(
         def run(name: str, policy: str, code: int) -> Path:
             env = environment(NAME=name, CODE=str(code))
             reply = box.ensure(python_spec(RUN_AND_EXIT, environment=env, restart_policy=policy))
-            assert reply["ok"] and reply["changed"] is True, reply
+            assert reply["ok"], reply
+            assert reply["changed"] is True, reply
             return box.workspace / f"runs-{name}"
 
         def first_exit() -> dict[str, Any] | None:
@@ -379,11 +383,13 @@ def test_a_killed_launchers_sandbox_runs_on_and_is_adopted(
             assert "adopted running sandbox" in second.log()
             # Adopted as it runs: the same spec changes nothing.
             reply = again.ensure(the_spec)
-            assert reply["ok"] and reply["changed"] is False, reply
+            assert reply["ok"], reply
+            assert reply["changed"] is False, reply
             assert again.sandbox()["pid"] == workload
 
             reply = launcher_call(second.socket, {"action": "stop", "principal": box.principal})
-            assert reply["ok"] and reply["stopped"] is True, reply
+            assert reply["ok"], reply
+            assert reply["stopped"] is True, reply
             assert alive(processes) == []
             assert [d for d in cgroups if d.exists()] == []
             assert launcher_call(second.socket, {"action": "list"})["principals"] == []
@@ -436,12 +442,14 @@ def test_stopping_leaves_no_process_of_the_workload(
         proxy = box.listed()["pid"]
 
         reply = box.ensure(None)
-        assert reply["ok"] and reply["changed"] is True, reply
+        assert reply["ok"], reply
+        assert reply["changed"] is True, reply
         assert alive(processes) == []
         assert [d for d in cgroups if d.exists()] == []
         listed = box.listed()
         assert listed.get("sandbox") is None
-        assert listed["pid"] == proxy and listed["status"] == "running"
+        assert listed["pid"] == proxy
+        assert listed["status"] == "running"
         assert served_token(socket_path) == CANARY
 
         # Stopping the principal stops its sandbox with its proxy.
@@ -452,7 +460,8 @@ def test_stopping_leaves_no_process_of_the_workload(
         running_workload(box, box.workspace / "child-b")
         processes = sandbox_processes(box)
         reply = launcher_call(box.launcher.socket, {"action": "stop", "principal": box.principal})
-        assert reply["ok"] and reply["stopped"] is True, reply
+        assert reply["ok"], reply
+        assert reply["stopped"] is True, reply
         assert alive(processes) == []
         assert launcher_call(box.launcher.socket, {"action": "list"})["principals"] == []
         assert proxies_under(run_dir) == []
@@ -486,7 +495,8 @@ def test_memory_and_pids_limits_hold(fleet: Fleet, tmp_path: Path, run_dir: Path
         # A fork bomb stops at its pids limit; the launcher and the proxy go on serving.
         bomb = python_spec(FORK_BOMB, resources=limits, restart_policy="never")
         reply = box.ensure(bomb)
-        assert reply["ok"] and reply["changed"] is True, reply
+        assert reply["ok"], reply
+        assert reply["changed"] is True, reply
         state = running_workload(box, box.workspace / "full")
         workload = workload_processes(state["pid"])
         assert state["pid"] in workload

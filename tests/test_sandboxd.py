@@ -57,7 +57,8 @@ def test_sandboxes_outlive_a_killed_sandboxd_and_the_next_one_stops_them(
             reply = launcher_call(
                 box.launcher.socket, {"action": "stop", "principal": box.principal}
             )
-            assert reply["ok"] and reply["stopped"] is True, (reply, box.launcher.log())
+            assert reply["ok"], (reply, box.launcher.log())
+            assert reply["stopped"] is True, (reply, box.launcher.log())
             wait_until(lambda: process_start_time(workload) is None, what="the workload's end")
 
 
@@ -223,7 +224,8 @@ def test_sandboxd_refuses_host_network_where_it_has_none(tmp_path: Path) -> None
     )  # fmt: skip
     assert done.returncode == 2
     lines = done.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("bureau-sandboxd: --allow-host-network: ")
+    assert len(lines) == 1
+    assert lines[0].startswith("bureau-sandboxd: --allow-host-network: ")
     assert "PrivateNetwork=no" in lines[0]
 
 

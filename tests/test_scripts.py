@@ -136,7 +136,8 @@ def test_bootstrap_machine_enrolls_a_worker_and_runs_again_harmlessly(
     first = _script("bootstrap-machine", *args, env=env)
     assert first.returncode == 0, first.stdout + first.stderr
     assert f"first boot of {machine.localpart}" in first.stdout
-    assert "all " in first.stdout and "checks pass" in first.stdout
+    assert "all " in first.stdout
+    assert "checks pass" in first.stdout
     assert not machine.bootstrap.exists()
     state = root / "var/lib/bureau"
     assert (state / "machine-key.cred").exists()
@@ -146,7 +147,8 @@ def test_bootstrap_machine_enrolls_a_worker_and_runs_again_harmlessly(
     for name in unit_files.SERVICES:
         assert (root / "etc/systemd/system" / name).read_text() == unit_files.packaged(name)
     nix = (root / "etc/nix/nix.conf").read_text()
-    assert nix.count(CACHE_URL) == 1 and nix.count(CACHE_KEY) == 1
+    assert nix.count(CACHE_URL) == 1
+    assert nix.count(CACHE_KEY) == 1
     listed = run("bureau", "machine", "list", "--json", "--credential-file", fleet.credential_file)
     (record,) = [r for r in json.loads(listed.stdout) if r["name"] == machine.localpart]
     assert record["state"] == "enrolled"

@@ -196,7 +196,8 @@ def test_sigterm_whenever_it_comes_stops_the_daemon_promptly(
             assert the_daemon.stop() == 0, the_daemon.log()
             took = time.monotonic() - started
             after = [m for m in listener.barrier() if m != "WATCHDOG=1"]
-            assert after and after[0].startswith("STOPPING=1\nSTATUS="), after
+            assert after, after
+            assert after[0].startswith("STOPPING=1\nSTATUS="), after
     assert took < 5, took  # systemd's TimeoutStopSec is 30
     assert "Traceback" not in the_daemon.log()
     assert {p.name: p.read_bytes() for p in state.iterdir()} == before

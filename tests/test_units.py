@@ -267,7 +267,8 @@ def _allowed(filters: list[str]) -> set[str]:
 
 def _sandboxd_allows() -> set[str]:
     filters = [v for k, v in _settings(SANDBOXD) if k == "SystemCallFilter"]
-    assert filters and not filters[0].startswith("~")  # an allow list
+    assert filters
+    assert not filters[0].startswith("~")
     return _allowed(filters)
 
 

@@ -169,9 +169,11 @@ def test_an_upstream_bundle_runs_only_where_the_machine_allows_it(
             ):
                 error = eventually(lambda: _principal_status(fleet, machine, user).get("error"))
                 assert error.startswith(f"credentials for {user}: unbound bundle refused")
-                assert "--allow-unbound-bundles" in error and "\n" not in error
+                assert "--allow-unbound-bundles" in error
+                assert "\n" not in error
                 assert _principal_status(fleet, machine, user)["status"] == "failed"
-                assert not socket.exists() and not result.exists()
+                assert not socket.exists()
+                assert not result.exists()
                 # Published once at start, in upstream's shape.
                 info = eventually(lambda: _machine_state(fleet, machine, rooms.MACHINE_INFO))
                 assert info["principal"] == machine.machine.user_id
@@ -202,7 +204,8 @@ def test_an_upstream_bundle_runs_only_where_the_machine_allows_it(
                 # Stopped, its proxy and workload run on (as a launcher's do) for the next.
                 assert allowing.stop() == 0
                 logs += allowing.log()
-                assert socket.exists() and len(proxies_under(run_dir)) == 1
+                assert socket.exists()
+                assert len(proxies_under(run_dir)) == 1
 
                 # Switched back to refusing: the next launcher stops what it adopted.
                 with launcher(name, state, run_dir, *broker_args(run_dir)) as refusing:

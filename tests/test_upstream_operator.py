@@ -158,7 +158,8 @@ def test_setup_creates_upstreams_rooms_and_dev_team(fleet: Fleet) -> None:
     server, ns = fleet.hub.server_name, names.namespace_of(fleet.name)
     values = read_credential_file(fleet.credential_file.read_text())  # as upstream reads it
     space = admin.resolve_alias(f"#{ns}:{server}")
-    assert space is not None and values["MATRIX_SPACE_ROOM"] == space
+    assert space is not None
+    assert values["MATRIX_SPACE_ROOM"] == space
     children = {
         e["state_key"] for e in admin.room_state_events(space) if e["type"] == "m.space.child"
     }
@@ -196,7 +197,8 @@ def test_an_existing_hub_gets_upstreams_rooms_on_the_next_run(fleet: Fleet) -> N
         admin.send("DELETE", f"/_matrix/client/v3/directory/room/{segment(alias)}", what="unalias")
     template = admin.resolve_alias(f"#{ns}/template:{server}")
     machine_room = admin.resolve_alias(f"#{fleet.name}/machine:{server}")
-    assert template is not None and machine_room is not None
+    assert template is not None
+    assert machine_room is not None
     for room in (template, machine_room, fleet.creds.space_room):
         admin.put_state(room, "m.bureau.dev_team", "", {})
     old = {
@@ -500,7 +502,8 @@ def test_session_json_written_compact_by_go_is_read(tmp_path: Path, order: str) 
         fields.reverse()
     escaped = [(k, v.replace("&", GO_AMPERSAND)) for k, v in fields]
     body = "{" + ",".join(f'"{k}":"{v}"' for k, v in escaped) + "}"
-    assert " " not in body and GO_AMPERSAND in body
+    assert " " not in body
+    assert GO_AMPERSAND in body
     (tmp_path / "session.json").write_text(body)
     (tmp_path / "session.json").chmod(0o600)
     session = load_session(tmp_path)

@@ -103,6 +103,11 @@ class LeavesRemains(Protocol):
         another process started, is not ours to reap)."""
 
 
+def _forget(record: Path) -> None:
+    """An adoption record's unlink: a local file, a moment's work (from async code)."""
+    record.unlink()
+
+
 def _describe(exc: Exception) -> str:
     return str(exc) if isinstance(exc, LauncherError) else type(exc).__name__
 
@@ -204,7 +209,8 @@ class Children:
                 f"watching a {self.kind.name} by polling", principal=child.principal, error=str(exc)
             )
             alive = child.start_time is not None
-            while alive and process_start_time(child.pid) == child.start_time:
+            # No pidfd, no event to wait for: a bounded poll is the fallback.
+            while alive and process_start_time(child.pid) == child.start_time:  # noqa: ASYNC110
                 await asyncio.sleep(POLL_SECONDS)
             how = reap(child.pid)
         else:
@@ -287,7 +293,7 @@ class Children:
         except (InputError, OSError, ValueError, KeyError, TypeError):
             # Its process, if it runs, is swept as one that nobody adopted.
             self._log.warning(f"ignoring unusable {self.kind.name} record", path=str(path))
-            path.unlink()
+            _forget(path)
             return
         if alive:
             self.running[principal] = child
@@ -300,4 +306,4 @@ class Children:
             self._log.error(
                 f"could not recreate {self.kind.name}", principal=principal, error=_describe(exc)
             )
-            path.unlink()
+            _forget(path)

@@ -236,8 +236,8 @@ def _serve(
         unbound=Unbound(session.homeserver_url) if args.allow_unbound_bundles else None,
     )
     logger.info(
-        "unbound credential bundles "
-        + ("served (--allow-unbound-bundles)" if args.allow_unbound_bundles else "refused")
+        "unbound credential bundles",
+        policy="served (--allow-unbound-bundles)" if args.allow_unbound_bundles else "refused",
     )
     asyncio.run(
         server.serve(

@@ -96,7 +96,9 @@ class Exchange:
         if self.finished or self.response_done:
             return
         service = self.route.service if self.route else "?"
-        self.client.proxy.log.warning(f"upstream {problem}", service=service, error=error)
+        self.client.proxy.log.warning(
+            "upstream failed", problem=problem, service=service, error=error
+        )
         self.upstream = None
         self.release()
         if self.response_started:

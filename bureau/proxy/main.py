@@ -109,7 +109,7 @@ async def serve(payload: ProxyPayload, socket_path: Path, logger: Any, *, debug:
             # The launcher died before reading READY: it never moved this socket into
             # place, so no client can reach it, and the next launcher starts a new proxy.
             with contextlib.suppress(FileNotFoundError):
-                socket_path.unlink()
+                socket_path.unlink()  # noqa: ASYNC240 - one local unlink, on the way out
             raise BureauError("the launcher went away before this proxy was ready") from None
         logger.info("proxy serving", socket=str(socket_path), services=sorted(payload.services))
 
