@@ -54,6 +54,23 @@ def test_provision_writes_bootstrap_and_prepares_rooms(fleet: Fleet, tmp_path: P
             if e["type"] == "m.room.member" and e["state_key"] == machine.user_id
         ]
         assert invited[0]["content"]["membership"] == "invite"
+    # As upstream's provision: invited to the system and pipeline rooms, and at level 50
+    # there and in the service room (its daemon invites principals into them).
+    for role in ("system", "pipeline", "service"):
+        localpart = (
+            f"{fleet.name}/service" if role == "service"
+            else rooms.namespace_room_localpart(fleet.name, role)
+        )  # fmt: skip
+        room_id = admin.resolve_alias(names.room_alias(localpart, server))
+        assert room_id is not None, role
+        room_state = admin.room_state_events(room_id)
+        levels = next(e["content"] for e in room_state if e["type"] == "m.room.power_levels")
+        assert levels["users"][machine.user_id] == 50, role
+        assert levels["users"][fleet.creds.admin_user] == 100, role
+        member = [e for e in room_state if e["type"] == "m.room.member"]
+        assert {e["state_key"]: e["content"]["membership"] for e in member}[
+            machine.user_id
+        ] == "invite", role
 
     # The one-time password works (the machine can log in exactly once it is handed over).
     login = MatrixHTTP(fleet.hub.url).login_password(

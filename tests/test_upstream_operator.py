@@ -313,6 +313,10 @@ def test_power_levels_are_upstreams_exactly(ours: dict[str, Any], theirs: dict[s
     assert {k: added["events"][k] for k in theirs["events"]} == theirs["events"]
 
 
+def _with_machine(levels: dict[str, Any], machine_user: str) -> dict[str, Any]:
+    return {**levels, "users": {**levels["users"], machine_user: 50}}
+
+
 def test_rooms_we_create_hold_upstreams_levels(fleet: Fleet, tmp_path: Path) -> None:
     admin = credentials.admin_client(fleet.creds)
     server, admin_user = fleet.hub.server_name, fleet.creds.admin_user
@@ -321,7 +325,10 @@ def test_rooms_we_create_hold_upstreams_levels(fleet: Fleet, tmp_path: Path) -> 
         f"#{names.namespace_of(fleet.name)}:{server}": upstream.admin_only_power_levels(admin_user),
         f"#{fleet.name}:{server}": upstream.fleet_room_power_levels(admin_user),
         f"#{fleet.name}/machine:{server}": upstream.machine_room_power_levels(admin_user),
-        f"#{fleet.name}/service:{server}": upstream.service_room_power_levels(admin_user),
+        # Upstream's provision grants the machine 50 in the service room (provision.go:371).
+        f"#{fleet.name}/service:{server}": _with_machine(
+            upstream.service_room_power_levels(admin_user), machine.user_id
+        ),
         f"#{machine.localpart}:{server}": upstream.config_room_power_levels(
             admin_user, machine.user_id
         ),

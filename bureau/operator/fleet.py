@@ -101,6 +101,17 @@ def ensure_config_room(
     return room, True
 
 
+def grant_machine_level(client: MatrixHTTP, room_id: str, machine_user: str) -> None:
+    """The machine at level 50 in a room (its daemon invites principals there); the rest of
+    the room's levels kept."""
+    levels = client.get_state(room_id, "m.room.power_levels", "") or {}
+    found = levels.get("users")
+    users: dict[str, Any] = found if isinstance(found, dict) else {}
+    if users.get(machine_user) != rooms.MACHINE_LEVEL:
+        new = {**levels, "users": {**users, machine_user: rooms.MACHINE_LEVEL}}
+        client.put_state(room_id, "m.room.power_levels", "", new)
+
+
 def invite_machine(
     client: MatrixHTTP,
     machine_user: str,

@@ -12,7 +12,9 @@ from bureau.matrix_http import MatrixHTTP
 from bureau.operator.credentials import admin_client
 from bureau.operator.fleet import (
     ensure_config_room,
+    grant_machine_level,
     invite_machine,
+    namespace_room,
     resolve_fleet_rooms,
     template_room,
 )
@@ -148,6 +150,19 @@ def provision(creds: OperatorCredentials, machine_localpart: str) -> BootstrapCo
         admin.reactivate_user(machine_user, password)
     templates = template_room(admin, creds.fleet, server)
     invite_machine(admin, machine_user, config_room, fleet_rooms, templates)
+    # As upstream's provision (provision.go:292-376): invited to the namespace's system and
+    # pipeline rooms, and at level 50 there and in the fleet's service room, where its
+    # daemon invites service and pipeline principals.
+    for role in ("system", "pipeline"):
+        room = namespace_room(admin, creds.fleet, server, role)
+        if room is None:
+            raise BureauError(
+                f"#{rooms.namespace_room_localpart(creds.fleet, role)}:{server}: no such room; "
+                "run `bureau matrix setup` (it adds the rooms a hub set up earlier lacks)"
+            )
+        admin.invite(room, machine_user)
+        grant_machine_level(admin, room, machine_user)
+    grant_machine_level(admin, fleet_rooms.service, machine_user)
     return BootstrapConfig(
         homeserver_url=creds.homeserver_url,
         server_name=server,
