@@ -260,7 +260,7 @@ def test_a_raw_token_on_the_secrets_input_is_never_echoed(fleet: Fleet, tmp_path
             fleet, machine, "agent/alpha", services_file(tmp_path, upstream), "sk-live-canary==\n"
         )
     assert result.returncode != 0
-    assert "line 1: expected NAME=VALUE" in one_line_error(result)
+    assert "line 1: " in one_line_error(result)  # the line named, never its content
     assert "canary" not in result.stderr
 
 

@@ -5,6 +5,7 @@ dir. No asyncio: callers run the blocking ones in a thread."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -148,3 +149,16 @@ def signal_as(pid: int, uid: int, signum: int) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+def children_of(pid: int) -> list[int]:
+    """``pid``'s children, zombies included (/proc/PID/task/TID/children)."""
+    found: list[int] = []
+    try:
+        tasks = [t.name for t in Path(f"/proc/{pid}/task").iterdir()]
+    except OSError:
+        return found
+    for task in tasks:
+        with contextlib.suppress(OSError, ValueError):
+            found += map(int, Path(f"/proc/{pid}/task/{task}/children").read_text().split())
+    return found

@@ -38,7 +38,14 @@ from bureau.files import make_dirs
 from bureau.launcher import sandbox_policy as policy
 from bureau.launcher.cgroups import Cgroups
 from bureau.launcher.children import LauncherError
-from bureau.launcher.processes import pids_of_uid, process_status, real_uid, reap_exited, signal_as
+from bureau.launcher.processes import (
+    children_of,
+    pids_of_uid,
+    process_status,
+    real_uid,
+    reap_exited,
+    signal_as,
+)
 from bureau.launcher.sandbox_paths import (
     LINK_NAME,
     key_of,
@@ -203,6 +210,7 @@ class SandboxHost:
         if not self._emptied(principal, uid):
             raise LauncherError(f"sandbox for {principal}: an earlier sandbox's processes live on")
         self._forget_ended(principal)
+        self._reap_orphans()
         try:
             workspace = prepare_workspace(principal, self._workspaces, uid)
             socket_dir = self._link(principal)
@@ -260,6 +268,18 @@ class SandboxHost:
                 reap_exited(pid)
                 os.close(running.started.inner)
 
+    def _reap_orphans(self) -> None:
+        """Zombies of sandbox uids this process inherited as a subreaper (the bwrap of a
+        keeper that was killed) and does not track: reaped, or each would count against
+        its uid's RLIMIT_NPROC, and so its sandbox's processes, for good."""
+        with self._lock:
+            uids = {self._uids.get(p) for p in self._uids.principals()}
+            tracked = set(self._started)
+        for child in children_of(os.getpid()):
+            found = process_status(child)
+            if child not in tracked and found is not None and found[1] and found[0] in uids:
+                reap_exited(child)
+
     def finish(self, principal: str, keeper: int, *, reaped: bool) -> str | None:
         """The keeper has exited: bwrap's outer process with it, and its inner one dies of
         that (--die-with-parent), with every process in the pid namespace. Wait until they
@@ -288,6 +308,7 @@ class SandboxHost:
                 poller = select.poll()
                 poller.register(running.started.inner, select.POLLIN)
                 gone = bool(poller.poll(CLEAR_TIMEOUT * 1000))
+            self._reap_orphans()
             if uid is not None and not (self._emptied(principal, uid) and gone):
                 raise LauncherError(f"sandbox for {principal}: its processes outlived it")
         finally:
