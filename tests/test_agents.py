@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import Fleet, one_line_error, run
 from launcher_proc import daemon, launcher, proxies_under
 from machine_helpers import enroll, eventually, proxy_socket, services_file
@@ -32,6 +33,7 @@ def _whoami(socket: Path) -> str | None:
     return str(reply.json().get("user_id")) if reply.status == 200 else None
 
 
+@pytest.mark.slow
 def test_an_agent_from_create_to_destroy(fleet: Fleet, tmp_path: Path, run_dir: Path) -> None:
     machine = enroll(fleet, tmp_path)
     name, state = machine.machine.short_name, machine.state_dir

@@ -159,6 +159,7 @@ def test_only_those_with_power_may_publish_credentials(fleet: Fleet, tmp_path: P
         "agent/%2e%2e",
     ],
 )
+@pytest.mark.slow
 def test_bad_principal_names_are_refused(fleet: Fleet, tmp_path: Path, name: str) -> None:
     machine = enroll(fleet, tmp_path)
     with echo_upstream() as upstream:
@@ -182,6 +183,7 @@ def test_bad_principal_names_are_refused(fleet: Fleet, tmp_path: Path, name: str
         ({}, "OTHER=x\n", "TOKEN"),
     ],
 )
+@pytest.mark.slow
 def test_bad_services_files_publish_nothing(
     fleet: Fleet, tmp_path: Path, route: dict[str, Any], secrets: str, message: str
 ) -> None:

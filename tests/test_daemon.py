@@ -43,6 +43,7 @@ def _status(fleet: Fleet, machine: Enrolled) -> dict[str, Any] | None:
     return admin.get_state(room, rooms.MACHINE_STATUS, machine.machine.user_id[1:])
 
 
+@pytest.mark.slow
 def test_provision_assign_serve_rotate_unassign(
     fleet: Fleet, tmp_path: Path, run_dir: Path
 ) -> None:
@@ -121,6 +122,7 @@ def test_provision_assign_serve_rotate_unassign(
         assert canary not in launcher_log
 
 
+@pytest.mark.slow
 def test_daemon_never_holds_plaintext(fleet: Fleet, tmp_path: Path, run_dir: Path) -> None:
     """strace records every byte the daemon reads and writes, on the launcher socket and
     everywhere else; the canary is in none of them."""
@@ -351,6 +353,7 @@ WHOAMI = "/_matrix/client/v3/account/whoami"
 SOFT_LOGOUT = {"errcode": "M_UNKNOWN_TOKEN", "error": "Token expired", "soft_logout": True}
 
 
+@pytest.mark.slow
 def test_soft_logout_logs_in_again_with_the_same_device(
     fleet: Fleet, tmp_path: Path, run_dir: Path
 ) -> None:
@@ -402,6 +405,7 @@ def test_soft_logout_logs_in_again_with_the_same_device(
             assert before["access_token"] not in log
 
 
+@pytest.mark.slow
 def test_a_revoked_session_is_not_revived_on_the_daemons_word(
     fleet: Fleet, tmp_path: Path, run_dir: Path
 ) -> None:

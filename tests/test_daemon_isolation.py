@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import Fleet
 from launcher_proc import daemon_argv, service
 from machine_helpers import enroll
@@ -19,6 +20,7 @@ from bureau.credentials_event import content_digest
 from bureau.launcher.protocol import EnsureResult, PrincipalState, StopResult
 
 
+@pytest.mark.slow
 def test_a_launcher_that_refuses_to_list_is_waited_for(
     fleet: Fleet, tmp_path: Path, run_dir: Path
 ) -> None:

@@ -81,6 +81,7 @@ def test_first_boot_enrolls_the_machine(fleet: Fleet, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("killed_after", list(first_boot.Step))
+@pytest.mark.slow
 def test_sigkill_after_each_first_boot_step_converges_on_rerun(
     fleet: Fleet, tmp_path: Path, killed_after: first_boot.Step
 ) -> None:
@@ -234,6 +235,7 @@ def test_homeserver_wait_bounds_first_boot(fleet: Fleet, tmp_path: Path) -> None
         ("/_matrix/client/v3/account/password", 1),
     ],
 )
+@pytest.mark.slow
 def test_answer_lost_after_the_homeserver_acted_converges(
     fleet: Fleet, tmp_path: Path, path: str, skip: int
 ) -> None:
@@ -263,6 +265,7 @@ def test_answer_lost_after_the_homeserver_acted_converges(
         ("/_matrix/client/v3/join", 0),
     ],
 )
+@pytest.mark.slow
 def test_sigterm_during_first_boot_then_rerun(
     fleet: Fleet, tmp_path: Path, path: str, skip: int
 ) -> None:
@@ -417,6 +420,7 @@ def _bootstrap_text(fleet: Fleet, **change: object) -> str:
         ("unreachable", "cannot reach homeserver http://127.0.0.1:1"),
     ],
 )
+@pytest.mark.slow
 def test_bad_bootstrap_files(fleet: Fleet, tmp_path: Path, case: str, expected: str) -> None:
     path = tmp_path / "bootstrap.json"
     mode = 0o600

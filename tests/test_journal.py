@@ -117,6 +117,7 @@ def test_a_stream_that_is_not_the_journal_gets_json(tmp_path: Path) -> None:
     assert '"principal": "@p:x"' in out.getvalue()
 
 
+@pytest.mark.slow
 def test_processes_log_to_the_journal_by_principal(
     fleet: Fleet, tmp_path: Path, run_dir: Path, listener: Listener
 ) -> None:

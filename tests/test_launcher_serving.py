@@ -48,6 +48,7 @@ def _seen_token(socket: Path) -> str:
     return str(unix_request(socket, "GET", "/http/api/x").json()["headers"]["authorization"])
 
 
+@pytest.mark.slow
 def test_ensure_serves_rotates_restarts_and_stops(
     fleet: Fleet, tmp_path: Path, run_dir: Path
 ) -> None:
@@ -153,6 +154,7 @@ def _try(call: Any) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_refusals_keep_the_running_proxy(fleet: Fleet, tmp_path: Path, run_dir: Path) -> None:
     machine = enroll(fleet, tmp_path)
     other = enroll(fleet, tmp_path / "other")
@@ -242,6 +244,7 @@ def test_refusals_keep_the_running_proxy(fleet: Fleet, tmp_path: Path, run_dir: 
         assert "other-canary" not in log
 
 
+@pytest.mark.slow
 def test_restarted_launcher_adopts_running_proxies(
     fleet: Fleet, tmp_path: Path, run_dir: Path
 ) -> None:
@@ -425,6 +428,7 @@ def test_credentials_provision_and_list(fleet: Fleet, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("how", ["unprovisioned", "foreign-key"])
+@pytest.mark.slow
 def test_provision_refuses_machines_without_their_own_key(
     fleet: Fleet, tmp_path: Path, how: str
 ) -> None:

@@ -6,6 +6,7 @@ import json
 import stat
 from pathlib import Path
 
+import pytest
 from conftest import Fleet, fresh, one_line_error, run
 from machine_helpers import boot, provision
 
@@ -121,6 +122,7 @@ def test_list_follows_provisioned_then_enrolled(fleet: Fleet, tmp_path: Path) ->
     assert table.stdout.splitlines()[1].split()[:3] == [machine.localpart, "enrolled", public_key]
 
 
+@pytest.mark.slow
 def test_provision_refusals(fleet: Fleet, tmp_path: Path) -> None:
     machine = provision(fleet, tmp_path)
     assert boot(machine).returncode == 0

@@ -152,6 +152,7 @@ def _plant(case: str, state: Path, machine: Provisioned) -> Path:
         ("key-a-symlink", ("is a symbolic link",)),
     ],
 )
+@pytest.mark.slow
 def test_first_boot_refuses_a_state_dir_or_key_someone_else_could_have_written(
     fleet: Fleet, tmp_path: Path, loose_parent: Path, case: str, expected: tuple[str, ...]
 ) -> None:
@@ -249,6 +250,7 @@ def _arrange_run_dir(case: str, run_dir: Path) -> None:
     run_dir.chmod(0o750)
 
 
+@pytest.mark.slow
 def test_launcher_refuses_a_run_dir_someone_else_could_write(
     fleet: Fleet, tmp_path: Path, loose_parent: Path
 ) -> None:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import Fleet, one_line_error
 from launcher_proc import daemon, launcher, proxies_under
 from machine_helpers import (
@@ -68,6 +69,7 @@ def _bad_events(publisher: Publisher) -> dict[str, tuple[dict[str, Any], str]]:
     }
 
 
+@pytest.mark.slow
 def test_bad_events_beside_healthy_principals_fail_alone(
     fleet: Fleet, tmp_path: Path, run_dir: Path
 ) -> None:
@@ -264,6 +266,7 @@ def test_a_raw_token_on_the_secrets_input_is_never_echoed(fleet: Fleet, tmp_path
     assert "canary" not in result.stderr
 
 
+@pytest.mark.slow
 def test_a_proxy_killed_by_a_nameless_signal_is_restarted(
     fleet: Fleet, tmp_path: Path, run_dir: Path
 ) -> None:

@@ -68,6 +68,7 @@ def _status(fleet: Fleet, machine_localpart: str, user: str) -> dict[str, Any] |
     return dict(entry) if entry else None
 
 
+@pytest.mark.slow
 def test_a_principal_runs_from_template_to_destroy(
     fleet: Fleet, tmp_path: Path, run_dir: Path
 ) -> None:

@@ -420,6 +420,7 @@ def host_connects(port: int | None) -> bool:
         return True
 
 
+@pytest.mark.slow
 def test_tcp_to_the_hubs_port_is_refused(probed: Probed) -> None:
     assert host_connects(probed.facts["hub_port"])  # it listens, on the host
     assert probed["tcp_control"]["ok"], probed["tcp_control"]  # loopback works inside

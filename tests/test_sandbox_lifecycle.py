@@ -224,6 +224,7 @@ def calling(box: Sandboxed) -> dict[str, Any]:
 # -- credentials and spec ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_rotation_swaps_the_proxy_under_a_running_workload(
     fleet: Fleet, tmp_path: Path, run_dir: Path
 ) -> None:
@@ -537,6 +538,7 @@ def listener(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Listene
         the_listener.sock.close()
 
 
+@pytest.mark.slow
 def test_workload_output_reaches_the_journal(
     fleet: Fleet, tmp_path: Path, run_dir: Path, listener: Listener
 ) -> None:

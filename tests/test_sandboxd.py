@@ -40,6 +40,7 @@ def _socket(run_dir: Path) -> Path:
     return run_dir / "sandboxd" / "sandboxd.sock"
 
 
+@pytest.mark.slow
 def test_sandboxes_outlive_a_killed_sandboxd_and_the_next_one_stops_them(
     fleet: Fleet, tmp_path: Path, run_dir: Path
 ) -> None:

@@ -116,6 +116,7 @@ def test_setup_nix_checks_and_leaves_an_installed_nix_alone(tmp_path: Path) -> N
     assert missing.stderr == "setup-nix: Nix is not installed (script/setup-nix installs it)\n"
 
 
+@pytest.mark.slow
 def test_bootstrap_machine_enrolls_a_worker_and_runs_again_harmlessly(
     fleet: Fleet,
     root: Path,

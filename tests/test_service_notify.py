@@ -103,6 +103,7 @@ def test_first_boot_extends_its_start_timeout(
     assert messages[-1] == "EXTEND_TIMEOUT_USEC=60000000\nSTATUS=first boot: bootstrap-deleted"
 
 
+@pytest.mark.slow
 def test_launcher_and_daemon_readiness_watchdog_and_stop(
     fleet: Fleet, tmp_path: Path, run_dir: Path, listener: Listener
 ) -> None:
@@ -159,6 +160,7 @@ PHASES = {
 
 
 @pytest.mark.parametrize("phase", list(PHASES))
+@pytest.mark.slow
 def test_sigterm_whenever_it_comes_stops_the_daemon_promptly(
     fleet: Fleet, tmp_path: Path, run_dir: Path, listener: Listener, phase: str
 ) -> None:

@@ -75,6 +75,7 @@ def test_builtins_are_pushed_and_a_child_resolves_with_provenance(
         ({"inherits": ["NS/template:missing"]}, "not found"),
     ],
 )
+@pytest.mark.slow
 def test_a_bad_template_is_one_line_and_publishes_nothing(
     fleet: Fleet, tmp_path: Path, content: dict[str, Any], problem: str
 ) -> None:

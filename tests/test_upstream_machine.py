@@ -14,6 +14,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import Fleet
 from launcher_proc import broker_args, daemon, launcher, proxies_under, sandboxd
 from machine_helpers import Enrolled, enroll, eventually
@@ -145,6 +146,7 @@ def _principal_status(fleet: Fleet, machine: Enrolled, user: str) -> dict[str, A
     return dict(status.get("principals", {}).get(user) or {})
 
 
+@pytest.mark.slow
 def test_an_upstream_bundle_runs_only_where_the_machine_allows_it(
     fleet: Fleet, tmp_path: Path, run_dir: Path
 ) -> None:

@@ -240,6 +240,7 @@ def test_an_existing_hub_gets_upstreams_rooms_on_the_next_run(fleet: Fleet) -> N
     assert values["MATRIX_DEV_TEAM_ROOM"] == admin.resolve_alias(f"#{ns}/dev:{server}")
 
 
+@pytest.mark.slow
 def test_matrix_doctor_fix_creates_upstreams_rooms_and_records_them(fleet: Fleet) -> None:
     admin = credentials.admin_client(fleet.creds)
     server, ns = fleet.hub.server_name, names.namespace_of(fleet.name)
