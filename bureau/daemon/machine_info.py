@@ -14,10 +14,17 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import bureau
+from bureau import rooms
+from bureau.daemon.matrix import MachineMatrix
+from bureau.errors import MatrixError
+
+Retrying = Callable[[str, Callable[[], Any]], Awaitable[Any]]
 
 PROC = Path("/proc")
 SYS = Path("/sys")
@@ -120,3 +127,38 @@ def kept_labels(published: object) -> dict[str, str] | None:
         return None
     kept = {k: v for k, v in labels.items() if isinstance(k, str) and isinstance(v, str)}
     return kept or None
+
+
+async def publish(
+    matrix: MachineMatrix,
+    room: str,
+    key: str,
+    machine_user: str,
+    *,
+    retrying: Retrying,
+    log: Any,
+) -> None:
+    """Once per start (as upstream's daemon publishes it), with the labels an operator
+    already gave it. Inventory is a courtesy to the fleet's tools: failing to publish it
+    is logged, never fatal."""
+    try:
+        events = await retrying("reading machine info", partial(matrix.room_state, room))
+        published = next(
+            (
+                e.get("content")
+                for e in events
+                if e.get("type") == rooms.MACHINE_INFO and e.get("state_key") == key
+            ),
+            None,
+        )
+        content = probe(machine_user, kept_labels(published))
+        await retrying(
+            "publishing machine info",
+            partial(matrix.put_state, room, rooms.MACHINE_INFO, key, content),
+        )
+    except MatrixError as exc:
+        log.warning("could not publish machine info", error=str(exc))
+        return
+    log.info(
+        "machine info published", cpu=content["cpu"]["model"], memory_mb=content["memory_total_mb"]
+    )

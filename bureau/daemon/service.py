@@ -377,39 +377,14 @@ class Daemon:
         except (LauncherUnavailable, LauncherRefused) as exc:
             self._log.error("could not stop every principal", error=str(exc))
 
-    # -- machine info --------------------------------------------------------------------
-
     async def _publish_info(self) -> None:
-        """m.bureau.machine_info, once per start (as upstream's daemon publishes it), with
-        the labels an operator already gave it. Inventory is a courtesy to the fleet's
-        tools: failing to publish it is logged, never fatal."""
-        key = names.state_key(self._localpart, self._server)
-        try:
-            events = await self._retrying(
-                "reading machine info", partial(self._matrix.room_state, self._machine_room)
-            )
-            published = next(
-                (
-                    e.get("content")
-                    for e in events
-                    if e.get("type") == rooms.MACHINE_INFO and e.get("state_key") == key
-                ),
-                None,
-            )
-            content = machine_info.probe(self._machine_user, machine_info.kept_labels(published))
-            await self._retrying(
-                "publishing machine info",
-                partial(
-                    self._matrix.put_state, self._machine_room, rooms.MACHINE_INFO, key, content
-                ),
-            )
-        except MatrixError as exc:
-            self._log.warning("could not publish machine info", error=str(exc))
-            return
-        self._log.info(
-            "machine info published",
-            cpu=content["cpu"]["model"],
-            memory_mb=content["memory_total_mb"],
+        await machine_info.publish(
+            self._matrix,
+            self._machine_room,
+            names.state_key(self._localpart, self._server),
+            self._machine_user,
+            retrying=self._retrying,
+            log=self._log,
         )
 
     # -- heartbeat -----------------------------------------------------------------------
