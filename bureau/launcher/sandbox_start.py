@@ -18,7 +18,7 @@ from bureau.launcher import sandbox_policy as policy
 from bureau.launcher import seccomp
 from bureau.launcher.cgroups import Group
 from bureau.launcher.children import LauncherError
-from bureau.launcher.processes import reap
+from bureau.launcher.processes import children_of, reap
 
 KEEPER = ["setsid", "--fork", "--wait"]
 # The keeper and bwrap's two processes, in the sandbox's cgroup and running as its uid:
@@ -27,20 +27,13 @@ OVERHEAD = 3
 
 
 def descendants(pid: int) -> list[int]:
-    """``pid``'s descendants, parents before children (/proc/PID/task/TID/children)."""
+    """``pid``'s descendants, parents before children."""
     found: list[int] = []
     queue = [pid]
     while queue:
-        current = queue.pop(0)
-        try:
-            tasks = [t.name for t in Path(f"/proc/{current}/task").iterdir()]
-        except OSError:
-            continue
-        for task in tasks:
-            with contextlib.suppress(OSError, ValueError):
-                children = Path(f"/proc/{current}/task/{task}/children").read_text().split()
-                found += map(int, children)
-                queue += map(int, children)
+        children = children_of(queue.pop(0))
+        found += children
+        queue += children
     return found
 
 
