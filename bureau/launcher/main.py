@@ -233,7 +233,6 @@ def _serve(
         host_network=args.allow_host_network,
         protected=(creds_dir,) if creds_dir else (),
         broker=args.sandbox_broker.absolute() if args.sandbox_broker else None,
-        unbound=Unbound(session.homeserver_url) if args.allow_unbound_bundles else None,
     )
     logger.info(
         "unbound credential bundles",
@@ -249,6 +248,7 @@ def _serve(
             log=logger,
             notifier=notifier,
             sandboxes=sandboxes,
+            unbound=Unbound(session.homeserver_url) if args.allow_unbound_bundles else None,
         )
     )
     return 0

@@ -31,6 +31,7 @@ from bureau.launcher.protocol import (
     ok,
     parse_request,
 )
+from bureau.launcher.proxy_kind import Unbound
 from bureau.launcher.supervisor import LauncherError, SandboxOptions, Supervisor
 from bureau.lifecycle import Owned
 from bureau.notify import Notifier
@@ -198,6 +199,7 @@ async def serve(
     log: Any,
     notifier: Notifier,
     sandboxes: SandboxOptions | None = None,
+    unbound: Unbound | None = None,
 ) -> None:
     make_dirs(run_dir, 0o755)
     path = run_dir / SOCKET_NAME
@@ -214,6 +216,7 @@ async def serve(
             tasks=tasks,
             state_dir=state_dir,
             sandboxes=sandboxes or SandboxOptions(),
+            unbound=unbound,
             reserved_uids=allowed_uids,
         )
         if supervisor.cgroups == "none":

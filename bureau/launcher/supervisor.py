@@ -62,9 +62,6 @@ class SandboxOptions:
     host_network: bool = False
     protected: tuple[str, ...] = ()  # besides the state, run and sandbox dirs, /etc/bureau
     broker: Path | None = None  # bureau-sandboxd's socket: it hosts the sandboxes, not we
-    # Not a sandbox setting, but the launcher's one other per-machine choice, carried with
-    # them: serve unbound credential bundles (--allow-unbound-bundles); None refuses them.
-    unbound: Unbound | None = None
 
 
 def sandbox_host(
@@ -108,8 +105,11 @@ class Supervisor:
         state_dir: Path,
         sandboxes: SandboxOptions,
         reserved_uids: set[int],
+        unbound: Unbound | None = None,
     ) -> None:
-        """``reserved_uids``: root's, the daemon's; no sandbox runs as one (nor as ours)."""
+        """``reserved_uids``: root's, the daemon's; no sandbox runs as one (nor as ours).
+        ``unbound``: how to serve unbound credential bundles (--allow-unbound-bundles);
+        None refuses them."""
         self._machine_user = machine_user
         machine_localpart, self._server = names.parse_user_id(machine_user)
         self._fleet = names.fleet_of_entity(machine_localpart)
@@ -124,7 +124,7 @@ class Supervisor:
             run_dir=run_dir,
             spawner=self._spawner,
             log=log,
-            unbound=sandboxes.unbound,
+            unbound=unbound,
         )
         self._proxies = Children(
             self._proxy_kind, run_dir / "launcher" / "proxies", log, tasks, self._lock
