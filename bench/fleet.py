@@ -32,7 +32,7 @@ import memory
 from servers import free_port
 
 from bureau.hub import Hub
-from bureau.matrix_http import MatrixHTTP
+from bureau.matrix.client import MatrixHTTP
 from bureau.operator import credentials
 from bureau.operator.setup import setup
 from bureau.secret import Secret

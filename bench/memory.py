@@ -22,8 +22,6 @@ from typing import Any
 
 from servers import upstream
 
-from bureau import names
-from bureau.credentials_event import ServiceRoute
 from bureau.daemon.launcher_client import LauncherClient
 from bureau.operator import credentials
 from bureau.operator.principal_credentials import (
@@ -32,6 +30,8 @@ from bureau.operator.principal_credentials import (
     machine_public_key,
 )
 from bureau.secret import Secret
+from bureau.wire import names
+from bureau.wire.credentials import ServiceRoute
 
 COUNTS = (1, 10, 50)
 BIN = Path(sys.executable).parent

@@ -46,8 +46,6 @@ from typing import Any
 from fleet import BIN, FLEET, REPO, Fleet, _UnixConnection, first_boot, service
 from memory import memory_kib, tree
 
-from bureau import names
-from bureau.credentials_event import ServiceRoute
 from bureau.daemon.launcher_client import LauncherClient
 from bureau.launcher import seccomp
 from bureau.operator import assignments, credentials, templates
@@ -57,11 +55,13 @@ from bureau.operator.principal_credentials import (
     machine_public_key,
     provision,
 )
-from bureau.sandbox_spec import SandboxSpec
-from bureau.schema import OperatorCredentials
 from bureau.secret import Secret
 from bureau.template_resolve import resolve
-from bureau.templates import Template
+from bureau.wire import names
+from bureau.wire.credentials import ServiceRoute
+from bureau.wire.files import OperatorCredentials
+from bureau.wire.sandbox_spec import SandboxSpec
+from bureau.wire.template import Template
 
 MARKER = "running"
 MARKER_COMMAND = ["/bin/sh", "-c", f": > /workspace/{MARKER}; exec /bin/sleep infinity"]

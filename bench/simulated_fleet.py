@@ -25,10 +25,10 @@ from typing import Any
 from fleet import BIN, FLEET, REPO, Client, Fleet, first_boot, service
 from proxy_overhead import cpu_seconds
 
-from bureau.credentials_event import ServiceRoute
 from bureau.operator import assignments, credentials
 from bureau.operator.principal_credentials import CredentialRequest, provision
 from bureau.secret import Secret
+from bureau.wire.credentials import ServiceRoute
 
 PACE = 0.1
 

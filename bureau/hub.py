@@ -27,7 +27,7 @@ from typing import Any
 from bureau.errors import HubError, MatrixError
 from bureau.files import atomic_write, make_dirs
 from bureau.launcher.processes import process_start_time
-from bureau.matrix_http import MatrixHTTP
+from bureau.matrix.client import MatrixHTTP
 from bureau.passwords import ADMIN_LOCALPART, admin_password
 from bureau.secret import Secret
 
@@ -52,7 +52,7 @@ RATE_LIMITS: dict[str, Any] = {
     "rc_profile": _GENEROUS,
 }
 
-# Rooms created without a room_version get 11, as ours pin it (bureau.rooms.ROOM_VERSION):
+# Rooms created without a room_version get 11, as ours pin it (bureau.wire.rooms.ROOM_VERSION):
 # upstream's tools create rooms without one and list their creator in the power levels,
 # which room version 12 (Synapse's default from 1.136) refuses, so that upstream's `matrix
 # setup`, `fleet create` and `machine provision` fail against a hub that defaults to 12.

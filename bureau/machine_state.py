@@ -7,7 +7,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 from bureau.files import atomic_write, read_private_json
-from bureau.schema import Session
+from bureau.wire.files import Session
 
 SESSION_FILE = "session.json"
 

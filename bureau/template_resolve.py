@@ -31,8 +31,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from bureau.errors import InputError
-from bureau.template_model import TemplateRef, env_problem
-from bureau.templates import Template
+from bureau.wire.template import Template
+from bureau.wire.template_parts import TemplateRef, env_problem
 
 Fetch = Callable[[TemplateRef], Template | None]
 MAX_DEPTH = 8

@@ -23,8 +23,8 @@ import structlog
 from bureau.hub import Hub, HubStatus
 from bureau.operator import credentials
 from bureau.operator.setup import setup
-from bureau.schema import OperatorCredentials
 from bureau.secret import Secret
+from bureau.wire.files import OperatorCredentials
 
 BIN = Path(sys.executable).parent
 # Every program a test runs (script/setup installs them).

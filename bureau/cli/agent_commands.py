@@ -14,9 +14,9 @@ from bureau.cli.common import (
     say,
 )
 from bureau.cli.credential_commands import read_secrets, read_services
-from bureau.credentials_event import parse_services
 from bureau.errors import InputError, UsageError
 from bureau.operator import agents, templates
+from bureau.wire.credentials import parse_services
 
 
 def agent_create(args: argparse.Namespace) -> int:

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bureau import names
 from bureau.errors import UsageError
 from bureau.operator import credentials
-from bureau.schema import DEFAULT_FLEET, OperatorCredentials
+from bureau.wire import names
+from bureau.wire.files import DEFAULT_FLEET, OperatorCredentials
 
 Handler = Callable[[argparse.Namespace], int]
 Subparsers = Any  # argparse's _SubParsersAction is private

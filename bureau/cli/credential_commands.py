@@ -15,17 +15,17 @@ from bureau.cli.common import (
     principal_name,
     say,
 )
-from bureau.credentials_event import (
+from bureau.errors import InputError, UsageError
+from bureau.files import env_lines, read_private_bytes, read_private_file
+from bureau.operator import principal_credentials
+from bureau.secret import Secret
+from bureau.wire.credentials import (
     has_control_character,
     parse_rfc3339,
     parse_services,
     valid_credential_name,
 )
-from bureau.errors import InputError, UsageError
-from bureau.files import env_lines, read_private_bytes, read_private_file
-from bureau.operator import principal_credentials
-from bureau.schema import is_age_public_key
-from bureau.secret import Secret
+from bureau.wire.files import is_age_public_key
 
 
 def read_secrets(path: str, *, allow_empty: bool = False) -> dict[str, Secret]:

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bureau import names
 from bureau.cli import doctor_commands
 from bureau.cli.common import (
     Subparsers,
@@ -21,12 +20,13 @@ from bureau.cli.common import (
 )
 from bureau.errors import InputError, UsageError
 from bureau.files import atomic_write, read_secret_input
-from bureau.machine_config import RESTART_POLICIES
 from bureau.operator import assignments, credentials, machines, templates
 from bureau.operator.decommission import decommission
 from bureau.operator.setup import setup
-from bureau.schema import DEFAULT_FLEET, validate_homeserver_url
 from bureau.template_resolve import resolve
+from bureau.wire import names
+from bureau.wire.files import DEFAULT_FLEET, validate_homeserver_url
+from bureau.wire.machine_config import RESTART_POLICIES
 
 
 def matrix_setup(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from bureau.errors import UsageError
 from bureau.operator.fleet_state import set_cache, set_profile
 from bureau.profile import commands as profile_commands
 from bureau.profile import model
-from bureau.schema import FleetCache, validate_cache_url, validate_nix_public_key
+from bureau.wire.files import FleetCache, validate_cache_url, validate_nix_public_key
 
 
 def cache_set(args: argparse.Namespace) -> int:

@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from bureau import names
 from bureau.cli.common import Subparsers, say, valid
 from bureau.hub import Hub
+from bureau.wire import names
 
 
 def hub_up(args: argparse.Namespace) -> int:

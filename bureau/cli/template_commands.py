@@ -11,9 +11,9 @@ from bureau.errors import InputError, UsageError
 from bureau.files import read_private_bytes
 from bureau.operator import credentials
 from bureau.operator import templates as operator_templates
-from bureau.template_model import TemplateRef
 from bureau.template_resolve import resolve
-from bureau.templates import Template
+from bureau.wire.template import Template
+from bureau.wire.template_parts import TemplateRef
 
 MAX_TEMPLATE_BYTES = 60 * 1024  # a state event holds 64 KiB with its envelope
 

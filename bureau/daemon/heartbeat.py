@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bureau.launcher.protocol import PrincipalState
+from bureau.wire.launcher_protocol import PrincipalState
 
 PROC = Path("/proc")
 _CLOCK_TICKS = 100  # USER_HZ; fixed at 100 on Linux for /proc/<pid>/stat

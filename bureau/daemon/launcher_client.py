@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from bureau.errors import BureauError
 from bureau.files import trusted_owners
-from bureau.launcher.protocol import (
+from bureau.wire.launcher_protocol import (
     EnsureResult,
     PrincipalState,
     ProtocolError,

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import bureau
-from bureau import rooms
-from bureau.daemon.matrix import MachineMatrix
 from bureau.errors import MatrixError
+from bureau.matrix.sync import MachineMatrix
+from bureau.wire import rooms
 
 Retrying = Callable[[str, Callable[[], Any]], Awaitable[Any]]
 

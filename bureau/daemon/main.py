@@ -8,16 +8,17 @@ import asyncio
 import sys
 from pathlib import Path
 
-from bureau import log, names
+from bureau import log
 from bureau.daemon.launcher_client import LauncherClient
-from bureau.daemon.matrix import MachineMatrix
 from bureau.daemon.service import HEARTBEAT_SECONDS, Daemon
 from bureau.edge import Parser, run
 from bureau.errors import BureauError, LostStanding, UsageError
 from bureau.launcher.server import SOCKET_NAME
 from bureau.machine_state import load_session
+from bureau.matrix.sync import MachineMatrix
 from bureau.notify import Notifier
-from bureau.schema import validate_homeserver_url
+from bureau.wire import names
+from bureau.wire.files import validate_homeserver_url
 
 PROG = "bureau-daemon"
 

@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bureau.credentials_event import rfc3339_now
 from bureau.daemon.launcher_client import LauncherClient, LauncherRefused, LauncherUnavailable
 from bureau.daemon.reconcile import Action, Ensure, Failure, Stop, failed, is_due, plan, tried
-from bureau.machine_config import MachineConfig
+from bureau.wire.credentials import rfc3339_now
+from bureau.wire.machine_config import MachineConfig
 
 # Starts in flight at once (each decrypts and forks a proxy in the launcher); stops are
 # never counted against it.

@@ -18,10 +18,10 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bureau.credentials_event import content_digest, services_json
 from bureau.errors import InputError
-from bureau.machine_config import MachineConfig
-from bureau.template_model import ProxyService
+from bureau.wire.credentials import content_digest, services_json
+from bureau.wire.machine_config import MachineConfig
+from bureau.wire.template_parts import ProxyService
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from bureau.daemon.launcher_client import LauncherClient, LauncherRefused, LauncherUnavailable
-from bureau.daemon.matrix import MachineMatrix
 from bureau.errors import InputError, MatrixError
 from bureau.machine_state import load_session
-from bureau.matrix_http import backoff_seconds
+from bureau.matrix.client import backoff_seconds
+from bureau.matrix.sync import MachineMatrix
 
 
 class SoftLogouts:

@@ -13,9 +13,9 @@ from typing import Any
 
 from bureau.daemon.templates import NeedRoom, TemplateStore
 from bureau.errors import InputError, MatrixError
-from bureau.machine_config import Assignment, MachineConfig
-from bureau.sandbox_spec import SandboxSpec
-from bureau.template_model import ProxyService
+from bureau.wire.machine_config import Assignment, MachineConfig
+from bureau.wire.sandbox_spec import SandboxSpec
+from bureau.wire.template_parts import ProxyService
 
 # A template room this machine could not join is tried again after this long (an operator
 # may invite it meanwhile: `bureau matrix doctor --fix`).

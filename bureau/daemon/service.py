@@ -23,23 +23,24 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bureau import lifecycle, names, rooms
+from bureau import lifecycle
 from bureau.daemon import machine_info
 from bureau.daemon.heartbeat import CpuSampler, status_content
 from bureau.daemon.launcher_client import LauncherClient, LauncherRefused, LauncherUnavailable
-from bureau.daemon.matrix import MachineMatrix
 from bureau.daemon.principals import Principals
 from bureau.daemon.reconcile import relayed
 from bureau.daemon.relogin import SoftLogouts
 from bureau.daemon.sandbox_specs import SandboxSpecs
 from bureau.errors import InputError, MatrixError
 from bureau.lifecycle import Owned
-from bureau.machine_config import MachineConfig, without_auto_start
-from bureau.matrix_http import backoff_seconds
+from bureau.matrix.client import backoff_seconds
+from bureau.matrix.fleet_rooms import fleet_room_aliases
+from bureau.matrix.sync import MachineMatrix
 from bureau.notify import Notifier
-from bureau.operator.fleet import fleet_room_aliases
 from bureau.profile import materialized as profile_file
-from bureau.templates import EVENT_TYPE as TEMPLATE_EVENT
+from bureau.wire import names, rooms
+from bureau.wire.machine_config import MachineConfig, without_auto_start
+from bureau.wire.template import EVENT_TYPE as TEMPLATE_EVENT
 
 STATE_TYPES = [rooms.MACHINE_CONFIG, rooms.CREDENTIALS, rooms.FLEET_PROFILE, TEMPLATE_EVENT]
 

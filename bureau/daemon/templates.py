@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from bureau import names
 from bureau.errors import InputError
-from bureau.machine_config import Assignment
-from bureau.sandbox_spec import SandboxSpec
-from bureau.template_model import ProxyService, TemplateRef
 from bureau.template_resolve import apply_assignment, resolve
-from bureau.templates import EVENT_TYPE, Template
+from bureau.wire import names
+from bureau.wire.machine_config import Assignment
+from bureau.wire.sandbox_spec import SandboxSpec
+from bureau.wire.template import EVENT_TYPE, Template
+from bureau.wire.template_parts import ProxyService, TemplateRef
 
 MAX_ROOMS = 16  # template rooms one machine follows
 

@@ -17,8 +17,8 @@ from bureau.errors import BureauError, InputError
 from bureau.files import atomic_write, parse_env, render_env
 from bureau.host import Host, run_tool, tool_failed
 from bureau.machine_state import load_session
-from bureau.schema import MachineConf
 from bureau.secret import Secret
+from bureau.wire.files import MachineConf
 
 Fix = Callable[[], object]
 

@@ -11,20 +11,21 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bureau import key_store, names, nix_conf, rooms
+from bureau import key_store, nix_conf
 from bureau.daemon.launcher_client import LauncherImpostor, check_peer, peer_credentials
 from bureau.doctor.findings import Finding, fail, not_applicable, ok
 from bureau.doctor.host_checks import RUN_DIR, STATE_DIR, trusted
 from bureau.errors import BureauError, InputError, MatrixError
 from bureau.files import atomic_write
 from bureau.host import Host, run_tool
-from bureau.launcher.protocol import MAX_MESSAGE, Request
 from bureau.machine_state import load_session
-from bureau.matrix_http import MatrixHTTP
-from bureau.operator.fleet import fleet_room_aliases
+from bureau.matrix.client import MatrixHTTP
+from bureau.matrix.fleet_rooms import fleet_room_aliases
 from bureau.profile import materialized as profile_file
 from bureau.profile import model, sources
-from bureau.schema import FleetCache, Session
+from bureau.wire import names, rooms
+from bureau.wire.files import FleetCache, Session
+from bureau.wire.launcher_protocol import MAX_MESSAGE, Request
 
 NIX_CONF = Path("/etc/nix/nix.conf")
 SOCKET_TIMEOUT = 10.0

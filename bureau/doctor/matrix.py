@@ -15,14 +15,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bureau import names, rooms
 from bureau.doctor.findings import Check, Finding, Report, examine, fail, ok
 from bureau.errors import MatrixError
-from bureau.matrix_http import MatrixHTTP
+from bureau.matrix.client import MatrixHTTP
 from bureau.operator import credentials
 from bureau.operator.machines import DECOMMISSIONED, machine_records
 from bureau.operator.setup import dev_team_ok, room_specs, setup
-from bureau.schema import NAMESPACE_ROOM_KEYS, OperatorCredentials
+from bureau.wire import names, rooms
+from bureau.wire.files import NAMESPACE_ROOM_KEYS, OperatorCredentials
 
 
 class MatrixChecks:

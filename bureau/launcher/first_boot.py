@@ -33,20 +33,21 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from bureau import key_store, names, rooms
+from bureau import key_store
 from bureau.errors import BureauError, InputError, MatrixError, MatrixUnreachable
 from bureau.files import UnsafePath, read_private_json, remove_durably
 from bureau.machine_state import load_session, save_session
-from bureau.matrix_http import BACKOFF_CAP_SECONDS, Login, MatrixHTTP, backoff_seconds
-from bureau.operator.fleet import (
+from bureau.matrix.client import BACKOFF_CAP_SECONDS, Login, MatrixHTTP, backoff_seconds
+from bureau.matrix.fleet_rooms import (
     ensure_config_room,
     fleet_room_aliases,
     invite_machine,
     resolve_fleet_rooms,
 )
 from bureau.passwords import admin_password, machine_legacy_password, machine_permanent_password
-from bureau.schema import BootstrapConfig, MachineKey, Session
 from bureau.secret import Secret
+from bureau.wire import names, rooms
+from bureau.wire.files import BootstrapConfig, MachineKey, Session
 
 
 class Step(StrEnum):

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bureau import key_store, log, names
+from bureau import key_store, log
 from bureau.edge import Parser, raise_interrupted_on_signals, run
 from bureau.errors import BureauError, InputError, UsageError
 from bureau.files import (
@@ -33,7 +33,8 @@ from bureau.launcher.sandbox_uids import parse_range
 from bureau.launcher.supervisor import SandboxOptions
 from bureau.machine_state import load_session, session_path
 from bureau.notify import Notifier
-from bureau.schema import Session, validate_homeserver_url
+from bureau.wire import names
+from bureau.wire.files import Session, validate_homeserver_url
 
 PROG = "bureau-launcher"
 FIRST_BOOT_STEP_SECONDS = 60

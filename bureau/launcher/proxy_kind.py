@@ -19,21 +19,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bureau import age_keys, names
-from bureau.credentials_event import (
+from bureau import age_keys
+from bureau.errors import InputError
+from bureau.files import make_dirs
+from bureau.launcher.children import DRAIN_TIMEOUT, Child, LauncherError
+from bureau.launcher.processes import deliver, ready_line, reap, titled_under
+from bureau.launcher.spawner import Spawner, SpawnError
+from bureau.secret import Secret
+from bureau.wire import names
+from bureau.wire.credentials import (
     UNBOUND_REFUSED,
     CredentialsEvent,
     open_plaintext,
     parse_rfc3339,
     unbound_services,
 )
-from bureau.errors import InputError
-from bureau.files import make_dirs
-from bureau.launcher.children import DRAIN_TIMEOUT, Child, LauncherError
-from bureau.launcher.processes import deliver, ready_line, reap, titled_under
-from bureau.launcher.spawner import Spawner, SpawnError
-from bureau.proxy_payload import ProxyPayload
-from bureau.secret import Secret
+from bureau.wire.proxy_payload import ProxyPayload
 
 READY_TIMEOUT = 20.0
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bureau import names
 from bureau.errors import BureauError, MatrixError
 from bureau.machine_state import load_session, save_session
-from bureau.matrix_http import MatrixHTTP
+from bureau.matrix.client import MatrixHTTP
 from bureau.passwords import machine_permanent_password
-from bureau.schema import Session
 from bureau.secret import Secret
+from bureau.wire import names
+from bureau.wire.files import Session
 
 
 def relogin(state_dir: Path, secret_key: Secret, log: Any) -> bool:

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bureau.launcher.broker_wire import Reply, Request, WireError, receive, send
 from bureau.launcher.children import LauncherError
+from bureau.wire.sandbox_broker import Reply, Request, WireError, receive, send
 
 # A quick request's bound, each of connect, send and receive: some are made from the
 # launcher's event loop (stopping, adopting), which must not wait long on a stuck broker.

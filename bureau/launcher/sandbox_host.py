@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bureau import names
 from bureau.files import make_dirs
 from bureau.launcher import sandbox_policy as policy
 from bureau.launcher.cgroups import Cgroups
@@ -55,6 +54,7 @@ from bureau.launcher.sandbox_paths import (
 )
 from bureau.launcher.sandbox_start import OVERHEAD, Started, descendants, exit_status, start
 from bureau.launcher.sandbox_uids import SandboxUids
+from bureau.wire import names
 
 CLEAR_TIMEOUT = 10.0  # for a SIGKILLed sandbox's processes to be gone
 CLEAR_POLL = 0.01

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bureau.errors import InputError
-from bureau.sandbox_spec import SandboxSpec
+from bureau.wire.sandbox_spec import SandboxSpec
 
 PROXY_DIR = "/run/bureau"
 PROXY_SOCKET = PROXY_DIR + "/proxy.sock"

@@ -21,7 +21,12 @@ from bureau import lifecycle
 from bureau.errors import BureauError
 from bureau.files import make_dirs
 from bureau.launcher import relogin
-from bureau.launcher.protocol import (
+from bureau.launcher.proxy_kind import Unbound
+from bureau.launcher.supervisor import LauncherError, SandboxOptions, Supervisor
+from bureau.lifecycle import Owned
+from bureau.notify import Notifier
+from bureau.secret import Secret
+from bureau.wire.launcher_protocol import (
     MAX_MESSAGE,
     LauncherStatus,
     ProtocolError,
@@ -31,11 +36,6 @@ from bureau.launcher.protocol import (
     ok,
     parse_request,
 )
-from bureau.launcher.proxy_kind import Unbound
-from bureau.launcher.supervisor import LauncherError, SandboxOptions, Supervisor
-from bureau.lifecycle import Owned
-from bureau.notify import Notifier
-from bureau.secret import Secret
 
 SOCKET_NAME = "launcher.sock"
 # An allowed peer (the daemon) sends its one line at once; one that does not is dropped.

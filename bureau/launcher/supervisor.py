@@ -18,18 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bureau import names
-from bureau.credentials_event import content_digest, rfc3339_now
 from bureau.launcher import sandbox_policy
 from bureau.launcher.cgroups import Cgroups
 from bureau.launcher.children import Child, Children, LauncherError
-from bureau.launcher.protocol import (
-    EnsureResult,
-    LauncherStatus,
-    PrincipalState,
-    SandboxState,
-    StopResult,
-)
 from bureau.launcher.proxy_kind import ProxyKind, Unbound
 from bureau.launcher.sandbox_broker import BrokerClient
 from bureau.launcher.sandbox_host import SandboxHost
@@ -38,6 +29,15 @@ from bureau.launcher.sandbox_uids import DEFAULT_RANGE, SandboxUids
 from bureau.launcher.spawner import Spawner
 from bureau.lifecycle import TaskOwner
 from bureau.secret import Secret
+from bureau.wire import names
+from bureau.wire.credentials import content_digest, rfc3339_now
+from bureau.wire.launcher_protocol import (
+    EnsureResult,
+    LauncherStatus,
+    PrincipalState,
+    SandboxState,
+    StopResult,
+)
 
 __all__ = ["LauncherError", "Supervisor"]
 

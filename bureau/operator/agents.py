@@ -16,11 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bureau import names, rooms
-from bureau.credentials_event import CredentialsEvent, ServiceRoute, referenced_credentials
 from bureau.errors import BureauError, InputError, MatrixError
-from bureau.machine_config import MachineConfig
-from bureau.matrix_http import MatrixHTTP, segment
+from bureau.matrix.client import MatrixHTTP, segment
 from bureau.operator import assignments, templates
 from bureau.operator.credentials import admin_client
 from bureau.operator.machines import ENROLLED, list_machines
@@ -30,10 +27,13 @@ from bureau.operator.principal_credentials import (
     machine_public_key,
     provision,
 )
-from bureau.schema import OperatorCredentials
 from bureau.secret import Secret
-from bureau.template_model import TemplateRef
 from bureau.template_resolve import resolve
+from bureau.wire import names, rooms
+from bureau.wire.credentials import CredentialsEvent, ServiceRoute, referenced_credentials
+from bureau.wire.files import OperatorCredentials
+from bureau.wire.machine_config import MachineConfig
+from bureau.wire.template_parts import TemplateRef
 
 MATRIX_SERVICE = "matrix"
 MATRIX_TOKEN = "MATRIX_TOKEN"  # noqa: S105 -- the name of a credential, not one

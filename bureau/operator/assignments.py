@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from bureau import names, rooms
 from bureau.errors import BureauError, InputError
-from bureau.machine_config import Assignment, with_entry, without_entry
 from bureau.operator.credentials import admin_client
 from bureau.operator.principal_credentials import config_room_of
-from bureau.schema import OperatorCredentials
+from bureau.wire import names, rooms
+from bureau.wire.files import OperatorCredentials
+from bureau.wire.machine_config import Assignment, with_entry, without_entry
 
 
 def _update(creds: OperatorCredentials, machine: str, change: Any) -> bool:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from bureau.files import atomic_write, parse_env, read_private_file, render_env
-from bureau.matrix_http import MatrixHTTP
-from bureau.schema import OperatorCredentials
+from bureau.matrix.client import MatrixHTTP
+from bureau.wire.files import OperatorCredentials
 
 HEADER = "Bureau operator credentials: the hub's admin login and registration token. Keep 0600."
 

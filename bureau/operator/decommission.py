@@ -21,13 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bureau import names, rooms
 from bureau.errors import BureauError
-from bureau.matrix_http import MatrixHTTP
+from bureau.matrix.client import MatrixHTTP
+from bureau.matrix.fleet_rooms import namespace_room, resolve_fleet_rooms
 from bureau.operator.credentials import admin_client
-from bureau.operator.fleet import namespace_room, resolve_fleet_rooms
 from bureau.operator.machines import machine_records
-from bureau.schema import OperatorCredentials
+from bureau.wire import names, rooms
+from bureau.wire.files import OperatorCredentials
 
 REASON = "decommissioned by bureau machine decommission"
 

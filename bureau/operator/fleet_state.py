@@ -4,11 +4,11 @@ cache (``m.bureau.fleet_cache``) that machines trust in nix.conf, and the fleet 
 
 from __future__ import annotations
 
-from bureau import rooms
+from bureau.matrix.fleet_rooms import resolve_fleet_rooms
 from bureau.operator.credentials import admin_client
-from bureau.operator.fleet import resolve_fleet_rooms
 from bureau.profile import model
-from bureau.schema import FleetCache, OperatorCredentials
+from bureau.wire import rooms
+from bureau.wire.files import FleetCache, OperatorCredentials
 
 
 def _put(creds: OperatorCredentials, event_type: str, content: dict[str, object]) -> bool:

@@ -6,11 +6,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from bureau import names, rooms
 from bureau.errors import BureauError, InputError, MatrixError
-from bureau.matrix_http import MatrixHTTP
-from bureau.operator.credentials import admin_client
-from bureau.operator.fleet import (
+from bureau.matrix.client import MatrixHTTP
+from bureau.matrix.fleet_rooms import (
     ensure_config_room,
     grant_machine_level,
     invite_machine,
@@ -18,8 +16,10 @@ from bureau.operator.fleet import (
     resolve_fleet_rooms,
     template_room,
 )
+from bureau.operator.credentials import admin_client
 from bureau.passwords import one_time_password
-from bureau.schema import BootstrapConfig, MachineKey, OperatorCredentials
+from bureau.wire import names, rooms
+from bureau.wire.files import BootstrapConfig, MachineKey, OperatorCredentials
 
 PROVISIONED = "provisioned"
 ENROLLED = "enrolled"

@@ -9,8 +9,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from bureau import age_keys, names, rooms
-from bureau.credentials_event import (
+from bureau import age_keys
+from bureau.errors import BureauError, InputError
+from bureau.matrix.client import MatrixHTTP
+from bureau.matrix.fleet_rooms import resolve_fleet_rooms
+from bureau.operator.credentials import admin_client
+from bureau.secret import Secret
+from bureau.wire import names, rooms
+from bureau.wire.credentials import (
     ESCROW_RECIPIENT,
     CredentialsEvent,
     ServiceRoute,
@@ -19,12 +25,7 @@ from bureau.credentials_event import (
     referenced_credentials,
     rfc3339_now,
 )
-from bureau.errors import BureauError, InputError
-from bureau.matrix_http import MatrixHTTP
-from bureau.operator.credentials import admin_client
-from bureau.operator.fleet import resolve_fleet_rooms
-from bureau.schema import MachineKey, OperatorCredentials
-from bureau.secret import Secret
+from bureau.wire.files import MachineKey, OperatorCredentials
 
 # Synapse refuses events over 65536 bytes; the envelope (IDs, hashes, signatures, auth and
 # prev events) takes up to about 2.5 KiB of that. Measured: 46 KiB of plaintext fits.

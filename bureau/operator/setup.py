@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bureau import names, rooms
 from bureau.errors import InputError, MatrixError
-from bureau.matrix_http import MatrixHTTP
+from bureau.matrix.client import MatrixHTTP
+from bureau.matrix.fleet_rooms import private_room
 from bureau.operator import credentials, templates
-from bureau.operator.fleet import private_room
 from bureau.passwords import ADMIN_LOCALPART, admin_password
-from bureau.schema import NAMESPACE_ROOM_KEYS, OperatorCredentials
 from bureau.secret import Secret
+from bureau.wire import names, rooms
+from bureau.wire.files import NAMESPACE_ROOM_KEYS, OperatorCredentials
 
 
 @dataclass(frozen=True)

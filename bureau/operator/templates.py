@@ -10,14 +10,14 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from bureau import names
 from bureau.errors import BureauError, InputError
-from bureau.matrix_http import MatrixHTTP
-from bureau.operator.fleet import template_room
-from bureau.schema import OperatorCredentials
-from bureau.template_model import TemplateRef
+from bureau.matrix.client import MatrixHTTP
+from bureau.matrix.fleet_rooms import template_room
 from bureau.template_resolve import Fetch, resolve
-from bureau.templates import EVENT_TYPE, Template
+from bureau.wire import names
+from bureau.wire.files import OperatorCredentials
+from bureau.wire.template import EVENT_TYPE, Template
+from bureau.wire.template_parts import TemplateRef
 
 BUILTIN = ("base", "agent-base")
 _BUILTIN_ROOM = "bureau/template"  # as the shipped files name their parents

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from bureau.proxy_payload import ProxyPayload
+from bureau.wire.proxy_payload import ProxyPayload
 
 HOP_BY_HOP = frozenset(
     {

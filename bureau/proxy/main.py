@@ -28,7 +28,7 @@ from bureau.files import make_dirs
 from bureau.hardening import no_dumps
 from bureau.lifecycle import Owned
 from bureau.proxy.server import SWEEP_SECONDS, ClientConnection, Proxy
-from bureau.proxy_payload import WHERE, ProxyPayload
+from bureau.wire.proxy_payload import WHERE, ProxyPayload
 
 PROG = "bureau-proxy"
 EX_SOFTWARE = 70  # sysexits: an internal error, not the input's fault

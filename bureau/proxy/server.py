@@ -27,7 +27,7 @@ from bureau.proxy import framing, http_rules
 from bureau.proxy.exchange import Exchange
 from bureau.proxy.framing import MAX_BUFFERED, MAX_HEAD_BYTES, MAX_PIPELINED
 from bureau.proxy.http_rules import CompiledRoute, Upstream
-from bureau.proxy_payload import ProxyPayload
+from bureau.wire.proxy_payload import ProxyPayload
 
 MAX_IDLE_PER_UPSTREAM = 64
 CONNECT_TIMEOUT = 10.0

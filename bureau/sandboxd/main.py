@@ -31,12 +31,12 @@ from bureau.files import check_owned_dir, make_dirs
 from bureau.hardening import become_subreaper, clear_ambient_capabilities, no_dumps
 from bureau.launcher import sandbox_flags
 from bureau.launcher import sandbox_policy as policy
-from bureau.launcher.broker_wire import Reply, Request, WireError, receive, send
 from bureau.launcher.cgroups import Cgroups
 from bureau.launcher.children import LauncherError
 from bureau.launcher.sandbox_host import SandboxHost
 from bureau.launcher.sandbox_uids import SandboxUids, parse_range
 from bureau.notify import Notifier
+from bureau.wire.sandbox_broker import Reply, Request, WireError, receive, send
 
 PROG = "bureau-sandboxd"
 SOCKET_DIR = "sandboxd"

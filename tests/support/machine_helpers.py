@@ -1,0 +1,217 @@
+"""Arrangement shared by the machine tests: provision through the real CLI, then boot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from conftest import Fleet, fresh, run
+from processes import unix_request
+
+from bureau.operator import credentials
+from bureau.wire import names, rooms
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    fleet: Fleet
+    short_name: str
+    localpart: str
+    bootstrap: Path
+    state_dir: Path
+
+    @property
+    def user_id(self) -> str:
+        return names.user_id(self.localpart, self.fleet.hub.server_name)
+
+    @property
+    def one_time_password(self) -> str:
+        return str(json.loads(self.bootstrap.read_text())["password"])
+
+
+def provision(fleet: Fleet, tmp_path: Path) -> Provisioned:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    short = f"machine/{fresh('w')}"
+    bootstrap = tmp_path / "bootstrap.json"
+    result = run(
+        "bureau",
+        "machine",
+        "provision",
+        short,
+        "--credential-file",
+        fleet.credential_file,
+        "--output",
+        bootstrap,
+    )
+    assert result.returncode == 0, result.stderr
+    return Provisioned(fleet, short, f"{fleet.name}/{short}", bootstrap, tmp_path / "state")
+
+
+def boot(machine: Provisioned, *extra: str):  # type: ignore[no-untyped-def]
+    return run(
+        "bureau-launcher",
+        "--bootstrap-file",
+        machine.bootstrap,
+        "--machine-name",
+        machine.short_name,
+        "--state-dir",
+        machine.state_dir,
+        "--first-boot-only",
+        *extra,
+    )
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    """A machine past first boot, with plain key storage so tests can use the age CLI."""
+
+    machine: Provisioned
+
+    @property
+    def state_dir(self) -> Path:
+        return self.machine.state_dir
+
+    @property
+    def plain_key(self) -> Path:
+        return self.machine.state_dir / "machine-key.txt"
+
+    @property
+    def public_key(self) -> str:
+        return (self.machine.state_dir / "machine-key.pub").read_text().strip()
+
+
+def point_at(machine: Provisioned, url: str) -> None:
+    """Send this machine's first boot, and so its session, through ``url`` (a fault
+    front) instead of the hub."""
+    data = json.loads(machine.bootstrap.read_text())
+    data["homeserver_url"] = url
+    machine.bootstrap.write_text(json.dumps(data))
+
+
+def enroll(fleet: Fleet, tmp_path: Path, homeserver_url: str | None = None) -> Enrolled:
+    machine = provision(fleet, tmp_path)
+    if homeserver_url is not None:
+        point_at(machine, homeserver_url)
+    result = boot(machine, "--key-storage", "plain")
+    assert result.returncode == 0, result.stderr
+    return Enrolled(machine)
+
+
+def services_file(tmp_path: Path, upstream: str, name: str = "services.json") -> Path:
+    path = tmp_path / name
+    path.write_text(
+        json.dumps(
+            {
+                "api": {
+                    "upstream_url": upstream,
+                    "auth_scheme": "Bearer",
+                    "inject_headers": {"Authorization": "TOKEN"},
+                },
+            }
+        )
+    )
+    return path
+
+
+def provision_credentials(
+    fleet: Fleet, machine: Enrolled, principal: str, services: Path, secrets: str
+) -> subprocess.CompletedProcess[str]:
+    return run(
+        "bureau",
+        "credentials",
+        "provision",
+        "--credential-file",
+        fleet.credential_file,
+        "--machine",
+        machine.machine.short_name,
+        "--principal",
+        principal,
+        "--services",
+        services,
+        stdin=secrets,
+    )
+
+
+def proxy_socket(run_dir: Path, principal: str = "agent/alpha") -> Path:
+    return run_dir / "fleet" / "prod" / f"{principal}.proxy.sock"
+
+
+def served_headers(socket: Path) -> dict[str, str] | None:
+    """What the echo upstream received through the proxy on ``socket``; None if the
+    request did not go through."""
+    try:
+        reply = unix_request(socket, "GET", "/http/api/x", timeout=5)
+    except OSError:
+        return None
+    if reply.status != 200:
+        return None
+    return dict(reply.json()["headers"])
+
+
+def served_token(socket: Path) -> str | None:
+    headers = served_headers(socket)
+    return None if headers is None else str(headers.get("authorization"))
+
+
+def eventually(check: Any, seconds: float = 30) -> Any:
+    deadline = time.monotonic() + seconds
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)
+
+
+def assign(fleet: Fleet, machine: Enrolled, principal: str = "agent/alpha", *flags: str) -> None:
+    result = run(
+        "bureau",
+        "machine",
+        "assign",
+        machine.machine.short_name,
+        "--principal",
+        principal,
+        "--credential-file",
+        fleet.credential_file,
+        *flags,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def credentials_event(
+    fleet: Fleet, machine: Enrolled, principal: str = "agent/alpha"
+) -> dict[str, Any]:
+    """The m.bureau.credentials content published for a principal on this machine."""
+    admin = credentials.admin_client(fleet.creds)
+    server = fleet.hub.server_name
+    room = admin.resolve_alias(names.room_alias(machine.machine.localpart, server))
+    assert room is not None
+    content = admin.get_state(room, rooms.CREDENTIALS, f"{fleet.name}/{principal}:{server}")
+    assert content is not None
+    return content
+
+
+def list_credentials(fleet: Fleet, machine: Enrolled, *flags: str):  # type: ignore[no-untyped-def]
+    """`bureau credentials list` for this machine, as run."""
+    return run(
+        "bureau",
+        "credentials",
+        "list",
+        "--credential-file",
+        fleet.credential_file,
+        "--machine",
+        machine.machine.short_name,
+        *flags,
+    )
+
+
+def credentials_listed(fleet: Fleet, machine: Enrolled) -> list[dict[str, Any]]:
+    """What `bureau credentials list --json` shows for this machine."""
+    listed = list_credentials(fleet, machine, "--json")
+    assert listed.returncode == 0, listed.stderr
+    result: list[dict[str, Any]] = json.loads(listed.stdout)
+    return result

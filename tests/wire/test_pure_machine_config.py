@@ -1,0 +1,106 @@
+"""m.bureau.machine_config: the assignment fields of PRINCIPALS.md, auto_start absent as
+false, and fields this version does not know kept on every read-modify-write."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from bureau.errors import InputError
+from bureau.wire.machine_config import (
+    Assignment,
+    MachineConfig,
+    with_entry,
+    without_auto_start,
+    without_entry,
+)
+
+A = "@bureau/fleet/prod/agent/a:bureau.local"
+B = "@bureau/fleet/prod/agent/b:bureau.local"
+FULL: dict[str, Any] = {
+    "principal": A,
+    "auto_start": True,
+    "template": "bureau/template:agent-base",
+    "command_override": ["/bin/agent", "--fast"],
+    "extra_environment_variables": {"MODE": "fast"},
+    "extra_inherits": ["bureau/template:gpu"],
+    "restart_policy": "on-failure",
+    "labels": {"team": "infra"},
+    "payload": {"from": "a later upstream", "n": [1, 2]},  # unknown to us
+}
+
+
+def test_every_field_round_trips_unknown_ones_included() -> None:
+    assignment = Assignment.from_json(FULL, "config")
+    assert assignment.template == "bureau/template:agent-base"
+    assert assignment.command_override == ("/bin/agent", "--fast")
+    assert assignment.extra_inherits == ("bureau/template:gpu",)
+    assert assignment.restart_policy == "on-failure"
+    assert assignment.extra == {"payload": {"from": "a later upstream", "n": [1, 2]}}
+    assert assignment.to_json() == FULL
+
+
+def test_auto_start_absent_is_false() -> None:
+    assert Assignment.from_json({"principal": A}, "config").auto_start is False
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"restart_policy": "sometimes"}, "restart_policy"),
+        ({"command_override": []}, "command_override"),
+        ({"command_override": "/bin/sh"}, "command_override"),
+        ({"extra_environment_variables": {"A": 1}}, "extra_environment_variables"),
+        ({"extra_inherits": [1]}, "extra_inherits"),
+        ({"template": 5}, "template"),  # "" is no template, as upstream writes it
+        ({"auto_start": "yes"}, "auto_start"),
+    ],
+)
+def test_a_bad_field_is_named(change: dict[str, Any], field: str) -> None:
+    with pytest.raises(InputError) as refused:
+        Assignment.from_json({**FULL, **change}, "config")
+    assert refused.value.field == field
+
+
+def test_read_modify_write_changes_one_entry_and_keeps_the_rest_byte_for_byte() -> None:
+    content: dict[str, Any] = {
+        "bureau_version": "0.9.0",  # top-level fields of a later upstream
+        "default_policy": {"x": True},
+        "principals": [FULL, {"principal": B, "auto_start": "not a bool", "weird": 1}, 7],
+    }
+    before = json.dumps(content, sort_keys=True)
+    updated = with_entry(content, A, {"auto_start": False})
+    assert json.dumps(content, sort_keys=True) == before  # the input is not modified
+    assert updated["principals"][0] == {**FULL, "auto_start": False}
+    assert updated["principals"][1:] == content["principals"][1:]
+    assert {k: v for k, v in updated.items() if k != "principals"} == {
+        "bureau_version": "0.9.0",
+        "default_policy": {"x": True},
+    }
+    added = with_entry(content, "@bureau/fleet/prod/agent/c:bureau.local", {"auto_start": True})
+    assert added["principals"][:3] == content["principals"]
+    removed = without_entry(content, B)
+    assert removed["principals"] == [FULL, 7]
+    assert removed["bureau_version"] == "0.9.0"
+
+
+def test_one_bad_entry_is_reported_alone() -> None:
+    config, invalid = MachineConfig.from_json_each(
+        {"principals": [FULL, {"principal": B, "auto_start": "yes"}]}
+    )
+    assert [a.principal for a in config.principals] == [A]
+    assert [(p, e.field) for p, e in invalid] == [(B, "auto_start")]
+
+
+def test_unassigning_what_is_not_there_changes_nothing() -> None:
+    assert without_entry({}, A) == {}
+    content = {"principals": [FULL], "extra": 1}
+    assert without_entry(content, B) == content
+
+
+def test_entries_without_auto_start_are_named() -> None:
+    content = {"principals": [{"principal": A}, FULL, {"principal": B, "auto_start": False}, 3]}
+    assert without_auto_start(content) == [A]
+    assert without_auto_start({"principals": "nonsense"}) == []
