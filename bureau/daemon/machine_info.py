@@ -6,7 +6,7 @@ shows this machine's hardware. Probed like upstream's lib/hwinfo/hwinfo_linux.go
 unreadable is zero or absent, never an error. Fields with Go's ``omitempty`` are left out
 when empty; the others are always written.
 
-GPUs are not probed (``gpus`` absent: upstream's "no GPUs detected"). ``labels`` are the
+GPUs are read from sysfs as upstream reads them (daemon/gpu_probe.py). ``labels`` are the
 operator's (upstream's ``bureau machine label`` writes them into this event): the ones
 already published are kept, where upstream's daemon would drop them."""
 
@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import bureau
-from bureau.errors import MatrixError
+from bureau.daemon.gpu_probe import probe_gpus
+from bureau.errors import InputError, MatrixError
 from bureau.matrix.sync import MachineMatrix
 from bureau.wire import rooms
+from bureau.wire.machine_info import CPUInfo, MachineInfo
 
 Retrying = Callable[[str, Callable[[], Any]], Awaitable[Any]]
 
@@ -46,7 +48,7 @@ def _cpu_dirs(sys_root: Path) -> list[Path]:
     return [e for e in entries if e.name.startswith("cpu") and e.name[3:4].isdigit()]
 
 
-def _cpu(proc: Path, sys_root: Path) -> dict[str, Any]:
+def _cpu(proc: Path, sys_root: Path) -> CPUInfo:
     model = ""
     for line in _read(proc / "cpuinfo").splitlines():
         if line.startswith("model name"):
@@ -60,17 +62,15 @@ def _cpu(proc: Path, sys_root: Path) -> dict[str, Any]:
     cores = {(p, c) for p, c in cores if p and c}
     sockets = len(packages)
     siblings = _read(sys_root / "devices/system/cpu/cpu0/topology/thread_siblings_list")
-    out: dict[str, Any] = {
-        "model": model,
-        "sockets": sockets,
-        "cores_per_socket": len(cores) // sockets if sockets else 0,
-        # As upstream counts them: "0,96" is 2; an unreadable list is 1.
-        "threads_per_core": siblings.count(",") + 1 if siblings else 1,
-    }
     l3 = _read(sys_root / "devices/system/cpu/cpu0/cache/index3/size").removesuffix("K")
-    if l3.isdigit() and int(l3):
-        out["l3_cache_kb"] = int(l3)
-    return out
+    return CPUInfo(
+        model=model,
+        sockets=sockets,
+        cores_per_socket=len(cores) // sockets if sockets else 0,
+        # As upstream counts them: "0,96" is 2; an unreadable list is 1.
+        threads_per_core=siblings.count(",") + 1 if siblings else 1,
+        l3_cache_kb=int(l3) if l3.isdigit() else 0,
+    )
 
 
 def _meminfo_mb(proc: Path, key: str) -> int:
@@ -95,38 +95,35 @@ def probe(
     *,
     proc: Path = PROC,
     sys_root: Path = SYS,
-) -> dict[str, Any]:
-    """The event's content for this host."""
-    info: dict[str, Any] = {
-        "principal": machine_user,
-        "hostname": socket.gethostname(),
-        "kernel_version": os.uname().release,
-    }
-    for key, name in (("board_vendor", "sys_vendor"), ("board_name", "board_name")):
-        value = _read(sys_root / "class/dmi/id" / name)
-        if value:
-            info[key] = value
-    info["cpu"] = _cpu(proc, sys_root)
-    info["memory_total_mb"] = _meminfo_mb(proc, "MemTotal")
-    optional = {
-        "swap_total_mb": _meminfo_mb(proc, "SwapTotal"),
-        "numa_nodes": _numa_nodes(sys_root),
-        "labels": labels,
-    }
-    info |= {k: v for k, v in optional.items() if v}
-    info["daemon_version"] = f"bureau {bureau.__version__}"
-    return info
+    extra: dict[str, Any] | None = None,
+) -> MachineInfo:
+    """This host's inventory; ``extra``: fields of the published event this version does
+    not know, kept."""
+    return MachineInfo(
+        principal=machine_user,
+        hostname=socket.gethostname(),
+        kernel_version=os.uname().release,
+        board_vendor=_read(sys_root / "class/dmi/id/sys_vendor"),
+        board_name=_read(sys_root / "class/dmi/id/board_name"),
+        cpu=_cpu(proc, sys_root),
+        memory_total_mb=_meminfo_mb(proc, "MemTotal"),
+        swap_total_mb=_meminfo_mb(proc, "SwapTotal"),
+        numa_nodes=_numa_nodes(sys_root),
+        gpus=probe_gpus(sys_root, proc),
+        labels=dict(labels or {}),
+        daemon_version=f"bureau {bureau.__version__}",
+        extra=dict(extra or {}),
+    )
 
 
-def kept_labels(published: object) -> dict[str, str] | None:
-    """The operator's labels in the event already published, if any are readable."""
-    if not isinstance(published, dict):
+def published_info(content: object) -> MachineInfo | None:
+    """The event already published, if it is readable: its labels (an operator's, from
+    upstream's `bureau machine label`) and the fields this version does not know are
+    kept when it is published again."""
+    try:
+        return MachineInfo.from_json(content)
+    except InputError:
         return None
-    labels = published.get("labels")
-    if not isinstance(labels, dict):
-        return None
-    kept = {k: v for k, v in labels.items() if isinstance(k, str) and isinstance(v, str)}
-    return kept or None
 
 
 async def publish(
@@ -151,14 +148,22 @@ async def publish(
             ),
             None,
         )
-        content = probe(machine_user, kept_labels(published))
+        before = published_info(published)
+        info = probe(
+            machine_user,
+            before.labels if before else None,
+            extra=before.extra if before else None,
+        )
         await retrying(
             "publishing machine info",
-            partial(matrix.put_state, room, rooms.MACHINE_INFO, key, content),
+            partial(matrix.put_state, room, rooms.MACHINE_INFO, key, info.to_json()),
         )
     except MatrixError as exc:
         log.warning("could not publish machine info", error=str(exc))
         return
     log.info(
-        "machine info published", cpu=content["cpu"]["model"], memory_mb=content["memory_total_mb"]
+        "machine info published",
+        cpu=info.cpu.model,
+        memory_mb=info.memory_total_mb,
+        gpus=len(info.gpus),
     )

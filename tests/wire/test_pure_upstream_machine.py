@@ -489,7 +489,7 @@ def _host_tree(root: Path) -> tuple[Path, Path]:
 
 def test_machine_info_has_upstreams_shape(tmp_path: Path) -> None:
     proc, sys_root = _host_tree(tmp_path)
-    info = machine_info.probe(MACHINE, {"gpu": "none"}, proc=proc, sys_root=sys_root)
+    info = machine_info.probe(MACHINE, {"gpu": "none"}, proc=proc, sys_root=sys_root).to_json()
     assert info["principal"] == MACHINE
     assert info["cpu"] == {
         "model": "AMD EPYC 7763 64-Core Processor",
@@ -506,19 +506,33 @@ def test_machine_info_has_upstreams_shape(tmp_path: Path) -> None:
     assert set(info) <= INFO_ALWAYS | INFO_OMITEMPTY | {"daemon_version"}
     # Nothing readable: zeros where upstream writes them, the rest absent; never an error.
     bare = machine_info.probe(MACHINE, proc=tmp_path / "none", sys_root=tmp_path / "none")
-    assert set(bare) == INFO_ALWAYS | {"daemon_version"}
-    assert bare["cpu"] == {"model": "", "sockets": 0, "cores_per_socket": 0, "threads_per_core": 1}
+    assert set(bare.to_json()) == INFO_ALWAYS | {"daemon_version"}
+    assert bare.to_json()["cpu"] == {
+        "model": "",
+        "sockets": 0,
+        "cores_per_socket": 0,
+        "threads_per_core": 1,
+    }
     # This host, as the daemon publishes it: Matrix canonical JSON holds no fractions.
-    here = machine_info.probe(MACHINE)
+    here = machine_info.probe(MACHINE).to_json()
     assert set(here) >= INFO_ALWAYS
     assert set(here["cpu"]) >= CPU_ALWAYS
     assert here["memory_total_mb"] > 0
     numbers = [*here["cpu"].values(), *here.values()]
     assert not any(isinstance(v, float) for v in numbers)
-    # An operator's labels (upstream's `bureau machine label`) survive a restart.
-    assert machine_info.kept_labels({**here, "labels": {"tier": "prod"}}) == {"tier": "prod"}
-    assert machine_info.kept_labels({"labels": 5}) is None
-    assert machine_info.kept_labels(None) is None
+
+
+def test_an_operators_labels_and_unknown_fields_survive_a_restart() -> None:
+    """Upstream's `bureau machine label` writes labels into this event, and a newer daemon
+    may have written fields we do not know: the next publish keeps both."""
+    here = machine_info.probe(MACHINE).to_json()
+    before = machine_info.published_info({**here, "labels": {"tier": "prod"}, "future": [1]})
+    assert before is not None
+    again = machine_info.probe(MACHINE, before.labels, extra=before.extra).to_json()
+    assert again["labels"] == {"tier": "prod"}
+    assert again["future"] == [1]
+    assert machine_info.published_info({**here, "labels": 5}) is None
+    assert machine_info.published_info(None) is None
 
 
 # lib/schema/events_machine.go:27-76: MachineStatus with every optional field upstream's
