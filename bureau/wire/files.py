@@ -346,11 +346,13 @@ class FleetCache:
     """Content of ``m.bureau.fleet_cache`` (fleet room, state key ""). Upstream's
     FleetCacheContent (lib/schema/events_fleet.go): ``name`` is optional there
     (``omitempty``: a cache without named push), and its ``compose_template`` and
-    ``default_system``, like any field a later version adds, are ignored here."""
+    ``default_system``, like any field a later version adds, are not used here but kept
+    in ``extra`` and written back: upstream's `bureau environment compose` reads them."""
 
     url: str
     name: str | None
     public_keys: tuple[str, ...]
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, obj: object, where: str = "m.bureau.fleet_cache") -> FleetCache:
@@ -367,11 +369,12 @@ class FleetCache:
             if not isinstance(key, str):
                 raise InputError(where, f"public_keys[{index}]", "expected a string")
             checked.append(_checked(where, f"public_keys[{index}]", validate_nix_public_key, key))
-        return cls(url, name or None, tuple(checked))
+        extra = {k: v for k, v in data.items() if k not in ("url", "name", "public_keys")}
+        return cls(url, name or None, tuple(checked), extra)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"url": self.url}
         if self.name:
             out["name"] = self.name
         out["public_keys"] = list(self.public_keys)
-        return out
+        return {**out, **self.extra}
