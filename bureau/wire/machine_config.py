@@ -78,22 +78,23 @@ class Assignment:
                 raise InputError(where, key, "expected a non-empty list of strings")
         # Upstream always writes "template" (no omitempty; events_template.go:141): ""
         # is an assignment without one, as its daemon reads it (reconcile.go:1091).
-        template = obj.get("template") or None
+        # Typed before "" is taken as none: 0, false or [] is a mistake, not "none".
+        template = obj.get("template")
         if template is not None and not isinstance(template, str):
             raise InputError(where, "template", "expected a template ref such as ns/template:name")
-        policy = obj.get("restart_policy") or None
-        if policy is not None and policy not in RESTART_POLICIES:
+        policy = obj.get("restart_policy")
+        if policy is not None and policy not in ("", *RESTART_POLICIES):
             raise InputError(where, "restart_policy", f"expected {', '.join(RESTART_POLICIES)}")
         return cls(
             principal,
             auto_start,
             _string_map(obj, "labels", where),
             command,
-            template,
+            template or None,
             override,
             _string_map(obj, "extra_environment_variables", where),
             _strings(obj, "extra_inherits", where) or (),
-            policy,
+            policy or None,
             {k: v for k, v in obj.items() if k not in _KNOWN},
         )
 
@@ -115,6 +116,9 @@ class Assignment:
 @dataclass(frozen=True)
 class MachineConfig:
     principals: tuple[Assignment, ...] = ()
+    # Top-level fields this version does not know (upstream's default_policy,
+    # bureau_version, ...), written back by to_json.
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, obj: object, where: str = "m.bureau.machine_config") -> MachineConfig:
@@ -137,10 +141,11 @@ class MachineConfig:
             except InputError as exc:
                 named = item.get("principal") if isinstance(item, dict) else None
                 invalid.append((named if isinstance(named, str) else None, exc))
-        return cls(tuple(valid)), invalid
+        top = {k: v for k, v in obj.items() if k != "principals"} if isinstance(obj, dict) else {}
+        return cls(tuple(valid), top), invalid
 
     def to_json(self) -> dict[str, Any]:
-        return {"principals": [a.to_json() for a in self.principals]}
+        return {**self.extra, "principals": [a.to_json() for a in self.principals]}
 
     def find(self, principal: str) -> Assignment | None:
         return next((a for a in self.principals if a.principal == principal), None)

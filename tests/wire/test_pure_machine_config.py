@@ -104,3 +104,75 @@ def test_entries_without_auto_start_are_named() -> None:
     content = {"principals": [{"principal": A}, FULL, {"principal": B, "auto_start": False}, 3]}
     assert without_auto_start(content) == [A]
     assert without_auto_start({"principals": "nonsense"}) == []
+
+
+# Upstream's top-level fields (lib/schema/events_machine.go MachineConfig), unknown to us.
+TOP: dict[str, Any] = {
+    "default_policy": {"grants": [{"actions": ["observe"]}]},
+    "bureau_version": {"daemon_store_path": "/nix/store/x-bureau-daemon"},
+}
+
+
+def test_a_full_config_round_trips_both_ways_with_upstreams_top_level_fields() -> None:
+    content = {
+        "principals": [FULL, {"principal": B, "auto_start": False, "command": ["/bin/b"]}],
+        **TOP,
+    }
+    config = MachineConfig.from_json(content)
+    assert config.to_json() == content
+    assert MachineConfig.from_json(config.to_json()) == config
+    for assignment in config.principals:
+        assert Assignment.from_json(assignment.to_json(), "config") == assignment
+    # As upstream writes an empty one: principals null, template "", labels null.
+    upstream = {"principals": [{"principal": A, "template": "", "auto_start": True}], **TOP}
+    assert MachineConfig.from_json(upstream).principals[0].template is None
+    assert MachineConfig.from_json({"principals": None}).principals == ()
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"principal": None}, "principal"),
+        ({"principal": 5}, "principal"),
+        ({"principal": "bureau/fleet/prod/agent/a"}, "principal"),
+        ({"principal": "@bureau/fleet/prod/agent/A:bureau.local"}, "principal"),
+        ({"auto_start": 1}, "auto_start"),
+        ({"labels": ["team"]}, "labels"),
+        ({"labels": {"team": 1}}, "labels"),
+        ({"command": []}, "command"),
+        ({"command": [1]}, "command"),
+        ({"command_override": [None]}, "command_override"),
+        ({"extra_environment_variables": ["A=1"]}, "extra_environment_variables"),
+        ({"extra_inherits": "bureau/template:gpu"}, "extra_inherits"),
+        # The wrong type is refused even where it is falsy ("" and null are upstream's
+        # "none", nothing else is).
+        ({"template": 0}, "template"),
+        ({"template": False}, "template"),
+        ({"template": []}, "template"),
+        ({"template": {}}, "template"),
+        ({"restart_policy": 0}, "restart_policy"),
+        ({"restart_policy": False}, "restart_policy"),
+        ({"restart_policy": []}, "restart_policy"),
+        ({"restart_policy": "Always"}, "restart_policy"),
+    ],
+)
+def test_each_bad_field_is_named_in_one_line(change: dict[str, Any], field: str) -> None:
+    entry = {k: v for k, v in {**FULL, **change}.items() if v is not None}
+    with pytest.raises(InputError) as refused:
+        MachineConfig.from_json({"principals": [FULL, entry]}, "config")
+    assert str(refused.value).startswith(f"config: principals[1]: {field}: ")
+    assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ([FULL], "principals: expected a list"),
+        ({"principals": FULL}, "principals: expected a list"),
+        ({"principals": [FULL, "x"]}, "principals[1]: expected an object"),
+    ],
+)
+def test_a_config_that_is_not_one_is_named(content: object, problem: str) -> None:
+    with pytest.raises(InputError) as refused:
+        MachineConfig.from_json(content, "config")
+    assert str(refused.value) == f"config: {problem}"
