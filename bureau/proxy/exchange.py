@@ -1,6 +1,8 @@
-"""One request and its response as bureau-proxy carries them: the request body on its way
+"""One request and its response as bureau-proxy carries them, between the client side
+(client_side.py) and the upstream side (upstream_side.py): the head the upstream gets, with
+the route's credential put in by its injector (injectors.py), the request body on its way
 upstream (held, framed, while no upstream connection is there yet) and the answer on its
-way back. The connections in server.py drive it; it holds no socket of its own."""
+way back. It holds no socket of its own."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from bureau.proxy import http_rules
 from bureau.proxy.http_rules import CompiledRoute
 
 if TYPE_CHECKING:
-    from bureau.proxy.server import ClientConnection, UpstreamConnection
+    from bureau.proxy.client_side import ClientConnection
+    from bureau.proxy.upstream_side import UpstreamConnection
 
 
 class Exchange:
@@ -59,6 +62,42 @@ class Exchange:
         self.local = response
         if close:
             self.keep_alive = False
+
+    def forward(
+        self,
+        route: CompiledRoute,
+        target: bytes,
+        lines: list[bytes],
+        body_length: int | None,
+        chunked: bool,
+    ) -> None:
+        """Bound for ``route``'s upstream: the head it gets, with the route's credential in
+        it, or a 503 answered here when the proxy has no credential to give. ``lines`` are
+        the client's kept header lines in wire form, a list the injector may append to."""
+        keep = self.keep_alive
+        if self.client.proxy.expired():
+            self.answer_locally(
+                http_rules.error_response(503, "credentials expired", keep_alive=keep)
+            )
+            return
+        injector = route.injector
+        if injector is None:
+            problem = route.unavailable or "no credential"
+            self.answer_locally(http_rules.error_response(503, problem, keep_alive=keep))
+            return
+        self.route = route
+        self.chunked_request = chunked
+        self.has_body = chunked or bool(body_length)
+        method = self.method
+        target = injector.inject(method, target, lines, None)
+        self.head = http_rules.request_head(
+            method,
+            target,
+            lines,
+            route,
+            body_length=None if chunked else body_length,
+            chunked=chunked,
+        )
 
     # -- request body, from the client's parser ----------------------------------------
 

@@ -2,18 +2,20 @@
 request and response heads built from what a parser saw. Pure: no sockets, no clock.
 
 What a client sends is never trusted with credentials: Authorization, Proxy-Authorization,
-Cookie, the route's strip_headers and every header the route injects are dropped before
-the configured values go in. Hop-by-hop headers, the ones a Connection header lists, Host
-and the body framing are dropped both ways; the proxy frames bodies itself, so no framing
-header of one side can desynchronise the other.
+Cookie, the route's strip_headers and every header the route's injector sets are dropped
+before its credential goes in (injectors.py). Hop-by-hop headers, the ones a Connection
+header lists, Host and the body framing are dropped both ways; the proxy frames bodies
+itself, so no framing header of one side can desynchronise the other.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from bureau.proxy import injectors
+from bureau.proxy.injectors import Injector
 from bureau.wire.proxy_payload import ProxyPayload
 
 HOP_BY_HOP = frozenset(
@@ -68,10 +70,9 @@ class CompiledRoute:
     host_header: bytes
     base_path: bytes
     drop: frozenset[bytes]
-    # The injected headers as wire lines, ready to append: built once, not per request.
-    # They hold revealed credentials: never in a repr.
-    inject_lines: bytes = field(repr=False)
-    # Why requests on this route are refused (a credential the payload lacks), or None.
+    # How the route's credential goes in (injectors.py); None when it cannot (a credential
+    # the payload lacks), and ``unavailable`` says why.
+    injector: Injector | None
     unavailable: str | None
 
 
@@ -85,26 +86,21 @@ def compile_routes(payload: ProxyPayload) -> dict[str, CompiledRoute]:
         default_port = parts.port is None or parts.port == (443 if tls else 80)
         host_for_header = f"[{host}]" if ":" in host else host
         host_header = host_for_header if default_port else f"{host_for_header}:{port}"
-        lines = []
-        unavailable = None
-        for header, credential in route.inject_headers.items():
-            secret = payload.credentials.get(credential)
-            if secret is None:
-                unavailable = f"credential {credential} is not provisioned"
-                break
-            value = secret.reveal()
-            if route.auth_scheme and header.lower() == "authorization":
-                value = f"{route.auth_scheme} {value}"
-            lines.append(f"{header}: {value}\r\n".encode())
         drop = REQUEST_DROP | {h.lower().encode() for h in route.strip_headers}
-        drop |= {h.lower().encode() for h in route.inject_headers}
+        injector: Injector | None = None
+        unavailable = None
+        try:
+            injector = injectors.for_route(route, payload.credentials)
+            drop |= injector.sets
+        except injectors.Unavailable as exc:
+            unavailable = str(exc)
         routes[service] = CompiledRoute(
             service=service,
             upstream=Upstream(host, port, tls, f"{parts.scheme}://{host_header}"),
             host_header=host_header.encode(),
             base_path=parts.path.rstrip("/").encode(),
             drop=frozenset(drop),
-            inject_lines=b"".join(lines) if unavailable is None else b"",
+            injector=injector,
             unavailable=unavailable,
         )
     return routes
@@ -134,9 +130,9 @@ def request_head(
     body_length: int | None,
     chunked: bool,
 ) -> bytes:
-    """The upstream request head: the client's kept header lines (name, ": ", value,
-    CRLF, ...), the route's Host and credentials, and the proxy's own framing for the body:
-    the client's Content-Length, or chunked for a chunked body."""
+    """The upstream request head: the route's Host, the header lines (the client's kept
+    ones, name, ": ", value, CRLF, ..., then the injector's), and the proxy's own framing
+    for the body: the client's Content-Length, or chunked for a chunked body."""
     if chunked:
         framing = b"Transfer-Encoding: chunked\r\n\r\n"
     elif body_length is not None:
@@ -144,7 +140,7 @@ def request_head(
     else:
         framing = b"\r\n"
     start = [method, b" ", route.base_path, target, b" HTTP/1.1\r\nHost: ", route.host_header]
-    return b"".join([*start, b"\r\n", *lines, route.inject_lines, framing])
+    return b"".join([*start, b"\r\n", *lines, framing])
 
 
 def drop_listed(lines: list[bytes], connection_values: list[bytes]) -> list[bytes]:
