@@ -8,17 +8,25 @@ assignment's ``extra_inherits``, each resolved on its own, are merged on top lef
 ``extra_environment_variables``.
 
 Merge of a later layer over an earlier, field by field (upstream's ``Merge``):
-- ``description``, ``command``: the later wins when it sets one (non-empty);
-- ``namespaces``, ``security``, ``resources``, ``health_check``: the later replaces the
-  whole object when it has one (no merge inside: the flags form one unit, and a partial
-  object means the others off, as upstream reads it);
-- ``environment_variables``, ``proxy_services``: key by key, the later wins a key (a
-  proxy service is replaced whole);
-- ``create_dirs``, ``required_credentials``: appended, duplicates dropped, the first kept;
-- ``filesystem``: appended; a later mount at the same ``dest`` replaces the earlier one,
-  which is dropped from its place;
+- ``description``, ``isolation``, ``command``, ``environment``, ``credential_ref``: the
+  later wins when it sets one (non-empty);
+- ``namespaces``, ``security``, ``resources``, ``health_check``, ``output_capture``: the
+  later replaces the whole object when it has one (no merge inside: the flags form one
+  unit, and a partial object means the others off, as upstream reads it);
+- ``environment_variables``, ``proxy_services``, ``roles``, ``default_payload``: key by
+  key, the later wins a key (a proxy service, a role, a payload value replaced whole);
+- ``prepend_variables``: per variable, the later layer's entries first, then the
+  earlier's, duplicates dropped;
+- ``create_dirs``, ``required_credentials``, ``required_services``: appended, duplicates
+  dropped, the first kept;
+- ``filesystem``, ``secrets``: appended; a later mount at the same ``dest`` (a later
+  binding of the same ``key``) replaces the earlier one, which is dropped from its place;
+- ``allowed_pipelines``: the intersection when both set one (a later layer narrows,
+  never widens), else whichever is set;
 - ``origin`` is the later layer's only (it says where that event was published from);
-  ``inherits`` is consumed.
+  ``inherits`` is consumed;
+- ``extra`` (fields upstream does not have): the later wins a field, so that whoever
+  judges the result still sees it.
 
 A chain (the template asked for, its parent, that parent's parent...) holds at most
 ``MAX_DEPTH`` templates; upstream has no limit, PRINCIPALS.md asks for one. A cycle, a
@@ -29,16 +37,28 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from bureau.errors import InputError
 from bureau.wire.template import Template
-from bureau.wire.template_parts import TemplateRef, env_problem
+from bureau.wire.template_parts import TemplateRef, env_problem, read_string, read_strings
+from bureau.wire.template_upstream import (
+    intersect_pipelines,
+    merge_prepend,
+    merge_secrets,
+    read_payload,
+    read_secrets,
+)
 
 Fetch = Callable[[TemplateRef], Template | None]
 MAX_DEPTH = 8
 ASSIGNMENT = "assignment"  # provenance of what the assignment's overrides set
 # Where the first occurrence is kept rather than the later layer's.
-_FIRST_KEPT = ("create_dirs[", "required_credentials[")
+_FIRST_KEPT = ("create_dirs[", "required_credentials[", "required_services[")
+_SCALARS = ("description", "isolation", "command", "environment", "credential_ref")
+_REPLACED = ("namespaces", "security", "resources", "health_check", "output_capture")
+_MAPS = ("environment_variables", "proxy_services", "roles", "default_payload", "extra")
+_LISTS = ("create_dirs", "required_credentials", "required_services")
 
 _Layer = tuple[Template, dict[str, str]]
 
@@ -46,10 +66,12 @@ _Layer = tuple[Template, dict[str, str]]
 @dataclass(frozen=True)
 class Resolved:
     """A merged template (``inherits`` empty) and, for each field, the source of its
-    value: the template ref, or ``ASSIGNMENT``. Keys: ``description``, ``command``,
-    ``namespaces``, ``security``, ``resources``, ``health_check``, ``origin``; one per map
-    key (``environment_variables.HOME``, ``proxy_services.github``) and one per list item
-    (``filesystem[/tmp]`` by dest, ``create_dirs[/tmp]``, ``required_credentials[TOKEN]``).
+    value: the template ref, or ``ASSIGNMENT``. Keys: the field's name for a scalar or an
+    object (``command``, ``namespaces``, ``credential_ref``, ``allowed_pipelines``...);
+    one per map key (``environment_variables.HOME``, ``proxy_services.github``,
+    ``roles.shell``; ``extra.NAME`` for a field upstream does not have) and one per list
+    item (``filesystem[/tmp]`` by dest, ``secrets[TOKEN]`` by key, ``create_dirs[/tmp]``,
+    ``required_credentials[TOKEN]``, ``required_services[ticket]``).
     ``sources`` is every template that took part, in merge order: a change to any of them
     changes the workload."""
 
@@ -61,15 +83,16 @@ class Resolved:
 
 def field_paths(template: Template) -> Iterable[str]:
     """The provenance keys a template sets (see ``Resolved``)."""
-    yield from (k for k in ("description", "command") if getattr(template, k))
-    for key in ("namespaces", "security", "resources", "health_check", "origin"):
+    yield from (k for k in _SCALARS if getattr(template, k))
+    for key in (*_REPLACED, "allowed_pipelines", "origin"):
         if getattr(template, key) is not None:
             yield key
-    yield from (f"environment_variables.{k}" for k in template.environment_variables)
-    yield from (f"proxy_services.{k}" for k in template.proxy_services)
+    for key in (*_MAPS, "prepend_variables"):
+        yield from (f"{key}.{k}" for k in getattr(template, key))
     yield from (f"filesystem[{m.dest}]" for m in template.filesystem)
-    yield from (f"create_dirs[{d}]" for d in template.create_dirs)
-    yield from (f"required_credentials[{c}]" for c in template.required_credentials)
+    yield from (f"secrets[{b.key}]" for b in template.secrets)
+    for key in _LISTS:
+        yield from (f"{key}[{item}]" for item in getattr(template, key))
 
 
 def _union(first: tuple[str, ...], then: tuple[str, ...]) -> tuple[str, ...]:
@@ -79,18 +102,18 @@ def _union(first: tuple[str, ...], then: tuple[str, ...]) -> tuple[str, ...]:
 def merge(base: Template, top: Template) -> Template:
     """``top`` over ``base``, as the module says."""
     replaced = {m.dest for m in top.filesystem}
+    fields: dict[str, Any] = {k: getattr(top, k) or getattr(base, k) for k in _SCALARS}
+    for key in _REPLACED:
+        value = getattr(top, key)
+        fields[key] = value if value is not None else getattr(base, key)
+    fields |= {k: {**getattr(base, k), **getattr(top, k)} for k in _MAPS}
+    fields |= {k: _union(getattr(base, k), getattr(top, k)) for k in _LISTS}
     return Template(
-        description=top.description or base.description,
-        command=top.command or base.command,
-        environment_variables={**base.environment_variables, **top.environment_variables},
+        **fields,
         filesystem=(*(m for m in base.filesystem if m.dest not in replaced), *top.filesystem),
-        namespaces=top.namespaces if top.namespaces is not None else base.namespaces,
-        security=top.security if top.security is not None else base.security,
-        resources=top.resources if top.resources is not None else base.resources,
-        create_dirs=_union(base.create_dirs, top.create_dirs),
-        required_credentials=_union(base.required_credentials, top.required_credentials),
-        proxy_services={**base.proxy_services, **top.proxy_services},
-        health_check=top.health_check if top.health_check is not None else base.health_check,
+        prepend_variables=merge_prepend(base.prepend_variables, top.prepend_variables),
+        secrets=merge_secrets(base.secrets, top.secrets),
+        allowed_pipelines=intersect_pipelines(base.allowed_pipelines, top.allowed_pipelines),
         origin=top.origin,
     )
 
@@ -170,10 +193,16 @@ def apply_assignment(
     resolved: Resolved,
     command_override: Sequence[str] = (),
     extra_environment_variables: Mapping[str, str] | None = None,
+    upstream: Mapping[str, Any] | None = None,
 ) -> Resolved:
-    """The assignment's overrides, as upstream applies them: a non-empty
-    ``command_override`` replaces the command; ``extra_environment_variables`` are merged
-    over, key by key. (``extra_inherits`` need fetching: ``resolve`` takes them.)"""
+    """The assignment's overrides, as upstream applies them (cmd/bureau-daemon/template.go
+    resolveInstanceConfig): a non-empty ``command_override`` replaces the command;
+    ``extra_environment_variables`` are merged over, key by key. ``upstream``: the
+    assignment's fields this version does not model, of which these act on the template
+    as upstream's do: a non-empty ``environment_override`` or
+    ``required_services_override`` replaces the template's, ``secrets_override`` does
+    when present (even ``[]``), ``payload`` is merged over ``default_payload``.
+    (``extra_inherits`` need fetching: ``resolve`` takes them.)"""
     extra = dict(extra_environment_variables or {})
     for key, value in extra.items():
         problem = env_problem(key, value)
@@ -192,4 +221,32 @@ def apply_assignment(
         environment = {**template.environment_variables, **extra}
         template = replace(template, environment_variables=environment)
         provenance |= {f"environment_variables.{k}": ASSIGNMENT for k in extra}
+    template = _upstream_overrides(template, provenance, upstream or {})
     return replace(resolved, template=template, provenance=provenance)
+
+
+def _upstream_overrides(
+    template: Template, provenance: dict[str, str], upstream: Mapping[str, Any]
+) -> Template:
+    fields = {k: v for k, v in upstream.items() if v is not None}  # Go reads null as absent
+    if nix := read_string(fields, "environment_override", ASSIGNMENT):
+        template = replace(template, environment=nix)
+        provenance["environment"] = ASSIGNMENT
+    services = read_strings(fields, "required_services_override", ASSIGNMENT)
+    if services:
+        template = replace(template, required_services=services)
+        _replace_items(provenance, "required_services", services)
+    if "secrets_override" in fields:  # [] too: the template's are dropped
+        secrets = read_secrets(fields, "secrets_override", ASSIGNMENT)
+        template = replace(template, secrets=secrets)
+        _replace_items(provenance, "secrets", tuple(b.key for b in secrets))
+    if payload := read_payload(fields, "payload", ASSIGNMENT):
+        template = replace(template, default_payload={**template.default_payload, **payload})
+        provenance |= {f"default_payload.{k}": ASSIGNMENT for k in payload}
+    return template
+
+
+def _replace_items(provenance: dict[str, str], key: str, items: Iterable[str]) -> None:
+    for path in [p for p in provenance if p.startswith(f"{key}[")]:
+        del provenance[path]
+    provenance |= {f"{key}[{item}]": ASSIGNMENT for item in items}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
+from bureau import template_policy
 from bureau.cli.common import Subparsers, add_credential_file, load_credentials, say
 from bureau.errors import InputError, UsageError
 from bureau.files import read_private_bytes
@@ -24,7 +26,9 @@ def _read_template(path: Path) -> Template:
         obj = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InputError(str(path), None, f"not JSON ({type(exc).__name__})") from None
-    return Template.from_json(obj, str(path))
+    template = Template.from_json(obj, str(path))
+    template.check_known(str(path))  # liberal in what we read, strict in what we write
+    return template
 
 
 def _ref(args: argparse.Namespace, value: str, flag: str) -> TemplateRef:
@@ -42,6 +46,9 @@ def template_push(args: argparse.Namespace) -> int:
     admin = credentials.admin_client(creds)
     changed = operator_templates.push(admin, creds, ref.name, template)
     say(f"{'pushed' if changed else 'unchanged'}: {ref}")
+    # Upstream's machines may run what ours would not: published, and said so.
+    for note in template_policy.notes(resolve(ref, operator_templates.fetcher(admin, creds))):
+        sys.stderr.write(f"note: {note}\n")
     return 0
 
 

@@ -3,7 +3,9 @@ and turn each started assignment into the sandbox spec the launcher is sent.
 
 An assignment whose template does not resolve keeps its last good spec (its workload runs
 on), or, with none, is held: nothing starts for it. Either way its reason is a problem
-shown in machine_status, logged once when it appears or changes."""
+shown in machine_status, logged once when it appears or changes. A template field the
+workload runs without (template_policy) is a warning naming it, logged once for the
+principal until its resolved template changes."""
 
 from __future__ import annotations
 
@@ -11,10 +13,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bureau.daemon.templates import NeedRoom, TemplateStore
+from bureau.daemon.templates import Found, NeedRoom, TemplateStore
 from bureau.errors import InputError, MatrixError
+from bureau.template_policy import Ignored
 from bureau.wire.machine_config import Assignment, MachineConfig
-from bureau.wire.sandbox_spec import SandboxSpec
 from bureau.wire.template_parts import ProxyService
 
 # A template room this machine could not join is tried again after this long (an operator
@@ -36,6 +38,7 @@ class SandboxSpecs:
         self._failed_at: dict[str, float] = {}  # alias -> when joining it last failed
         self._good: dict[str, Resolved] = {}  # principal -> last spec resolved
         self.problems: dict[str, str] = {}  # principal -> why its template does not resolve
+        self._warned: dict[str, tuple[Ignored, ...]] = {}  # principal -> last logged
         # principal -> its template's proxy_services (the last good ones while it does not
         # resolve): an unbound bundle's routes.
         self.services: dict[str, dict[str, ProxyService]] = {}
@@ -101,16 +104,30 @@ class SandboxSpecs:
                     )
                 continue
             if found is not None:
-                spec, proxy_services = found
-                self._good[principal] = (spec.to_json(), proxy_services)
+                self._good[principal] = (found.spec.to_json(), found.services)
                 specs[principal], services[principal] = self._good[principal]
+                self._warn(principal, found)
             else:
                 self._good.pop(principal, None)
         self.problems = problems
         self.services = services
+        self._warned = {p: v for p, v in self._warned.items() if p in self._good}
         return specs, held
 
-    async def _spec(self, assignment: Assignment) -> tuple[SandboxSpec, Services] | None:
+    def _warn(self, principal: str, found: Found) -> None:
+        if self._warned.get(principal) == found.ignored:
+            return
+        self._warned[principal] = found.ignored
+        for item in found.ignored:
+            self._log.warning(
+                "template field ignored by this worker",
+                principal=principal,
+                field=item.field,
+                source=item.source,
+                why=item.why,
+            )
+
+    async def _spec(self, assignment: Assignment) -> Found | None:
         for _ in range(4):  # each pass may name a room not followed yet
             try:
                 return self.templates.resolved(assignment)

@@ -4,13 +4,19 @@ the sandbox spec each assignment resolves to. Pure apart from what the caller fe
 
 A ref to a room not yet joined raises NeedRoom: the caller joins it and resolves again.
 Anything else wrong (a cycle, a missing parent, depth over 8, a template that does not
-parse, no command) is an InputError that names it, kept as that principal's problem."""
+parse, no command, an upstream field this worker refuses to run without: see
+``template_policy``) is an InputError that names it, kept as that principal's problem."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from bureau import template_policy
 from bureau.errors import InputError
+from bureau.template_policy import Ignored
 from bureau.template_resolve import apply_assignment, resolve
 from bureau.wire import names
 from bureau.wire.machine_config import Assignment
@@ -27,9 +33,21 @@ class NeedRoom(Exception):
         self.alias = alias
 
 
+@dataclass(frozen=True)
+class Found:
+    """What an assignment resolves to: the sandbox, its template's ``proxy_services``
+    (the routes of an unbound bundle), and the template fields it runs without."""
+
+    spec: SandboxSpec
+    services: dict[str, ProxyService]
+    ignored: tuple[Ignored, ...] = ()
+
+
 class TemplateStore:
-    def __init__(self, server: str) -> None:
+    def __init__(self, server: str, is_dir: Callable[[str], bool] = os.path.isdir) -> None:
+        """``is_dir``: whether a template's Nix ``environment`` is on this machine."""
         self._server = server
+        self._is_dir = is_dir
         self.room_ids: dict[str, str] = {}  # alias -> room ID
         self.unreachable: set[str] = set()  # aliases that could not be joined
         self._contents: dict[str, dict[str, Any]] = {}  # room ID -> state key -> content
@@ -71,13 +89,10 @@ class TemplateStore:
     def spec(self, assignment: Assignment) -> SandboxSpec | None:
         """The sandbox an assignment asks for; None when it names no template."""
         found = self.resolved(assignment)
-        return None if found is None else found[0]
+        return None if found is None else found.spec
 
-    def resolved(
-        self, assignment: Assignment
-    ) -> tuple[SandboxSpec, dict[str, ProxyService]] | None:
-        """The sandbox an assignment asks for and its template's ``proxy_services`` (the
-        routes of an unbound bundle); None when it names no template."""
+    def resolved(self, assignment: Assignment) -> Found | None:
+        """What an assignment asks for; None when it names no template."""
         if assignment.template is None:
             return None
         where = f"assignment of {assignment.principal}"
@@ -91,7 +106,19 @@ class TemplateStore:
             resolved,
             assignment.command_override or (),
             assignment.extra_environment_variables,
+            assignment.extra,
         )
+        refused = template_policy.refusal(resolved)
+        if refused is not None:
+            raise refused
         template = resolved.template
-        spec = SandboxSpec.from_template(str(ref), template, assignment.restart_policy)
-        return spec, dict(template.proxy_services)
+        if template.environment and not self._is_dir(template.environment):
+            raise InputError(
+                resolved.provenance["environment"],
+                "environment",
+                f"{template.environment} is not on this machine (Nix closures are not fetched)",
+            )
+        spec = SandboxSpec.from_template(
+            str(ref), template_policy.honour(template), assignment.restart_policy
+        )
+        return Found(spec, dict(template.proxy_services), template_policy.ignored(resolved))

@@ -2,10 +2,13 @@
 lib/schema/events_template.go), one template as stored. Pure.
 
 Field names, JSON shapes and "zero means absent" follow upstream so that a template
-written for one runs on the other. Upstream fields this bureau does not honour are
-refused by name rather than ignored: a template that relies on one would otherwise run
-without it. ``secrets`` is refused for good: a credential never enters the sandbox
-(PRINCIPALS.md). Inheritance is resolved in ``template_resolve``.
+written for one runs on the other. Liberal in what it reads: every upstream field is read,
+kept and written back, those this bureau does not run as upstream does included
+(``template_upstream``), and so is a field no version known here has (``extra``). Whether
+a principal runs on a template that carries one is decided where it would run
+(``template_policy``): never refused only because a field is new. Strict in what it
+writes: ``bureau template push`` refuses a field it does not know (a typo, most likely).
+Inheritance is resolved in ``template_resolve``.
 """
 
 from __future__ import annotations
@@ -32,46 +35,47 @@ from bureau.wire.template_parts import (
     read_string,
     read_strings,
 )
+from bureau.wire.template_upstream import (
+    OutputCapture,
+    SecretBinding,
+    read_argv_map,
+    read_payload,
+    read_pipelines,
+    read_secrets,
+)
 
 EVENT_TYPE = "m.bureau.template"
-SECRETS_REFUSED = (
-    "templates may not hand credentials to the workload: a credential never enters the "
-    "sandbox; use proxy_services"
-)
-# Upstream fields we know but do not honour, and why; named so the author knows it is
-# not a typo.
-UNSUPPORTED = {
-    "credential_ref": "a principal's credentials are its own m.bureau.credentials bundle",
-    "allowed_pipelines": "pipelines are not supported by this bureau",
-    "environment": "Nix environments (/usr/local) are not supported by this bureau yet",
-    "prepend_variables": "not supported by this bureau yet; set environment_variables",
-    "roles": "observation roles are not supported by this bureau",
-    "required_services": "service sockets are not supported by this bureau yet",
-    "default_payload": "payloads are not supported by this bureau yet",
-    "output_capture": "output capture is not supported by this bureau; output goes to the journal",
-}
+ISOLATION = ("standard", "none")
 # The same grammar as credentials_event's service names.
 _SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _T = TypeVar("_T")
 
 _ORIGIN_KEYS = frozenset({"flake_ref", "url", "resolved_rev", "content_hash"})
-_TEMPLATE_FIELDS = frozenset(
-    {
-        "description",
-        "isolation",
-        "inherits",
-        "command",
-        "environment_variables",
-        "filesystem",
-        "namespaces",
-        "security",
-        "resources",
-        "create_dirs",
-        "required_credentials",
-        "proxy_services",
-        "health_check",
-        "origin",
-    }
+# Every field of upstream's TemplateContent, in its order (to_json's).
+FIELDS = (
+    "description",
+    "isolation",
+    "inherits",
+    "command",
+    "environment",
+    "environment_variables",
+    "prepend_variables",
+    "filesystem",
+    "namespaces",
+    "resources",
+    "security",
+    "create_dirs",
+    "roles",
+    "required_credentials",
+    "secrets",
+    "credential_ref",
+    "allowed_pipelines",
+    "required_services",
+    "default_payload",
+    "health_check",
+    "output_capture",
+    "proxy_services",
+    "origin",
 )
 
 
@@ -128,88 +132,121 @@ def _origin(obj: dict[str, Any], where: str) -> dict[str, str] | None:
     return {k: read_string(data, k, f"{where}: origin") for k in sorted(data)}
 
 
-def _refuse_upstream_only(obj: dict[str, Any], where: str) -> None:
-    if "secrets" in obj:
-        raise InputError(where, "secrets", SECRETS_REFUSED)
-    unsupported = sorted(set(obj) & set(UNSUPPORTED))
-    if unsupported:
-        raise InputError(where, unsupported[0], UNSUPPORTED[unsupported[0]])
-    if read_choice(obj, "isolation", where, ("standard", "none")) == "none":
-        raise InputError(where, "isolation", "a principal always runs sandboxed here")
-
-
 def _nested(
     data: dict[str, Any], key: str, where: str, parse: Callable[[object, str], _T]
 ) -> _T | None:
     return parse(data[key], f"{where}: {key}") if key in data else None
 
 
-# Kept in to_json even when all zero: present replaces a parent's, absent does not.
-_NESTED = frozenset({"namespaces", "resources", "security", "health_check"})
+# Kept in to_json even when all zero: present replaces a parent's, absent does not
+# (allowed_pipelines: [] allows none, absent any).
+_KEPT_EMPTY = frozenset(
+    {"namespaces", "resources", "security", "health_check", "output_capture", "allowed_pipelines"}
+)
 
 
 @dataclass(frozen=True)
 class Template:
     """One template as stored, parents not applied. Absent and zero are the same, as
-    upstream's omitempty makes them; ``namespaces``, ``security``, ``resources`` and
-    ``health_check`` are None when absent, so that inheritance can tell them apart.
-    ``isolation: standard`` (upstream's default, the only mode here) is read and
-    dropped; ``none`` is refused."""
+    upstream's omitempty makes them, and so is null, as upstream's decoder reads it;
+    ``namespaces``, ``security``, ``resources``, ``health_check``, ``output_capture`` and
+    ``allowed_pipelines`` are None when absent, so that inheritance can tell them apart.
+    ``extra``: fields upstream's TemplateContent does not have (a newer version's), kept
+    as read."""
 
     description: str = ""
+    isolation: str = ""  # "" = standard
     inherits: tuple[TemplateRef, ...] = ()
     command: tuple[str, ...] = ()
+    environment: str = ""  # a Nix store path: the toolchain on PATH
     environment_variables: dict[str, str] = field(default_factory=dict)
+    prepend_variables: dict[str, tuple[str, ...]] = field(default_factory=dict)
     filesystem: tuple[Mount, ...] = ()
     namespaces: Namespaces | None = None
     security: Security | None = None
     resources: Resources | None = None
     create_dirs: tuple[str, ...] = ()
+    roles: dict[str, tuple[str, ...]] = field(default_factory=dict)
     required_credentials: tuple[str, ...] = ()
+    secrets: tuple[SecretBinding, ...] = ()
+    credential_ref: str = ""
+    allowed_pipelines: tuple[str, ...] | None = None
+    required_services: tuple[str, ...] = ()
+    default_payload: dict[str, Any] = field(default_factory=dict)
     proxy_services: dict[str, ProxyService] = field(default_factory=dict)
     health_check: HealthCheck | None = None
+    output_capture: OutputCapture | None = None
     origin: dict[str, str] | None = None  # where it was published from; never inherited
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, obj: object, where: str = EVENT_TYPE) -> Template:
         if not isinstance(obj, dict):
             raise InputError(where, None, "expected an object")
-        _refuse_upstream_only(obj, where)
-        data = read_object(obj, where, _TEMPLATE_FIELDS)
-
+        data = {k: v for k, v in obj.items() if v is not None}  # Go reads null as absent
         return cls(
             description=read_string(data, "description", where),
+            isolation=read_choice(data, "isolation", where, ISOLATION),
             inherits=read_refs(data, "inherits", where),
             command=read_strings(data, "command", where),
+            environment=read_string(data, "environment", where),
             environment_variables=_environment(data, where),
+            prepend_variables=read_argv_map(data, "prepend_variables", where),
             filesystem=_filesystem(data, where),
             namespaces=_nested(data, "namespaces", where, Namespaces.from_json),
             security=_nested(data, "security", where, Security.from_json),
             resources=_nested(data, "resources", where, Resources.from_json),
             create_dirs=read_strings(data, "create_dirs", where),
+            roles=read_argv_map(data, "roles", where),
             required_credentials=_credentials(data, where),
+            secrets=read_secrets(data, "secrets", where),
+            credential_ref=read_string(data, "credential_ref", where),
+            allowed_pipelines=read_pipelines(data, where),
+            required_services=read_strings(data, "required_services", where),
+            default_payload=read_payload(data, "default_payload", where),
             proxy_services=_proxy_services(data, where),
             health_check=_nested(data, "health_check", where, HealthCheck.from_json),
+            output_capture=_nested(data, "output_capture", where, OutputCapture.from_json),
             origin=_origin(data, where),
+            extra={k: v for k, v in data.items() if k not in FIELDS},
         )
 
+    def check_known(self, where: str) -> None:
+        """Strict in what we write: a field no version known here has is refused."""
+        if self.extra:
+            read_object(self.extra, where, frozenset())
+
     def to_json(self) -> dict[str, Any]:
-        """Upstream's field order; absent and empty fields left out, as upstream does."""
+        """Upstream's field order, then ``extra``; absent and empty fields left out, as
+        upstream does."""
         out: dict[str, Any] = {
             "description": self.description,
+            "isolation": self.isolation,
             "inherits": [str(r) for r in self.inherits],
             "command": list(self.command),
+            "environment": self.environment,
             "environment_variables": dict(sorted(self.environment_variables.items())),
+            "prepend_variables": {k: list(v) for k, v in sorted(self.prepend_variables.items())},
             "filesystem": [m.to_json() for m in self.filesystem],
         }
         for key in ("namespaces", "resources", "security"):
             value = getattr(self, key)
             out[key] = None if value is None else value.to_json()
         out["create_dirs"] = list(self.create_dirs)
+        out["roles"] = {k: list(v) for k, v in sorted(self.roles.items())}
         out["required_credentials"] = list(self.required_credentials)
+        out["secrets"] = [b.to_json() for b in self.secrets]
+        out["credential_ref"] = self.credential_ref
+        pipelines = self.allowed_pipelines
+        out["allowed_pipelines"] = None if pipelines is None else list(pipelines)
+        out["required_services"] = list(self.required_services)
+        out["default_payload"] = self.default_payload
         out["health_check"] = None if self.health_check is None else self.health_check.to_json()
+        capture = self.output_capture
+        out["output_capture"] = None if capture is None else capture.to_json()
         out["proxy_services"] = {
             name: service.to_json() for name, service in sorted(self.proxy_services.items())
         }
         out["origin"] = self.origin
-        return {k: v for k, v in out.items() if v or (v is not None and k in _NESTED)}
+        out = {k: v for k, v in out.items() if v or (v is not None and k in _KEPT_EMPTY)}
+        return {**out, **self.extra}  # extra never holds one of FIELDS

@@ -1,7 +1,8 @@
 """The parts of ``m.bureau.template`` content, in upstream's wire format
 (lib/schema/events_template.go, lib/schema/template_ref.go): template refs, mounts,
-namespaces, security, resources, health checks, proxy services, and the field readers
-that name what they refuse. Pure. The template as a whole is ``templates.Template``.
+namespaces, security, resources, health checks, proxy services, response interceptors
+(kept, not run: see ``template_policy``), and the field readers that name what they refuse. Pure.
+The template as a whole is ``template.Template``.
 """
 
 from __future__ import annotations
@@ -278,13 +279,16 @@ class ProxyService:
     inject_headers: dict[str, str] = field(default_factory=dict)
     strip_headers: tuple[str, ...] = ()
     auth_scheme: str = ""
+    # Kept so that the template round-trips; a principal whose proxy would need them is
+    # refused by the daemon (template_policy), since our proxy does not publish them.
+    response_interceptors: tuple[ResponseInterceptor, ...] = ()
 
-    _FIELDS = frozenset({"upstream", "inject_headers", "strip_headers", "auth_scheme"})
+    _FIELDS = frozenset(
+        {"upstream", "inject_headers", "strip_headers", "auth_scheme", "response_interceptors"}
+    )
 
     @classmethod
     def from_json(cls, obj: object, where: str) -> ProxyService:
-        if isinstance(obj, dict) and "response_interceptors" in obj:
-            raise InputError(where, "response_interceptors", "not supported by this bureau's proxy")
         if isinstance(obj, dict) and "upstream_url" in obj:
             # The credentials event's name for it; a template uses upstream's.
             raise InputError(where, "upstream_url", "a template names the URL upstream")
@@ -306,7 +310,19 @@ class ProxyService:
         scheme = read_string(data, "auth_scheme", where)
         if scheme and not HEADER_NAME.fullmatch(scheme):
             raise InputError(where, "auth_scheme", "expected a single word such as Bearer")
-        return cls(upstream.rstrip("/"), dict(inject), strip, scheme)
+        interceptors = data.get("response_interceptors") or []
+        if not isinstance(interceptors, list):
+            raise InputError(where, "response_interceptors", "expected a list of interceptors")
+        return cls(
+            upstream.rstrip("/"),
+            dict(inject),
+            strip,
+            scheme,
+            tuple(
+                ResponseInterceptor.from_json(item, f"{where}: response_interceptors[{i}]")
+                for i, item in enumerate(interceptors)
+            ),
+        )
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"upstream": self.upstream}
@@ -316,6 +332,8 @@ class ProxyService:
             out["strip_headers"] = list(self.strip_headers)
         if self.auth_scheme:
             out["auth_scheme"] = self.auth_scheme
+        if self.response_interceptors:
+            out["response_interceptors"] = [i.to_json() for i in self.response_interceptors]
         return out
 
     def to_route(self, where: str) -> ServiceRoute:
@@ -327,6 +345,52 @@ class ProxyService:
         if self.auth_scheme:
             route["auth_scheme"] = self.auth_scheme
         return ServiceRoute.from_json(route, where)
+
+
+@dataclass(frozen=True)
+class ResponseInterceptor:
+    """Upstream's ``ResponseInterceptor``: when a proxied response matches, upstream's
+    proxy publishes ``event_type`` (e.g. m.bureau.forge_attribution) with
+    ``event_content`` filled in. Checked as upstream's proxy compiles them
+    (proxy/interceptor.go compileInterceptors), the regex aside."""
+
+    path_pattern: str
+    event_type: str
+    event_content: dict[str, Any]
+    method: str = ""
+    status_min: int = 0
+    status_max: int = 0
+
+    _FIELDS = frozenset(
+        {"method", "path_pattern", "status_min", "status_max", "event_type", "event_content"}
+    )
+
+    @classmethod
+    def from_json(cls, obj: object, where: str) -> ResponseInterceptor:
+        data = read_object(obj, where, cls._FIELDS)
+        content = data.get("event_content")
+        if not isinstance(content, dict) or not content:
+            raise InputError(where, "event_content", "expected a non-empty object")
+        interceptor = cls(
+            read_string(data, "path_pattern", where),
+            read_string(data, "event_type", where),
+            dict(content),
+            read_string(data, "method", where),
+            read_count(data, "status_min", where),
+            read_count(data, "status_max", where),
+        )
+        for key in ("path_pattern", "event_type"):
+            if not getattr(interceptor, key):
+                raise InputError(where, key, "required")
+        if interceptor.status_min > interceptor.status_max:  # both 0: upstream's 200-299
+            raise InputError(where, "status_min", "is above status_max")
+        return interceptor
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"method": self.method, "path_pattern": self.path_pattern}
+        out |= {"status_min": self.status_min, "status_max": self.status_max}
+        out |= {"event_type": self.event_type, "event_content": self.event_content}
+        return {k: v for k, v in out.items() if v or k in ("path_pattern", "event_type")}
 
 
 def env_problem(name: object, value: object) -> str | None:

@@ -1,6 +1,8 @@
 """`bureau template push|list|show` against the real Synapse: the shipped templates are
 there after setup, a template pushed from a file resolves with where each field came
-from, and a bad file is one line naming what is wrong, with nothing published."""
+from, an upstream template's fields are published and shown unchanged (with a note of
+what this bureau's machines would do with them), and a bad file is one line naming what
+is wrong, with nothing published."""
 
 from __future__ import annotations
 
@@ -66,11 +68,57 @@ def test_builtins_are_pushed_and_a_child_resolves_with_provenance(
     assert plain == child
 
 
+def test_upstream_fields_are_published_unchanged_with_a_note(fleet: Fleet, tmp_path: Path) -> None:
+    """Upstream's machines may run what ours would not: pushed as written, and said so on
+    stderr, stdout saying only what was pushed."""
+    ns = fleet.name.split("/")[0]
+    ignored = {
+        "description": "upstream's fields this bureau runs without",
+        "inherits": [f"{ns}/template:agent-base"],
+        "command": ["/usr/bin/env"],
+        "roles": {"shell": ["/bin/sh"]},
+        "required_services": ["ticket"],
+        "allowed_pipelines": [],
+    }
+    pushed = _template(fleet, "push", _write(tmp_path, ignored), "--name", "roles")
+    assert pushed.returncode == 0, pushed.stderr
+    assert pushed.stdout == f"pushed: {ns}/template:roles\n"
+    assert pushed.stderr.splitlines() == [
+        f"note: this bureau's machines run it without {field} (from {ns}/template:roles) "
+        f"is ignored: {why}"
+        for field, why in (
+            ("roles", "observation roles (layout panes) are not provided here"),
+            (
+                "required_services",
+                "service sockets (/run/bureau/service/<role>.sock) are not mounted here",
+            ),
+        )
+    ]
+    assert json.loads(_template(fleet, "show", "roles").stdout) == ignored
+
+    secrets = {
+        "inherits": [f"{ns}/template:roles"],
+        "secrets": [{"key": "API_TOKEN", "env": "API_TOKEN"}],
+        "credential_ref": "${FLEET_ROOM}:nix-builder",
+    }
+    pushed = _template(fleet, "push", _write(tmp_path, secrets), "--name", "secrets")
+    assert pushed.returncode == 0, pushed.stderr
+    assert pushed.stderr == (
+        f"note: this bureau's machines refuse a principal on it: {ns}/template:secrets: "
+        "secrets: hands API_TOKEN to the workload; a credential never enters the sandbox "
+        "here; use proxy_services\n"
+    )
+    assert json.loads(_template(fleet, "show", "secrets").stdout) == secrets
+    resolved = json.loads(_template(fleet, "show", "secrets", "--resolved").stdout)
+    assert resolved["template"]["roles"] == {"shell": ["/bin/sh"]}
+    assert resolved["from"]["credential_ref"] == f"{ns}/template:secrets"
+
+
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
         ({"command": ["/bin/sh"], "privileged": True}, "privileged: unknown field"),
-        ({"secrets": {"TOKEN": {"env": "TOKEN"}}}, "a credential never enters the sandbox"),
+        ({"secrets": {"TOKEN": {"env": "TOKEN"}}}, "secrets: expected a list"),
         ({"command": "/bin/sh"}, "command"),
         ({"inherits": ["NS/template:missing"]}, "not found"),
     ],

@@ -272,7 +272,7 @@ def test_a_templates_proxy_services_become_an_unbound_events_routes() -> None:
     )
     found = store.resolved(assignment)
     assert found is not None
-    spec, services = found
+    spec, services = found.spec, found.services
     assert spec.command == ("/usr/bin/agent",)
     unbound = upstream_principal_event()
     bound = {**unbound, "principal": PRINCIPAL + "x", "services": {"own": {"x": 1}}}
@@ -303,7 +303,7 @@ def test_a_templates_proxy_services_become_an_unbound_events_routes() -> None:
     public = {**UPSTREAM_TEMPLATE, "proxy_services": {"docs": {"upstream": "https://d.example"}}}
     other = _store({"upstream-agent": public}).resolved(assignment)
     assert other is not None
-    relayed_content, problems = relayed({PRINCIPAL: unbound}, {PRINCIPAL: other[1]})
+    relayed_content, problems = relayed({PRINCIPAL: unbound}, {PRINCIPAL: other.services})
     assert relayed_content == {}
     assert problems[PRINCIPAL].startswith("unbound bundle: template: proxy_services.docs: ")
 
