@@ -85,10 +85,10 @@ class ClientConnection(asyncio.Protocol):
             if self.queue:
                 self.queue[-1].request_done = True
         except httptools.HttpParserError:
-            self._refuse(400, "malformed HTTP request")
+            self.refuse(400, "malformed HTTP request")
         else:
             if self.meter.after(head, len(data)):
-                self._refuse(431, f"request {self.meter.what()} too large")
+                self.refuse(431, f"request {self.meter.what()} too large")
         self.exchange_progress()
         self.flush()
         self.flow()
@@ -147,13 +147,13 @@ class ClientConnection(asyncio.Protocol):
         self.url += url
         self.head_bytes += len(url)
         if self.head_bytes > MAX_HEAD_BYTES:
-            self._refuse(431, "request head too large")
+            self.refuse(431, "request head too large")
             raise framing.Refused
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.head_bytes += len(name) + len(value) + 4
         if self.head_bytes > MAX_HEAD_BYTES:
-            self._refuse(431, f"request {self.meter.what()} too large")
+            self.refuse(431, f"request {self.meter.what()} too large")
             raise framing.Refused
         drop = self.drop
         if drop is None:  # the first header: the URL is complete
@@ -322,9 +322,10 @@ class ClientConnection(asyncio.Protocol):
             self.reading = True
             self.transport.resume_reading()
 
-    def _refuse(self, status: int, message: str) -> None:
-        """A request the parser cannot make sense of: answer once it is this request's
-        turn, then close; nothing after it on this connection is read."""
+    def refuse(self, status: int, message: str) -> None:
+        """A request the proxy takes no further (the parser cannot make sense of it, or it
+        is too large): answer once it is this request's turn, then close; nothing after it
+        on this connection is read."""
         if self.broken is not None:
             return
         self.broken = http_rules.error_response(status, message, keep_alive=False)
@@ -397,5 +398,7 @@ class ClientConnection(asyncio.Protocol):
                     active.request_done = True
                     active.response_complete()
                 self.flush()
+            elif active.deferred is not None and now - self.last_active > READ_TIMEOUT:
+                self.abort()  # the body an injector waits for stopped coming
         elif now - self.last_active > (DRAIN_IDLE if self.proxy.draining else CLIENT_IDLE_TIMEOUT):
             self._close_after_writes()

@@ -6,15 +6,19 @@ way back. It holds no socket of its own."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from bureau.proxy import http_rules
+from bureau.proxy import framing, http_rules
 from bureau.proxy.http_rules import CompiledRoute
 
 if TYPE_CHECKING:
     from bureau.proxy.client_side import ClientConnection
     from bureau.proxy.upstream_side import UpstreamConnection
+
+# A deferred head's target, header lines and body length, and what its injector waits on.
+Deferred = tuple[bytes, list[bytes], int | None, asyncio.Future[None] | None]
 
 
 class Exchange:
@@ -24,10 +28,12 @@ class Exchange:
         "body_pending",
         "chunked_request",
         "client",
+        "deferred",
         "finished",
         "has_body",
         "head",
         "head_only",
+        "held",
         "keep_alive",
         "local",
         "method",
@@ -57,6 +63,11 @@ class Exchange:
         self.finished = False
         self.upstream: UpstreamConnection | None = None
         self.started = 0.0
+        # A head that waits for its injector (injectors.py): what it is built from, and
+        # what the injector asked to wait on. None once built, as on most routes at once.
+        self.deferred: Deferred | None = None
+        # Body bytes held for an injector that signs the body; -1 when none is held.
+        self.held = -1
 
     def answer_locally(self, response: bytes, *, close: bool = False) -> None:
         self.local = response
@@ -85,9 +96,14 @@ class Exchange:
             problem = route.unavailable or "no credential"
             self.answer_locally(http_rules.error_response(503, problem, keep_alive=keep))
             return
+        self.has_body = chunked or bool(body_length)
+        waiting = injector.prepare()
+        limit = injector.body_limit
+        if waiting is not None or limit:
+            self._defer(route, target, lines, body_length, chunked, waiting)
+            return
         self.route = route
         self.chunked_request = chunked
-        self.has_body = chunked or bool(body_length)
         method = self.method
         target = injector.inject(method, target, lines, None)
         self.head = http_rules.request_head(
@@ -99,6 +115,55 @@ class Exchange:
             chunked=chunked,
         )
 
+    def _defer(  # noqa: PLR0917 - forward()'s arguments, passed on
+        self,
+        route: CompiledRoute,
+        target: bytes,
+        lines: list[bytes],
+        body_length: int | None,
+        chunked: bool,
+        waiting: asyncio.Future[None] | None,
+    ) -> None:
+        """The head waits: for ``waiting`` (a token being fetched), for the whole body (an
+        injector that signs it), or both; Proxy.borrow goes on once they are done."""
+        limit = route.injector.body_limit if route.injector else 0
+        if limit:
+            if body_length is not None and body_length > limit:
+                answer = http_rules.error_response(413, _too_large(route, limit), keep_alive=False)
+                self.answer_locally(answer, close=True)
+                return
+            self.held = 0
+            chunked = False  # held whole, the body goes upstream with its length
+        self.route = route
+        self.chunked_request = chunked
+        self.deferred = (target, lines, body_length, waiting)
+
+    def ready(self) -> bool:
+        """Whether a deferred head can be built: its body, if held, is complete."""
+        return self.held < 0 or self.request_done
+
+    def build_deferred(self) -> None:
+        """What the deferred head waited for is there: build it, the held body in it."""
+        route, deferred = self.route, self.deferred
+        if route is None or route.injector is None or deferred is None:
+            raise RuntimeError("no deferred head to build")
+        target, lines, length, _ = deferred
+        self.deferred = None
+        body = None
+        if self.held >= 0:
+            body = b"".join(self.body_pending)
+            self.body_pending = [body] if body else []
+            length = len(body) if self.has_body else length
+        target = route.injector.inject(self.method, target, lines, body)
+        self.head = http_rules.request_head(
+            self.method,
+            target,
+            lines,
+            route,
+            body_length=None if self.chunked_request else length,
+            chunked=self.chunked_request,
+        )
+
     # -- request body, from the client's parser ----------------------------------------
 
     def request_body(self, data: bytes) -> None:
@@ -108,17 +173,29 @@ class Exchange:
         if self.upstream is not None:
             self.upstream.send(framed)
         else:
+            if self.held >= 0:
+                self.held += len(data)
+                route = self.route
+                limit = route.injector.body_limit if route and route.injector else 0
+                if self.held > limit and route is not None:
+                    # As a head too large: answered in turn, nothing after it is read.
+                    self.client.refuse(413, _too_large(route, limit))
+                    raise framing.Refused
             self.body_pending += framed
             self.client.buffered += sum(map(len, framed))
 
     def request_complete(self) -> None:
         self.request_done = True
-        if self.local is None and not self.response_done and self.chunked_request:
+        if self.local is not None or self.response_done:
+            return
+        if self.chunked_request:
             if self.upstream is not None:
                 self.upstream.send([http_rules.LAST_CHUNK])
             else:
                 self.body_pending.append(http_rules.LAST_CHUNK)
                 self.client.buffered += len(http_rules.LAST_CHUNK)
+        elif self.held >= 0 and self.started:
+            self.client.proxy.borrow(self)  # its turn came while the body was held
 
     def release(self) -> None:
         """The body held for an upstream connection is sent, or never will be: it no
@@ -147,6 +224,16 @@ class Exchange:
         self.respond(http_rules.error_response(502, message, keep_alive=self.keep_alive))
         self.response_complete()
 
+    def unavailable(self, problem: str) -> None:
+        """The injector could not give the credential: a 503 saying why, which names no
+        secret (injectors.Unavailable), unless the client is gone or answered."""
+        if self.finished or self.response_done:
+            return
+        self.deferred = None
+        self.release()
+        self.respond(http_rules.error_response(503, problem, keep_alive=self.keep_alive))
+        self.response_complete()
+
     def respond(self, data: bytes | list[bytes]) -> None:
         self.response_started = True
         self.client.write(data)
@@ -162,3 +249,7 @@ class Exchange:
                 ms=round((time.monotonic() - self.started) * 1000, 1),
             )
         self.client.exchange_progress()
+
+
+def _too_large(route: CompiledRoute, limit: int) -> str:
+    return f"request body larger than {limit} bytes, the most {route.service!r} signs"

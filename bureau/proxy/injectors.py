@@ -27,12 +27,15 @@ The interface, ``Injector``:
     fresh. Otherwise a future (not a coroutine) that every request arriving meanwhile is
     handed and waits on, so one fetch serves them all (single flight); the proxy waits at
     most PREPARE_TIMEOUT, without cancelling the future. If it raises ``Unavailable``,
-    the request is answered 503 with that message, which must name no secret.
+    the request is answered 503 with that message, which must name no secret; anything
+    else it raises is a 503 that says only "credential unavailable", and a log line with
+    the exception's type, never its message.
 
 ``body_limit``
     0 when the head never depends on the body. Otherwise the request body, at most this
     many bytes (a larger one is answered 413), is held until complete, handed to
-    ``inject`` and sent with a Content-Length. At most framing.MAX_BUFFERED.
+    ``inject`` and sent with a Content-Length. At most framing.MAX_BUFFERED: past that,
+    the proxy stops reading the client before the body is whole.
 
 Whatever an injector holds that was revealed from a Secret stays out of its repr and str
 (tests/proxy/test_pure_proxy_repr.py walks every object reachable from a proxy).

@@ -22,12 +22,14 @@ import asyncio
 import collections
 import ssl
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from bureau.proxy import http_rules
 from bureau.proxy.client_side import ClientConnection
 from bureau.proxy.exchange import Exchange
 from bureau.proxy.http_rules import Upstream
+from bureau.proxy.injectors import PREPARE_TIMEOUT, Unavailable
 from bureau.proxy.upstream_side import UpstreamConnection
 from bureau.wire.proxy_payload import ProxyPayload
 
@@ -89,15 +91,52 @@ class Proxy:
         route = exchange.route
         if route is None:
             raise RuntimeError("local exchanges do not go upstream")
+        if exchange.deferred is not None:
+            # Its head waits for its injector (injectors.py); once the body it holds, if
+            # any, is complete (Exchange.request_complete asks again).
+            if exchange.ready():
+                self._spawn(self._when_ready(exchange))
+            return
         idle = self.idle.get(route.upstream.key)
         while idle:
             conn = idle.pop()
             if conn.usable():
                 conn.begin(exchange, reused=True)
                 return
-        task = asyncio.get_running_loop().create_task(self._connect(route.upstream, exchange))
+        self._spawn(self._connect(route.upstream, exchange))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _when_ready(self, exchange: Exchange) -> None:
+        """A deferred head: wait for what its injector asked for, then build it and go
+        upstream, or answer 503. The future is shared by every request waiting on it
+        (single flight): one request's timeout or cancellation does not cancel it."""
+        waiting = exchange.deferred[3] if exchange.deferred else None
+        problem = None
+        try:
+            if waiting is not None:
+                async with asyncio.timeout(PREPARE_TIMEOUT):
+                    await asyncio.shield(waiting)
+            if exchange.finished or exchange.response_done:
+                return
+            exchange.build_deferred()
+        except Unavailable as exc:
+            problem = str(exc)
+        except TimeoutError:
+            problem = "credential not ready in time"
+        except Exception as exc:
+            # The injector's own failure: its message may hold what it fetched.
+            self.log.warning("credential failed", error=type(exc).__name__)
+            problem = "credential unavailable"
+        if problem is not None:
+            service = exchange.route.service if exchange.route else "?"
+            exchange.unavailable(f"{service!r}: {problem}")
+        else:
+            self.borrow(exchange)
+        exchange.client.flush()
 
     async def _connect(self, upstream: Upstream, exchange: Exchange) -> None:
         loop = asyncio.get_running_loop()
