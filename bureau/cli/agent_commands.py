@@ -17,6 +17,7 @@ from bureau.cli.credential_commands import read_secrets, read_services
 from bureau.errors import InputError, UsageError
 from bureau.operator import agents, templates
 from bureau.wire.credentials import parse_services
+from bureau.wire.names import PrincipalRef
 
 
 def agent_create(args: argparse.Namespace) -> int:
@@ -59,7 +60,7 @@ def agent_list(args: argparse.Namespace) -> int:
 def agent_show(args: argparse.Namespace) -> int:
     creds = load_credentials(args)
     principal = principal_name(creds, args.name, flag="NAME", to_run=False)
-    user = f"@{principal}:{creds.server_name}"
+    user = PrincipalRef.from_localpart(principal, creds.server_name).user_id
     found = [a.to_json() for a in agents.list_agents(creds) if a.principal == user]
     if not found:
         raise InputError("NAME", None, f"{principal} is not assigned to any machine")

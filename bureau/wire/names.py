@@ -7,6 +7,8 @@ a file and field) because only they know it.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Self
 
 LOCALPART_MAX = 84
 _LOCALPART_CHARS = re.compile(r"[a-z0-9._=\-/]+")
@@ -114,6 +116,107 @@ def parse_user_id(value: str) -> tuple[str, str]:
     localpart, server = value[1:].split(":", 1)
     validate_server_name(server)
     return localpart, server
+
+
+def _entity_type(localpart: str) -> str | None:
+    """``machine`` for ``<ns>/fleet/<name>/machine/<name>``; None for a name outside a fleet."""
+    return localpart.split("/")[3] if is_full_entity(localpart) else None
+
+
+@dataclass(frozen=True, order=True)
+class UserRef:
+    """A Matrix account named by Bureau's rules, checked when made. Its spellings are
+    explicit: ``localpart``; ``user_id``, ``@<localpart>:<server>``; ``state_key``,
+    ``<localpart>:<server>``: the user ID without ``@``, upstream's key for state events
+    about an account (credentials, machine_config, machine_key, machine_status), since
+    only the account itself may write a state key that starts with ``@`` (MSC3757)."""
+
+    localpart: str
+    server: str
+
+    def __post_init__(self) -> None:
+        try:
+            validate_localpart(self.localpart)
+        except InvalidName as exc:
+            raise InvalidName(f"localpart: {exc}") from None
+        try:
+            validate_server_name(self.server)
+        except InvalidName as exc:
+            raise InvalidName(f"server name: {exc}") from None
+
+    @classmethod
+    def from_localpart(cls, localpart: str, server: str) -> Self:
+        return cls(localpart, server)
+
+    @classmethod
+    def from_user_id(cls, value: str) -> Self:
+        if not value.startswith("@") or ":" not in value:
+            raise InvalidName(f"{value!r} is not a Matrix user ID (@localpart:server)")
+        # A localpart holds no ':'; a server name may (its port).
+        localpart, server = value[1:].split(":", 1)
+        return cls(localpart, server)
+
+    @classmethod
+    def from_state_key(cls, value: str) -> Self:
+        if value.startswith("@") or ":" not in value:
+            raise InvalidName(f"{value!r} is not an account's state key (localpart:server)")
+        localpart, server = value.split(":", 1)
+        return cls(localpart, server)
+
+    @property
+    def user_id(self) -> str:
+        return f"@{self.localpart}:{self.server}"
+
+    @property
+    def state_key(self) -> str:
+        return f"{self.localpart}:{self.server}"
+
+    @property
+    def room_alias(self) -> str:
+        """The account's own room: a machine's config room is ``#<localpart>:<server>``."""
+        return f"#{self.localpart}:{self.server}"
+
+    def __str__(self) -> str:
+        return self.user_id
+
+
+@dataclass(frozen=True, order=True)
+class MachineRef(UserRef):
+    """A machine's account: ``<namespace>/fleet/<name>/machine/<name...>``."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if _entity_type(self.localpart) != "machine":
+            raise InvalidName(
+                f"localpart: {self.localpart!r} is not a machine; "
+                "expected <namespace>/fleet/<name>/machine/<name>"
+            )
+
+    @property
+    def fleet(self) -> str:
+        return fleet_of_entity(self.localpart)
+
+
+@dataclass(frozen=True, order=True)
+class PrincipalRef(UserRef):
+    """An account a machine runs a proxy (and perhaps a sandbox) for: an agent, a service;
+    any Bureau name but a machine's. Whether it may run on a given machine is
+    ``check_fleet``'s question."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if _entity_type(self.localpart) == "machine":
+            raise InvalidName(f"{self.user_id} is a machine")
+
+    def check_fleet(self, server: str, fleet: str, *, to_run: bool = True) -> Self:
+        """Itself, when it is one of ``fleet``'s principals on ``server`` and (``to_run``)
+        a name that can have a proxy socket of its own; else InvalidName saying why."""
+        check_fleet_principal(self.user_id, server, fleet, to_run=to_run)
+        return self
+
+    @property
+    def proxy_socket_relpath(self) -> str:
+        return proxy_socket_relpath(self.localpart)
 
 
 def space_alias_localpart(fleet: str) -> str:
