@@ -99,7 +99,7 @@ def _entry(p: PrincipalState, sampler: CpuSampler, ticks: int) -> dict[str, Any]
         }
     box = p.sandbox
     entry: dict[str, Any] = {
-        "cpu_percent": sampler.sandbox_percent(p.principal, box.cpu_seconds, ticks),
+        "cpu_percent": sampler.sandbox_percent(p.principal.user_id, box.cpu_seconds, ticks),
         "memory_mb": round(box.memory_mb),
         "status": box.status if p.running else "starting",
         "restarts": box.restarts,
@@ -127,7 +127,7 @@ def status_content(
     ``bureau machine list`` shows it as the machine's last activity)."""
     failures = failures or {}
     ticks = max(1, round(elapsed_seconds * _CLOCK_TICKS))
-    entries = {p.principal: _entry(p, sampler, ticks) for p in principals}
+    entries = {p.principal.user_id: _entry(p, sampler, ticks) for p in principals}
     for principal, reason in sorted(failures.items()):
         entry = entries.setdefault(
             principal, {"cpu_percent": 0, "memory_mb": 0, "status": "failed"}

@@ -10,7 +10,6 @@ dir they could write to."""
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import struct
 from collections.abc import Callable, Collection
@@ -20,15 +19,26 @@ from typing import Any, TypeVar
 from bureau.errors import BureauError
 from bureau.files import trusted_owners
 from bureau.wire.launcher_protocol import (
+    Answer,
+    EnsureRequest,
     EnsureResult,
+    Listing,
+    ListRequest,
     PrincipalState,
     ProtocolError,
+    Refusal,
+    RelayedCredentials,
+    ReloginRequest,
+    ReloginResult,
     Request,
+    StopRequest,
     StopResult,
-    listed,
+    read_answer,
 )
+from bureau.wire.names import PrincipalRef
+from bureau.wire.sandbox_spec import SandboxSpec
 
-T = TypeVar("T")
+A = TypeVar("A", bound=Answer)
 TIMEOUT = 60.0  # an ensure waits for a proxy to start
 # Answers are the launcher's (trusted once SO_PEERCRED says so); a list of many principals
 # is larger than any request.
@@ -65,20 +75,15 @@ def check_peer(sock: socket.socket, path: Path, owners: Collection[int]) -> None
         )
 
 
-def _typed(parse: Callable[[dict[str, Any]], T], response: dict[str, Any]) -> T:
-    """An answer in a shape this daemon does not know is no answer: retried like one."""
-    try:
-        return parse(response)
-    except ProtocolError as exc:
-        raise LauncherUnavailable(f"launcher answered in an unknown shape: {exc}") from None
-
-
 class LauncherClient:
     def __init__(self, socket_path: Path, owners: Collection[int] | None = None) -> None:
         self.socket_path = socket_path
         self._owners = trusted_owners() if owners is None else owners
 
-    async def call(self, request: Request) -> dict[str, Any]:
+    async def call(self, request: Request, read: Callable[[dict[str, Any]], A]) -> A:
+        """``request``'s answer, as ``read`` reads it. A refusal is LauncherRefused; no
+        answer, or one in a shape this daemon does not know, LauncherUnavailable (retried
+        like no answer)."""
         try:
             reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=MAX_ANSWER)
         except OSError as exc:
@@ -98,34 +103,35 @@ class LauncherClient:
         finally:
             writer.close()
         try:
-            response = json.loads(line)
-        except ValueError:
-            raise LauncherUnavailable("launcher answered with something that is not JSON") from None
-        if not isinstance(response, dict) or not response.get("ok"):
-            error = response.get("error") if isinstance(response, dict) else None
-            raise LauncherRefused(str(error or "launcher refused the request"))
-        return response
+            answer = read_answer(line, read)
+        except ProtocolError as exc:
+            raise LauncherUnavailable(f"launcher answered in an unknown shape: {exc}") from None
+        if isinstance(answer, Refusal):
+            raise LauncherRefused(answer.error)
+        return answer
 
     async def list(self) -> list[PrincipalState]:
         """What runs. A launcher that will not say is as good as absent for the caller,
         which backs off and asks again (LauncherUnavailable), never gives up."""
         try:
-            response = await self.call(Request("list"))
+            listing = await self.call(ListRequest(), Listing.from_json)
         except LauncherRefused as exc:
             raise LauncherUnavailable(f"launcher refused to list its principals: {exc}") from None
-        return _typed(listed, response)
+        return list(listing.principals)
 
     async def ensure(
-        self, principal: str, credentials: dict[str, Any], sandbox: dict[str, Any] | None = None
+        self,
+        principal: PrincipalRef,
+        credentials: RelayedCredentials,
+        sandbox: SandboxSpec | None = None,
     ) -> EnsureResult:
-        request = Request("ensure", principal, credentials, sandbox)
-        return _typed(EnsureResult.from_json, await self.call(request))
+        request = EnsureRequest(principal, credentials, sandbox)
+        return await self.call(request, EnsureResult.from_json)
 
-    async def stop(self, principal: str) -> StopResult:
-        return _typed(StopResult.from_json, await self.call(Request("stop", principal)))
+    async def stop(self, principal: PrincipalRef) -> StopResult:
+        return await self.call(StopRequest(principal), StopResult.from_json)
 
     async def relogin(self) -> bool:
         """Ask the launcher to log the machine in again (after a soft logout); True when
         it did, False when the session still worked."""
-        response = await self.call(Request("relogin"))
-        return bool(response.get("renewed"))
+        return (await self.call(ReloginRequest(), ReloginResult.from_json)).renewed

@@ -16,12 +16,36 @@ from typing import Any
 
 from bureau.daemon.launcher_client import LauncherClient, LauncherRefused, LauncherUnavailable
 from bureau.daemon.reconcile import Action, Ensure, Failure, Stop, failed, is_due, plan, tried
+from bureau.errors import InputError
 from bureau.wire.credentials import rfc3339_now
+from bureau.wire.launcher_protocol import RelayedCredentials
 from bureau.wire.machine_config import MachineConfig
+from bureau.wire.names import InvalidName, PrincipalRef
+from bureau.wire.sandbox_spec import SandboxSpec
 
 # Starts in flight at once (each decrypts and forks a proxy in the launcher); stops are
 # never counted against it.
 MAX_STARTING = 8
+
+
+def principal_ref(user_id: str) -> PrincipalRef:
+    try:
+        return PrincipalRef.from_user_id(user_id)
+    except InvalidName as exc:
+        raise InputError("principal", None, str(exc)) from None
+
+
+def typed(action: Ensure) -> tuple[RelayedCredentials, SandboxSpec | None]:
+    """What an ensure carries, read as the launcher reads it (InputError naming the
+    field, in the launcher's words): the launcher is sent only what it can read."""
+    credentials = RelayedCredentials.from_json(
+        action.content, f"credentials for {action.principal}"
+    )
+    try:
+        sandbox = None if action.sandbox is None else SandboxSpec.from_json(action.sandbox)
+    except InputError as exc:
+        raise InputError(f"sandbox for {action.principal}", None, str(exc)) from None
+    return credentials, sandbox
 
 
 class Principals:
@@ -62,8 +86,8 @@ class Principals:
         launcher that cannot even list raises LauncherUnavailable: the pass is retried."""
         listed = await self._launcher.list()
         self.running = sum(1 for p in listed if p.running)
-        running = {p.principal: p.digest for p in listed}
-        sandboxes = {p.principal: p.sandbox.digest for p in listed if p.sandbox is not None}
+        running = {p.principal.user_id: p.digest for p in listed}
+        sandboxes = {p.principal.user_id: p.sandbox.digest for p in listed if p.sandbox is not None}
         actions = plan(
             config, credentials, running, specs=specs, sandboxes=sandboxes, held=held or set()
         )
@@ -99,11 +123,16 @@ class Principals:
         starting = isinstance(action, Ensure)
         previous = self.failures.get(action.principal)
         try:
+            principal = principal_ref(action.principal)
             if isinstance(action, Ensure):
+                credentials, sandbox = typed(action)
                 async with self._starting:
-                    await self._launcher.ensure(action.principal, action.content, action.sandbox)
+                    await self._launcher.ensure(principal, credentials, sandbox)
             else:
-                await self._launcher.stop(action.principal)
+                await self._launcher.stop(principal)
+        except InputError as exc:
+            # What the launcher would refuse, refused here: it is never sent.
+            self._failed(action, previous, str(exc), refused=True)
         except (LauncherRefused, LauncherUnavailable) as exc:
             self._failed(action, previous, str(exc), refused=isinstance(exc, LauncherRefused))
         except Exception as exc:  # a task of its own: nobody else would see it

@@ -275,7 +275,10 @@ class Daemon:
             if kind == rooms.MACHINE_CONFIG and key == machine_key:
                 self._config = self._read_config(content)
             elif kind == rooms.CREDENTIALS and isinstance(key, str):
-                principal = "@" + key
+                try:
+                    principal = names.UserRef.from_state_key(key).user_id
+                except names.InvalidName:
+                    continue  # not an account's key: no assignment can name it
                 if content:
                     self._credentials[principal] = dict(content)
                 else:
@@ -374,7 +377,7 @@ class Daemon:
         try:
             for item in await self._launcher.list():
                 await self._launcher.stop(item.principal)
-                self._log.info("principal stopped", principal=item.principal)
+                self._log.info("principal stopped", principal=item.principal.user_id)
         except (LauncherUnavailable, LauncherRefused) as exc:
             self._log.error("could not stop every principal", error=str(exc))
 

@@ -4,7 +4,6 @@ binary cache, and the launcher and its proxies answer on their sockets."""
 
 from __future__ import annotations
 
-import json
 import socket
 from collections.abc import Collection, Iterator
 from functools import partial
@@ -25,7 +24,15 @@ from bureau.profile import materialized as profile_file
 from bureau.profile import model, sources
 from bureau.wire import names, rooms
 from bureau.wire.files import FleetCache, Session
-from bureau.wire.launcher_protocol import MAX_MESSAGE, Request
+from bureau.wire.launcher_protocol import (
+    MAX_MESSAGE,
+    Listing,
+    ListRequest,
+    PrincipalState,
+    ProtocolError,
+    Refusal,
+    read_answer,
+)
 
 NIX_CONF = Path("/etc/nix/nix.conf")
 SOCKET_TIMEOUT = 10.0
@@ -105,7 +112,11 @@ class MachineChecks:
         except OSError:
             return  # the machine key check says so
         try:
-            content = self._fleet_state("machine", rooms.MACHINE_KEY, self._session.user_id[1:])
+            content = self._fleet_state(
+                "machine",
+                rooms.MACHINE_KEY,
+                names.UserRef.from_user_id(self._session.user_id).state_key,
+            )
         except BureauError as exc:
             yield fail(name, str(exc))
             return
@@ -209,7 +220,7 @@ class MachineChecks:
             return
         yield ok(name, f"{len(principals)} principals")
         for item in principals:
-            principal, path = str(item.get("principal")), Path(str(item.get("socket")))
+            principal, path = item.principal.user_id, Path(item.socket)
             if _proxy_healthy(path, owners):
                 yield ok(f"proxy of {principal}")
             else:
@@ -232,20 +243,20 @@ class _Quiet:
 _quiet = _Quiet()
 
 
-def _launcher_list(path: Path, owners: Collection[int]) -> list[dict[str, Any]]:
+def _launcher_list(path: Path, owners: Collection[int]) -> list[PrincipalState]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(SOCKET_TIMEOUT)
         sock.connect(str(path))
         check_peer(sock, path, owners)
-        sock.sendall(Request("list").to_line())
+        sock.sendall(ListRequest().to_line())
         data = sock.makefile("rb").readline(MAX_MESSAGE)
     try:
-        response = json.loads(data)
-    except ValueError:
-        raise OSError(0, "the launcher answered with something that is not JSON") from None
-    if not isinstance(response, dict) or not response.get("ok"):
-        raise OSError(0, f"the launcher refused: {response}")
-    return [p for p in response.get("principals", []) if isinstance(p, dict)]
+        answer = read_answer(data, Listing.from_json)
+    except ProtocolError as exc:
+        raise OSError(0, f"the launcher answered in an unknown shape: {exc}") from None
+    if isinstance(answer, Refusal):
+        raise OSError(0, f"the launcher refused: {answer.error}")
+    return list(answer.principals)
 
 
 def _proxy_healthy(path: Path, owners: Collection[int]) -> bool:

@@ -77,14 +77,20 @@ class ProxyKind:
         self._unbound = unbound
 
     def socket_path(self, principal: str) -> Path:
-        localpart, _ = names.parse_user_id(principal)
-        return self._run_dir / names.proxy_socket_relpath(localpart)
+        ref = names.PrincipalRef.from_user_id(principal)
+        return self._run_dir / ref.proxy_socket_relpath
 
     def check_event(self, principal: str, content: dict[str, Any]) -> CredentialsEvent:
+        """A recorded content (its proxy's spec), read and checked as at its ensure."""
         try:
             event = CredentialsEvent.from_json(content, f"credentials for {principal}")
         except InputError as exc:
             raise LauncherError(str(exc)) from None
+        self.check(principal, event)
+        return event
+
+    def check(self, principal: str, event: CredentialsEvent) -> None:
+        """Whether this machine serves ``event`` as ``principal``'s (a user ID's) own."""
         if not event.principal:
             raise LauncherError(
                 f'credentials for {principal}: principal: "" (a fleet bundle) is no '
@@ -96,7 +102,6 @@ class ProxyKind:
             raise LauncherError(f"credentials for {principal} are not encrypted for this machine")
         if event.expires_at and parse_rfc3339(event.expires_at).timestamp() <= time.time():
             raise LauncherError(f"credentials for {principal} expired at {event.expires_at}")
-        return event
 
     def _payload(self, principal: str, event: CredentialsEvent) -> bytes:
         """Decrypt and build the proxy's payload; the plaintext lives only in here."""

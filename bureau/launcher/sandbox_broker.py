@@ -1,7 +1,7 @@
 """The launcher's side of bureau-sandboxd (--sandbox-broker): each SandboxHost operation
-as one request over the broker's socket (broker_wire.py). A broker that is down or slow
-makes the operation fail with a line saying so; the launcher's caller retries as it would
-any failed start."""
+as one request over the broker's socket (bureau/wire/sandbox_broker.py). A broker that is
+down or slow makes the operation fail with a line saying so; the launcher's caller retries
+as it would any failed start."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import os
 import socket
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from bureau.launcher.children import LauncherError
 from bureau.wire.sandbox_broker import Reply, Request, WireError, receive, send
+from bureau.wire.sandbox_spec import SandboxSpec
 
 # A quick request's bound, each of connect, send and receive: some are made from the
 # launcher's event loop (stopping, adopting), which must not wait long on a stuck broker.
@@ -60,13 +60,13 @@ class BrokerClient:
     def known(self, principal: str) -> bool:
         return self._ask(Request("known", principal))[0].known
 
-    def check(self, principal: str, content: dict[str, Any], credentials: Sequence[str]) -> None:
-        self._ask(Request("check", principal, spec=content, names=tuple(credentials)))
+    def check(self, principal: str, spec: SandboxSpec, credentials: Sequence[str]) -> None:
+        self._ask(Request("check", principal, spec=spec, names=tuple(credentials)))
 
     def start(
-        self, principal: str, content: dict[str, Any], credentials: Sequence[str]
+        self, principal: str, spec: SandboxSpec, credentials: Sequence[str]
     ) -> tuple[int, int]:
-        request = Request("start", principal, spec=content, names=tuple(credentials))
+        request = Request("start", principal, spec=spec, names=tuple(credentials))
         reply, fds = self._ask(request, SLOW_TIMEOUT)
         if len(fds) != 1:
             for fd in fds:

@@ -31,7 +31,6 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from bureau.files import make_dirs
 from bureau.launcher import sandbox_policy as policy
@@ -55,6 +54,7 @@ from bureau.launcher.sandbox_paths import (
 from bureau.launcher.sandbox_start import OVERHEAD, Started, descendants, exit_status, start
 from bureau.launcher.sandbox_uids import SandboxUids
 from bureau.wire import names
+from bureau.wire.sandbox_spec import SandboxSpec
 
 CLEAR_TIMEOUT = 10.0  # for a SIGKILLed sandbox's processes to be gone
 CLEAR_POLL = 0.01
@@ -127,17 +127,17 @@ class SandboxHost:
     # -- checks --------------------------------------------------------------------------
 
     def check(
-        self, principal: str, content: dict[str, Any], credentials: Sequence[str]
+        self, principal: str, spec: SandboxSpec, credentials: Sequence[str]
     ) -> policy.Checked:
         """``credentials``: the names the principal's bundle holds."""
         with self._serialised(principal):
-            return self._check(principal, content, credentials)
+            return self._check(principal, spec, credentials)
 
     def _check(
-        self, principal: str, content: dict[str, Any], credentials: Sequence[str]
+        self, principal: str, spec: SandboxSpec, credentials: Sequence[str]
     ) -> policy.Checked:
         try:
-            return policy.check(policy.parse(content), self._machine, credentials)
+            return policy.check(spec, self._machine, credentials)
         except policy.SpecRefused as exc:
             raise LauncherError(f"sandbox for {principal}: {exc}") from None
 
@@ -156,8 +156,7 @@ class SandboxHost:
 
     def _proxy_socket(self, principal: str) -> Path:
         """The principal's own proxy socket (as the launcher names it): never another's."""
-        localpart, _ = names.parse_user_id(principal)
-        return self._run_dir / names.proxy_socket_relpath(localpart)
+        return self._run_dir / names.PrincipalRef.from_user_id(principal).proxy_socket_relpath
 
     def _link(self, principal: str) -> Path:
         socket = self._proxy_socket(principal)
@@ -175,17 +174,17 @@ class SandboxHost:
     # -- starting ------------------------------------------------------------------------
 
     def start(
-        self, principal: str, content: dict[str, Any], credentials: Sequence[str]
+        self, principal: str, spec: SandboxSpec, credentials: Sequence[str]
     ) -> tuple[int, int]:
         """Start the principal's sandbox: (the keeper's pid, the read end of the pipe its
         output goes to; the caller's to close)."""
         with self._serialised(principal):
-            return self._start(principal, content, credentials)
+            return self._start(principal, spec, credentials)
 
     def _start(
-        self, principal: str, content: dict[str, Any], credentials: Sequence[str]
+        self, principal: str, spec: SandboxSpec, credentials: Sequence[str]
     ) -> tuple[int, int]:
-        checked = self._check(principal, content, credentials)
+        checked = self._check(principal, spec, credentials)
         try:
             self._proxy_socket(principal).lstat()  # its proxy runs: it is the launcher's
         except OSError as exc:

@@ -23,10 +23,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
+from bureau.errors import InputError
 from bureau.files import make_dirs
 from bureau.launcher.children import Child, LauncherError
 from bureau.launcher.sandbox_paths import key_of
 from bureau.launcher.spawner import Spawner, SpawnError
+from bureau.wire.sandbox_spec import SandboxSpec
 
 GRACE_SECONDS = 10.0
 FIGURES_WAIT = 2.0  # for the host's figures of every running sandbox, when listed
@@ -38,11 +40,9 @@ class Host(Protocol):
     @property
     def mode(self) -> str: ...
     def known(self, principal: str) -> bool: ...
-    def check(
-        self, principal: str, content: dict[str, Any], credentials: Sequence[str]
-    ) -> object: ...
+    def check(self, principal: str, spec: SandboxSpec, credentials: Sequence[str]) -> object: ...
     def start(
-        self, principal: str, content: dict[str, Any], credentials: Sequence[str]
+        self, principal: str, spec: SandboxSpec, credentials: Sequence[str]
     ) -> tuple[int, int]: ...
     def relink(self, principal: str) -> None: ...
     def finish(self, principal: str, keeper: int, *, reaped: bool) -> str | None: ...
@@ -74,13 +74,13 @@ class SandboxKind:
         self._figures: dict[int, tuple[int, int, float]] = {}  # by keeper pid
 
     async def check(
-        self, principal: str, content: dict[str, Any], names: Sequence[str] | None = None
+        self, principal: str, spec: SandboxSpec, names: Sequence[str] | None = None
     ) -> None:
         """``names``: the credentials the principal's bundle holds (default: the running
         proxy's)."""
         if names is None:
             names = self._credential_names(principal)
-        await asyncio.to_thread(self.host.check, principal, content, names)
+        await asyncio.to_thread(self.host.check, principal, spec, names)
 
     async def relink(self, principal: str) -> None:
         """After the proxy was replaced: the sandbox's link follows it."""
@@ -89,8 +89,13 @@ class SandboxKind:
     # -- Kind ----------------------------------------------------------------------------
 
     async def launch(self, principal: str, spec: dict[str, Any]) -> int:
+        """``spec``: a SandboxSpec's JSON, as its record keeps it."""
+        try:
+            checked = SandboxSpec.from_json(spec)
+        except InputError as exc:
+            raise LauncherError(f"sandbox for {principal}: {exc}") from None
         names = self._credential_names(principal)
-        pid, log_r = await asyncio.to_thread(self.host.start, principal, spec, names)
+        pid, log_r = await asyncio.to_thread(self.host.start, principal, checked, names)
         relay = await asyncio.to_thread(partial(self._relay, principal, log_r))
         if relay is not None:
             self._reap_when_done(relay)

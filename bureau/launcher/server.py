@@ -28,12 +28,19 @@ from bureau.notify import Notifier
 from bureau.secret import Secret
 from bureau.wire.launcher_protocol import (
     MAX_MESSAGE,
+    Answer,
+    EnsureRequest,
     LauncherStatus,
+    Listing,
+    ListRequest,
     ProtocolError,
+    Refusal,
+    ReloginRequest,
+    ReloginResult,
     Request,
-    encode_response,
-    failure,
-    ok,
+    StatusRequest,
+    StopRequest,
+    encode_answer,
     parse_request,
 )
 
@@ -95,12 +102,12 @@ class LauncherServer:
                 async with asyncio.timeout(REQUEST_READ_SECONDS):
                     line = await reader.readline()
             except ValueError:  # longer than the stream limit
-                response = failure(f"request larger than {MAX_MESSAGE} bytes")
+                response: Answer | Refusal = Refusal(f"request larger than {MAX_MESSAGE} bytes")
             except TimeoutError:
                 return  # an allowed peer that sent nothing: nobody to answer
             else:
                 response = await self._answer(line)
-            writer.write(encode_response(response))
+            writer.write(encode_answer(response))
             await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -117,7 +124,7 @@ class LauncherServer:
         the refusal), but only while few refused peers are held: a flood of them is closed
         at once and cannot use up the launcher's descriptors. Logged at most once per
         REFUSAL_LOG_SECONDS, with the count since."""
-        writer.write(encode_response(failure("permission denied")))
+        writer.write(encode_answer(Refusal("permission denied")))
         self._refused_since_log += 1
         self._last_refused_uid = uid
         wait = self._refusal_logged_at + REFUSAL_LOG_SECONDS - time.monotonic()
@@ -144,15 +151,16 @@ class LauncherServer:
             )
         self._refusal_logged_at, self._refused_since_log = time.monotonic(), 0
 
-    async def _answer(self, line: bytes) -> dict[str, Any]:
+    async def _answer(self, line: bytes) -> Answer | Refusal:
         principal = None
         try:
             request = parse_request(line)
-            principal = request.principal
+            if isinstance(request, EnsureRequest | StopRequest):
+                principal = request.principal.user_id
             return await self._act(request)
         except (ProtocolError, LauncherError, BureauError) as exc:
             self._log.warning("request refused", principal=principal, error=str(exc))
-            return failure(str(exc))
+            return Refusal(str(exc))
         except Exception as exc:  # answered, not raised: see handle()
             # Named by type and place only: an exception's text may quote what it choked
             # on, and that may be decrypted content.
@@ -164,29 +172,26 @@ class LauncherServer:
                 at=f"{Path(where.filename).name}:{where.lineno}",
             )
             subject = f" for {principal}" if principal else ""
-            return failure(f"the launcher failed{subject}: {type(exc).__name__}")
+            return Refusal(f"the launcher failed{subject}: {type(exc).__name__}")
 
-    async def _act(self, request: Request) -> dict[str, Any]:
-        if request.action == "status":
-            return ok(**self._supervisor.status().to_json())
-        if request.action == "list":
-            return ok(principals=[p.to_json() for p in await self._supervisor.list()])
-        if request.action == "relogin":
-            # One at a time: a second caller finds the session already renewed.
-            async with self._relogin_lock:
-                renewed = await asyncio.to_thread(self._relogin)
-            return ok(renewed=renewed)
-        # parse_request guarantees a principal for both, and credentials for ensure.
-        principal = str(request.principal)
-        if request.action == "ensure":
-            ensured = await self._supervisor.ensure(
-                principal, request.credentials or {}, request.sandbox
-            )
-            answer = ensured.to_json()
-        else:
-            answer = (await self._supervisor.stop(principal)).to_json()
+    async def _act(self, request: Request) -> Answer:
+        answer: Answer
+        match request:
+            case StatusRequest():
+                return self._supervisor.status()
+            case ListRequest():
+                return Listing(tuple(await self._supervisor.list()))
+            case ReloginRequest():
+                # One at a time: a second caller finds the session already renewed.
+                async with self._relogin_lock:
+                    renewed = await asyncio.to_thread(self._relogin)
+                return ReloginResult(renewed)
+            case EnsureRequest(principal, credentials, sandbox):
+                answer = await self._supervisor.ensure(principal, credentials, sandbox)
+            case StopRequest(principal):
+                answer = await self._supervisor.stop(principal)
         self._notifier.status(summary(self._supervisor.status()))
-        return ok(**answer)
+        return answer
 
 
 async def serve(

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bureau.errors import InputError
 from bureau.launcher import sandbox_policy
 from bureau.launcher.cgroups import Cgroups
 from bureau.launcher.children import Child, Children, LauncherError
@@ -35,9 +36,11 @@ from bureau.wire.launcher_protocol import (
     EnsureResult,
     LauncherStatus,
     PrincipalState,
+    RelayedCredentials,
     SandboxState,
     StopResult,
 )
+from bureau.wire.sandbox_spec import SandboxSpec
 
 __all__ = ["LauncherError", "Supervisor"]
 
@@ -111,8 +114,8 @@ class Supervisor:
         ``unbound``: how to serve unbound credential bundles (--allow-unbound-bundles);
         None refuses them."""
         self._machine_user = machine_user
-        machine_localpart, self._server = names.parse_user_id(machine_user)
-        self._fleet = names.fleet_of_entity(machine_localpart)
+        machine = names.MachineRef.from_user_id(machine_user)
+        self._server, self._fleet = machine.server, machine.fleet
         self._log = log
         env = {k: v for k, v in os.environ.items() if k in _CHILD_ENV}
         self._spawner = Spawner(env)
@@ -174,20 +177,38 @@ class Supervisor:
         return [self._describe(self._proxies.running[p]) for p in sorted(self._proxies.running)]
 
     async def ensure(
-        self, principal: str, content: dict[str, Any], sandbox: dict[str, Any] | None = None
+        self,
+        ref: names.PrincipalRef,
+        credentials: RelayedCredentials,
+        sandbox: SandboxSpec | None = None,
     ) -> EnsureResult:
         """Everything is checked before anything changes: a refused spec or event leaves
         what runs as it was."""
-        self._check_principal(principal)
-        event = self._proxy_kind.check_event(principal, content)
+        self._check_principal(ref)
+        principal = ref.user_id
+        event = credentials.event
+        self._proxy_kind.check(principal, event)
         if sandbox is not None:
             await self._sandbox_kind.check(principal, sandbox, event.keys)
-        digest = content_digest(content)
         socket = str(self._proxy_kind.socket_path(principal))
         async with self._lock(principal):
-            changed = await self._ensure_proxy(principal, content, digest, event.keys)
+            changed = await self._ensure_proxy(
+                principal, credentials.to_json(), credentials.digest, event.keys
+            )
             changed = await self._ensure_sandbox(principal, sandbox) or changed
         return EnsureResult(changed=changed, socket=socket)
+
+    async def _restart_proxy(self, principal: str, content: dict[str, Any]) -> None:
+        """A proxy that died with the launcher starts again from its recorded content, read
+        as an ensure would read it."""
+        try:
+            ref = names.PrincipalRef.from_user_id(principal)
+            credentials = RelayedCredentials.from_json(content, f"credentials for {principal}")
+        except names.InvalidName as exc:
+            raise LauncherError(f"principal: {exc}") from None
+        except InputError as exc:
+            raise LauncherError(str(exc)) from None
+        await self.ensure(ref, credentials)
 
     async def _ensure_proxy(
         self, principal: str, content: dict[str, Any], digest: str, keys: tuple[str, ...]
@@ -210,7 +231,7 @@ class Supervisor:
         )
         return True
 
-    async def _ensure_sandbox(self, principal: str, spec: dict[str, Any] | None) -> bool:
+    async def _ensure_sandbox(self, principal: str, spec: SandboxSpec | None) -> bool:
         current = self._sandboxes.running.get(principal)
         if spec is None:
             if current is None:
@@ -218,24 +239,24 @@ class Supervisor:
             await self._sandboxes.remove(principal)
             self._log.info("sandbox stopped (no template assigned)", principal=principal)
             return True
-        digest = content_digest(spec)
-        if current is not None and current.digest == digest:
+        if current is not None and current.digest == spec.digest:
             return False
         if current is not None:
             await self._sandboxes.retire(current)
-        new = await self._sandboxes.start(principal, spec, digest)
+        new = await self._sandboxes.start(principal, spec.to_json(), spec.digest)
         self._sandboxes.install(new)
         self._log.info(
             "sandbox started" if current is None else "sandbox restarted (spec changed)",
             principal=principal,
             pid=new.pid,
-            template=str(spec.get("template", "")),
+            template=spec.template,
         )
         return True
 
-    async def stop(self, principal: str) -> StopResult:
+    async def stop(self, ref: names.PrincipalRef) -> StopResult:
         # Any name of this fleet may be stopped: one that could never run is not running.
-        self._check_principal(principal, to_run=False)
+        self._check_principal(ref, to_run=False)
+        principal = ref.user_id
         async with self._lock(principal):
             sandbox = await self._sandboxes.remove(principal)
             stopped = await self._proxies.remove(principal)
@@ -247,7 +268,7 @@ class Supervisor:
 
     async def adopt(self) -> None:
         """Take over what an earlier launcher left running; start again what died."""
-        await self._proxies.adopt(self.ensure)
+        await self._proxies.adopt(self._restart_proxy)
         await self._sandboxes.adopt(self._restart_sandbox)
         # A machine switched back to refusing unbound bundles serves none it adopted: the
         # workload goes first, then the proxy that was its way out.
@@ -281,11 +302,11 @@ class Supervisor:
     def _lock(self, principal: str) -> asyncio.Lock:
         return self._locks.setdefault(principal, asyncio.Lock())
 
-    def _check_principal(self, principal: str, *, to_run: bool = True) -> None:
+    def _check_principal(self, principal: names.PrincipalRef, *, to_run: bool = True) -> None:
         """Refuses what is not a principal of this fleet, and (``to_run``) a name that
         could never have a proxy socket of its own."""
         try:
-            names.check_fleet_principal(principal, self._server, self._fleet, to_run=to_run)
+            principal.check_fleet(self._server, self._fleet, to_run=to_run)
         except names.InvalidName as exc:
             raise LauncherError(f"principal: {exc}") from None
 
@@ -309,7 +330,7 @@ class Supervisor:
     def _describe(self, proxy: Child) -> PrincipalState:
         keys, services = self._proxy_kind.describe(proxy.spec)
         return PrincipalState(
-            principal=proxy.principal,
+            principal=names.PrincipalRef.from_user_id(proxy.principal),
             pid=proxy.pid,
             socket=str(self._proxy_kind.socket_path(proxy.principal)),
             digest=proxy.digest,

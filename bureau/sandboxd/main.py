@@ -109,10 +109,11 @@ class Broker:
         host, principal = self._host, request.principal
         if request.op not in {"hello", "sweep"} and not principal:
             raise LauncherError(f"{request.op}: no principal")
-        if request.op == "start":
-            if request.spec is None:
-                raise LauncherError(f"sandbox for {principal}: no spec")
-            pid, log_r = host.start(principal, request.spec, request.names)
+        spec = request.spec
+        if request.op in {"check", "start"} and spec is None:
+            raise LauncherError(f"sandbox for {principal}: no spec")
+        if request.op == "start" and spec is not None:
+            pid, log_r = host.start(principal, spec, request.names)
             self._log.info("sandbox started", principal=principal, pid=pid)
             return Reply(pid=pid), [log_r]
 
@@ -127,7 +128,7 @@ class Broker:
         handlers: dict[str, Callable[[], Reply]] = {
             "hello": lambda: Reply(mode=host.mode),
             "known": lambda: Reply(known=host.known(principal)),
-            "check": lambda: done(host.check, principal, r.spec or {}, r.names),
+            "check": lambda: done(host.check, principal, spec, r.names),
             "relink": lambda: done(host.relink, principal),
             "finish": lambda: Reply(how=host.finish(principal, keeper, reaped=r.reaped)),
             "terminate": lambda: done(host.terminate, principal, keeper),
@@ -151,9 +152,16 @@ class Broker:
                     self._log.warning("refused a peer", uid=uid)
                     send(conn, Reply(error=f"{PROG}: uid {uid} may not ask").to_json())
                     return
-                request = Request.from_json(raw)
             except (OSError, WireError) as exc:
                 self._log.warning("a request went unanswered", error=str(exc))
+                return
+            try:
+                request = Request.from_json(raw)
+            except WireError as exc:
+                # Answered, so that the launcher says why rather than "is it running?".
+                self._log.warning("refused a malformed request", error=str(exc))
+                with contextlib.suppress(OSError, WireError):
+                    send(conn, Reply(error=f"{PROG}: {exc}").to_json())
                 return
             try:
                 reply, fds = self.answer(request)

@@ -20,13 +20,14 @@ from bureau.wire.credentials import (
     services_json,
     valid_credential_name,
 )
+from bureau.wire.names import InvalidName, PrincipalRef
 
 WHERE = "proxy payload (stdin)"
 
 
 @dataclass(frozen=True)
 class ProxyPayload:
-    principal: str
+    principal: str  # a PrincipalRef's user ID
     services: dict[str, ServiceRoute]
     credentials: dict[str, Secret]
     expires_at: str | None = None
@@ -43,9 +44,13 @@ class ProxyPayload:
             raise InputError(WHERE, None, "not JSON") from None
         if not isinstance(obj, dict):
             raise InputError(WHERE, None, "expected an object")
-        principal = obj.get("principal")
-        if not isinstance(principal, str) or not principal.startswith("@"):
+        raw_principal = obj.get("principal")
+        if not isinstance(raw_principal, str):
             raise InputError(WHERE, "principal", "expected a user ID")
+        try:
+            principal = PrincipalRef.from_user_id(raw_principal).user_id
+        except InvalidName as exc:
+            raise InputError(WHERE, "principal", str(exc)) from None
         raw_credentials = obj.get("credentials")
         if not isinstance(raw_credentials, dict):
             raise InputError(WHERE, "credentials", "expected an object")

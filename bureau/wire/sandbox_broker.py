@@ -2,7 +2,8 @@
 request and one reply per connection, each a JSON object in one SOCK_SEQPACKET message;
 the reply to ``start`` carries a descriptor (the read end of the workload's output pipe,
 for the launcher's log relay). Nothing here is secret: specs, principal names, credential
-names, pids."""
+names, pids. The spec of ``check`` and ``start`` is a SandboxSpec, read again by the side
+that receives it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from bureau.errors import InputError
+from bureau.wire.sandbox_spec import SandboxSpec
 
 MAX_MESSAGE = 1 << 20
 OPS = frozenset(
@@ -60,7 +64,7 @@ class Request:
     op: str
     principal: str = ""
     keeper: int = 0
-    spec: dict[str, Any] | None = None
+    spec: SandboxSpec | None = None
     names: tuple[str, ...] = ()  # the credentials the principal's bundle holds
     reaped: bool = False
     adopted: tuple[int, ...] = ()
@@ -71,7 +75,7 @@ class Request:
                 "op": self.op,
                 "principal": self.principal,
                 "keeper": self.keeper,
-                "spec": self.spec,
+                "spec": None if self.spec is None else self.spec.to_json(),
                 "names": list(self.names),
                 "reaped": self.reaped,
                 "adopted": list(self.adopted),
@@ -84,9 +88,13 @@ class Request:
         op = _field(data, "op", str, "")
         if op not in OPS:
             raise WireError(f"field 'op': unknown operation {op!r}")
-        spec = data.get("spec")
-        if spec is not None and not isinstance(spec, dict):
+        raw_spec = data.get("spec")
+        if raw_spec is not None and not isinstance(raw_spec, dict):
             raise WireError("field 'spec': expected an object or null")
+        try:
+            spec = None if raw_spec is None else SandboxSpec.from_json(raw_spec)
+        except InputError as exc:
+            raise WireError(f"field 'spec': {exc}") from None
         return cls(
             op=op,
             principal=_field(data, "principal", str, ""),

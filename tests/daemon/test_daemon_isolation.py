@@ -5,8 +5,8 @@ never ends holds up no other principal's start or stop."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import Fleet
@@ -16,8 +16,19 @@ from processes import echo_upstream
 from publisher import Publisher
 from scripted_launcher import scripted_launcher
 
-from bureau.wire.credentials import content_digest
-from bureau.wire.launcher_protocol import EnsureResult, PrincipalState, StopResult
+from bureau.wire.launcher_protocol import (
+    Answer,
+    EnsureRequest,
+    EnsureResult,
+    Listing,
+    ListRequest,
+    PrincipalState,
+    Refusal,
+    Request,
+    StopRequest,
+    StopResult,
+)
+from bureau.wire.names import PrincipalRef
 
 
 @pytest.mark.slow
@@ -27,7 +38,7 @@ def test_a_launcher_that_refuses_to_list_is_waited_for(
     """A launcher answering every request with a refusal (a wrong --daemon-user, say) is
     treated as absent: the daemon backs off and asks again, and does not exit."""
     machine = enroll(fleet, tmp_path)
-    refusal = {"ok": False, "error": "permission denied"}
+    refusal = Refusal("permission denied")
     with scripted_launcher(run_dir, lambda _: refusal) as launcher:
         argv = daemon_argv(machine.machine.short_name, machine.state_dir, run_dir)
         with service(argv, "launcher refused to list its principals") as the_daemon:
@@ -43,23 +54,25 @@ def test_a_start_that_never_ends_holds_up_no_other_principal(
     machine = enroll(fleet, tmp_path)
     hung, quick = "agent/hung", "agent/quick"
     release = threading.Event()
-    running: dict[str, str] = {}  # principal -> digest, as the launcher would list them
+    # principal -> digest, as the launcher would list them
+    running: dict[PrincipalRef, str] = {}
 
-    def answer(request: dict[str, Any]) -> dict[str, Any]:
-        principal = str(request.get("principal"))
-        if request["action"] == "list":
-            listed = [
-                PrincipalState(p, 1, "/s", d, (), (), "", 0, "running").to_json()
-                for p, d in sorted(running.items())
-            ]
-            return {"ok": True, "principals": listed}
-        if request["action"] == "ensure":
-            if principal == publisher.user_id(hung):
+    def answer(request: Request) -> Answer | Refusal:
+        if isinstance(request, ListRequest):
+            return Listing(
+                tuple(
+                    PrincipalState(p, 1, "/s", d, (), (), "", 0, "running")
+                    for p, d in sorted(running.items())
+                )
+            )
+        if isinstance(request, EnsureRequest):
+            if request.principal.user_id == publisher.user_id(hung):
                 release.wait(60)
-            running[principal] = content_digest(request["credentials"])
-            return {"ok": True, **EnsureResult(True, "/s").to_json()}
-        running.pop(principal, None)
-        return {"ok": True, **StopResult(True).to_json()}
+            running[request.principal] = request.credentials.digest
+            return EnsureResult(True, "/s")
+        assert isinstance(request, StopRequest), request
+        running.pop(request.principal, None)
+        return StopResult(True)
 
     with echo_upstream() as upstream, scripted_launcher(run_dir, answer) as launcher:
         publisher = Publisher(fleet, machine, upstream)
@@ -69,18 +82,18 @@ def test_a_start_that_never_ends_holds_up_no_other_principal(
                 publisher.put(principal, publisher.build(principal, "g1"))
             publisher.assign([hung, quick])
 
-            def asked(action: str, principal: str) -> Any:
-                user = publisher.user_id(principal)
+            def asked(kind: type[Request], principal: str) -> Callable[[list[Request]], bool]:
+                user = PrincipalRef.from_user_id(publisher.user_id(principal))
                 return lambda requests: any(
-                    r["action"] == action and r.get("principal") == user for r in requests
+                    isinstance(r, kind) and getattr(r, "principal", None) == user for r in requests
                 )
 
             # agent/hung's start is held; agent/quick starts regardless...
-            launcher.wait_for(asked("ensure", hung))
-            launcher.wait_for(asked("ensure", quick))
+            launcher.wait_for(asked(EnsureRequest, hung))
+            launcher.wait_for(asked(EnsureRequest, quick))
             # ...and is stopped regardless, while agent/hung's start still hangs.
             publisher.assign([hung])
-            launcher.wait_for(asked("stop", quick))
+            launcher.wait_for(asked(StopRequest, quick))
             assert not release.is_set()
             release.set()
             assert the_daemon.proc.poll() is None

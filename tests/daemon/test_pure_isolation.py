@@ -34,6 +34,7 @@ from bureau.wire.launcher_protocol import (
     parse_request,
 )
 from bureau.wire.machine_config import Assignment, MachineConfig
+from bureau.wire.names import PrincipalRef
 
 P = "@bureau/fleet/prod/agent/{}:bureau.local"
 GOOD: dict[str, Any] = {
@@ -104,7 +105,8 @@ def test_machine_status_shows_failed_principals(tmp_path: Any) -> None:
     (proc / "stat").write_text("cpu 1 0 1 10 0 0 0 0 0 0\n")
     (proc / "meminfo").write_text("MemTotal: 2048 kB\nMemAvailable: 1024 kB\n")
     (proc / "uptime").write_text("12.5 1.0\n")
-    listed = [PrincipalState(P.format("old"), 999999, "/s", "sha256:0", (), (), "", 0, "running")]
+    old = PrincipalRef.from_user_id(P.format("old"))
+    listed = [PrincipalState(old, 999999, "/s", "sha256:0", (), (), "", 0, "running")]
     failures = {P.format("bad"): "services: api: upstream_url: bad", P.format("old"): "expired"}
     content = status_content("@m:x", listed, CpuSampler(proc), 1.0, failures)
     assert content["principals"][P.format("bad")] == {

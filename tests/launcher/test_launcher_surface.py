@@ -51,6 +51,7 @@ ALLOWED_OURS = {
     "bureau.launcher.first_boot",
     "bureau.launcher.main",
     "bureau.launcher.processes",
+    "bureau.wire.launcher_answers",
     "bureau.wire.launcher_protocol",
     "bureau.launcher.proxy_kind",
     "bureau.launcher.relogin",

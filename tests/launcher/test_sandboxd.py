@@ -28,6 +28,7 @@ from bureau.launcher.children import LauncherError
 from bureau.launcher.processes import process_start_time
 from bureau.launcher.sandbox_broker import BrokerClient
 from bureau.wire.sandbox_broker import Reply, Request, receive, send
+from bureau.wire.sandbox_spec import SandboxSpec
 
 SLEEP = "import time; open('/workspace/up', 'w').close(); time.sleep(600)"
 NOBODY = 65534
@@ -142,7 +143,7 @@ def test_sandboxd_checks_a_spec_itself_whoever_sends_it(
         spec["filesystem"] = [*spec["filesystem"], {"source": state, "dest": "/s", "mode": "ro"}]
         client = BrokerClient(_socket(run_dir))
         with pytest.raises(LauncherError, match=r"^sandbox for .*filesystem.* " + state):
-            client.start(box.principal, spec, [])
+            client.start(box.principal, SandboxSpec.from_json(spec), [])
         assert not box.workspace.exists()
 
 
@@ -164,7 +165,7 @@ def test_sandboxd_gives_a_uid_to_no_name_outside_the_fleet_nor_without_a_proxy(
             (f"@{fleet.name}/agent/nobody:{fleet.hub.server_name}", "no proxy socket"),
         ):
             with pytest.raises(LauncherError, match=why):
-                client.start(name, python_spec(SLEEP), [])
+                client.start(name, SandboxSpec.from_json(python_spec(SLEEP)), [])
         assert not (box.sandbox_dir / "sandbox-uids.json").exists()  # no uid given at all
         assert not (run_dir / "sandbox").exists()
 

@@ -6,26 +6,26 @@ own, so one held answer holds up nothing else."""
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-Answer = Callable[[dict[str, Any]], dict[str, Any]]
+from bureau.wire.launcher_protocol import Answer, Refusal, Request, encode_answer, parse_request
+
+Script = Callable[[Request], Answer | Refusal]
 
 
 class ScriptedLauncher:
-    def __init__(self, path: Path, answer: Answer) -> None:
+    def __init__(self, path: Path, answer: Script) -> None:
         self._listener = socket.socket(socket.AF_UNIX)
         self._listener.bind(str(path))
         self._listener.listen(64)
         self._answer = answer
         self._lock = threading.Condition()
-        self.requests: list[dict[str, Any]] = []
+        self.requests: list[Request] = []
 
-    def wait_for(self, check: Callable[[list[dict[str, Any]]], bool], timeout: float = 30) -> None:
+    def wait_for(self, check: Callable[[list[Request]], bool], timeout: float = 30) -> None:
         """Until the requests received so far satisfy ``check``."""
         with self._lock:
             assert self._lock.wait_for(lambda: check(self.requests), timeout), self.requests
@@ -46,16 +46,17 @@ class ScriptedLauncher:
                 if not chunk:
                     return
                 data += chunk
-            request = json.loads(data)
+            # Read as the launcher reads it: the daemon's requests are checked too.
+            request = parse_request(data)
             with self._lock:
                 self.requests.append(request)
                 self._lock.notify_all()
             with contextlib.suppress(OSError):
-                conn.sendall(json.dumps(self._answer(request)).encode() + b"\n")
+                conn.sendall(encode_answer(self._answer(request)))
 
 
 @contextlib.contextmanager
-def scripted_launcher(run_dir: Path, answer: Answer) -> Iterator[ScriptedLauncher]:
+def scripted_launcher(run_dir: Path, answer: Script) -> Iterator[ScriptedLauncher]:
     launcher = ScriptedLauncher(run_dir / "launcher.sock", answer)
     threading.Thread(target=launcher._accept, daemon=True).start()
     try:

@@ -10,13 +10,18 @@ import socket
 import pytest
 
 from bureau.wire.sandbox_broker import Reply, Request, WireError, receive, send
+from bureau.wire.sandbox_spec import SandboxSpec
+
+SPEC = {"template": "t/template:x", "command": ["x"], "environment": {"A": "1"}}
 
 
 def test_a_request_and_a_reply_round_trip() -> None:
-    request = Request(
-        "start", "@a/fleet/b/agent/c:s", keeper=7, spec={"command": ["x"]}, names=("TOKEN",)
-    )
+    spec = SandboxSpec.from_json(SPEC)
+    request = Request("start", "@a/fleet/b/agent/c:s", keeper=7, spec=spec, names=("TOKEN",))
     assert Request.from_json(request.to_json()) == request
+    # The spec travels as its JSON: the bytes a SandboxSpec's to_json gives.
+    assert json.loads(request.to_json())["spec"] == spec.to_json()
+    assert Request.from_json(Request("sweep", adopted=(1, 2)).to_json()).spec is None
     reply = Reply(pid=3, how="status 0", memory=10, cpu=1.5, mode="v2", killed=("@p:s",))
     assert Reply.from_json(reply.to_json()) == reply
 
@@ -28,6 +33,8 @@ def test_a_request_and_a_reply_round_trip() -> None:
         ({"op": "kill", "keeper": "1"}, "'keeper': expected int"),
         ({"op": "kill", "keeper": True}, "'keeper': expected int"),
         ({"op": "start", "spec": []}, "'spec': expected an object"),
+        ({"op": "start", "spec": {**SPEC, "command": []}}, "'spec': sandbox: command: no"),
+        ({"op": "check", "spec": {**SPEC, "privileged": 1}}, "'spec': sandbox: privileged"),
         ({"op": "sweep", "adopted": [1, "2"]}, "'adopted': expected a list of integers"),
         ({"op": "check", "names": [1]}, "'names': expected a list of strings"),
         ({"op": "finish", "reaped": 1}, "'reaped': expected bool"),
