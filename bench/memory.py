@@ -32,6 +32,7 @@ from bureau.operator.principal_credentials import (
 from bureau.secret import Secret
 from bureau.wire import names
 from bureau.wire.credentials import ServiceRoute
+from bureau.wire.launcher_protocol import RelayedCredentials
 
 COUNTS = (1, 10, 50)
 BIN = Path(sys.executable).parent
@@ -116,7 +117,8 @@ def _measure(
                     time.sleep(0.05)
                 client = LauncherClient(launcher_socket)
                 for principal, content in events[:count]:
-                    asyncio.run(client.ensure(principal, content))
+                    relayed = RelayedCredentials.from_json(content)
+                    asyncio.run(client.ensure(names.PrincipalRef.from_user_id(principal), relayed))
                 time.sleep(1.0)  # let start-up garbage settle
                 pids = tree(proc.pid)
                 pss, rss = total_mib(pids)

@@ -60,6 +60,7 @@ from bureau.template_resolve import resolve
 from bureau.wire import names
 from bureau.wire.credentials import ServiceRoute
 from bureau.wire.files import OperatorCredentials
+from bureau.wire.launcher_protocol import RelayedCredentials
 from bureau.wire.sandbox_spec import SandboxSpec
 from bureau.wire.template import Template
 
@@ -153,7 +154,7 @@ def _log_times(log: Path) -> dict[tuple[str, str], float]:
 
 
 def _listed(client: LauncherClient) -> set[str]:
-    return {p.principal for p in asyncio.run(client.list())}
+    return {p.principal.user_id for p in asyncio.run(client.list())}
 
 
 def _one_start(
@@ -349,13 +350,13 @@ def _kinds(client: LauncherClient, launcher_pid: int) -> dict[str, dict[str, int
         pids = {
             "bwrap outer": outer,
             "bwrap inner": inner,
-            "log relay": relays[listed.principal],
+            "log relay": relays[listed.principal.user_id],
             "proxy": listed.pid,
             "workload": workload,
         }
         if _comm(_parent(outer)) == "setsid":
             pids["keeper"] = _parent(outer)
-        found[listed.principal] = pids
+        found[listed.principal.user_id] = pids
     return found
 
 
@@ -389,12 +390,15 @@ def _measure_memory(
     ):
         client = LauncherClient(run_dir / "launcher.sock")
         try:
+            sandbox = SandboxSpec.from_json(spec)
             for principal, content in events[:count]:
+                ref = names.PrincipalRef.from_user_id(principal)
+                relayed = RelayedCredentials.from_json(content)
                 started = time.monotonic()
-                asyncio.run(client.ensure(principal, content))
+                asyncio.run(client.ensure(ref, relayed))
                 proxy_s.append(time.monotonic() - started)
                 started = time.monotonic()
-                asyncio.run(client.ensure(principal, content, spec))
+                asyncio.run(client.ensure(ref, relayed, sandbox))
                 sandbox_s.append(time.monotonic() - started)
             time.sleep(SETTLE)
             kinds = _kinds(client, launcher.pid)
@@ -416,7 +420,7 @@ def _measure_memory(
         finally:
             for principal, _content in events[:count]:
                 with contextlib.suppress(Exception):
-                    asyncio.run(client.stop(principal))
+                    asyncio.run(client.stop(names.PrincipalRef.from_user_id(principal)))
             _kill_sandboxes(run_dir)
     row = {"principals": count, "kinds": per_kind, "launcher_and_template_pss_kib": launcher_pss}
     return row, proxy_s, sandbox_s, bwrap_argv
