@@ -31,20 +31,49 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from bureau.errors import InputError
 from bureau.secret import Secret
 from bureau.wire import names
 
+# Routes live in service_route.py; re-exported while callers move to importing it there.
+from bureau.wire.service_route import (
+    HEADER_NAME as HEADER_NAME,  # noqa: PLC0414
+)
+from bureau.wire.service_route import (
+    RESERVED_PREFIX as RESERVED_PREFIX,  # noqa: PLC0414
+)
+from bureau.wire.service_route import (
+    ServiceRoute as ServiceRoute,  # noqa: PLC0414
+)
+from bureau.wire.service_route import (
+    check_inject_headers as check_inject_headers,  # noqa: PLC0414
+)
+from bureau.wire.service_route import (
+    check_upstream_url as check_upstream_url,  # noqa: PLC0414
+)
+from bureau.wire.service_route import (
+    has_control_character as has_control_character,  # noqa: PLC0414
+)
+from bureau.wire.service_route import (
+    parse_services as parse_services,  # noqa: PLC0414
+)
+from bureau.wire.service_route import (
+    referenced_credentials as referenced_credentials,  # noqa: PLC0414
+)
+from bureau.wire.service_route import (
+    services_json as services_json,  # noqa: PLC0414
+)
+from bureau.wire.service_route import (
+    shown as shown,  # noqa: PLC0414
+)
+from bureau.wire.service_route import (
+    valid_credential_name as valid_credential_name,  # noqa: PLC0414
+)
+
 VERSION = 1
 BINDING_KEY = "bureau.binding"
 ESCROW_RECIPIENT = "escrow:operator"
-# Upstream sets no grammar for credential names (MATRIX_TOKEN, github-token, ...); this is
-# the printable subset they use, so that a name is safe in a log line and a header map.
-# ``bureau.`` is reserved: the binding, and any entry a later version adds beside it.
-_CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-RESERVED_PREFIX = "bureau."
 MATRIX_TOKEN = "MATRIX_TOKEN"  # noqa: S105 -- the name of a credential, not one
 MATRIX_SERVICE = "matrix"
 # Short: it ends up in machine_status, whose reasons are cut at 200 characters.
@@ -52,24 +81,7 @@ UNBOUND_REFUSED = (
     "unbound bundle refused (no bureau.binding, as upstream writes them; "
     "--allow-unbound-bundles serves them)"
 )
-_SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
-HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
 _RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
-# Connection-level headers an injected credential must never pose as.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-    }
-)
 
 
 def canonical_json(value: object) -> bytes:
@@ -85,125 +97,15 @@ def rfc3339_now(now: datetime | None = None) -> str:
     return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _shown(value: str, limit: int = 80) -> str:
-    """A value quoted in an error, cut short: errors travel into logs and heartbeats."""
-    return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
-
-
 def parse_rfc3339(value: str) -> datetime:
     if not _RFC3339.fullmatch(value):
-        raise ValueError(f"{_shown(value)} is not an RFC 3339 time (e.g. 2026-12-31T23:59:59Z)")
+        raise ValueError(f"{shown(value)} is not an RFC 3339 time (e.g. 2026-12-31T23:59:59Z)")
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def valid_credential_name(name: str) -> bool:
-    return bool(_CREDENTIAL_NAME.fullmatch(name)) and not name.startswith(RESERVED_PREFIX)
-
-
-def has_control_character(value: str) -> bool:
-    """CR, LF, NUL and the other C0 controls (tab aside) and DEL: a credential becomes a
-    header value, and these would split or end the header."""
-    return any((ord(c) < 0x20 and c != "\t") or c == "\x7f" for c in value)
-
-
-def check_upstream_url(url: str, where: str) -> None:
-    """An http(s) URL with a host and, if any, a port in 1-65535; nothing a proxy would have
-    to guess at. urlsplit raises plain ValueError for a broken IPv6 literal or a bad port:
-    caught here so that a malformed event is one refusal, never an uncaught exception."""
-    field_name = "upstream_url"
-    if not url.isascii() or has_control_character(url) or " " in url:
-        raise InputError(where, field_name, "must be ASCII without spaces or control characters")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise InputError(where, field_name, f"{_shown(url)} is not a valid URL ({exc})") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InputError(where, field_name, f"{_shown(url)} is not an http(s) URL with a host")
-    if parts.netloc.endswith(":") or port == 0:
-        raise InputError(where, field_name, f"{_shown(url)}: the port must be 1-65535")
-    if parts.username or parts.password or parts.query or parts.fragment:
-        raise InputError(where, field_name, "must not carry credentials, query or fragment")
-
-
-def check_inject_headers(inject: dict[str, Any], where: str) -> None:
-    """header -> credential name, as a bundle's route and a template's proxy service
-    both carry it: a header a credential may pose as, and a name, never a value."""
-    for header, credential in inject.items():
-        if not HEADER_NAME.fullmatch(header) or header.lower() in HOP_BY_HOP:
-            raise InputError(where, f"inject_headers.{header}", "not an injectable header")
-        if not isinstance(credential, str) or not valid_credential_name(credential):
-            raise InputError(where, f"inject_headers.{header}", "expected a credential name")
-
-
-@dataclass(frozen=True)
-class ServiceRoute:
-    upstream_url: str
-    inject_headers: dict[str, str]
-    auth_scheme: str | None = None
-    strip_headers: tuple[str, ...] = ()
-
-    @classmethod
-    def from_json(cls, obj: object, where: str) -> ServiceRoute:
-        if not isinstance(obj, dict):
-            raise InputError(where, None, "expected an object")
-        unknown = set(obj) - {"upstream_url", "inject_headers", "auth_scheme", "strip_headers"}
-        if unknown:
-            raise InputError(where, sorted(unknown)[0], "unknown field")
-        url = obj.get("upstream_url")
-        if not isinstance(url, str):
-            raise InputError(where, "upstream_url", "expected a string")
-        check_upstream_url(url, where)
-        inject = obj.get("inject_headers")
-        if not isinstance(inject, dict) or not inject:
-            raise InputError(where, "inject_headers", "expected a non-empty object")
-        check_inject_headers(inject, where)
-        scheme = obj.get("auth_scheme")
-        if scheme is not None and (
-            not isinstance(scheme, str) or not HEADER_NAME.fullmatch(scheme)
-        ):
-            raise InputError(where, "auth_scheme", "expected a single word such as Bearer")
-        strip = obj.get("strip_headers", [])
-        if not isinstance(strip, list) or not all(
-            isinstance(h, str) and HEADER_NAME.fullmatch(h) for h in strip
-        ):
-            raise InputError(where, "strip_headers", "expected a list of header names")
-        return cls(url.rstrip("/"), dict(inject), scheme, tuple(strip))
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "upstream_url": self.upstream_url,
-            "inject_headers": self.inject_headers,
-        }
-        if self.auth_scheme is not None:
-            out["auth_scheme"] = self.auth_scheme
-        if self.strip_headers:
-            out["strip_headers"] = list(self.strip_headers)
-        return out
-
-
-def parse_services(obj: object, where: str) -> dict[str, ServiceRoute]:
-    if not isinstance(obj, dict) or not obj:
-        raise InputError(where, None, "expected an object of service name -> route")
-    services = {}
-    for name, route in obj.items():
-        if not _SERVICE_NAME.fullmatch(name):
-            raise InputError(where, name, "service names are a-z 0-9 . _ - (at most 63)")
-        services[name] = ServiceRoute.from_json(route, f"{where}: {name}")
-    return services
-
-
-def services_json(services: dict[str, ServiceRoute]) -> dict[str, Any]:
-    return {name: route.to_json() for name, route in sorted(services.items())}
 
 
 def binding_digest(principal: str, services: dict[str, ServiceRoute]) -> str:
     payload = {"principal": principal, "services": services_json(services)}
     return "sha256:" + hashlib.sha256(canonical_json(payload)).hexdigest()
-
-
-def referenced_credentials(services: dict[str, ServiceRoute]) -> set[str]:
-    return {c for route in services.values() for c in route.inject_headers.values()}
 
 
 @dataclass(frozen=True)
@@ -369,7 +271,7 @@ def unbound_services(
     for name, route in services.items():
         if name == MATRIX_SERVICE:
             raise InputError(f"{where}: services", name, "is built in; choose another name")
-        if MATRIX_TOKEN in route.inject_headers.values():
+        if MATRIX_TOKEN in route.names():
             raise InputError(
                 f"{where}: services",
                 name,

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from bureau.proxy.scope import AmbiguousPath, Rule, RuleError, Scope, canonical_path
+from bureau.proxy.scope import AmbiguousPath, Scope, canonical_path
+from bureau.wire.scope_rules import Rule, RuleError
 
 GITHUB = Scope.parse(
     allow=["GET /repos/acme/*/issues", "POST /repos/acme/*/issues", "GET /repos/acme/**"],

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from bureau.errors import InputError
-from bureau.wire.credentials import (
-    CredentialsEvent,
+from bureau.wire.credentials import CredentialsEvent
+from bureau.wire.service_route import (
     ServiceRoute,
     has_control_character,
     parse_services,

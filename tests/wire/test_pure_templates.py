@@ -20,7 +20,7 @@ from bureau.template_resolve import (
     resolve,
 )
 from bureau.wire import names
-from bureau.wire.credentials import ServiceRoute
+from bureau.wire.service_route import ServiceRoute
 from bureau.wire.template import Template
 from bureau.wire.template_parts import Namespaces, ProxyService, Resources, Security, TemplateRef
 
@@ -208,7 +208,7 @@ def test_proxy_service_becomes_a_credentials_route() -> None:
     assert github.to_route("api") == ServiceRoute(
         "https://api.github.com", {"Authorization": "GITHUB_TOKEN"}, "Bearer"
     )
-    with pytest.raises(InputError, match=r"x: inject_headers: expected a non-empty object"):
+    with pytest.raises(InputError, match=r"x: inject_headers: no credential to inject"):
         ProxyService("https://example.com").to_route("x")
 
 

@@ -27,7 +27,6 @@ from bureau.secret import Secret
 from bureau.wire.credentials import (
     BINDING_KEY,
     CredentialsEvent,
-    ServiceRoute,
     binding_digest,
     bundle_plaintext,
     open_plaintext,
@@ -40,6 +39,7 @@ from bureau.wire.machine_config import (
     without_auto_start,
     without_entry,
 )
+from bureau.wire.service_route import ServiceRoute
 from bureau.wire.template import EVENT_TYPE
 
 SERVER = "bureau.local"
