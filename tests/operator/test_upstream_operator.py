@@ -496,6 +496,20 @@ def test_fleet_cache_without_name_is_read_and_we_write_none_when_not_given(
     content = admin.get_state(room, "m.bureau.fleet_cache", "")
     assert content == {"url": upstream_cache["url"], "public_keys": [NIX_KEY]}
 
+    # Over upstream's event, `cache set` keeps the fields it does not set (upstream's
+    # compose fields), and a name left out is gone, as it would be written fresh.
+    admin.put_state(room, "m.bureau.fleet_cache", "", {**upstream_cache, "name": "main"})
+    moved = "http://attic.internal:5581/main"
+    args = ["--public-key", NIX_KEY, "--credential-file", str(fleet.credential_file)]
+    again = run("bureau", "fleet", "cache", "set", "--url", moved, *args)
+    assert again.returncode == 0, again.stderr
+    assert admin.get_state(room, "m.bureau.fleet_cache", "") == {
+        "url": moved,
+        "public_keys": [NIX_KEY],
+        "compose_template": "bureau/template:nix-builder",
+        "default_system": "x86_64-linux",
+    }
+
 
 @pytest.mark.parametrize("order", ["go", "reversed"])
 def test_session_json_written_compact_by_go_is_read(tmp_path: Path, order: str) -> None:
