@@ -8,245 +8,49 @@ the real CLI, its launcher and daemon, a principal's proxy in front of an echo u
   request that carries the new value, beside the floor measured the same way in the same
   run (a state event PUT by one client arriving in another client's /sync), with a client
   sending requests continuously through every rotation and counting failures.
+
+``run`` runs these, then memory.py's, sandboxes.py's and simulated_fleet.py's benchmarks on
+the same hub; what they share is harness.py's.
 """
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import json
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import memory
-from servers import free_port
+import sandboxes
+import simulated_fleet
+from harness import Client, bench_fleet, checked, first_boot, machine_args, service
+from hub_fleet import Fleet
+from launcher_proc import kill_proxies_under
+from machine_helpers import (
+    Enrolled,
+    assign,
+    provision_credentials,
+    proxy_socket,
+    services_file,
+)
+from processes import BIN, echo_upstream
 
-from bureau.hub import Hub
 from bureau.matrix.client import MatrixHTTP
 from bureau.operator import credentials
-from bureau.operator.setup import setup
 from bureau.secret import Secret
-
-BIN = Path(sys.executable).parent
-REPO = Path(__file__).resolve().parent.parent
-FLEET = "bench/fleet/prod"
+from bureau.wire import names
 
 
-def cli(*args: str | Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [str(BIN / str(args[0])), *map(str, args[1:])],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"{args[0]} {args[1]} failed: {result.stderr.strip()}")
-    return result
-
-
-@dataclass
-class Fleet:
-    hub: Hub
-    url: str
-    server: str
-    creds_file: Path
-    work: Path
-
-
-@contextlib.contextmanager
-def fleet(work: Path) -> Iterator[Fleet]:
-    hub = Hub(work / "hub")
-    status, _ = hub.up(port=free_port())
-    try:
-        creds_file = work / "bureau-creds"
-        setup(
-            homeserver=status.url,
-            server_name=status.server_name,
-            registration_token=Secret(hub.token_file.read_text().strip()),
-            credential_file=creds_file,
-            fleet=FLEET,
-            report=lambda _line: None,
-        )
-        yield Fleet(hub, status.url, status.server_name, creds_file, work)
-    finally:
-        hub.down()
-
-
-def first_boot(f: Fleet, name: str) -> tuple[float, float, Path]:
-    """Seconds from start to exit of a first boot, seconds of it in Matrix requests, and
-    the machine's state directory."""
-    bootstrap = f.work / f"{name}.bootstrap.json"
-    cli("bureau", "machine", "provision", f"machine/{name}", "--credential-file", f.creds_file,
-        "--output", bootstrap)  # fmt: skip
-    state = f.work / name
-    started = time.monotonic()
-    result = subprocess.run(
-        [
-            str(BIN / "bureau-launcher"),
-            "--bootstrap-file",
-            str(bootstrap),
-            "--machine-name",
-            f"machine/{name}",
-            "--state-dir",
-            str(state),
-            "--key-storage",
-            "plain",
-            "--first-boot-only",
-            "--log-level",
-            "debug",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    elapsed = time.monotonic() - started
-    matrix_ms = 0.0
-    for line in result.stderr.splitlines():
-        with contextlib.suppress(ValueError):
-            entry = json.loads(line)
-            if entry.get("event") == "matrix request":
-                matrix_ms += float(entry.get("ms", 0))
-    return elapsed, matrix_ms / 1000, state
-
-
-class NotifyListener:
-    """A NOTIFY_SOCKET that, like systemd, reads every message: a service whose receiver's
-    queue (net.unix.max_dgram_qlen, 10 by default) is full waits up to 2 s to send its next
-    STATUS= (bureau/notify.py), which would be timed as the service being slow."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self._closing = threading.Event()
-        self._reader = threading.Thread(target=self._read_on, daemon=True)
-
-    def wait_ready(self, timeout: float = 120) -> float:
-        self.sock.settimeout(timeout)
-        while True:
-            message = self.sock.recv(65536).decode()
-            if message.startswith("READY=1"):
-                ready = time.monotonic()
-                self._reader.start()
-                return ready
-
-    def _read_on(self) -> None:
-        self.sock.settimeout(0.1)
-        while not self._closing.is_set():
-            with contextlib.suppress(TimeoutError):
-                self.sock.recv(65536)
-
-    def close(self) -> None:
-        self._closing.set()
-        if self._reader.is_alive():
-            self._reader.join(timeout=5)
-        self.sock.close()
-
-
-@contextlib.contextmanager
-def service(
-    argv: list[str], notify: Path, log: Path
-) -> Iterator[tuple[subprocess.Popen[bytes], float]]:
-    """A launcher or daemon as systemd runs it; yields it and its seconds to READY."""
-    listener = NotifyListener(notify)
-    env = {**os.environ, "NOTIFY_SOCKET": str(notify)}
-    with log.open("wb") as err:
-        started = time.monotonic()
-        proc = subprocess.Popen(argv, env=env, stderr=err, stdout=subprocess.DEVNULL)
-        try:
-            yield proc, listener.wait_ready() - started
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-            listener.close()
-
-
-class Client(threading.Thread):
-    """Sends requests through a proxy socket back to back; records what it saw."""
-
-    def __init__(self, sock: Path, pace: float = 0.0) -> None:
-        super().__init__(daemon=True)
-        self.sock = sock
-        self.pace = pace  # seconds between requests; 0 sends back to back
-        self.stop = threading.Event()
-        self.requests = 0
-        self.failures = 0
-        self.errors: list[str] = []
-        self.seen: list[tuple[float, str]] = []  # (monotonic, Authorization) on change
-        self._lock = threading.Lock()
-
-    def reset_counts(self) -> None:
-        self.requests = self.failures = 0
-        self.errors.clear()
-
-    def run(self) -> None:
-        last = ""
-        while not self.stop.wait(self.pace):
-            self.requests += 1
-            try:
-                conn = _UnixConnection(self.sock)
-                conn.request("GET", "/http/api/rotate")
-                response = conn.getresponse()
-                body = response.read()
-                conn.close()
-                if response.status != 200:
-                    raise ValueError(f"status {response.status}: {body[:200]!r}")
-                value = json.loads(body)["headers"].get("authorization", "")
-            except Exception as exc:  # a failure to count, whatever it is
-                self.failures += 1
-                self.errors.append(repr(exc))
-                continue
-            if value != last:
-                with self._lock:
-                    self.seen.append((time.monotonic(), value))
-                last = value
-
-    def first_seen(self, value: str, after: float, timeout: float = 60) -> float:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                for when, seen in self.seen:
-                    if seen == value and when >= after:
-                        return when
-            time.sleep(0.001)
-        raise RuntimeError(
-            f"{value!r} never reached the proxy; client alive: {self.is_alive()}, "
-            f"{self.requests} requests, last errors: {self.errors[-3:]}"
-        )
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path) -> None:
-        super().__init__("bench", timeout=30)
-        self._path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(30)
-        self.sock.connect(str(self._path))
-
-
-def sync_floor(f: Fleet, state: Path, rounds: int) -> list[float]:
+def sync_floor(fleet: Fleet, enrolled: Enrolled, rounds: int) -> list[float]:
     """Seconds from one client's state PUT returning to another client's /sync returning
     with it: what any Matrix-driven rotation must wait at least."""
-    creds = credentials.load(f.creds_file)
-    admin = credentials.admin_client(creds)
-    session = json.loads((state / "session.json").read_text())
-    machine = MatrixHTTP(f.url, Secret(session["access_token"]), timeout=60)
-    alias = f"#{FLEET}/machine/{state.name}:{f.server}"
+    admin = credentials.admin_client(fleet.creds)
+    session = json.loads((enrolled.state_dir / "session.json").read_text())
+    machine = MatrixHTTP(fleet.hub.url, Secret(session["access_token"]), timeout=60)
+    alias = names.room_alias(enrolled.machine.localpart, fleet.hub.server_name)
     room = admin.resolve_alias(alias)
     assert room is not None
     sync_filter = json.dumps({"room": {"timeline": {"types": ["m.bureau.bench"]}}})
@@ -276,79 +80,70 @@ def sync_floor(f: Fleet, state: Path, rounds: int) -> list[float]:
 def run(
     work: Path, boots: int, rotations: int, workers: int, idle_seconds: float, starts: int
 ) -> dict[str, Any]:
-    import sandboxes  # noqa: PLC0415 -- they build on this module
-    import simulated_fleet  # noqa: PLC0415
-
     results: dict[str, Any] = {}
-    with fleet(work) as f:
-        timings = [first_boot(f, f"boot{i}") for i in range(boots)]
+    with bench_fleet(work) as fleet:
+        timings = [first_boot(fleet, work, f"boot{i}") for i in range(boots)]
         results["first_boot_s"] = statistics.median(t for t, _, _ in timings)
         results["first_boot_matrix_share"] = statistics.median(m / t for t, m, _ in timings)
         results["first_boots"] = len(timings)
-        _, _, state = first_boot(f, "worker")
-        run_dir = Path(f.work / "run")
-        common = [
-            "--machine-name",
-            "machine/worker",
-            "--state-dir",
-            str(state),
-            "--run-dir",
-            str(run_dir),
-        ]
-        upstream = subprocess.Popen(
-            [sys.executable, str(REPO / "script/echo-upstream")], stdout=subprocess.PIPE
-        )
+        _, _, worker = first_boot(fleet, work, "worker")
+        run_dir = work / "run"
         try:
-            assert upstream.stdout is not None
-            port = int(upstream.stdout.readline().split()[1])
-            services = f.work / "services.json"
-            services.write_text(json.dumps({"api": {
-                "upstream_url": f"http://127.0.0.1:{port}", "auth_scheme": "Bearer",
-                "inject_headers": {"Authorization": "TOKEN"}}}))  # fmt: skip
-            provision: list[str | Path] = [
-                "bureau", "credentials", "provision", "--credential-file", f.creds_file,
-                "--machine", "machine/worker", "--principal", "agent/bench",
-                "--services", services]  # fmt: skip
-            cli(*provision, stdin="TOKEN=rotation-0\n")
-            cli("bureau", "machine", "assign", "machine/worker", "--principal", "agent/bench",
-                "--credential-file", f.creds_file)  # fmt: skip
-            with (
-                service([str(BIN / "bureau-launcher"), *common], f.work / "l.notify",
-                        f.work / "launcher.log") as (_, launcher_ready),
-                service([str(BIN / "bureau-daemon"), *common], f.work / "d.notify",
-                        f.work / "daemon.log") as (_, daemon_ready),
-            ):  # fmt: skip
-                results["launcher_ready_s"] = launcher_ready
-                results["daemon_ready_s"] = daemon_ready
-                client = Client(run_dir / "fleet/prod/agent/bench.proxy.sock")
-                client.start()
-                client.first_seen("Bearer rotation-0", 0)
-                latencies = []
-                for index in range(1, rotations + 1):
-                    cli(*provision, stdin=f"TOKEN=rotation-{index}\n")
-                    returned = time.monotonic()
-                    # Each value is new, so its first sighting is the swap; it can come
-                    # before the CLI has exited, which counts as no wait at all.
-                    seen = client.first_seen(f"Bearer rotation-{index}", 0)
-                    latencies.append(max(0.0, seen - returned))
-                client.stop.set()
-                client.join(timeout=30)
-                results["rotation_s"] = statistics.median(latencies)
-                results["rotations"] = len(latencies)
-                results["rotation_requests"] = client.requests
-                results["rotation_failures"] = client.failures
-                results["rotation_errors"] = client.errors[:5]
-                results["sync_floor_s"] = statistics.median(sync_floor(f, state, rotations))
-            _, _, mem_state = first_boot(f, "mem")
-            results["memory"] = memory.run(f.creds_file, FLEET, "machine/mem", mem_state, f.work)
-            results["sandboxes"] = {
-                "start": sandboxes.run_start(f, starts),
-                "memory": sandboxes.run_memory(f),
-            }
-            results["simulated_fleet"] = simulated_fleet.run(f, workers, idle_seconds)
+            with echo_upstream() as upstream:
+                services = services_file(work, upstream)
+                results.update(rotation(fleet, worker, services, run_dir, work, rotations))
         finally:
-            upstream.terminate()
-            upstream.wait(timeout=30)
-            with contextlib.suppress(OSError):
-                subprocess.run(["pkill", "-f", "--", f"--socket {run_dir}/"], check=False)
+            kill_proxies_under(run_dir)  # they outlive the launcher, by design
+        _, _, mem = first_boot(fleet, work, "mem")
+        results["memory"] = memory.run(fleet, mem, work)
+        results["sandboxes"] = {
+            "start": sandboxes.run_start(fleet, work, starts),
+            "memory": sandboxes.run_memory(fleet, work),
+        }
+        results["simulated_fleet"] = simulated_fleet.run(fleet, work, workers, idle_seconds)
+    return results
+
+
+def rotation(
+    fleet: Fleet, worker: Enrolled, services: Path, run_dir: Path, work: Path, rotations: int
+) -> dict[str, Any]:
+    """The worker's launcher and daemon started and timed to READY, then ``rotations``
+    new values of agent/bench's credential, each timed to the proxy serving it, beside
+    the floor."""
+    results: dict[str, Any] = {}
+
+    def provision(index: int) -> None:
+        secrets = f"TOKEN=rotation-{index}\n"
+        checked(provision_credentials(fleet, worker, "agent/bench", services, secrets))
+
+    provision(0)
+    assign(fleet, worker, "agent/bench")
+    common = machine_args(worker, run_dir)
+    with (
+        service([str(BIN / "bureau-launcher"), *common], work / "l.notify",
+                work / "launcher.log") as (_, launcher_ready),
+        service([str(BIN / "bureau-daemon"), *common], work / "d.notify",
+                work / "daemon.log") as (_, daemon_ready),
+    ):  # fmt: skip
+        results["launcher_ready_s"] = launcher_ready
+        results["daemon_ready_s"] = daemon_ready
+        client = Client(proxy_socket(run_dir, "agent/bench"))
+        client.start()
+        client.first_seen("Bearer rotation-0", 0)
+        latencies = []
+        for index in range(1, rotations + 1):
+            provision(index)
+            returned = time.monotonic()
+            # Each value is new, so its first sighting is the swap; it can come before the
+            # CLI has exited, which counts as no wait at all.
+            seen = client.first_seen(f"Bearer rotation-{index}", 0)
+            latencies.append(max(0.0, seen - returned))
+        client.stop.set()
+        client.join(timeout=30)
+        results["rotation_s"] = statistics.median(latencies)
+        results["rotations"] = len(latencies)
+        results["rotation_requests"] = client.requests
+        results["rotation_failures"] = client.failures
+        results["rotation_errors"] = client.errors[:5]
+        results["sync_floor_s"] = statistics.median(sync_floor(fleet, worker, rotations))
     return results

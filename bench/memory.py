@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from harness import machine_args, route, service
+from hub_fleet import Fleet
+from launcher_proc import kill_proxies_under
+from machine_helpers import Enrolled
+from processes import BIN
 from servers import upstream
 
 from bureau.daemon.launcher_client import LauncherClient
@@ -31,11 +32,9 @@ from bureau.operator.principal_credentials import (
 )
 from bureau.secret import Secret
 from bureau.wire import names
-from bureau.wire.credentials import ServiceRoute
 from bureau.wire.launcher_protocol import RelayedCredentials
 
 COUNTS = (1, 10, 50)
-BIN = Path(sys.executable).parent
 
 
 def memory_kib(pid: int) -> tuple[int, int]:
@@ -75,27 +74,26 @@ def total_mib(pids: list[int]) -> tuple[float, float]:
     return pss / 1024, rss / 1024
 
 
-def run(creds_file: Path, fleet: str, machine: str, state: Path, work: Path) -> dict[str, Any]:
-    """``machine`` is the name within the fleet (machine/NAME), first-booted into state."""
+def run(fleet: Fleet, enrolled: Enrolled, work: Path) -> dict[str, Any]:
+    """``enrolled``: a machine past its first boot, for the launcher to run as."""
     with upstream(work / "upstream") as (origin, port):
         nginx_pss, nginx_rss = total_mib(origin.pids())
-        result = _measure(creds_file, fleet, machine, state, work, port)
+        result = _measure(fleet, enrolled, work, port)
     return {**result, "nginx_pss_mib": nginx_pss, "nginx_rss_mib": nginx_rss}
 
 
-def _measure(
-    creds_file: Path, fleet: str, machine: str, state: Path, work: Path, port: int
-) -> dict[str, Any]:
-    creds = credentials.load(creds_file)
-    key = machine_public_key(credentials.admin_client(creds), creds, f"{fleet}/{machine}")
-    route = ServiceRoute(f"http://127.0.0.1:{port}", {"Authorization": "TOKEN"}, "Bearer")
+def _measure(fleet: Fleet, enrolled: Enrolled, work: Path, port: int) -> dict[str, Any]:
+    creds = fleet.creds
+    machine = enrolled.machine.localpart
+    key = machine_public_key(credentials.admin_client(creds), creds, machine)
+    service_route = route(f"http://127.0.0.1:{port}")
     events = []
     for index in range(max(COUNTS)):
-        principal = f"{fleet}/agent/mem{index}"
+        principal = f"{fleet.name}/agent/mem{index}"
         request = CredentialRequest(
-            machine=f"{fleet}/{machine}",
+            machine=machine,
             principal=principal,
-            services={"api": route},
+            services={"api": service_route},
             secrets={"TOKEN": Secret(f"memory-bench-{index}")},
             services_where="bench",
         )
@@ -104,34 +102,22 @@ def _measure(
     rows = []
     for count in COUNTS:
         run_dir = work / f"run{count}"
-        argv = [str(BIN / "bureau-launcher"), "--machine-name", machine,
-                "--state-dir", str(state), "--run-dir", str(run_dir)]  # fmt: skip
-        with (work / f"launcher{count}.log").open("wb") as log:
-            proc = subprocess.Popen(argv, stderr=log, stdout=subprocess.DEVNULL)
-            try:
-                launcher_socket = run_dir / "launcher.sock"
-                deadline = time.monotonic() + 60
-                while not launcher_socket.exists():
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"launcher did not start; see {log.name}")
-                    time.sleep(0.05)
-                client = LauncherClient(launcher_socket)
+        argv = [str(BIN / "bureau-launcher"), *machine_args(enrolled, run_dir)]
+        notify, log = work / f"launcher{count}.notify", work / f"launcher{count}.log"
+        try:
+            with service(argv, notify, log) as (launcher, _):
+                client = LauncherClient(run_dir / "launcher.sock")
                 for principal, content in events[:count]:
                     relayed = RelayedCredentials.from_json(content)
                     asyncio.run(client.ensure(names.PrincipalRef.from_user_id(principal), relayed))
                 time.sleep(1.0)  # let start-up garbage settle
-                pids = tree(proc.pid)
+                pids = tree(launcher.pid)
                 pss, rss = total_mib(pids)
                 rows.append({"principals": count, "pss_mib": pss, "rss_mib": rss,
                              "processes": len(pids)})  # fmt: skip
-            finally:
-                pids = tree(proc.pid)
-                proc.terminate()
-                proc.wait(timeout=30)
-                # Proxies outlive a launcher on purpose; the benchmark is done with them.
-                for pid in pids[1:]:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+        finally:
+            # Proxies outlive a launcher on purpose; the benchmark is done with them.
+            kill_proxies_under(run_dir)
     first, last = rows[0], rows[-1]
     per_principal = (float(last["pss_mib"]) - float(first["pss_mib"])) / (
         int(last["principals"]) - int(first["principals"])

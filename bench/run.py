@@ -19,11 +19,14 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+# bench/ is a directory of scripts, not a package, and it stands on the tests' harness
+# (tests/support: plain modules, no pytest). The one place either is put on the path.
+sys.path[:0] = [str(HERE), str(HERE.parent / "tests" / "support")]
 
-import fleet  # noqa: E402 -- bench/ is a directory of scripts, not a package
+import fleet  # noqa: E402
 import proxy_overhead  # noqa: E402
 import report  # noqa: E402
+from hub_fleet import quiet_structlog  # noqa: E402
 
 
 def code() -> dict[str, Any]:
@@ -64,6 +67,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=HERE / "results", help="results directory")
     args = parser.parse_args()
+    quiet_structlog()  # the fleet's setup and publishing run in this process
     work = Path(tempfile.mkdtemp(prefix="bureau-bench-", dir="/tmp"))
     work.chmod(0o755)  # nginx's workers (nobody, when started as root) read files in it
     measured = code()

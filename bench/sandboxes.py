@@ -30,21 +30,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import signal
 import statistics
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fleet import BIN, FLEET, REPO, Fleet, _UnixConnection, first_boot, service
+from harness import FLEET, first_boot, machine_args, route, service
+from hub_fleet import Fleet
+from launcher_proc import kill_proxies_under
+from machine_helpers import served_headers
 from memory import memory_kib, tree
+from processes import BIN, echo_upstream
+from sandbox_helpers import kill_sandboxes_under, workspace_of
 
 from bureau.daemon.launcher_client import LauncherClient
 from bureau.launcher import seccomp
@@ -58,10 +61,10 @@ from bureau.operator.principal_credentials import (
 from bureau.secret import Secret
 from bureau.template_resolve import resolve
 from bureau.wire import names
-from bureau.wire.credentials import ServiceRoute
 from bureau.wire.files import OperatorCredentials
 from bureau.wire.launcher_protocol import RelayedCredentials
 from bureau.wire.sandbox_spec import SandboxSpec
+from bureau.wire.service_route import ServiceRoute
 from bureau.wire.template import Template
 
 MARKER = "running"
@@ -97,11 +100,6 @@ def _stats_ms(values: list[float]) -> dict[str, float]:
     }
 
 
-def workspace(sandbox_dir: Path, user: str) -> Path:
-    """As the launcher names it (sandbox_kind._key)."""
-    return sandbox_dir / hashlib.sha256(user.encode()).hexdigest()[:32]
-
-
 def _push_template(creds: OperatorCredentials, name: str, command: list[str]) -> str:
     admin = credentials.admin_client(creds)
     base = str(templates.namespace_ref(creds, "agent-base"))
@@ -110,35 +108,19 @@ def _push_template(creds: OperatorCredentials, name: str, command: list[str]) ->
     return str(templates.namespace_ref(creds, name))
 
 
-def _upstream() -> tuple[subprocess.Popen[bytes], ServiceRoute]:
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "script/echo-upstream")], stdout=subprocess.PIPE
-    )
-    assert proc.stdout is not None
-    port = int(proc.stdout.readline().split()[1])
-    return proc, ServiceRoute(f"http://127.0.0.1:{port}", {"Authorization": "TOKEN"}, "Bearer")
-
-
-def _request(machine: str, principal: str, route: ServiceRoute) -> CredentialRequest:
+def _request(machine: str, principal: str, service_route: ServiceRoute) -> CredentialRequest:
     return CredentialRequest(
         machine=machine,
         principal=principal,
-        services={"api": route},
+        services={"api": service_route},
         secrets={"TOKEN": Secret(f"sandbox-bench-{principal.rsplit('/', 1)[1]}")},
         services_where="bench",
     )
 
 
 def _serves(sock: Path) -> bool:
-    try:
-        conn = _UnixConnection(sock)
-        conn.request("GET", "/http/api/start")
-        response = conn.getresponse()
-        response.read()
-        conn.close()
-    except OSError:
-        return False
-    return response.status == 200
+    """Whether a request through the proxy on ``sock`` is answered by the upstream."""
+    return served_headers(sock) is not None
 
 
 def _log_times(log: Path) -> dict[tuple[str, str], float]:
@@ -171,7 +153,7 @@ def _one_start(
     the same moment, for the logs."""
     user = names.user_id(principal, creds.server_name)
     sock = run_dir / names.proxy_socket_relpath(principal)
-    marker = workspace(sandbox_dir, user) / MARKER
+    marker = workspace_of(sandbox_dir, user) / MARKER
     overrides = {"template": template} if template else {}
     assignments.assign(creds, machine, principal, auto_start=True, **overrides)
     published, published_wall = time.monotonic(), time.time()
@@ -221,24 +203,22 @@ def _log_tails(*logs: Path) -> str:
     )
 
 
-def run_start(f: Fleet, starts: int) -> dict[str, Any]:
-    creds = credentials.load(f.creds_file)
-    machine = f"{FLEET}/machine/sbx"
-    _, _, state = first_boot(f, "sbx")
-    _passable(f.work)
-    run_dir = f.work / "sbx-run"
+def run_start(fleet: Fleet, work: Path, starts: int) -> dict[str, Any]:
+    creds = fleet.creds
+    _, _, enrolled = first_boot(fleet, work, "sbx")
+    machine, state = enrolled.machine.localpart, enrolled.state_dir
+    _passable(work)
+    run_dir = work / "sbx-run"
     run_dir.mkdir(mode=0o751)
     run_dir.chmod(0o751)  # the sandbox's uid passes through to its socket link
-    sandbox_dir = f.work / "sbx-sandbox"
+    sandbox_dir = work / "sbx-sandbox"
     ref = _push_template(creds, "bench-marker", MARKER_COMMAND)
-    upstream, route = _upstream()
     legs = {"proxy": None, "sandbox": ref}
     principals = {leg: [f"{FLEET}/agent/{leg}{i}" for i in range(starts)] for leg in legs}
     samples: dict[str, list[dict[str, Any]]] = {leg: [] for leg in legs}
-    logs = f.work / "sbx-logs"
+    logs = work / "sbx-logs"
     logs.mkdir()
-    common = ["--machine-name", "machine/sbx", "--state-dir", str(state),
-              "--run-dir", str(run_dir)]  # fmt: skip
+    common = machine_args(enrolled, run_dir)
     # As the units run them: bureau-sandboxd starts the sandboxes, the launcher asks it.
     sandboxd = ["unshare", "--net", str(BIN / "bureau-sandboxd"), "--fleet", FLEET,
                 "--server-name", creds.server_name, "--state-dir", str(state),
@@ -247,28 +227,30 @@ def run_start(f: Fleet, starts: int) -> dict[str, Any]:
     launcher = [str(BIN / "bureau-launcher"), *common,
                 "--sandbox-broker", str(run_dir / "sandboxd" / "sandboxd.sock")]  # fmt: skip
     try:
-        everyone = [p for leg in legs for p in principals[leg]]
-        with ThreadPoolExecutor(4) as pool:
-            list(pool.map(lambda p: provision(creds, _request(machine, p, route)), everyone))
-        with (
-            service(sandboxd, logs / "s.notify", logs / "sandboxd.log"),
-            service(launcher, logs / "l.notify", logs / "launcher.log"),
-            service([str(BIN / "bureau-daemon"), *common], logs / "d.notify", logs / "daemon.log"),
-        ):
-            client = LauncherClient(run_dir / "launcher.sock")
-            for index in range(starts):
-                order = list(legs) if index % 2 == 0 else list(reversed(legs))
-                for leg in order:
-                    try:
-                        sample = _one_start(creds, machine, run_dir, sandbox_dir, client,
-                                            principals[leg][index], legs[leg])  # fmt: skip
-                    except RuntimeError as exc:
-                        tails = _log_tails(logs / "daemon.log", logs / "launcher.log")
-                        raise RuntimeError(f"{exc}; the logs end:\n{tails}") from None
-                    samples[leg].append(sample)
+        with echo_upstream() as upstream:
+            service_route = route(upstream)
+            everyone = [p for leg in legs for p in principals[leg]]
+            with ThreadPoolExecutor(4) as pool:
+                requests = [_request(machine, p, service_route) for p in everyone]
+                list(pool.map(lambda request: provision(creds, request), requests))
+            with (
+                service(sandboxd, logs / "s.notify", logs / "sandboxd.log"),
+                service(launcher, logs / "l.notify", logs / "launcher.log"),
+                service([str(BIN / "bureau-daemon"), *common], logs / "d.notify",
+                        logs / "daemon.log"),
+            ):  # fmt: skip
+                client = LauncherClient(run_dir / "launcher.sock")
+                for index in range(starts):
+                    order = list(legs) if index % 2 == 0 else list(reversed(legs))
+                    for leg in order:
+                        try:
+                            sample = _one_start(creds, machine, run_dir, sandbox_dir, client,
+                                                principals[leg][index], legs[leg])  # fmt: skip
+                        except RuntimeError as exc:
+                            tails = _log_tails(logs / "daemon.log", logs / "launcher.log")
+                            raise RuntimeError(f"{exc}; the logs end:\n{tails}") from None
+                        samples[leg].append(sample)
     finally:
-        upstream.terminate()
-        upstream.wait(timeout=30)
         _kill_sandboxes(run_dir)
     return _summarize_starts(samples, _log_times(logs / "launcher.log"))
 
@@ -426,11 +408,11 @@ def _measure_memory(
     return row, proxy_s, sandbox_s, bwrap_argv
 
 
-def run_memory(f: Fleet) -> dict[str, Any]:
-    creds = credentials.load(f.creds_file)
-    machine = f"{FLEET}/machine/sbxmem"
-    _, _, state = first_boot(f, "sbxmem")
-    _passable(f.work)
+def run_memory(fleet: Fleet, work: Path) -> dict[str, Any]:
+    creds = fleet.creds
+    _, _, enrolled = first_boot(fleet, work, "sbxmem")
+    machine, state = enrolled.machine.localpart, enrolled.state_dir
+    _passable(work)
     admin = credentials.admin_client(creds)
     ref = _push_template(creds, "bench-sleep", SLEEP_COMMAND)
     resolved = resolve(
@@ -439,26 +421,21 @@ def run_memory(f: Fleet) -> dict[str, Any]:
     # As the daemon sends it.
     spec = SandboxSpec.from_template(ref, resolved.template).to_json()
     key = machine_public_key(admin, creds, machine)
-    upstream, route = _upstream()
-    events = []
-    for index in range(max(MEMORY_COUNTS)):
-        principal = f"{FLEET}/agent/mem{index}"
-        event = build_event(_request(machine, principal, route), creds, key, None)
-        events.append((names.user_id(principal, creds.server_name), event.to_json()))
     rows = []
     proxy_s: list[float] = []
     sandbox_s: list[float] = []
-    try:
+    with echo_upstream() as upstream:
+        events = []
+        for index in range(max(MEMORY_COUNTS)):
+            principal = f"{FLEET}/agent/mem{index}"
+            request = _request(machine, principal, route(upstream))
+            event = build_event(request, creds, key, None)
+            events.append((names.user_id(principal, creds.server_name), event.to_json()))
         for count in MEMORY_COUNTS:
-            row, proxies, sandboxes, bwrap_argv = _measure_memory(
-                count, state, f.work, events, spec
-            )
+            row, proxies, sandboxes, bwrap_argv = _measure_memory(count, state, work, events, spec)
             rows.append(row)
             proxy_s += proxies
             sandbox_s += sandboxes
-    finally:
-        upstream.terminate()
-        upstream.wait(timeout=30)
     first, last = rows[0], rows[-1]
     added = last["principals"] - first["principals"]
 
@@ -491,7 +468,7 @@ def run_memory(f: Fleet) -> dict[str, Any]:
         "ensure_proxy": _stats_ms(proxy_s),
         "ensure_sandbox": _stats_ms(sandbox_s),
         "ensures": len(proxy_s),
-        "bare_bwrap": _stats_ms(bare_bwrap(f.work, BARE_RUNS, bwrap_argv)),
+        "bare_bwrap": _stats_ms(bare_bwrap(work, BARE_RUNS, bwrap_argv)),
         "bare_bwrap_runs": BARE_RUNS,
     }
 
@@ -576,14 +553,5 @@ def _kill_uid(uid: int) -> None:
 def _kill_sandboxes(run_dir: Path) -> None:
     """Whatever is left of a run dir's sandboxes and proxies (bwrap's inner process dies
     with its outer one; the log relay ends when they have)."""
-    records = run_dir / "launcher" / "sandboxes"
-    for record in records.glob("*.json") if records.is_dir() else []:
-        with contextlib.suppress(OSError, ValueError, KeyError, ProcessLookupError):
-            os.kill(int(json.loads(record.read_text())["pid"]), signal.SIGKILL)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            if argv[0] == b"bureau-proxy" and any(a.startswith(bytes(run_dir)) for a in argv):
-                os.kill(int(entry.name), signal.SIGKILL)
+    kill_sandboxes_under(run_dir)
+    kill_proxies_under(run_dir)

@@ -6,25 +6,19 @@ a context manager that leaves nothing running."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from processes import free_port, proxy
+
 TOKEN = "bench-token-0123456789"  # a fake credential: the proxies inject it
 BIG_BODY = 64 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for_socket(path: Path, proc: subprocess.Popen[bytes], seconds: float = 20) -> None:
@@ -139,7 +133,6 @@ def nginx_proxy(work: Path, upstream_port: int) -> Iterator[Server]:
 def bureau_proxy(work: Path, upstream_port: int) -> Iterator[Server]:
     """bureau-proxy as the launcher starts it: the payload on stdin, READY on stdout."""
     work.mkdir(parents=True, exist_ok=True)
-    sock = work / "bureau-proxy.sock"
     payload = {
         "principal": "@bench/fleet/prod/agent/bench:bench.local",
         "services": {
@@ -153,22 +146,6 @@ def bureau_proxy(work: Path, upstream_port: int) -> Iterator[Server]:
         "expires_at": None,
     }
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG")}
-    env["BUREAU_LOG_LEVEL"] = "warning"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bureau.proxy", "--socket", str(sock)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env=env,
-    )
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-    proc.stdin.write(json.dumps(payload).encode())
-    proc.stdin.close()
-    if not proc.stdout.readline().startswith(b"READY"):
-        raise RuntimeError("bureau-proxy did not start")
-    try:
-        yield Server(proc, sock)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        proc.stdout.close()
+    env["BUREAU_LOG_LEVEL"] = "warning"  # it logs nothing under load that is not a fault
+    with proxy(payload, work / "bureau-proxy.sock", env) as running:
+        yield Server(running.proc, running.socket)

@@ -12,87 +12,81 @@ own state and run directories, against the fleet benchmark's hub (one Synapse).
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import statistics
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from fleet import BIN, FLEET, REPO, Client, Fleet, first_boot, service
+from harness import FLEET, Client, first_boot, machine_args, route, service
+from hub_fleet import Fleet
+from launcher_proc import kill_proxies_under
+from machine_helpers import Enrolled, proxy_socket
+from processes import BIN, echo_upstream
 from proxy_overhead import cpu_seconds
 
-from bureau.operator import assignments, credentials
+from bureau.operator import assignments
 from bureau.operator.principal_credentials import CredentialRequest, provision
 from bureau.secret import Secret
-from bureau.wire.credentials import ServiceRoute
 
 PACE = 0.1
 
 
-def run(f: Fleet, workers: int, idle_seconds: float) -> dict[str, Any]:
-    creds = credentials.load(f.creds_file)
+def run(fleet: Fleet, work: Path, workers: int, idle_seconds: float) -> dict[str, Any]:
     names = [f"sim{i}" for i in range(workers)]
     with ThreadPoolExecutor(4) as pool:  # first boots wait on Synapse, not on this CPU
-        states = list(pool.map(lambda n: first_boot(f, n)[2], names))
-    upstream = subprocess.Popen(
-        [sys.executable, str(REPO / "script/echo-upstream")], stdout=subprocess.PIPE
-    )
-    assert upstream.stdout is not None
-    port = int(upstream.stdout.readline().split()[1])
-    route = ServiceRoute(f"http://127.0.0.1:{port}", {"Authorization": "TOKEN"}, "Bearer")
-
-    def publish(index: int, value: str) -> None:
-        request = CredentialRequest(
-            machine=f"{FLEET}/machine/{names[index]}",
-            principal=f"{FLEET}/agent/{names[index]}",
-            services={"api": route},
-            secrets={"TOKEN": Secret(value)},
-            services_where="bench",
-        )
-        provision(creds, request)
-
-    run_dirs = [f.work / "sim-run" / n for n in names]
+        machines = list(pool.map(lambda n: first_boot(fleet, work, n)[2], names))
+    run_dirs = [work / "sim-run" / n for n in names]
     try:
-        with ThreadPoolExecutor(4) as pool:
-            list(pool.map(lambda i: publish(i, "fleet-0"), range(workers)))
-        for name in names:
-            assignments.assign(
-                creds, f"{FLEET}/machine/{name}", f"{FLEET}/agent/{name}", auto_start=True
-            )
-        with contextlib.ExitStack() as stack:
-            daemons = _start_workers(stack, f.work, names, states, run_dirs)
-            clients = [
-                Client(run_dir / "fleet/prod/agent" / f"{name}.proxy.sock", pace=PACE)
-                for name, run_dir in zip(names, run_dirs, strict=True)
-            ]
-            for client in clients:
-                client.start()
-            for client in clients:
-                client.first_seen("Bearer fleet-0", 0, timeout=180)
-            for client in clients:
-                client.reset_counts()
-            started = time.monotonic()
+        with echo_upstream() as upstream:
+            service_route = route(upstream)
+
+            def publish(index: int, value: str) -> None:
+                request = CredentialRequest(
+                    machine=machines[index].machine.localpart,
+                    principal=f"{FLEET}/agent/{names[index]}",
+                    services={"api": service_route},
+                    secrets={"TOKEN": Secret(value)},
+                    services_where="bench",
+                )
+                provision(fleet.creds, request)
+
             with ThreadPoolExecutor(4) as pool:
-                list(pool.map(lambda i: publish(i, "fleet-1"), range(workers)))
-            published = time.monotonic()
-            served = [c.first_seen("Bearer fleet-1", started, timeout=180) for c in clients]
-            time.sleep(1.0)  # requests keep flowing after the last swap
-            for client in clients:
-                client.stop.set()
-            for client in clients:
-                client.join(timeout=30)
-            requests = sum(c.requests for c in clients)
-            failures = sum(c.failures for c in clients)
-            errors = [e for c in clients for e in c.errors][:5]
-            idle = _idle_cpu(daemons, idle_seconds)
+                list(pool.map(lambda i: publish(i, "fleet-0"), range(workers)))
+            for name, machine in zip(names, machines, strict=True):
+                assignments.assign(
+                    fleet.creds, machine.machine.localpart, f"{FLEET}/agent/{name}",
+                    auto_start=True,
+                )  # fmt: skip
+            with contextlib.ExitStack() as stack:
+                daemons = _start_workers(stack, work, machines, run_dirs)
+                clients = [
+                    Client(proxy_socket(run_dir, f"agent/{name}"), pace=PACE)
+                    for name, run_dir in zip(names, run_dirs, strict=True)
+                ]
+                for client in clients:
+                    client.start()
+                for client in clients:
+                    client.first_seen("Bearer fleet-0", 0, timeout=180)
+                for client in clients:
+                    client.reset_counts()
+                started = time.monotonic()
+                with ThreadPoolExecutor(4) as pool:
+                    list(pool.map(lambda i: publish(i, "fleet-1"), range(workers)))
+                published = time.monotonic()
+                served = [c.first_seen("Bearer fleet-1", started, timeout=180) for c in clients]
+                time.sleep(1.0)  # requests keep flowing after the last swap
+                for client in clients:
+                    client.stop.set()
+                for client in clients:
+                    client.join(timeout=30)
+                requests = sum(c.requests for c in clients)
+                failures = sum(c.failures for c in clients)
+                errors = [e for c in clients for e in c.errors][:5]
+                idle = _idle_cpu(daemons, idle_seconds)
     finally:
-        upstream.terminate()
-        upstream.wait(timeout=30)
-        _kill_proxies_under(f.work / "sim-run")
+        kill_proxies_under(work / "sim-run")  # they outlive their launchers, by design
     return {
         "workers": workers,
         "pace_s": PACE,
@@ -109,19 +103,15 @@ def run(f: Fleet, workers: int, idle_seconds: float) -> dict[str, Any]:
 
 
 def _start_workers(
-    stack: contextlib.ExitStack[Any],
-    work: Path,
-    names: list[str],
-    states: list[Path],
-    run_dirs: list[Path],
+    stack: contextlib.ExitStack[Any], work: Path, machines: list[Enrolled], run_dirs: list[Path]
 ) -> list[subprocess.Popen[bytes]]:
     """A launcher and a daemon per worker, each READY; returns the daemons."""
     logs = work / "sim-logs"
     logs.mkdir(exist_ok=True)
     daemons = []
-    for name, state, run_dir in zip(names, states, run_dirs, strict=True):
-        common = ["--machine-name", f"machine/{name}", "--state-dir", str(state),
-                  "--run-dir", str(run_dir)]  # fmt: skip
+    for machine, run_dir in zip(machines, run_dirs, strict=True):
+        name = machine.machine.short_name.removeprefix("machine/")
+        common = machine_args(machine, run_dir)
         launcher = [str(BIN / "bureau-launcher"), *common]
         daemon = [str(BIN / "bureau-daemon"), *common]
         stack.enter_context(service(launcher, logs / f"{name}.l.sock", logs / f"{name}.l"))
@@ -137,13 +127,3 @@ def _idle_cpu(daemons: list[subprocess.Popen[bytes]], seconds: float) -> list[fl
     time.sleep(seconds)
     after = [cpu_seconds([p.pid]) for p in daemons]
     return [(b - a) / seconds for a, b in zip(before, after, strict=True)]
-
-
-def _kill_proxies_under(root: Path) -> None:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            if argv[0] == b"bureau-proxy" and any(a.startswith(bytes(root)) for a in argv):
-                os.kill(int(entry.name), signal.SIGKILL)

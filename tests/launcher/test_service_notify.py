@@ -5,9 +5,6 @@ STOPPING first on SIGTERM; and no child inherits the socket."""
 from __future__ import annotations
 
 import os
-import secrets
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,57 +21,10 @@ from machine_helpers import (
     provision_credentials,
     services_file,
 )
+from notify_listener import Listener
 from processes import echo_upstream, launcher_call, unix_request
 
 from bureau.launcher.sandbox_broker import BrokerClient
-
-
-class Listener:
-    """Reads the notify socket as systemd does, promptly, on a thread of its own."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.seen: list[str] = []
-        self._read = 0
-        self._changed = threading.Condition()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        while True:
-            try:
-                message = self.sock.recv(65536).decode()
-            except OSError:
-                return
-            with self._changed:
-                self.seen.append(message)
-                self._changed.notify_all()
-
-    def next(self, timeout: float = 30) -> str:
-        with self._changed:
-            if not self._changed.wait_for(lambda: self._read < len(self.seen), timeout):
-                raise TimeoutError("no notification")
-            self._read += 1
-            return self.seen[self._read - 1]
-
-    def until(self, prefix: str) -> str:
-        while not (message := self.next()).startswith(prefix):
-            pass
-        return message
-
-    def barrier(self, timeout: float = 30) -> list[str]:
-        """Every message sent to the socket before this call, not yet read: a marker of the
-        test's own queues up behind them, and they are read once it is."""
-        marker = f"TEST-BARRIER {secrets.token_hex(8)}"
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
-            sender.sendto(marker.encode(), str(self.path))
-        with self._changed:
-            if not self._changed.wait_for(lambda: marker in self.seen[self._read :], timeout):
-                raise TimeoutError("the barrier never arrived")
-            end = self.seen.index(marker, self._read)
-            before, self._read = self.seen[self._read : end], end + 1
-            return before
 
 
 @pytest.fixture
@@ -85,8 +35,7 @@ def listener(run_dir: Path) -> Iterator[Listener]:
     try:
         yield the_listener
     finally:
-        the_listener.sock.shutdown(socket.SHUT_RDWR)
-        the_listener.sock.close()
+        the_listener.close()
 
 
 def _environ(pid: int) -> str:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from conftest import Fleet, run
+from hub_fleet import Fleet
+from processes import run
 
 CACHE_KEY = "bureau:" + "A" * 43 + "="
 

@@ -1,4 +1,5 @@
-"""Arrangement shared by the machine tests: provision through the real CLI, then boot."""
+"""Arrangement shared by the machine tests and the bench: provision through the real CLI,
+then boot."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conftest import Fleet, fresh, run
-from processes import unix_request
+from hub_fleet import Fleet, fresh
+from processes import run, unix_request
 
 from bureau.operator import credentials
 from bureau.wire import names, rooms
@@ -33,9 +34,11 @@ class Provisioned:
         return str(json.loads(self.bootstrap.read_text())["password"])
 
 
-def provision(fleet: Fleet, tmp_path: Path) -> Provisioned:
+def provision(fleet: Fleet, tmp_path: Path, short: str | None = None) -> Provisioned:
+    """``short``: the machine's name in the fleet (``machine/NAME``), a fresh one unless
+    given; its bootstrap file and state directory go in ``tmp_path``."""
     tmp_path.mkdir(parents=True, exist_ok=True)
-    short = f"machine/{fresh('w')}"
+    short = short or f"machine/{fresh('w')}"
     bootstrap = tmp_path / "bootstrap.json"
     result = run(
         "bureau",
@@ -51,7 +54,8 @@ def provision(fleet: Fleet, tmp_path: Path) -> Provisioned:
     return Provisioned(fleet, short, f"{fleet.name}/{short}", bootstrap, tmp_path / "state")
 
 
-def boot(machine: Provisioned, *extra: str):  # type: ignore[no-untyped-def]
+def boot(machine: Provisioned, *extra: str) -> subprocess.CompletedProcess[str]:
+    """The machine's first boot, as run."""
     return run(
         "bureau-launcher",
         "--bootstrap-file",

@@ -1,11 +1,13 @@
-"""Real processes the tests drive: the echo upstream and bureau-proxy, plus an HTTP client
-that speaks over a Unix socket (what a sandboxed principal does)."""
+"""Real processes the tests and the bench drive: our console scripts, the echo upstream and
+bureau-proxy, plus an HTTP client that speaks over a Unix socket (what a sandboxed
+principal does)."""
 
 from __future__ import annotations
 
 import contextlib
 import http.client
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -19,6 +21,29 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 SUPPORT = Path(__file__).resolve().parent  # helpers some tests run as scripts
 BIN = Path(sys.executable).parent
+
+
+def run(
+    program: str, *args: str | Path, stdin: str | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run one of our console scripts as a user would, capturing its output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CREDENTIALS_")}
+    return subprocess.run(
+        [str(BIN / program), *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=90,
+        check=False,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ import threading
 from datetime import datetime
 from typing import Any
 
-from conftest import Fleet
+from hub_fleet import Fleet
 from machine_helpers import Enrolled
 
 from bureau.operator.credentials import admin_client

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conftest import Fleet
+from hub_fleet import Fleet
 from launcher_proc import RunningLauncher, Service, broker_args, launcher, sandboxd
 from machine_helpers import (
     Enrolled,
