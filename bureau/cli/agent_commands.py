@@ -16,8 +16,8 @@ from bureau.cli.common import (
 from bureau.cli.credential_commands import read_secrets, read_services
 from bureau.errors import InputError, UsageError
 from bureau.operator import agents, templates
-from bureau.wire.credentials import parse_services
 from bureau.wire.names import PrincipalRef
+from bureau.wire.service_route import parse_services
 
 
 def agent_create(args: argparse.Namespace) -> int:

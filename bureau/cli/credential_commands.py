@@ -19,13 +19,9 @@ from bureau.errors import InputError, UsageError
 from bureau.files import env_lines, read_private_bytes, read_private_file
 from bureau.operator import principal_credentials
 from bureau.secret import Secret
-from bureau.wire.credentials import (
-    has_control_character,
-    parse_rfc3339,
-    parse_services,
-    valid_credential_name,
-)
+from bureau.wire.credentials import parse_rfc3339
 from bureau.wire.files import is_age_public_key
+from bureau.wire.service_route import has_control_character, parse_services, valid_credential_name
 
 
 def read_secrets(path: str, *, allow_empty: bool = False) -> dict[str, Secret]:

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from bureau.errors import InputError
-from bureau.wire.credentials import content_digest, services_json
+from bureau.wire.credentials import content_digest
 from bureau.wire.machine_config import MachineConfig
+from bureau.wire.service_route import services_json
 from bureau.wire.template_parts import ProxyService
 
 

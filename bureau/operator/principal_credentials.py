@@ -19,13 +19,12 @@ from bureau.wire import names, rooms
 from bureau.wire.credentials import (
     ESCROW_RECIPIENT,
     CredentialsEvent,
-    ServiceRoute,
     binding_digest,
     bundle_plaintext,
-    referenced_credentials,
     rfc3339_now,
 )
 from bureau.wire.files import MachineKey, OperatorCredentials
+from bureau.wire.service_route import ServiceRoute, referenced_credentials
 
 # Synapse refuses events over 65536 bytes; the envelope (IDs, hashes, signatures, auth and
 # prev events) takes up to about 2.5 KiB of that. Measured: 46 KiB of plaintext fits.

@@ -59,7 +59,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from bureau.secret import Secret
-from bureau.wire.credentials import ServiceRoute
+from bureau.wire.service_route import ServiceRoute
 
 PREPARE_TIMEOUT = 10.0
 

@@ -12,15 +12,15 @@ from typing import Any
 
 from bureau.errors import InputError
 from bureau.secret import Secret
-from bureau.wire.credentials import (
+from bureau.wire.credentials import parse_rfc3339
+from bureau.wire.names import InvalidName, PrincipalRef
+from bureau.wire.service_route import (
     ServiceRoute,
     has_control_character,
-    parse_rfc3339,
     parse_services,
     services_json,
     valid_credential_name,
 )
-from bureau.wire.names import InvalidName, PrincipalRef
 
 WHERE = "proxy payload (stdin)"
 

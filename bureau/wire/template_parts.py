@@ -13,7 +13,7 @@ from typing import Any
 
 from bureau.errors import InputError
 from bureau.wire import names
-from bureau.wire.credentials import (
+from bureau.wire.service_route import (
     HEADER_NAME,
     ServiceRoute,
     check_inject_headers,

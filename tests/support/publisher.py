@@ -20,8 +20,9 @@ from bureau.operator.principal_credentials import (
 )
 from bureau.secret import Secret
 from bureau.wire import names, rooms
-from bureau.wire.credentials import ServiceRoute, content_digest
+from bureau.wire.credentials import content_digest
 from bureau.wire.machine_config import Assignment, MachineConfig
+from bureau.wire.service_route import ServiceRoute
 
 
 class Publisher:

@@ -10,8 +10,8 @@ import pytest
 
 from bureau.errors import InputError
 from bureau.secret import Secret
-from bureau.wire.credentials import ServiceRoute
 from bureau.wire.proxy_payload import ProxyPayload
+from bureau.wire.service_route import ServiceRoute
 
 USER = "@bureau/fleet/prod/agent/alpha:bureau.local"
 ROUTE = {"upstream_url": "http://127.0.0.1:9", "inject_headers": {"Authorization": "TOKEN"}}
