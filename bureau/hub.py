@@ -28,6 +28,7 @@ from bureau.errors import HubError, MatrixError
 from bureau.files import atomic_write, make_dirs
 from bureau.launcher.processes import process_start_time
 from bureau.matrix.client import MatrixHTTP
+from bureau.matrix.synapse_admin import register_server_admin
 from bureau.passwords import ADMIN_LOCALPART, admin_password
 from bureau.secret import Secret
 
@@ -334,7 +335,7 @@ class Hub:
         token = Secret(self.token_file.read_text().strip())
         client = MatrixHTTP(settings.url)
         try:
-            client.register_server_admin(ADMIN_LOCALPART, admin_password(token), Secret(shared))
+            register_server_admin(client, ADMIN_LOCALPART, admin_password(token), Secret(shared))
         except MatrixError as exc:
             if exc.errcode != "M_USER_IN_USE":
                 raise HubError(f"could not register the hub's server admin: {exc}") from None

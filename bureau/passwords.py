@@ -24,6 +24,9 @@ def machine_permanent_password(localpart: str, age_secret_key: Secret) -> Secret
 
 
 def machine_legacy_password(localpart: str, registration_token: Secret) -> Secret:
+    """Upstream's launcher's, on its registration-token first boot (firstboot.go
+    derivePassword). Bureau's launcher has no such path (a machine never holds the hub's
+    token); kept as the record of upstream's derivation, with its test vector."""
     return _sha256_hex(f"bureau-machine-password:{localpart}:{registration_token.reveal()}")
 
 

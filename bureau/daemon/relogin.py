@@ -14,7 +14,7 @@ from typing import Any
 from bureau.daemon.launcher_client import LauncherClient, LauncherRefused, LauncherUnavailable
 from bureau.errors import InputError, MatrixError
 from bureau.machine_state import load_session
-from bureau.matrix.client import backoff_seconds
+from bureau.matrix.retry import backoff_seconds
 from bureau.matrix.sync import MachineMatrix
 
 

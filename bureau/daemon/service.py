@@ -5,11 +5,11 @@
                RECONCILE_SECONDS in case the launcher restarted)
     heartbeat  publishes m.bureau.machine_status at start, on change, and periodically
 
-Matrix failures back off (Retry-After, retry_after_ms, else 1 s doubling to 30 s) and the
-sync resumes from its last token; proxies keep serving meanwhile because they never depend
-on the daemon. SIGTERM stops the daemon and leaves principals running for the next one.
-Losing the machine's standing (token revoked, removed from the config room) is fatal: the
-daemon stops every principal and exits non-zero.
+Matrix failures back off (bureau.matrix.retry: the server's hint, else 1 s doubling to
+30 s) and the sync resumes from its last token; proxies keep serving meanwhile because
+they never depend on the daemon. SIGTERM stops the daemon and leaves principals running
+for the next one. Losing the machine's standing (token revoked, removed from the config
+room) is fatal: the daemon stops every principal and exits non-zero.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from bureau.daemon.relogin import SoftLogouts
 from bureau.daemon.sandbox_specs import SandboxSpecs
 from bureau.errors import InputError, MatrixError
 from bureau.lifecycle import Owned
-from bureau.matrix.client import backoff_seconds
 from bureau.matrix.fleet_rooms import fleet_room_aliases
+from bureau.matrix.retry import backoff_seconds, next_delay
 from bureau.matrix.sync import MachineMatrix
 from bureau.notify import Notifier
 from bureau.profile import materialized as profile_file
@@ -152,7 +152,7 @@ class Daemon:
                     continue
                 if exc.errcode == "M_UNKNOWN_TOKEN" or exc.status == 403:
                     raise
-                delay = exc.retry_after or backoff_seconds(attempt, self._rng)
+                delay = next_delay(attempt, exc.retry_after, self._rng)
                 attempt += 1
                 self._log.warning(f"{what} failed; retrying", error=str(exc), retry_in=delay)
                 await asyncio.sleep(delay)
@@ -205,7 +205,7 @@ class Daemon:
                         continue
                     self._die("the access token was revoked")
                     return
-                delay = exc.retry_after or backoff_seconds(attempt, self._rng)
+                delay = next_delay(attempt, exc.retry_after, self._rng)
                 attempt += 1
                 self._log.warning("sync failed; retrying", error=str(exc), retry_in=delay)
                 self._notifier.status(

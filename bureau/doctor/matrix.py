@@ -18,6 +18,7 @@ from typing import Any
 from bureau.doctor.findings import Check, Finding, Report, examine, fail, ok
 from bureau.errors import MatrixError
 from bureau.matrix.client import MatrixHTTP
+from bureau.matrix.homeserver_admin import homeserver_admin
 from bureau.operator import credentials
 from bureau.operator.machines import DECOMMISSIONED, machine_records
 from bureau.operator.setup import dev_team_ok, room_specs, setup
@@ -56,7 +57,7 @@ class MatrixChecks:
             yield fail(name, f"the token is {user}'s", "log in again", self._setup)
             return
         yield ok(name)
-        if self._admin().is_server_admin(user):
+        if homeserver_admin(self._admin()).is_server_admin(user):
             yield ok("server admin", "machines can be decommissioned")
         else:
             yield fail(

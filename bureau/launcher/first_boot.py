@@ -11,6 +11,10 @@ the launcher is run again, with no clean-up by an operator:
   6. write session.json;
   7. delete bootstrap.json.
 
+The account, its config room and its invitations are made beforehand by an operator
+(`bureau machine provision`, which writes bootstrap.json): the launcher never holds the
+hub's registration token nor acts as its admin.
+
 The key is on disk before the password that derives from it is set, so the machine is
 never locked out of its account. ``checkpoint`` is called after each step (tests use it
 to stop a boot at an exact point, as a crash would).
@@ -23,7 +27,6 @@ bootstrap file) end the boot at once.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import random
 import time
@@ -37,14 +40,10 @@ from bureau import key_store
 from bureau.errors import BureauError, InputError, MatrixError, MatrixUnreachable
 from bureau.files import UnsafePath, read_private_json, remove_durably
 from bureau.machine_state import load_session, save_session
-from bureau.matrix.client import BACKOFF_CAP_SECONDS, Login, MatrixHTTP, backoff_seconds
-from bureau.matrix.fleet_rooms import (
-    ensure_config_room,
-    fleet_room_aliases,
-    invite_machine,
-    resolve_fleet_rooms,
-)
-from bureau.passwords import admin_password, machine_legacy_password, machine_permanent_password
+from bureau.matrix.client import Login, MatrixHTTP
+from bureau.matrix.fleet_rooms import resolve_fleet_rooms
+from bureau.matrix.retry import next_delay
+from bureau.passwords import machine_permanent_password
 from bureau.secret import Secret
 from bureau.wire import names, rooms
 from bureau.wire.files import BootstrapConfig, MachineKey, Session
@@ -247,70 +246,6 @@ def boot_with_bootstrap(
     return session
 
 
-def boot_legacy(
-    *,
-    registration_token: Secret,
-    machine: Machine,
-    keys: KeyOptions,
-    log: Any,
-    checkpoint: Checkpoint = _no_checkpoint,
-) -> Session:
-    """The registration-token path (development and tests). The token is the hub's root
-    secret: it derives the admin password, so the launcher can act as its own operator:
-    register its account (legacy derived password), create its config room and invite
-    itself, then publish and join as on the bootstrap path."""
-    _, public_key = _ensure_key(keys, log, checkpoint)
-    session = _reusable_session(keys.state_dir, machine, log)
-    if session is None:
-        anonymous = MatrixHTTP(machine.homeserver_url)
-        password = machine_legacy_password(machine.localpart, registration_token)
-        try:
-            anonymous.register_with_token(machine.localpart, password, registration_token)
-            log.info("machine account registered", user_id=machine.user_id)
-        except MatrixError as exc:
-            if exc.errcode != "M_USER_IN_USE":
-                raise
-        login = anonymous.login_password(machine.localpart, password, device_id=machine.device_id)
-        checkpoint(Step.LOGGED_IN)
-        _invite_self(machine, registration_token, log)
-        session = _session_from(login, machine)
-    _finish(
-        session=session,
-        machine=machine,
-        public_key=public_key,
-        keys=keys,
-        log=log,
-        checkpoint=checkpoint,
-    )
-    return session
-
-
-def _invite_self(machine: Machine, registration_token: Secret, log: Any) -> None:
-    anonymous = MatrixHTTP(machine.homeserver_url)
-    try:
-        admin_login = anonymous.login_password("bureau-admin", admin_password(registration_token))
-    except MatrixError as exc:
-        if exc.errcode == "M_FORBIDDEN":
-            raise BureauError(
-                "the hub's bureau-admin refuses the password derived from this registration "
-                "token; run `bureau matrix setup` on the hub with the same token first"
-            ) from None
-        raise
-    admin = anonymous.with_token(admin_login.access_token)
-    try:
-        aliases = fleet_room_aliases(machine.fleet, machine.server_name)
-        fleet_rooms = resolve_fleet_rooms(admin, machine.fleet, machine.server_name)
-        config_room, _ = ensure_config_room(
-            admin, admin_login.user_id, machine.localpart, machine.server_name
-        )
-        invite_machine(admin, machine.user_id, config_room, fleet_rooms)
-        log.info("invited to the fleet rooms as the hub's admin", rooms=sorted(aliases.values()))
-    finally:
-        # The admin login was borrowed for these invitations only.
-        with contextlib.suppress(MatrixError):
-            admin.logout()
-
-
 def _session_from(login: Login, machine: Machine) -> Session:
     if login.user_id != machine.user_id:
         raise MatrixError(f"the homeserver logged us in as {login.user_id}, not {machine.user_id}")
@@ -332,8 +267,8 @@ def until_done(
     clock: Callable[[], float] = time.monotonic,
     rng: Callable[[], float] = random.random,
 ) -> Session:
-    """Run ``boot`` again after each transient homeserver failure, with jittered backoff
-    (1 s doubling, cap 30 s; a server's Retry-After, capped, where it gave one) until it
+    """Run ``boot`` again after each transient homeserver failure, on bureau.matrix.retry's
+    schedule (the server's hint, capped, where it gave one, else jittered backoff) until it
     succeeds or ``wait_seconds`` have passed."""
     deadline = clock() + wait_seconds
     failures = 0
@@ -343,9 +278,7 @@ def until_done(
         except MatrixError as exc:
             if not transient(exc):
                 raise
-            hinted = exc.retry_after
-            delay = backoff_seconds(failures, rng) if hinted is None else hinted
-            delay = min(delay, BACKOFF_CAP_SECONDS)
+            delay = next_delay(failures, exc.retry_after, rng)
             if clock() + delay > deadline:
                 if wait_seconds <= 0:
                     raise

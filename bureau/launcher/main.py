@@ -23,7 +23,6 @@ from bureau.files import (
     check_owned_dir,
     check_owned_tree,
     make_dirs,
-    read_secret_input,
     remove_stale_temporaries,
 )
 from bureau.hardening import clear_ambient_capabilities, no_dumps
@@ -34,21 +33,39 @@ from bureau.launcher.supervisor import SandboxOptions
 from bureau.machine_state import load_session, session_path
 from bureau.notify import Notifier
 from bureau.wire import names
-from bureau.wire.files import Session, validate_homeserver_url
+from bureau.wire.files import Session
 
 PROG = "bureau-launcher"
 FIRST_BOOT_STEP_SECONDS = 60
 HOMESERVER_WAIT_SECONDS = 600
 # What the launcher keeps under its run dir: adoption records, and the proxies' sockets.
 RUN_DIR_PARTS = ("launcher", "fleet", "sandbox")
+# The registration-token first boot, removed: it made the launcher hold the hub's root
+# secret and log in as its admin. Named, so that an old unit or script fails saying so.
+REMOVED_FLAGS = ("--registration-token-file", "--homeserver", "--server-name", "--fleet")
+
+
+class _Removed(argparse.Action):
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        del namespace, values
+        parser.error(
+            f"{option_string}: the registration-token first boot was removed; provision the "
+            "machine with `bureau machine provision` and start the launcher with "
+            "--bootstrap-file"
+        )
 
 
 def build_parser() -> Parser:
     p = Parser(
         prog=PROG,
         description="Holds the machine key; performs first boot; serves the daemon.",
-        epilog="First boot: --bootstrap-file (from `bureau machine provision`), or the legacy "
-        "--registration-token-file with --homeserver, --server-name and --fleet. "
+        epilog="First boot: --bootstrap-file (from `bureau machine provision`). "
         "Later starts need only --machine-name and --state-dir.",
     )
     p.add_argument(
@@ -92,14 +109,8 @@ def build_parser() -> Parser:
         f"(5xx) or rate-limiting before it exits 1 (default {HOMESERVER_WAIT_SECONDS}; "
         "0: no retries)",
     )
-    legacy = p.add_argument_group("legacy first boot (development and tests)")
-    legacy.add_argument(
-        "--registration-token-file",
-        help="file holding the hub's registration token, or - for stdin",
-    )
-    legacy.add_argument("--homeserver", help="homeserver URL")
-    legacy.add_argument("--server-name", help="Matrix server name")
-    legacy.add_argument("--fleet", help="fleet, e.g. bureau/fleet/prod")
+    for flag in REMOVED_FLAGS:
+        p.add_argument(flag, nargs="?", action=_Removed, help=argparse.SUPPRESS)
     p.add_argument(
         "--daemon-user",
         help="user (name or uid) of bureau-daemon, allowed on the launcher socket besides the "
@@ -144,31 +155,6 @@ def _prepare_state_dir(state_dir: Path, logger: Any) -> None:
     removed = remove_stale_temporaries(state_dir)
     if removed:
         logger.info("removed what an interrupted write left behind", files=removed)
-
-
-def _legacy_machine(args: argparse.Namespace) -> first_boot.Machine:
-    given = {
-        "--homeserver": args.homeserver,
-        "--server-name": args.server_name,
-        "--fleet": args.fleet,
-    }
-    missing = [flag for flag, value in given.items() if not value]
-    if missing:
-        raise UsageError(f"--registration-token-file needs {', '.join(missing)}")
-    try:
-        homeserver = validate_homeserver_url(args.homeserver)
-    except ValueError as exc:
-        raise UsageError(f"--homeserver: {exc}") from None
-    flag = "--server-name"
-    try:
-        server = names.validate_server_name(args.server_name)
-        flag = "--fleet"
-        fleet = names.validate_fleet(args.fleet)
-        flag = "--machine-name"
-        localpart = names.expand_entity(args.machine_name, fleet, "machine")
-    except names.InvalidName as exc:
-        raise UsageError(f"{flag}: {exc}") from None
-    return first_boot.Machine(localpart, server, fleet, homeserver)
 
 
 def _first_boot_done(state_dir: Path, machine_name: str, creds_dir: str | None) -> bool:
@@ -294,8 +280,6 @@ def _main(argv: list[str] | None) -> int:
     creds_dir = os.environ.get("CREDENTIALS_DIRECTORY")
     keys = first_boot.KeyOptions(state_dir, key_store.KeyStorage(args.key_storage), creds_dir)
 
-    if args.bootstrap_file is not None and args.registration_token_file is not None:
-        raise UsageError("--bootstrap-file and --registration-token-file exclude each other")
     if args.bootstrap_file is not None and (
         args.bootstrap_file.exists()
         or not _first_boot_done(state_dir, args.machine_name, creds_dir)
@@ -310,24 +294,10 @@ def _main(argv: list[str] | None) -> int:
             )
         )
         logger.info("first boot complete")
-    elif args.registration_token_file is not None:
-        machine = _legacy_machine(args)
-        token = read_secret_input(args.registration_token_file, "--registration-token-file")
-        until_done(
-            lambda: first_boot.boot_legacy(
-                registration_token=token,
-                machine=machine,
-                keys=keys,
-                log=logger,
-                checkpoint=progress,
-            )
-        )
-        logger.info("first boot complete (legacy registration-token path)")
     elif not _first_boot_done(state_dir, args.machine_name, creds_dir):
         raise UsageError(
             f"{state_dir} holds no session and no machine key: first boot needs "
-            "--bootstrap-file (from `bureau machine provision`), or --registration-token-file "
-            "with --homeserver, --server-name and --fleet"
+            "--bootstrap-file (from `bureau machine provision`)"
         )
     else:
         logger.info("first boot already complete", state_dir=str(state_dir))

@@ -6,15 +6,15 @@ launcher's import closure (its audit surface). The daemon's long-lived sync uses
 
 Every failure becomes a MatrixError naming what was being done; request bodies (which
 carry passwords) and access tokens never reach a message. 429 and gateway errors are
-retried with the wait the server asks for, else jittered exponential backoff (1 s
-doubling, cap 30 s). Environment proxies are deliberately not honoured: a token must
-only ever go to the homeserver the caller named.
+retried on bureau.matrix.retry's schedule (the server's hint, else jittered backoff), and
+a final error carries the server's hint for an outer loop. Environment proxies are
+deliberately not honoured: a token must only ever go to the homeserver the caller named.
+The Synapse admin API is not here: bureau.matrix.synapse_admin, behind
+bureau.matrix.homeserver_admin.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import http.client
 import json
 import random
@@ -29,37 +29,18 @@ import structlog
 
 from bureau import __version__
 from bureau.errors import MatrixError, MatrixUnreachable
+from bureau.matrix.retry import next_delay, server_hint
 from bureau.secret import Secret
 
 CLIENT = "/_matrix/client/v3"
 _RETRY_STATUSES = (429, 502, 503, 504)
 _MAX_BODY = 16 << 20
 _log = structlog.get_logger("bureau.matrix")
-BACKOFF_CAP_SECONDS = 30.0
 
 
 def segment(value: str) -> str:
     """Quote one path segment (room aliases contain '/' and '#')."""
     return quote(value, safe="")
-
-
-def backoff_seconds(attempt: int, rng: Callable[[], float]) -> float:
-    """Jittered exponential backoff: 1 s doubling, capped at 30 s, between half and all."""
-    base = min(2.0**attempt, BACKOFF_CAP_SECONDS)
-    return base / 2 + rng() * base / 2
-
-
-def retry_delay(
-    attempt: int, headers: dict[str, str], body: dict[str, Any], rng: Callable[[], float]
-) -> float:
-    """Retry-After, then retry_after_ms, then jittered exponential backoff. Pure."""
-    after = headers.get("retry-after", "")
-    if after.isdigit():
-        return min(float(after), BACKOFF_CAP_SECONDS)
-    ms = body.get("retry_after_ms")
-    if isinstance(ms, int) and ms >= 0:
-        return min(ms / 1000.0, BACKOFF_CAP_SECONDS)
-    return backoff_seconds(attempt, rng)
 
 
 @dataclass(frozen=True)
@@ -168,13 +149,13 @@ class MatrixHTTP:
             )
             if resp.status not in _RETRY_STATUSES or attempt == self._max_attempts - 1:
                 return resp
-            self._sleep(retry_delay(attempt, resp.headers, resp.body, self._rng))
+            self._sleep(next_delay(attempt, _hint(resp), self._rng))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def call(self, method: str, path: str, body: Any = None, *, what: str) -> dict[str, Any]:
         resp = self.send(method, path, body, what=what)
         if resp.status >= 400:
-            raise _error(what, resp)
+            raise response_error(what, resp)
         return resp.body
 
     def _uia(
@@ -190,9 +171,9 @@ class MatrixHTTP:
                 return resp.body
             flows = resp.body.get("flows")
             if resp.status != 401 or not isinstance(flows, list):
-                raise _error(what, resp)
+                raise response_error(what, resp)
             if "errcode" in resp.body and resp.body.get("completed"):
-                raise _error(what, resp)  # a stage we sent was refused
+                raise response_error(what, resp)  # a stage we sent was refused
             done = set(resp.body.get("completed") or [])
             pending = _next_stage(flows, known, done)
             if pending is None:
@@ -201,7 +182,7 @@ class MatrixHTTP:
             if isinstance(resp.body.get("session"), str):
                 auth["session"] = resp.body["session"]
             resp = self.send("POST", path, {**body, "auth": auth}, what=what)
-        raise _error(what, resp)
+        raise response_error(what, resp)
 
     # -- the calls bureau makes --------------------------------------------------------
 
@@ -222,9 +203,9 @@ class MatrixHTTP:
         what = f"log in as {localpart}"
         data = self.call("POST", f"{CLIENT}/login", body, what=what)
         return Login(
-            _text(data, "user_id", what),
-            Secret(_text(data, "access_token", what)),
-            _text(data, "device_id", what),
+            text_field(data, "user_id", what),
+            Secret(text_field(data, "access_token", what)),
+            text_field(data, "device_id", what),
         )
 
     def register_with_token(
@@ -234,62 +215,7 @@ class MatrixHTTP:
         body = {"username": localpart, "password": password.reveal(), "inhibit_login": True}
         stages = {"m.login.registration_token": {"token": registration_token.reveal()}}
         data = self._uia(f"{CLIENT}/register", body, stages, what=f"register {localpart}")
-        return _text(data, "user_id", f"register {localpart}")
-
-    def register_server_admin(
-        self, localpart: str, password: Secret, shared_secret: Secret
-    ) -> None:
-        """Synapse's shared-secret registration of a server admin (its admin API)."""
-        path = "/_synapse/admin/v1/register"
-        what = f"register server admin {localpart}"
-        nonce = _text(self.call("GET", path, what=what), "nonce", what)
-        signed = "\x00".join((nonce, localpart, password.reveal(), "admin")).encode()
-        mac = hmac.new(shared_secret.reveal().encode(), signed, hashlib.sha1)
-        body = {
-            "nonce": nonce,
-            "username": localpart,
-            "password": password.reveal(),
-            "admin": True,
-            "mac": mac.hexdigest(),
-        }
-        self.call("POST", path, body, what=what)
-
-    def is_server_admin(self, user_id: str) -> bool:
-        """Synapse's admin API; False where it answers 403 or does not exist."""
-        what = f"ask whether {user_id} is a server admin"
-        resp = self.send("GET", f"/_synapse/admin/v1/users/{segment(user_id)}/admin", what=what)
-        if resp.status in (403, 404):
-            return False
-        if resp.status >= 400:
-            raise _error(what, resp)
-        return resp.body.get("admin") is True
-
-    def deactivate_user(self, user_id: str) -> None:
-        """Synapse's admin API: the account can no longer log in; its devices are gone."""
-        self.call(
-            "POST",
-            f"/_synapse/admin/v1/deactivate/{segment(user_id)}",
-            {"erase": False},
-            what=f"deactivate {user_id}",
-        )
-
-    def reactivate_user(self, user_id: str, password: Secret) -> None:
-        """Synapse's admin API: a deactivated account back, with a new password."""
-        self.call(
-            "PUT",
-            f"/_synapse/admin/v2/users/{segment(user_id)}",
-            {"deactivated": False, "password": password.reveal(), "logout_devices": True},
-            what=f"reactivate {user_id}",
-        )
-
-    def login_as(self, user_id: str) -> Secret:
-        """Synapse's admin API: a new access token (a new device) for another account,
-        which the operator never needs a password for."""
-        what = f"log in as {user_id}"
-        data = self.call(
-            "POST", f"/_synapse/admin/v1/users/{segment(user_id)}/login", {}, what=what
-        )
-        return Secret(_text(data, "access_token", what))
+        return text_field(data, "user_id", f"register {localpart}")
 
     def kick(self, room_id: str, user_id: str, reason: str) -> bool:
         """Remove a member; False when the user was not in (or invited to) the room."""
@@ -304,12 +230,12 @@ class MatrixHTTP:
             return True
         if resp.status == 403 and "not in the room" in str(resp.body.get("error", "")).lower():
             return False
-        raise _error(what, resp)
+        raise response_error(what, resp)
 
     def whoami(self) -> tuple[str, str | None]:
         data = self.call("GET", f"{CLIENT}/account/whoami", what="check the access token")
         device = data.get("device_id")
-        return _text(data, "user_id", "check the access token"), (
+        return text_field(data, "user_id", "check the access token"), (
             device if isinstance(device, str) else None
         )
 
@@ -334,15 +260,17 @@ class MatrixHTTP:
         if resp.status == 404:
             return None
         if resp.status >= 400:
-            raise _error(f"resolve {alias}", resp)
-        return _text(resp.body, "room_id", f"resolve {alias}")
+            raise response_error(f"resolve {alias}", resp)
+        return text_field(resp.body, "room_id", f"resolve {alias}")
 
     def create_room(self, content: dict[str, Any], *, what: str) -> str:
-        return _text(self.call("POST", f"{CLIENT}/createRoom", content, what=what), "room_id", what)
+        return text_field(
+            self.call("POST", f"{CLIENT}/createRoom", content, what=what), "room_id", what
+        )
 
     def join(self, room: str) -> str:
         data = self.call("POST", f"{CLIENT}/join/{segment(room)}", {}, what=f"join {room}")
-        return _text(data, "room_id", f"join {room}")
+        return text_field(data, "room_id", f"join {room}")
 
     def invite(self, room_id: str, user_id: str) -> None:
         what = f"invite {user_id} to {room_id}"
@@ -354,7 +282,7 @@ class MatrixHTTP:
         # Already invited or joined: the invite we wanted is in place.
         if resp.status == 403 and "already in the room" in str(resp.body.get("error", "")):
             return
-        raise _error(what, resp)
+        raise response_error(what, resp)
 
     def put_state(
         self, room_id: str, event_type: str, state_key: str, content: dict[str, Any]
@@ -371,14 +299,14 @@ class MatrixHTTP:
         if resp.status == 404 and resp.body.get("errcode") == "M_NOT_FOUND":
             return None
         if resp.status >= 400:
-            raise _error(what, resp)
+            raise response_error(what, resp)
         return resp.body
 
     def room_state_events(self, room_id: str) -> list[dict[str, Any]]:
         what = f"read the state of {room_id}"
         resp = self.send("GET", f"{CLIENT}/rooms/{segment(room_id)}/state", what=what)
         if resp.status >= 400:
-            raise _error(what, resp)
+            raise response_error(what, resp)
         events = resp.data if isinstance(resp.data, list) else []
         return [e for e in events if isinstance(e, dict)]
 
@@ -394,7 +322,7 @@ def _next_stage(flows: list[Any], known: dict[str, dict[str, Any]], done: set[st
     return None
 
 
-def _text(data: dict[str, Any], name: str, what: str) -> str:
+def text_field(data: dict[str, Any], name: str, what: str) -> str:
     """A string field the homeserver's success answer must carry."""
     value = data.get(name)
     if not isinstance(value, str) or not value:
@@ -402,11 +330,16 @@ def _text(data: dict[str, Any], name: str, what: str) -> str:
     return value
 
 
-def _error(what: str, resp: Response) -> MatrixError:
+def _hint(resp: Response) -> float | None:
+    return server_hint(resp.headers.get("retry-after"), resp.body.get("retry_after_ms"))
+
+
+def response_error(what: str, resp: Response) -> MatrixError:
     return MatrixError(
         what,
         resp.status,
         str(resp.body.get("errcode", "")),
         str(resp.body.get("error", ""))[:200],
+        retry_after=_hint(resp),
         soft_logout=resp.body.get("soft_logout") is True,
     )

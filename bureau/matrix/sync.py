@@ -3,8 +3,8 @@
 nio ships no types and logs whole responses (tokens included) at DEBUG; this module keeps
 both contained: callers see plain dicts and MatrixError, and bureau.log holds nio's loggers
 at WARNING. nio's own retries are switched off (max_limit_exceeded=0, max_timeouts=0) so
-that the daemon's backoff (Retry-After, retry_after_ms, 1 s doubling to 30 s) is the only
-one.
+that the daemon's backoff (bureau.matrix.retry) is the only one; an error carries the
+server's hint, read as retry.py reads it, for that backoff.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import aiohttp
 import nio
 
 from bureau.errors import MatrixError, MatrixUnreachable
-from bureau.matrix.client import BACKOFF_CAP_SECONDS
+from bureau.matrix.retry import server_hint
 from bureau.wire.files import Session
 
 SYNC_TIMEOUT_MS = 30_000
@@ -35,22 +35,13 @@ def _raise_for(resp: Any, what: str) -> Any:
         return resp
     transport = resp.transport_response
     status = int(getattr(transport, "status", 0) or 0)
-    retry_after: float | None = None
-    header = transport.headers.get("Retry-After", "") if transport is not None else ""
-    if header.isdigit():
-        retry_after = float(header)
-    elif resp.retry_after_ms:
-        retry_after = resp.retry_after_ms / 1000
-    if retry_after is not None:
-        # The server's hint is honoured but capped: a misconfigured or hostile server must
-        # not park the daemon for hours.
-        retry_after = min(retry_after, BACKOFF_CAP_SECONDS)
+    header = transport.headers.get("Retry-After") if transport is not None else None
     raise MatrixError(
         what,
         status,
         resp.status_code or "",
         str(resp.message)[:200],
-        retry_after=retry_after,
+        retry_after=server_hint(header, resp.retry_after_ms),
         soft_logout=bool(resp.soft_logout),
     )
 

@@ -4,7 +4,8 @@ Matrix token plus the secrets given) and its assignment. Every step is skipped w
 so running create again converges and an interrupted destroy is finished by running it
 again.
 
-The principal's Matrix token is minted through Synapse's admin API (log in as the user):
+The principal's Matrix token is minted through the homeserver's admin API (log in as the
+user; bureau.matrix.homeserver_admin):
 the operator never holds a password for it, and the token goes straight into the bundle,
 encrypted to the machine. In the sandbox the workload reaches Matrix as itself through its
 proxy's ``matrix`` service, never holding the token."""
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bureau.errors import BureauError, InputError, MatrixError
-from bureau.matrix.client import MatrixHTTP, segment
+from bureau.matrix.client import MatrixHTTP
+from bureau.matrix.homeserver_admin import homeserver_admin
 from bureau.operator import assignments, templates
 from bureau.operator.credentials import admin_client
 from bureau.operator.machines import ENROLLED, list_machines
@@ -30,9 +32,10 @@ from bureau.operator.principal_credentials import (
 from bureau.secret import Secret
 from bureau.template_resolve import resolve
 from bureau.wire import names, rooms
-from bureau.wire.credentials import CredentialsEvent, ServiceRoute, referenced_credentials
+from bureau.wire.credentials import CredentialsEvent
 from bureau.wire.files import OperatorCredentials
 from bureau.wire.machine_config import MachineConfig
+from bureau.wire.service_route import ServiceRoute, referenced_credentials
 from bureau.wire.template_parts import TemplateRef
 
 MATRIX_SERVICE = "matrix"
@@ -95,9 +98,9 @@ def _register(admin: MatrixHTTP, creds: OperatorCredentials, localpart: str) -> 
     else:
         return "registered"
     user = names.user_id(localpart, creds.server_name)
-    account = admin.call("GET", f"/_synapse/admin/v2/users/{segment(user)}", what=f"read {user}")
-    if account.get("deactivated") is True:
-        admin.reactivate_user(user, password)
+    accounts = homeserver_admin(admin)
+    if accounts.is_deactivated(user):
+        accounts.reactivate(user, password)
         return "reactivated"
     return None
 
@@ -156,7 +159,7 @@ def create(
     if done:
         report(f"{done} {user}")
     if not keep:
-        token = admin.login_as(user)
+        token = homeserver_admin(admin).login_as(user)
         provision(
             creds,
             CredentialRequest(
@@ -247,7 +250,7 @@ def destroy(creds: OperatorCredentials, principal: str, report: Callable[[str], 
             report(f"credentials tombstoned on {record.name}")
             changed = True
     try:
-        admin.deactivate_user(user)
+        homeserver_admin(admin).deactivate(user)
         report(f"account {user} deactivated")
     except MatrixError as exc:
         if exc.status != 404:

@@ -10,11 +10,11 @@ published key becomes ``{}``; in an ops room (upstream's provision makes one) it
 reservation and drain become ``{}``; it is removed from its config and ops rooms, the
 fleet's rooms and the namespace's; its ``m.bureau.machine_status`` becomes ``{}`` (only
 now, so that a daemon still heartbeating cannot write it back); no membership may remain;
-its account is deactivated (Synapse's server admin API). Upstream's provision refuses a
-name whose key or status is not ``{}`` or that is still in a room: after this it accepts
-it. Each step is skipped when already done, so a decommission cut off half way is
-finished by running it again. The name can be provisioned again afterwards (provision
-reactivates the account).
+its account is deactivated (the homeserver's admin API: bureau.matrix.homeserver_admin).
+Upstream's provision refuses a name whose key or status is not ``{}`` or that is still in
+a room: after this it accepts it. Each step is skipped when already done, so a
+decommission cut off half way is finished by running it again. The name can be
+provisioned again afterwards (provision reactivates the account).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from collections.abc import Callable
 from bureau.errors import BureauError
 from bureau.matrix.client import MatrixHTTP
 from bureau.matrix.fleet_rooms import namespace_room, resolve_fleet_rooms
+from bureau.matrix.homeserver_admin import homeserver_admin
 from bureau.operator.credentials import admin_client
 from bureau.operator.machines import machine_records
 from bureau.wire import names, rooms
@@ -82,8 +83,9 @@ def decommission(
         raise BureauError(
             f"{user} is still in {', '.join(remaining)} after being removed; run this again"
         )
-    if admin.is_server_admin(creds.admin_user):
-        admin.deactivate_user(user)
+    accounts = homeserver_admin(admin)
+    if accounts.is_server_admin(creds.admin_user):
+        accounts.deactivate(user)
         report(f"account {user} deactivated")
     else:
         raise BureauError(

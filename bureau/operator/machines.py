@@ -8,15 +8,10 @@ from typing import Any
 
 from bureau.errors import BureauError, InputError, MatrixError
 from bureau.matrix.client import MatrixHTTP
-from bureau.matrix.fleet_rooms import (
-    ensure_config_room,
-    grant_machine_level,
-    invite_machine,
-    namespace_room,
-    resolve_fleet_rooms,
-    template_room,
-)
+from bureau.matrix.fleet_rooms import namespace_room, resolve_fleet_rooms, template_room
+from bureau.matrix.homeserver_admin import homeserver_admin
 from bureau.operator.credentials import admin_client
+from bureau.operator.machine_rooms import ensure_config_room, grant_machine_level, invite_machine
 from bureau.passwords import one_time_password
 from bureau.wire import names, rooms
 from bureau.wire.files import BootstrapConfig, MachineKey, OperatorCredentials
@@ -147,7 +142,7 @@ def provision(creds: OperatorCredentials, machine_localpart: str) -> BootstrapCo
             ) from None
         # A decommissioned machine's name comes back: its deactivated account is
         # reactivated with the new one-time password.
-        admin.reactivate_user(machine_user, password)
+        homeserver_admin(admin).reactivate(machine_user, password)
     templates = template_room(admin, creds.fleet, server)
     invite_machine(admin, machine_user, config_room, fleet_rooms, templates)
     # As upstream's provision (provision.go:292-376): invited to the namespace's system and

@@ -13,8 +13,8 @@ from typing import Any
 
 from bureau.errors import InputError, MatrixError
 from bureau.matrix.client import MatrixHTTP
-from bureau.matrix.fleet_rooms import private_room
 from bureau.operator import credentials, templates
+from bureau.operator.machine_rooms import private_room
 from bureau.passwords import ADMIN_LOCALPART, admin_password
 from bureau.secret import Secret
 from bureau.wire import names, rooms

@@ -386,8 +386,7 @@ def test_start_without_anything_says_what_to_pass(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     line = one_line_error(result)
-    assert "first boot needs --bootstrap-file" in line
-    assert "--registration-token-file" in line
+    assert "first boot needs --bootstrap-file (from `bureau machine provision`)" in line
 
 
 UNSAFE_BOOTSTRAP = ("symlink", "other-owner", "world-readable")
@@ -486,47 +485,42 @@ def test_bad_bootstrap_files(fleet: Fleet, tmp_path: Path, case: str, expected: 
         assert "ab" * 32 not in result.stderr + result.stdout
 
 
-def test_legacy_registration_token_path(fleet: Fleet, tmp_path: Path) -> None:
-    hub = fleet.hub
-    machine_name = f"machine/{os.urandom(4).hex()}"
-    localpart = f"{fleet.name}/{machine_name}"
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (("--registration-token-file", "-"), "--registration-token-file"),
+        (("--registration-token-file",), "--registration-token-file"),
+        (
+            ("--homeserver", "http://127.0.0.1:1", "--server-name", "x", "--fleet", "a/fleet/b"),
+            "--homeserver",
+        ),
+        (("--fleet", "a/fleet/b"), "--fleet"),
+        (
+            ("--bootstrap-file", "bootstrap.json", "--registration-token-file", "-"),
+            "--registration-token-file",
+        ),
+    ],
+)
+def test_the_registration_token_first_boot_is_gone(
+    tmp_path: Path, flags: tuple[str, ...], named: str
+) -> None:
+    """The launcher never holds the hub's registration token: the old flags fail in one
+    line saying what replaced them, before anything is read or written."""
     state = tmp_path / "state"
-    args: list[str | Path] = [
-        "--registration-token-file",
-        "-",
-        "--homeserver",
-        hub.url,
-        "--server-name",
-        hub.server_name,
-        "--fleet",
-        fleet.name,
+    result = run(
+        "bureau-launcher",
+        *flags,
         "--machine-name",
-        machine_name,
+        "machine/w",
         "--state-dir",
         state,
         "--first-boot-only",
-    ]
-    result = run("bureau-launcher", *args, stdin=hub.token.reveal() + "\n")
-    assert result.returncode == 0, result.stderr
-    session = json.loads((state / "session.json").read_text())
-    user = names.user_id(localpart, hub.server_name)
-    assert session["user_id"] == user
-    listed = run("bureau", "machine", "list", "--credential-file", fleet.credential_file, "--json")
-    record = next(r for r in json.loads(listed.stdout) if r["user_id"] == user)
-    assert record["state"] == "enrolled"
-    assert record["public_key"] == (state / "machine-key.pub").read_text().strip()
-    # Re-running converges too (the account exists; the session is reused).
-    assert run("bureau-launcher", *args, stdin=hub.token.reveal()).returncode == 0
-
-    missing = run(
-        "bureau-launcher",
-        "--registration-token-file",
-        "-",
-        "--machine-name",
-        machine_name,
-        "--state-dir",
-        tmp_path / "s2",
-        stdin="x",
+        stdin="registration-token-canary\n",
     )
-    assert missing.returncode == 2
-    assert "needs --homeserver, --server-name, --fleet" in one_line_error(missing)
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert line.startswith(f"bureau-launcher: {named}: the registration-token first boot was")
+    assert "`bureau machine provision`" in line
+    assert "--bootstrap-file" in line
+    assert not state.exists()
+    assert "--registration-token-file" not in run("bureau-launcher", "--help").stdout

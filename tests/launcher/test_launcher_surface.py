@@ -14,6 +14,10 @@ FORBIDDEN = (
     "synapse",
     "yaml",
     "bureau.cli",
+    "bureau.operator",
+    "bureau.matrix.homeserver_admin",
+    "bureau.matrix.synapse_admin",
+    "bureau.matrix.sync",
     "bureau.hub",
     "bureau.daemon",
     "bureau.proxy",
@@ -33,8 +37,11 @@ def test_launcher_imports_stay_small() -> None:
     assert "pyrage" in modules
 
 
-# Every module of ours the launcher may load. The sandbox's spec and policy are pure; the
-# operator's fleet room names and matrix_http serve first boot (before any principal runs).
+# Every module of ours the launcher loads, no more: a new one is a decision made here, and
+# one it no longer loads leaves the list. The sandbox's spec and policy are pure; the
+# blocking Matrix client, its retry schedule and the fleet rooms' resolution serve first
+# boot (before any principal runs). Nothing of the operator's (rooms made, invitations, the
+# homeserver's admin API): a machine is provisioned before its first boot.
 ALLOWED_OURS = {
     "bureau",
     "bureau.age_keys",
@@ -74,6 +81,7 @@ ALLOWED_OURS = {
     "bureau.machine_state",
     "bureau.matrix",
     "bureau.matrix.client",
+    "bureau.matrix.retry",
     "bureau.wire",
     "bureau.wire.names",
     "bureau.notify",
@@ -82,9 +90,12 @@ ALLOWED_OURS = {
     "bureau.wire.proxy_payload",
     "bureau.wire.rooms",
     "bureau.wire.sandbox_spec",
+    "bureau.wire.scope_rules",
+    "bureau.wire.service_route",
     "bureau.wire.files",
     "bureau.secret",
     "bureau.wire.template_parts",
+    "bureau.wire.template_upstream",
     "bureau.wire.template",
 }
 # Third-party packages (top level). structlog loads its Twisted integration when Twisted is
@@ -99,7 +110,9 @@ def test_launcher_imports_only_what_is_allowed() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
     modules = set(json.loads(result.stdout))
-    assert {m for m in modules if m.split(".")[0] == "bureau"} - ALLOWED_OURS == set()
+    ours = {m for m in modules if m.split(".")[0] == "bureau"}
+    assert ours - ALLOWED_OURS == set()
+    assert ALLOWED_OURS - ours == set()
     tops = {m.split(".")[0] for m in modules} - set(sys.stdlib_module_names)
     tops -= {"bureau", "__main__", "_distutils_hack"} | {
         t for t in tops if t.startswith("__editable__")
@@ -116,8 +129,11 @@ SANDBOXD_ALLOWED = {
     "bureau.wire.credentials",
     "bureau.wire.machine_config",
     "bureau.wire.sandbox_spec",
+    "bureau.wire.scope_rules",
+    "bureau.wire.service_route",
     "bureau.secret",
     "bureau.wire.template_parts",
+    "bureau.wire.template_upstream",
     "bureau.wire.template",
     "bureau.edge",
     "bureau.errors",
