@@ -74,3 +74,16 @@ def test_unreachable_names_the_homeserver() -> None:
         client.whoami()
     assert "cannot reach homeserver http://127.0.0.1:1" in str(info.value)
     assert "tok-canary" not in str(info.value)
+
+
+def test_the_final_error_carries_the_servers_hint(server: str) -> None:
+    """For an outer loop (first boot's until_done) to wait as the server asked."""
+    limited = {"errcode": "M_LIMIT_EXCEEDED", "retry_after_ms": 2500}
+    _Limited.answers = [(429, {"Retry-After": "4"}, limited), (429, {}, limited)]
+    waits: list[float] = []
+    client = MatrixHTTP(server, Secret("tok"), max_attempts=2, sleep=waits.append)
+    with pytest.raises(MatrixError) as info:
+        client.whoami()
+    assert waits == [4.0]
+    assert info.value.status == 429
+    assert info.value.retry_after == 2.5
