@@ -35,9 +35,12 @@ class HomeserverAdmin(Protocol):
         has none), with no device left from before."""
         ...
 
-    def login_as(self, user_id: str) -> Secret:
-        """A new access token (a new device) for another account, for which the caller
-        holds no password."""
+    def reset_password(self, user_id: str, password: Secret) -> None:
+        """The account's password is now ``password`` and every device it had is logged
+        out (their tokens die). How bureau mints a principal's token: a fresh password,
+        a normal login with it, the password thrown away; the token is then a device of
+        the account's, which deactivation revokes. (A homeserver's "log in as" token may
+        not be: Synapse keeps its admin login tokens alive after deactivation.)"""
         ...
 
 

@@ -49,12 +49,13 @@ class SynapseAdmin:
             what=f"reactivate {user_id}",
         )
 
-    def login_as(self, user_id: str) -> Secret:
-        what = f"log in as {user_id}"
-        data = self._client.call(
-            "POST", f"{ADMIN}/v1/users/{segment(user_id)}/login", {}, what=what
+    def reset_password(self, user_id: str, password: Secret) -> None:
+        self._client.call(
+            "POST",
+            f"{ADMIN}/v1/reset_password/{segment(user_id)}",
+            {"new_password": password.reveal(), "logout_devices": True},
+            what=f"set a new password for {user_id}",
         )
-        return Secret(text_field(data, "access_token", what))
 
 
 def register_server_admin(

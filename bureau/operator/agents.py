@@ -4,11 +4,12 @@ Matrix token plus the secrets given) and its assignment. Every step is skipped w
 so running create again converges and an interrupted destroy is finished by running it
 again.
 
-The principal's Matrix token is minted through the homeserver's admin API (log in as the
-user; bureau.matrix.homeserver_admin):
-the operator never holds a password for it, and the token goes straight into the bundle,
-encrypted to the machine. In the sandbox the workload reaches Matrix as itself through its
-proxy's ``matrix`` service, never holding the token."""
+The principal's Matrix token is a device of its own account: the homeserver's admin API
+sets a fresh random password (logging out every earlier device, so an older bundle's token
+dies), bureau logs in with it once and throws the password away. The operator keeps no
+password for it, the token goes straight into the bundle, encrypted to the machine, and
+deactivating the account (``destroy``) revokes it. In the sandbox the workload reaches
+Matrix as itself through its proxy's ``matrix`` service, never holding the token."""
 
 from __future__ import annotations
 
@@ -105,6 +106,14 @@ def _register(admin: MatrixHTTP, creds: OperatorCredentials, localpart: str) -> 
     return None
 
 
+def mint_token(admin: MatrixHTTP, creds: OperatorCredentials, localpart: str) -> Secret:
+    """A new access token on a new device of the principal's account (see above)."""
+    password = Secret(random.token_hex(32))
+    homeserver_admin(admin).reset_password(names.user_id(localpart, creds.server_name), password)
+    login = MatrixHTTP(creds.homeserver_url).login_password(localpart, password)
+    return login.access_token
+
+
 def _published(
     admin: MatrixHTTP, creds: OperatorCredentials, request: AgentRequest
 ) -> CredentialsEvent | None:
@@ -159,7 +168,7 @@ def create(
     if done:
         report(f"{done} {user}")
     if not keep:
-        token = homeserver_admin(admin).login_as(user)
+        token = mint_token(admin, creds, request.principal)
         provision(
             creds,
             CredentialRequest(

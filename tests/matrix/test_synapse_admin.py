@@ -12,6 +12,7 @@ from conftest import Fleet, fresh
 from bureau.errors import MatrixError
 from bureau.matrix.client import MatrixHTTP
 from bureau.matrix.homeserver_admin import homeserver_admin
+from bureau.operator import agents
 from bureau.operator.credentials import admin_client
 from bureau.secret import Secret
 from bureau.wire import names
@@ -31,20 +32,30 @@ def test_an_account_deactivated_and_brought_back(fleet: Fleet) -> None:
     assert not accounts.is_server_admin(user)
     assert not accounts.is_deactivated(user)
 
-    # A token for an account whose password the admin never held.
-    puppet = MatrixHTTP(hub.url, accounts.login_as(user))
-    assert puppet.whoami()[0] == user
-    # Asked by someone who is no server admin: False, not an error.
-    assert not homeserver_admin(puppet).is_server_admin(fleet.creds.admin_user)
-
     own = MatrixHTTP(hub.url, MatrixHTTP(hub.url).login_password(localpart, first).access_token)
+    # Asked by someone who is no server admin: False, not an error.
+    assert not homeserver_admin(own).is_server_admin(fleet.creds.admin_user)
+
+    # A principal's token, as `bureau agent create` mints it: a new password logs out
+    # every earlier device, and the token is a device of the account's own.
+    minted = MatrixHTTP(
+        hub.url, agents.mint_token(admin_client(fleet.creds), fleet.creds, localpart)
+    )
+    assert minted.whoami()[0] == user
+    _assert_revoked(own)
+    with pytest.raises(MatrixError) as old_password:
+        MatrixHTTP(hub.url).login_password(localpart, first)
+    assert old_password.value.status == 403
+    again = MatrixHTTP(
+        hub.url, agents.mint_token(admin_client(fleet.creds), fleet.creds, localpart)
+    )
+    _assert_revoked(minted)  # an older bundle's token dies with the new one
+
     accounts.deactivate(user)
     assert accounts.is_deactivated(user)
-    # The account's own devices are gone, and its password with them. (Synapse keeps the
-    # admin's login_as token alive: deactivation is not its revocation.)
-    with pytest.raises(MatrixError) as revoked:
-        own.whoami()
-    assert revoked.value.status == 401
+    # Its devices are gone, the minted token with them (destroy's promise), and its
+    # password too.
+    _assert_revoked(again)
     with pytest.raises(MatrixError) as refused:
         MatrixHTTP(hub.url).login_password(localpart, first)
     assert refused.value.status == 403
@@ -53,6 +64,12 @@ def test_an_account_deactivated_and_brought_back(fleet: Fleet) -> None:
     accounts.reactivate(user, second)
     assert not accounts.is_deactivated(user)
     assert MatrixHTTP(hub.url).login_password(localpart, second).user_id == user
+
+
+def _assert_revoked(client: MatrixHTTP) -> None:
+    with pytest.raises(MatrixError) as revoked:
+        client.whoami()
+    assert revoked.value.status == 401
 
 
 def test_no_such_account_is_404(fleet: Fleet) -> None:

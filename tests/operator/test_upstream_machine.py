@@ -25,8 +25,7 @@ from upstream_shapes import go_base64, go_json
 
 from bureau import age_keys
 from bureau.matrix.client import MatrixHTTP
-from bureau.matrix.homeserver_admin import homeserver_admin
-from bureau.operator import credentials
+from bureau.operator import agents, credentials
 from bureau.secret import Secret
 from bureau.wire import names, rooms
 
@@ -84,7 +83,7 @@ def _publish_upstream_principal(
     MatrixHTTP(fleet.hub.url).register_with_token(
         localpart, Secret(secrets.token_hex(16)), fleet.hub.token
     )
-    matrix_token = homeserver_admin(admin).login_as(user)
+    matrix_token = agents.mint_token(admin, fleet.creds, localpart)
     template_room = admin.resolve_alias(
         names.room_alias(names.template_room_localpart(fleet.name), server)
     )
