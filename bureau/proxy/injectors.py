@@ -1,7 +1,7 @@
 """How a route's credential reaches its upstream: one injector per credential kind, chosen
 per service when the payload is compiled (``for_route``, from http_rules.compile_routes)
 and called for every request forwarded on that route (exchange.py). A new kind is one
-class here, its line in ``for_route``, and its wire shape in bureau/wire/credentials.py.
+class here, its line in ``for_route``, and its wire shape in bureau/wire/service_route.py.
 
 The interface, ``Injector``:
 
@@ -124,5 +124,23 @@ class HeaderInjector:
 
 def for_route(route: ServiceRoute, credentials: Mapping[str, Secret]) -> Injector:
     """The injector a service's route asks for; Unavailable when a credential it names is
-    not in the payload (the route then answers 503)."""
+    not in the payload, or the route asks for what this proxy does not do yet (the route
+    then answers 503 rather than go out without its credential or its scope)."""
+    pending = not_done_yet(route)
+    if pending:
+        raise Unavailable(f"{pending[0]} is not supported by this proxy yet")
     return HeaderInjector(route, credentials)
+
+
+def not_done_yet(route: ServiceRoute) -> list[str]:
+    """The fields of ``route`` the wire carries and this proxy does not honour yet."""
+    fields = {
+        "allow": route.allow is not None,
+        "deny": bool(route.deny),
+        "inject_query": bool(route.inject_query),
+        "basic_auth": route.basic_auth is not None,
+        "path_prefix": route.path_prefix is not None,
+        "aws_sigv4": route.aws_sigv4 is not None,
+        "oauth2": route.oauth2 is not None,
+    }
+    return [name for name, present in fields.items() if present]
