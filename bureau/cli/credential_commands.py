@@ -21,7 +21,8 @@ from bureau.operator import principal_credentials
 from bureau.secret import Secret
 from bureau.wire.credentials import parse_rfc3339
 from bureau.wire.files import is_age_public_key
-from bureau.wire.service_route import has_control_character, parse_services, valid_credential_name
+from bureau.wire.route_checks import has_control_character, valid_credential_name
+from bureau.wire.service_route import parse_services
 
 
 def read_secrets(path: str, *, allow_empty: bool = False) -> dict[str, Secret]:

@@ -37,23 +37,29 @@ from bureau.secret import Secret
 from bureau.wire import names
 
 # Routes live in service_route.py; re-exported while callers move to importing it there.
-from bureau.wire.service_route import (
+from bureau.wire.route_checks import (
     HEADER_NAME as HEADER_NAME,  # noqa: PLC0414
 )
-from bureau.wire.service_route import (
+from bureau.wire.route_checks import (
     RESERVED_PREFIX as RESERVED_PREFIX,  # noqa: PLC0414
+)
+from bureau.wire.route_checks import (
+    check_inject_headers as check_inject_headers,  # noqa: PLC0414
+)
+from bureau.wire.route_checks import (
+    check_upstream_url as check_upstream_url,  # noqa: PLC0414
+)
+from bureau.wire.route_checks import (
+    has_control_character as has_control_character,  # noqa: PLC0414
+)
+from bureau.wire.route_checks import (
+    shown as shown,  # noqa: PLC0414
+)
+from bureau.wire.route_checks import (
+    valid_credential_name as valid_credential_name,  # noqa: PLC0414
 )
 from bureau.wire.service_route import (
     ServiceRoute as ServiceRoute,  # noqa: PLC0414
-)
-from bureau.wire.service_route import (
-    check_inject_headers as check_inject_headers,  # noqa: PLC0414
-)
-from bureau.wire.service_route import (
-    check_upstream_url as check_upstream_url,  # noqa: PLC0414
-)
-from bureau.wire.service_route import (
-    has_control_character as has_control_character,  # noqa: PLC0414
 )
 from bureau.wire.service_route import (
     parse_services as parse_services,  # noqa: PLC0414
@@ -63,12 +69,6 @@ from bureau.wire.service_route import (
 )
 from bureau.wire.service_route import (
     services_json as services_json,  # noqa: PLC0414
-)
-from bureau.wire.service_route import (
-    shown as shown,  # noqa: PLC0414
-)
-from bureau.wire.service_route import (
-    valid_credential_name as valid_credential_name,  # noqa: PLC0414
 )
 
 VERSION = 1

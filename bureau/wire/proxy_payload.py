@@ -14,13 +14,8 @@ from bureau.errors import InputError
 from bureau.secret import Secret
 from bureau.wire.credentials import parse_rfc3339
 from bureau.wire.names import InvalidName, PrincipalRef
-from bureau.wire.service_route import (
-    ServiceRoute,
-    has_control_character,
-    parse_services,
-    services_json,
-    valid_credential_name,
-)
+from bureau.wire.route_checks import has_control_character, valid_credential_name
+from bureau.wire.service_route import ServiceRoute, parse_services, services_json
 
 WHERE = "proxy payload (stdin)"
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from bureau.errors import InputError
-from bureau.wire.service_route import valid_credential_name
+from bureau.wire.route_checks import valid_credential_name
 from bureau.wire.template_parts import (
     HealthCheck,
     Mount,

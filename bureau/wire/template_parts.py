@@ -13,13 +13,14 @@ from typing import Any
 
 from bureau.errors import InputError
 from bureau.wire import names
-from bureau.wire.service_route import (
+from bureau.wire.credential_kinds import AwsSigV4, BasicAuth, OAuth2
+from bureau.wire.route_checks import (
     HEADER_NAME,
-    ServiceRoute,
     check_inject_headers,
     check_upstream_url,
     has_control_character,
 )
+from bureau.wire.service_route import KIND_FIELDS, ServiceRoute, kinds_json, parse_kinds
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 # The same grammar as credentials_event's, so a proxy service becomes a ServiceRoute.
@@ -282,9 +283,19 @@ class ProxyService:
     # Kept so that the template round-trips; a principal whose proxy would need them is
     # refused by the daemon (template_policy), since our proxy does not publish them.
     response_interceptors: tuple[ResponseInterceptor, ...] = ()
+    # OURS: scope and the other credential kinds, as a service route carries them (WIRE.md
+    # "Service routes"); upstream's daemon ignores them.
+    allow: tuple[str, ...] | None = None
+    deny: tuple[str, ...] = ()
+    inject_query: dict[str, str] = field(default_factory=dict)
+    basic_auth: BasicAuth | None = None
+    path_prefix: str | None = None
+    aws_sigv4: AwsSigV4 | None = None
+    oauth2: OAuth2 | None = None
 
     _FIELDS = frozenset(
         {"upstream", "inject_headers", "strip_headers", "auth_scheme", "response_interceptors"}
+        | set(KIND_FIELDS)
     )
 
     @classmethod
@@ -322,6 +333,7 @@ class ProxyService:
                 ResponseInterceptor.from_json(item, f"{where}: response_interceptors[{i}]")
                 for i, item in enumerate(interceptors)
             ),
+            **parse_kinds(data, inject, where),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -334,6 +346,7 @@ class ProxyService:
             out["auth_scheme"] = self.auth_scheme
         if self.response_interceptors:
             out["response_interceptors"] = [i.to_json() for i in self.response_interceptors]
+        out.update(kinds_json(self))
         return out
 
     def to_route(self, where: str) -> ServiceRoute:
@@ -344,6 +357,7 @@ class ProxyService:
         route["strip_headers"] = list(self.strip_headers)
         if self.auth_scheme:
             route["auth_scheme"] = self.auth_scheme
+        route.update(kinds_json(self))
         return ServiceRoute.from_json(route, where)
 
 

@@ -12,12 +12,8 @@ import pytest
 
 from bureau.errors import InputError
 from bureau.wire.credentials import CredentialsEvent
-from bureau.wire.service_route import (
-    ServiceRoute,
-    has_control_character,
-    parse_services,
-    services_json,
-)
+from bureau.wire.route_checks import has_control_character
+from bureau.wire.service_route import ServiceRoute, parse_services, services_json
 
 PRINCIPAL = "@bureau/fleet/prod/agent/pm:bureau.local"
 MACHINE = "@bureau/fleet/prod/machine/gpu-box:bureau.local"

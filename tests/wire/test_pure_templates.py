@@ -534,3 +534,27 @@ def test_bad_assignment_overrides_are_named(
     with pytest.raises(InputError) as caught:
         apply_assignment(family().resolve("child"), command, env)
     assert str(caught.value).startswith(named)
+
+
+def test_proxy_service_carries_scope_and_the_credential_kinds_into_its_route() -> None:
+    """OURS: a template's proxy service takes the same scope and kinds as a bundle's route,
+    and the route it becomes keeps them (an unbound bundle is served with these)."""
+    service = {
+        "upstream": "https://sqs.eu-west-1.amazonaws.com",
+        "allow": ["POST /123456789012/jobs"],
+        "deny": ["* /**/admin/**"],
+        "aws_sigv4": {
+            "access_key_id": "AWS_ACCESS_KEY_ID",
+            "secret_access_key": "AWS_SECRET_ACCESS_KEY",
+            "region": "eu-west-1",
+            "service": "sqs",
+        },
+    }
+    parsed = ProxyService.from_json(service, "t: proxy_services: sqs")
+    assert parsed.to_json() == service
+    route = parsed.to_route("sqs")
+    assert route.allow == ("POST /123456789012/jobs",)
+    assert route.aws_sigv4 is not None
+    assert route.aws_sigv4.service == "sqs"
+    with pytest.raises(InputError, match=r"t: allow\[0\]: 'POST': expected"):
+        ProxyService.from_json({**service, "allow": ["POST"]}, "t")
