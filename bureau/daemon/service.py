@@ -238,6 +238,12 @@ class Daemon:
                 )
                 and event.get("type") in STATE_TYPES
             }
+            if not self._synced.is_set():
+                # The first pass decides what keeps running, so it reads the rooms whether
+                # or not the first batch carried their state: seen after a daemon was
+                # killed, an initial sync without the config room's state made the next
+                # daemon stop every principal, then start them again.
+                touched |= {self._config_room, self._fleet_room}
             try:
                 for room_id in sorted(touched):
                     if self._templates.follows(room_id):

@@ -7,6 +7,7 @@ restarts it; a broken template keeps it running; `agent destroy` stops it."""
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -198,5 +199,50 @@ def test_decommission_stops_every_workload(fleet: Fleet, tmp_path: Path, run_dir
             # Gone: not a zombie the test could mistake, the pids are not running.
             for pid in bwraps:
                 assert process_start_time(pid) is None  # gone (or a zombie being reaped)
+    finally:
+        kill_sandboxes_under(run_dir)
+
+
+@pytest.mark.slow
+def test_a_daemon_killed_and_started_again_keeps_every_workload(
+    fleet: Fleet, tmp_path: Path, run_dir: Path
+) -> None:
+    """SIGKILL (or the watchdog's SIGABRT) is no clean stop: the next daemon's first pass
+    must read the config room whatever its first sync carried, and adopt the running
+    workload, not stop it and start it again."""
+    machine = enroll(fleet, tmp_path)
+    name, state = machine.machine.short_name, machine.state_dir
+    ns = fleet.name.split("/")[0]
+    user = f"@{fleet.name}/agent/steady:{fleet.hub.server_name}"
+    template = _template(tmp_path, ns, "one")
+    assert _bureau(fleet, "template", "push", template, "--name", "worker").returncode == 0
+    run_dir.chmod(0o751)
+    sandbox_dir = run_dir.with_name(run_dir.name + "-sandbox")
+    result = workspace_of(sandbox_dir, user) / "result.json"
+    try:
+        with (
+            echo_upstream() as upstream,
+            sandboxd(run_dir, state, sandbox_dir, **fleet_of(fleet)),
+            launcher(name, state, run_dir, *broker_args(run_dir)),
+        ):
+            with daemon(name, state, run_dir) as first:
+                services = services_file(tmp_path, upstream)
+                created = _bureau(fleet, "agent", "create", "worker", "--machine", name,
+                                  "--name", "agent/steady", "--services", services,
+                                  "--secrets-file", "-",
+                                  stdin=f"API_TOKEN={CANARY}\nTOKEN={CANARY}\n")  # fmt: skip
+                assert created.returncode == 0, created.stderr
+                eventually(result.exists, 60)
+                first.wait_for("principal running")
+                workload = json.loads(result.read_text())["pid"]
+                first.stop(signal.SIGKILL)
+            with daemon(name, state, run_dir) as second:
+                ready = second.wait_for("ready: first sync done")
+                second.wait_for("heartbeat published", start=ready)  # and what follows READY
+                log = second.log()
+            assert "principal stopped" not in log
+            assert "principal running" not in log  # adopted, never started again
+            assert json.loads(result.read_text())["pid"] == workload
+            assert process_start_time(workload) is not None
     finally:
         kill_sandboxes_under(run_dir)
