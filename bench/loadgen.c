@@ -5,10 +5,12 @@
  * epoll, so one core drives the server under test. Prints one JSON line:
  *   {"requests": N, "errors": E, "seconds": S, "rps": R, "p50_us": .., "p99_us": .., "bytes": B}
  *
- * usage: loadgen SOCKET PATH CONNECTIONS SECONDS [HEADER ...]
+ * usage: loadgen [-m METHOD] [-b BYTES] SOCKET PATH CONNECTIONS SECONDS [HEADER ...]
+ * -m sets the method (GET); -b sends a body of BYTES bytes with its Content-Length.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <getopt.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -144,16 +146,31 @@ static int cmp(const void *a, const void *b) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 5) {
-        fprintf(stderr, "usage: loadgen SOCKET PATH CONNECTIONS SECONDS [HEADER ...]\n");
+    const char *method = "GET";
+    long body = -1; /* no body, no Content-Length */
+    int opt;
+    while ((opt = getopt(argc, argv, "+m:b:")) != -1) {
+        if (opt == 'm') method = optarg;
+        else if (opt == 'b') body = atol(optarg);
+        else return 2;
+    }
+    argv += optind - 1;
+    argc -= optind - 1;
+    if (argc < 5 || body > 4096) {
+        fprintf(stderr, "usage: loadgen [-m METHOD] [-b BYTES<=4096] SOCKET PATH CONNECTIONS SECONDS [HEADER ...]\n");
         return 2;
     }
     sock_path = argv[1];
     int nconn = atoi(argv[3]);
     double seconds = atof(argv[4]);
-    int off = snprintf(request, sizeof request, "GET %s HTTP/1.1\r\nHost: bench\r\n", argv[2]);
+    int off = snprintf(request, sizeof request, "%s %s HTTP/1.1\r\nHost: bench\r\n", method, argv[2]);
     for (int i = 5; i < argc; i++) off += snprintf(request + off, sizeof request - (size_t)off, "%s\r\n", argv[i]);
+    if (body >= 0) off += snprintf(request + off, sizeof request - (size_t)off, "Content-Length: %ld\r\n", body);
     off += snprintf(request + off, sizeof request - (size_t)off, "\r\n");
+    if (body > 0) {
+        memset(request + off, 'x', (size_t)body);
+        off += (int)body;
+    }
     request_len = (size_t)off;
     samples = malloc(sizeof *samples * MAX_SAMPLES);
     struct conn *conns = calloc((size_t)nconn, sizeof *conns);

@@ -1,8 +1,10 @@
-"""Proxy overhead: requests/s, p50/p99 latency and the proxy's CPU time per request at
-concurrency 1, 16 and 64 (and a 64 KiB body at 16), for three legs measured side by side
-with one load generator: direct to the upstream, through bureau-proxy, and through nginx
-configured as the equivalent header-injecting reverse proxy. Medians of several rounds,
-the legs interleaved within each round so that drift hits all of them alike."""
+"""Proxy overhead: requests/s, p50/p99 latency and the proxy's CPU time per request (and
+per MiB of response) for every proxy leg, measured side by side with one load generator:
+direct to the upstream, through bureau-proxy, and through nginx and HAProxy configured as
+the equivalent header-injecting reverse proxy, at concurrency 1, 16 and 64 and a 64 KiB
+body at 16; then bureau's other credential kinds and response cleaning (kind_legs.py).
+Medians of several rounds, the legs of each case interleaved within each round (their
+order rotating from round to round) so that drift hits all of them alike."""
 
 from __future__ import annotations
 
@@ -14,12 +16,15 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-from servers import Server, bureau_proxy, nginx_proxy, upstream
+import kind_legs
+from servers import Case, bureau_proxy, haproxy_proxy, nginx_proxy, upstream
 
 CONCURRENCY = (1, 16, 64)
 BIG_CONCURRENCY = 16
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+HEADER_LEGS = ("direct", "bureau-proxy", "nginx-proxy", "haproxy")
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,8 @@ class Sample:
     p99_us: int
     cpu_us_per_request: float | None
     errors: int
+    cpu_us_per_mib: float | None = None  # per MiB of response body received
+    mib_per_s: float = 0.0  # response body received
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -44,11 +51,13 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLOCK_TICKS
 
 
-def drive(
-    loadgen: Path, sock: Path, path: str, connections: int, seconds: float
-) -> dict[str, float]:
+def drive(loadgen: Path, case: Case, seconds: float) -> dict[str, float]:
+    options = ["-m", case.method]
+    if case.request_bytes is not None:
+        options += ["-b", str(case.request_bytes)]
+    where = [str(case.server.socket), case.path, str(case.concurrency), str(seconds)]
     result = subprocess.run(
-        [str(loadgen), str(sock), path, str(connections), str(seconds)],
+        [str(loadgen), *options, *where, *case.headers],
         capture_output=True,
         text=True,
         check=True,
@@ -58,67 +67,84 @@ def drive(
     return measured
 
 
-def measure(
-    loadgen: Path,
-    leg: str,
-    server: Server,
-    path: str,
-    body: str,
-    connections: int,
-    seconds: float,
-    charge_cpu: bool,
-) -> Sample:
-    drive(loadgen, server.socket, path, connections, 0.3)  # warm up: connections, caches
-    pids = server.pids()
+def measure(loadgen: Path, case: Case, seconds: float) -> Sample:
+    drive(loadgen, case, 0.3)  # warm up: connections, caches, a token to mint
+    pids = case.server.pids()
     before = cpu_seconds(pids)
-    result = drive(loadgen, server.socket, path, connections, seconds)
+    result = drive(loadgen, case, seconds)
     spent = cpu_seconds(pids) - before
     requests = result["requests"]
-    cpu = spent / requests * 1e6 if charge_cpu and requests else None
+    mib = result["bytes"] / (1 << 20)
+    charged = case.charge_cpu and requests
     return Sample(
-        leg,
-        body,
-        connections,
+        case.leg,
+        case.body,
+        case.concurrency,
         result["rps"],
         int(result["p50_us"]),
         int(result["p99_us"]),
-        cpu,
+        spent / requests * 1e6 if charged else None,
         int(result["errors"]),
+        spent / mib * 1e6 if charged and mib else None,
+        mib / result["seconds"],
     )
 
 
 @contextlib.contextmanager
-def legs(work: Path) -> Iterator[dict[str, tuple[Server, str, bool]]]:
-    """leg -> (server, path prefix, whether its CPU is the proxy's)."""
+def header_legs(work: Path) -> Iterator[tuple[list[list[Case]], int]]:
+    """The header-injecting legs, one list per case, and the upstream's port."""
     with (
         upstream(work / "upstream") as (origin, port),
         bureau_proxy(work / "bureau", port) as ours,
-        nginx_proxy(work / "nginx-proxy", port) as theirs,
+        nginx_proxy(work / "nginx-proxy", port) as nginx,
+        haproxy_proxy(work / "haproxy", port) as haproxy,
     ):
-        yield {
-            "direct": (origin, "", False),
-            "bureau-proxy": (ours, "/http/api", True),
-            "nginx-proxy": (theirs, "/http/api", True),
+        running = {
+            "direct": (origin, ""),
+            "bureau-proxy": (ours, "/http/api"),
+            "nginx-proxy": (nginx, "/http/api"),
+            "haproxy": (haproxy, "/http/api"),
         }
+        shapes = [("small", "/small", c) for c in CONCURRENCY]
+        shapes.append(("64KiB", "/big", BIG_CONCURRENCY))
+        groups = [
+            [
+                Case(leg, server, prefix + path, body, c, leg != "direct")
+                for leg, (server, prefix) in running.items()
+            ]
+            for body, path, c in shapes
+        ]
+        yield groups, port
 
 
-def run(loadgen: Path, work: Path, rounds: int, seconds: float) -> list[Sample]:
+@dataclass
+class Run:
+    samples: list[Sample]
+    unavailable: dict[str, str]  # leg -> why it was not measured
+    notes: dict[str, Any]  # what the kind legs observed (token fetches, ...)
+
+
+def run(loadgen: Path, work: Path, rounds: int, seconds: float) -> Run:
     """Every sample of every round; ``summarize`` takes the medians."""
     samples = []
-    cases = [("small", "/small", c) for c in CONCURRENCY] + [("64KiB", "/big", BIG_CONCURRENCY)]
-    with legs(work) as running:
-        names = list(running)
+    with header_legs(work) as (groups, port), kind_legs.legs(work, port) as kinds:
+        small16 = next(g for g in groups if (g[0].body, g[0].concurrency) == ("small", 16))
+        small16.extend(kinds.alongside_small)
+        groups.extend(kinds.groups)
+        unavailable = {}
+        for group in groups:
+            for case in list(group):
+                reason = kinds.unavailable(case)
+                if reason:
+                    unavailable[case.leg] = reason
+                    group.remove(case)
         for round_index in range(rounds):
-            order = names[round_index % len(names) :] + names[: round_index % len(names)]
-            for body, path, connections in cases:
-                for leg in order:
-                    server, prefix, charge = running[leg]
-                    samples.append(
-                        measure(
-                            loadgen, leg, server, prefix + path, body, connections, seconds, charge
-                        )
-                    )
-    return samples
+            for group in groups:
+                turn = round_index % len(group) if group else 0
+                for case in group[turn:] + group[:turn]:
+                    samples.append(measure(loadgen, case, seconds))
+        notes = kinds.notes()
+    return Run(samples, unavailable, notes)
 
 
 def summarize(samples: list[Sample]) -> list[dict[str, object]]:
@@ -128,6 +154,7 @@ def summarize(samples: list[Sample]) -> list[dict[str, object]]:
     rows = []
     for (leg, body, connections), group in groups.items():
         cpu = [s.cpu_us_per_request for s in group if s.cpu_us_per_request is not None]
+        per_mib = [s.cpu_us_per_mib for s in group if s.cpu_us_per_mib is not None]
         rows.append(
             {
                 "leg": leg,
@@ -138,6 +165,8 @@ def summarize(samples: list[Sample]) -> list[dict[str, object]]:
                 "p50_us": statistics.median(s.p50_us for s in group),
                 "p99_us": statistics.median(s.p99_us for s in group),
                 "cpu_us_per_request": statistics.median(cpu) if cpu else None,
+                "cpu_us_per_mib": statistics.median(per_mib) if per_mib else None,
+                "mib_per_s": statistics.median(s.mib_per_s for s in group),
                 "errors": sum(s.errors for s in group),
             }
         )

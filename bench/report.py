@@ -4,44 +4,30 @@ same numbers as a plot), from one run's results."""
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import report_proxy
+
 Row = dict[str, Any]
+_row = report_proxy.row
 
 
-def _row(rows: list[Row], leg: str, body: str, concurrency: int) -> Row:
-    return next(
-        r for r in rows if (r["leg"], r["body"], r["concurrency"]) == (leg, body, concurrency)
-    )
+def proxy_part(results: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "rows": results["proxy_overhead"],
+        "unavailable": results.get("proxy_unavailable", {}),
+        "notes": results.get("proxy_notes", {}),
+    }
 
 
-def targets(
-    overhead: list[Row], memory: dict[str, Any], fleet: dict[str, Any]
-) -> list[tuple[str, str, bool]]:
+def targets(results: dict[str, Any]) -> list[report_proxy.Target]:
     """(target, measured, met) for every target this run measures."""
-    ours = _row(overhead, "bureau-proxy", "small", 16)
-    nginx = _row(overhead, "nginx-proxy", "small", 16)
-    direct = _row(overhead, "direct", "small", 16)
-    cpu_ratio = ours["cpu_us_per_request"] / nginx["cpu_us_per_request"]
-    rps_ratio = ours["rps"] / nginx["rps"]
-    added_p99_ms = (ours["p99_us"] - direct["p99_us"]) / 1000
-    loadgen_ratio = direct["rps"] / nginx["rps"]
+    memory: dict[str, Any] = results["memory"]
+    fleet: dict[str, Any] = results["fleet"]
     per_principal = memory["pss_per_additional_principal_mib"]
     return [
-        (
-            "load generator not the bottleneck: direct >= 2x nginx-proxy req/s (c=16)",
-            f"{loadgen_ratio:.1f}x",
-            loadgen_ratio >= 2,
-        ),
-        ("proxy CPU per request <= 2x nginx's (c=16)", f"{cpu_ratio:.1f}x", cpu_ratio <= 2),
-        ("proxy req/s >= 0.5x nginx's (c=16)", f"{rps_ratio:.2f}x", rps_ratio >= 0.5),
-        (
-            "added p99 over direct <= 1 ms (c=16)",
-            f"{added_p99_ms:.2f} ms",
-            added_p99_ms <= 1,
-        ),
+        *report_proxy.targets(proxy_part(results)),
         (
             "<= 15 MiB PSS per additional principal",
             f"{per_principal:.1f} MiB",
@@ -173,11 +159,9 @@ def _sandboxes(sandboxes: dict[str, Any]) -> list[str]:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    overhead: list[Row] = results["proxy_overhead"]
     memory: dict[str, Any] = results["memory"]
     sim: dict[str, Any] = results["fleet"]["simulated_fleet"]
     fleet: dict[str, Any] = results["fleet"]
-    fmt: Callable[[Any], str] = lambda v: "-" if v is None else f"{v:,.0f}"  # noqa: E731
     lines = [
         "# Benchmarks: latest run",
         "",
@@ -190,34 +174,12 @@ def markdown(results: dict[str, Any]) -> str:
         *_table(
             ["target", "measured", "met"],
             [
-                [t, m, "yes" if ok else "**no**"]
-                for t, m, ok in targets(overhead, memory, results["fleet"])
+                [t, m, "n/a" if ok is None else "yes" if ok else "**no**"]
+                for t, m, ok in targets(results)
             ],
         ),
         "",
-        "## Proxy overhead",
-        "",
-        "direct: the load generator to the nginx upstream's Unix socket; bureau-proxy and "
-        "nginx-proxy: the same request through each, injecting `Authorization`, to the "
-        "upstream on loopback TCP. CPU is the proxy's own (user + system) per request.",
-        "",
-        *_table(
-            ["leg", "body", "c", "req/s", "p50 us", "p99 us", "CPU us/req", "errors"],
-            [
-                [
-                    r["leg"],
-                    r["body"],
-                    str(r["concurrency"]),
-                    fmt(r["rps"]),
-                    fmt(r["p50_us"]),
-                    fmt(r["p99_us"]),
-                    fmt(r["cpu_us_per_request"]),
-                    str(r["errors"]),
-                ]
-                for r in overhead
-            ],
-        ),
-        "",
+        *report_proxy.sections(proxy_part(results)),
         "## Memory per principal",
         "",
         "A real launcher and everything it runs (the proxy template, one proxy per principal),"
@@ -298,6 +260,28 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def proxy_markdown(results: dict[str, Any]) -> str:
+    """The proxy legs alone (run.py --proxy-only): their targets and tables."""
+    lines = [
+        "# Benchmarks: the proxy legs",
+        "",
+        f"{results['when']} on {platform.machine()}, {results['cpus']} CPUs; "
+        f"medians of {results['rounds']} rounds of {results['seconds']} s per case, legs "
+        "interleaved in each round." + _code(results.get("code")),
+        "",
+        *_table(
+            ["target", "measured", "met"],
+            [
+                [t, m, "n/a" if ok is None else "yes" if ok else "**no**"]
+                for t, m, ok in report_proxy.targets(proxy_part(results))
+            ],
+        ),
+        "",
+        *report_proxy.sections(proxy_part(results)),
+    ]
+    return "\n".join(lines)
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib  # noqa: PLC0415 -- only `./script/bench` installs it
 
@@ -305,19 +289,19 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     overhead: list[Row] = results["proxy_overhead"]
-    legs = ["direct", "bureau-proxy", "nginx-proxy"]
+    legs = list(report_proxy.HEADER_LEGS)
     concurrency = sorted({r["concurrency"] for r in overhead if r["body"] == "small"})
     fig, (rps_ax, cpu_ax, mem_ax) = plt.subplots(1, 3, figsize=(15, 4.5))
-    width = 0.27
+    width = 0.8 / len(legs)
     for index, leg in enumerate(legs):
         values = [_row(overhead, leg, "small", c)["rps"] for c in concurrency]
-        xs = [i + (index - 1) * width for i in range(len(concurrency))]
+        xs = [i + (index - (len(legs) - 1) / 2) * width for i in range(len(concurrency))]
         rps_ax.bar(xs, values, width, label=leg)
     rps_ax.set_xticks(range(len(concurrency)), [f"c={c}" for c in concurrency])
     rps_ax.set_yscale("log")
     rps_ax.set_title("requests/s, small body (log scale)")
     rps_ax.legend()
-    for leg in ("bureau-proxy", "nginx-proxy"):
+    for leg in legs[1:]:
         values = [_row(overhead, leg, "small", c)["cpu_us_per_request"] for c in concurrency]
         cpu_ax.plot([f"c={c}" for c in concurrency], values, marker="o", label=leg)
     cpu_ax.set_title("proxy CPU per request (us)")

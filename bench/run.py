@@ -1,6 +1,8 @@
 """Run every benchmark side by side and write bench/results/latest.{md,json,png}.
 
 usage: python bench/run.py LOADGEN [--rounds N] [--seconds S]   (./script/bench runs it)
+       python bench/run.py LOADGEN --proxy-only [--json PATH]   (the proxy legs alone,
+       their tables printed; bench/results left as they are)
 """
 
 from __future__ import annotations
@@ -51,6 +53,41 @@ def code() -> dict[str, Any]:
             "digest": digest.hexdigest()}  # fmt: skip
 
 
+def proxy_results(proxy: proxy_overhead.Run) -> dict[str, Any]:
+    return {
+        "proxy_overhead": proxy_overhead.summarize(proxy.samples),
+        "proxy_unavailable": proxy.unavailable,
+        "proxy_notes": proxy.notes,
+        "proxy_overhead_samples": proxy_overhead.as_json(proxy.samples),
+    }
+
+
+def proxy_only(args: argparse.Namespace) -> None:
+    work = Path(tempfile.mkdtemp(prefix="bureau-bench-", dir="/tmp"))
+    work.chmod(0o755)  # nginx's workers (nobody, when started as root) read files in it
+    measured = code()
+    try:
+        started = time.monotonic()
+        proxy = proxy_overhead.run(args.loadgen, work / "overhead", args.rounds, args.seconds)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    results = {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpus": os.cpu_count(),
+        "code": {**measured, "changed_during_run": code() != measured},
+        "rounds": args.rounds,
+        "seconds": args.seconds,
+        **proxy_results(proxy),
+        "wall_seconds": round(time.monotonic() - started, 1),
+    }
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(report.proxy_markdown(results))
+    failed = [r for r in results["proxy_overhead"] if r["errors"]]
+    if failed:
+        sys.exit(f"bench: {len(failed)} cases had failed requests; the numbers are not valid")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="bureau's benchmarks")
     parser.add_argument("loadgen", type=Path, help="the compiled bench/loadgen.c")
@@ -66,7 +103,16 @@ def main() -> None:
         "--idle", type=float, default=60.0, help="seconds of daemon idle CPU (default 60)"
     )
     parser.add_argument("--out", type=Path, default=HERE / "results", help="results directory")
+    parser.add_argument(
+        "--proxy-only",
+        action="store_true",
+        help="only the proxy legs: print their targets and tables, write no results",
+    )
+    parser.add_argument("--json", type=Path, help="with --proxy-only: write the results here")
     args = parser.parse_args()
+    if args.proxy_only:
+        proxy_only(args)
+        return
     quiet_structlog()  # the fleet's setup and publishing run in this process
     work = Path(tempfile.mkdtemp(prefix="bureau-bench-", dir="/tmp"))
     work.chmod(0o755)  # nginx's workers (nobody, when started as root) read files in it
@@ -74,7 +120,7 @@ def main() -> None:
     try:
         started = time.monotonic()
         print(f"proxy overhead: {args.rounds} rounds x {args.seconds} s per case", flush=True)
-        samples = proxy_overhead.run(args.loadgen, work / "overhead", args.rounds, args.seconds)
+        proxy = proxy_overhead.run(args.loadgen, work / "overhead", args.rounds, args.seconds)
         print(
             f"fleet: {args.boots} first boots, {args.rotations} rotations, memory, "
             f"{args.starts} starts with and without a sandbox, sandbox memory, "
@@ -91,8 +137,7 @@ def main() -> None:
             "code": {**measured, "changed_during_run": code() != measured},
             "rounds": args.rounds,
             "seconds": args.seconds,
-            "proxy_overhead": proxy_overhead.summarize(samples),
-            "proxy_overhead_samples": proxy_overhead.as_json(samples),
+            **proxy_results(proxy),
             "memory": mem,
             "fleet": fleet_results,
             "wall_seconds": round(time.monotonic() - started, 1),
