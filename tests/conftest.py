@@ -49,6 +49,11 @@ REQUIRED_TOOLS = (
     "groupadd",
     "setpriv",
     "git",
+    "node",
+    "npm",
+    "systemd-nspawn",
+    "nsenter",
+    "pgrep",
 )
 
 

@@ -307,6 +307,7 @@ def test_a_launcher_restart_keeps_proxies_and_workloads_serving(worker: Worker) 
 def test_a_stopped_daemon_is_restarted_by_its_watchdog(worker: Worker) -> None:
     box = worker.box
     _wait_active(box, DAEMON)  # a start has no watchdog yet: TimeoutStartSec= rules it
+    serving = worker.serving()
     before = box.show(DAEMON, "MainPID", "NRestarts")
     box.check("systemctl", "kill", "--signal=SIGSTOP", DAEMON)
 
@@ -323,4 +324,6 @@ def test_a_stopped_daemon_is_restarted_by_its_watchdog(worker: Worker) -> None:
     assert f"{DAEMON}: Watchdog timeout (limit 30s)!" in said, said
     killed = f"Killing process {before['MainPID']} (bureau-daemon) with signal SIGABRT."
     assert killed in said, said
-    worker.serving()
+    # The next daemon adopts the workload (a crashed daemon is no reason to restart it).
+    after_restart = worker.serving(serving)
+    assert after_restart["incarnation"] == serving["incarnation"]
