@@ -1,22 +1,23 @@
-"""The embedded homeserver: a real Synapse on SQLite, bound to 127.0.0.1 only, for
-development, demos and tests.
+"""The embedded homeserver: a real Synapse bound to 127.0.0.1 only, for development, demos
+and tests; on SQLite, or on a PostgreSQL server of its own (``--database postgresql``,
+bureau/hub_postgres.py), with a coturn TURN relay beside it (``--turn``,
+bureau/hub_turn.py).
 
 State directory layout (all created by ``up``):
-    hub.json            server name, port and URL this hub was generated for
+    hub.json            server name, port, database and TURN port this hub was generated for
     homeserver.yaml     Synapse's config, generated once (0600: it holds Synapse's secrets)
     registration-token  the hub's registration token (0600)
     hub.pid             pid and kernel start time of the Synapse process we started
     homeserver.log      Synapse's log; synapse.out its stdout/stderr
+    homeserver.db       Synapse's database on SQLite
+    postgresql/, postgres.pid, postgres.out     PostgreSQL's (see bureau/hub_postgres.py)
+    turn-secret, turn.pid, turn/                coturn's (see bureau/hub_turn.py)
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import secrets
-import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -26,38 +27,27 @@ from typing import Any
 
 from bureau.errors import HubError, MatrixError
 from bureau.files import atomic_write, make_dirs
-from bureau.launcher.processes import process_start_time
+from bureau.hub_config import (
+    BIND_ADDRESS,
+    DATABASES,
+    HubSettings,
+    log_config,
+    missing_settings,
+    synapse_config,
+)
+from bureau.hub_postgres import Postgres
+from bureau.hub_process import HubProcess, minimal_env
+from bureau.hub_sql import SQL, SqliteSQL
+from bureau.hub_turn import Turn
 from bureau.matrix.client import MatrixHTTP
 from bureau.matrix.synapse_admin import register_server_admin
 from bureau.passwords import ADMIN_LOCALPART, admin_password
 from bureau.secret import Secret
 
+__all__ = ["DATABASES", "Hub", "HubSettings", "HubStatus"]
+
 DEFAULT_PORT = 8008
 DEFAULT_SERVER_NAME = "bureau.local"
-BIND_ADDRESS = "127.0.0.1"
-
-# One operator provisioning a fleet makes bursts of logins, registrations, room creations
-# and invites that Synapse's public-server defaults would throttle.
-_GENEROUS = {"per_second": 100, "burst_count": 1000}
-RATE_LIMITS: dict[str, Any] = {
-    "rc_message": _GENEROUS,
-    "rc_registration": _GENEROUS,
-    "rc_registration_token_validity": _GENEROUS,
-    "rc_login": {"address": _GENEROUS, "account": _GENEROUS, "failed_attempts": _GENEROUS},
-    "rc_joins": {"local": _GENEROUS, "remote": _GENEROUS},
-    "rc_joins_per_room": _GENEROUS,
-    "rc_invites": {"per_room": _GENEROUS, "per_user": _GENEROUS, "per_issuer": _GENEROUS},
-    "rc_room_creation": _GENEROUS,
-    "rc_3pid_validation": _GENEROUS,
-    "rc_key_requests": _GENEROUS,
-    "rc_profile": _GENEROUS,
-}
-
-# Rooms created without a room_version get 11, as ours pin it (bureau.wire.rooms.ROOM_VERSION):
-# upstream's tools create rooms without one and list their creator in the power levels,
-# which room version 12 (Synapse's default from 1.136) refuses, so that upstream's `matrix
-# setup`, `fleet create` and `machine provision` fail against a hub that defaults to 12.
-ROOM_DEFAULTS: dict[str, Any] = {"default_room_version": "11"}
 
 
 @dataclass(frozen=True)
@@ -65,16 +55,17 @@ class HubStatus:
     url: str
     pid: int
     server_name: str
-
-
-@dataclass(frozen=True)
-class HubSettings:
-    server_name: str
-    port: int
+    database: str = "sqlite"
+    database_pid: int | None = None  # PostgreSQL's server, when the hub runs on it
+    turn_address: str | None = None  # host:port, udp and tcp, when the hub has TURN
+    turn_pid: int | None = None
 
     @property
-    def url(self) -> str:
-        return f"http://{BIND_ADDRESS}:{self.port}"
+    def whole(self) -> bool:
+        """Every part this hub has runs (Synapse does, or there would be no status)."""
+        return (self.database != "postgresql" or self.database_pid is not None) and (
+            self.turn_address is None or self.turn_pid is not None
+        )
 
 
 class Hub:
@@ -84,16 +75,17 @@ class Hub:
         not hashing, asks for its minimum of 4."""
         self.dir = Path(state_dir).absolute()
         self._bcrypt_rounds = bcrypt_rounds
-        # Held so that the process we started is reaped by us, not reported as leaked.
-        self._child: subprocess.Popen[bytes] | None = None
+        self._synapse = HubProcess(self.dir / "hub.pid", self.dir / "synapse.out")
+        self._postgres = Postgres(self.dir)
+        self._turn = Turn(self.dir)
 
     @property
     def token_file(self) -> Path:
         return self.dir / "registration-token"
 
     @property
-    def _pid_file(self) -> Path:
-        return self.dir / "hub.pid"
+    def turn_secret_file(self) -> Path:
+        return self._turn.secret_file
 
     @property
     def _settings_file(self) -> Path:
@@ -103,8 +95,7 @@ class Hub:
 
     def settings(self) -> HubSettings | None:
         try:
-            data = json.loads(self._settings_file.read_text())
-            return HubSettings(str(data["server_name"]), int(data["port"]))
+            return HubSettings.from_json(self._settings_file.read_text())
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError):
@@ -112,58 +103,124 @@ class Hub:
 
     def status(self) -> HubStatus | None:
         settings = self.settings()
-        pid = self._running_pid()
+        pid = self._synapse.running_pid()
         if settings is None or pid is None:
             return None
-        return HubStatus(settings.url, pid, settings.server_name)
+        return self._status(settings, pid)
 
-    def _running_pid(self) -> int | None:
-        """The pid we started, if that very process is still alive (not a reused pid)."""
-        try:
-            data = json.loads(self._pid_file.read_text())
-            pid, started = int(data["pid"]), int(data["start_time"])
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
-            return None
-        return pid if process_start_time(pid) == started else None
+    def _status(self, settings: HubSettings, pid: int) -> HubStatus:
+        postgres = settings.database == "postgresql"
+        turn = settings.turn_port is not None
+        return HubStatus(
+            settings.url,
+            pid,
+            settings.server_name,
+            settings.database,
+            self._postgres.process.running_pid() if postgres else None,
+            None if settings.turn_port is None else f"{BIND_ADDRESS}:{settings.turn_port}",
+            self._turn.process.running_pid() if turn else None,
+        )
 
     # -- up ----------------------------------------------------------------------------
 
     def up(
-        self, port: int | None = None, server_name: str | None = None, wait_seconds: float = 180
+        self,
+        port: int | None = None,
+        server_name: str | None = None,
+        wait_seconds: float = 180,
+        *,
+        database: str | None = None,
+        turn_port: int | None = None,
     ) -> tuple[HubStatus, bool]:
-        """Start the hub unless it runs. Returns its status and whether it was started."""
+        """Start the hub unless it runs, and any of its parts that does not. ``turn_port``
+        turns TURN on (it stays on); ``database`` is chosen when the hub is generated.
+        Returns its status and whether Synapse was started."""
         make_dirs(self.dir, 0o700)
-        settings = self._settings_for(port, server_name)
-        running = self.status()
-        if running is not None:
-            return running, False
+        settings = self._settings_for(port, server_name, database, turn_port)
+        pid = self._synapse.running_pid()
+        if pid is not None:
+            self._start_parts(settings, wait_seconds)
+            return self._status(settings, pid), False
+        self._check_parts(settings)
         self._generate_once(settings)
-        proc = self._spawn()
         try:
+            self._start_parts(settings, wait_seconds)
+            proc = self._spawn()
             self._wait_until_answering(settings, proc, wait_seconds)
-            self._ensure_registration_token()
-            self._ensure_server_admin(settings)
-            self._wait_for_schema_updates(proc, wait_seconds)
+            with contextlib.closing(self._sql(settings)) as db:
+                self._ensure_registration_token(db)
+                self._ensure_server_admin(settings)
+                self._wait_for_schema_updates(db, proc, wait_seconds)
         except BaseException:
             self.down(grace=10)
             raise
-        return HubStatus(settings.url, proc.pid, settings.server_name), True
+        return self._status(settings, proc.pid), True
 
-    def _settings_for(self, port: int | None, server_name: str | None) -> HubSettings:
+    def _settings_for(
+        self, port: int | None, server_name: str | None, database: str | None, turn_port: int | None
+    ) -> HubSettings:
         existing = self.settings()
         if existing is None:
-            return HubSettings(server_name or DEFAULT_SERVER_NAME, port or DEFAULT_PORT)
+            return HubSettings(
+                server_name or DEFAULT_SERVER_NAME,
+                port or DEFAULT_PORT,
+                database or "sqlite",
+                turn_port,
+            )
+        elsewhere = "; use another --state-dir for another"
         if server_name is not None and server_name != existing.server_name:
             raise HubError(
                 f"{self.dir}: this hub was generated for server name {existing.server_name!r}, "
-                f"not {server_name!r}; use another --state-dir for another server name"
+                f"not {server_name!r}{elsewhere} server name"
             )
         if port is not None and port != existing.port:
             raise HubError(
-                f"{self.dir}: this hub listens on port {existing.port}, not {port}; "
-                "use another --state-dir for another port"
+                f"{self.dir}: this hub listens on port {existing.port}, not {port}{elsewhere} port"
             )
-        return existing
+        if database is not None and database != existing.database:
+            raise HubError(
+                f"{self.dir}: this hub was generated on {existing.database}, not "
+                f"{database}{elsewhere} database"
+            )
+        if turn_port is None or turn_port == existing.turn_port:
+            return existing
+        if existing.turn_port is not None:
+            raise HubError(
+                f"{self.dir}: this hub's TURN listens on port {existing.turn_port}, not {turn_port}"
+            )
+        if self._synapse.running_pid() is not None:
+            raise HubError(
+                f"{self.dir}: this hub runs without TURN; `bureau hub down` it first, "
+                "then `bureau hub up --turn`"
+            )
+        return HubSettings(existing.server_name, existing.port, existing.database, turn_port)
+
+    def _check_parts(self, settings: HubSettings) -> None:
+        if settings.database == "postgresql":
+            self._postgres.check()
+        if settings.turn_port is not None:
+            self._turn.check()
+
+    def _start_parts(self, settings: HubSettings, wait_seconds: float) -> None:
+        if settings.database == "postgresql":
+            self._postgres.start(wait_seconds)
+        if settings.turn_port is not None:
+            self._turn.start(settings.turn_port, settings.server_name, wait_seconds)
+
+    def _database_config(self, settings: HubSettings) -> dict[str, Any]:
+        if settings.database == "postgresql":
+            return self._postgres.synapse_config()
+        return {"name": "sqlite3", "args": {"database": str(self.dir / "homeserver.db")}}
+
+    def _turn_config(self, settings: HubSettings) -> dict[str, Any]:
+        if settings.turn_port is None:
+            return {}
+        return self._turn.synapse_config(settings.turn_port)
+
+    def _sql(self, settings: HubSettings) -> SQL:
+        if settings.database == "postgresql":
+            return self._postgres.connect()
+        return SqliteSQL(self.dir / "homeserver.db")
 
     def _generate_once(self, settings: HubSettings) -> None:
         config = self.dir / "homeserver.yaml"
@@ -171,8 +228,15 @@ class Hub:
             # Synapse's own dependency, present exactly where the hub extra is installed.
             import yaml  # noqa: PLC0415
 
-            synapse_config = _synapse_config(self.dir, settings, self._bcrypt_rounds)
-            body = yaml.safe_dump(synapse_config, sort_keys=False)
+            generated = synapse_config(
+                self.dir,
+                server_name=settings.server_name,
+                port=settings.port,
+                bcrypt_rounds=self._bcrypt_rounds,
+                database=self._database_config(settings),
+                turn=self._turn_config(settings),
+            )
+            body = yaml.safe_dump(generated, sort_keys=False)
             atomic_write(config, body.encode(), 0o600)
             result = subprocess.run(
                 [
@@ -193,25 +257,24 @@ class Hub:
                 config.unlink()
                 last = (result.stderr.strip().splitlines() or ["no output"])[-1]
                 raise HubError(f"synapse could not generate its signing key: {last}")
-            atomic_write(
-                self._settings_file,
-                json.dumps({"server_name": settings.server_name, "port": settings.port}).encode(),
-                0o644,
-            )
         else:
-            self._upgrade_config(config)
+            self._upgrade_config(config, settings)
+        if self.settings() != settings:
+            atomic_write(self._settings_file, settings.to_json(), 0o644)
         if not self.token_file.exists():
             # Synapse limits tokens to [A-Za-z0-9._~-]; token_urlsafe stays inside that.
             atomic_write(self.token_file, secrets.token_urlsafe(32).encode() + b"\n", 0o600)
 
-    def _upgrade_config(self, config: Path) -> None:
-        """A hub generated by an older bureau gets the settings added since (an operator's
-        own value for one is kept)."""
+    def _upgrade_config(self, config: Path, settings: HubSettings) -> None:
+        """A hub generated by an older bureau, or before TURN was turned on, gets the
+        settings added since (an operator's own value for one is kept)."""
         import yaml  # noqa: PLC0415 -- as in _generate_once
 
         current = yaml.safe_load(config.read_text())
-        missing = {k: v for k, v in ROOM_DEFAULTS.items() if k not in current}
-        if isinstance(current, dict) and missing:
+        if not isinstance(current, dict):
+            return
+        missing = missing_settings(current, self._turn_config(settings))
+        if missing:
             body = yaml.safe_dump({**current, **missing}, sort_keys=False)
             atomic_write(config, body.encode(), 0o600)
 
@@ -220,7 +283,7 @@ class Hub:
         this one does."""
         import yaml  # noqa: PLC0415
 
-        body = yaml.safe_dump(_log_config(self.dir)).encode()
+        body = yaml.safe_dump(log_config(self.dir)).encode()
         path = self.dir / "log.config"
         with contextlib.suppress(FileNotFoundError):
             if path.read_bytes() == body:
@@ -229,35 +292,17 @@ class Hub:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         self._write_log_config()
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-        out = os.fdopen(os.open(self.dir / "synapse.out", flags, 0o600), "ab")
-        try:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "synapse.app.homeserver",
-                    "-c",
-                    str(self.dir / "homeserver.yaml"),
-                ],
-                cwd=self.dir,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                start_new_session=True,
-                env=_synapse_env(),
-                # Its database holds every access token and its log what it logs: whatever
-                # umask the operator runs with, only the hub's user may read them.
-                umask=0o077,
-            )
-        finally:
-            out.close()
-        self._child = proc
-        started = process_start_time(proc.pid)
-        atomic_write(
-            self._pid_file, json.dumps({"pid": proc.pid, "start_time": started}).encode(), 0o644
+        return self._synapse.spawn(
+            [
+                sys.executable,
+                "-m",
+                "synapse.app.homeserver",
+                "-c",
+                str(self.dir / "homeserver.yaml"),
+            ],
+            cwd=self.dir,
+            env=minimal_env(),
         )
-        return proc
 
     def _wait_until_answering(
         self, settings: HubSettings, proc: subprocess.Popen[bytes], wait_seconds: float
@@ -288,37 +333,31 @@ class Hub:
                     return f"{lines[-1].strip()} (see {path})"
         return f"no output (see {self.dir})"
 
-    def _ensure_registration_token(self) -> None:
+    def _ensure_registration_token(self, db: SQL) -> None:
         """Seed the token row directly: the embedded hub has no admin account to create
         it through the admin API, and Synapse reads the table on every registration."""
         token = self.token_file.read_text().strip()
-        with contextlib.closing(sqlite3.connect(self.dir / "homeserver.db", timeout=30)) as db:
-            try:
-                with db:
-                    db.execute(
-                        "INSERT OR IGNORE INTO registration_tokens"
-                        " (token, uses_allowed, pending, completed, expiry_time)"
-                        " VALUES (?, NULL, 0, 0, NULL)",
-                        (token,),
-                    )
-            except sqlite3.Error as exc:
-                raise HubError(f"could not register the hub's registration token: {exc}") from None
+        db.execute(
+            "INSERT INTO registration_tokens"
+            " (token, uses_allowed, pending, completed, expiry_time)"
+            " VALUES (?, NULL, 0, 0, NULL) ON CONFLICT (token) DO NOTHING",
+            (token,),
+        )
 
-    def _wait_for_schema_updates(self, proc: subprocess.Popen[bytes], wait_seconds: float) -> None:
+    def _wait_for_schema_updates(
+        self, db: SQL, proc: subprocess.Popen[bytes], wait_seconds: float
+    ) -> None:
         """Ready means every background schema update of a new database is done."""
         deadline = time.monotonic() + wait_seconds
-        with contextlib.closing(sqlite3.connect(self.dir / "homeserver.db", timeout=30)) as db:
-            while db.execute("SELECT COUNT(*) FROM background_updates").fetchone()[0]:
-                if proc.poll() is not None:
-                    raise HubError(
-                        f"synapse exited with status {proc.returncode}: {self._last_log()}"
-                    )
-                if time.monotonic() > deadline:
-                    raise HubError(
-                        f"synapse's schema updates did not finish within {wait_seconds:.0f} s; "
-                        f"see {self.dir / 'homeserver.log'}"
-                    )
-                time.sleep(0.2)
+        while db.scalar("SELECT COUNT(*) FROM background_updates"):
+            if proc.poll() is not None:
+                raise HubError(f"synapse exited with status {proc.returncode}: {self._last_log()}")
+            if time.monotonic() > deadline:
+                raise HubError(
+                    f"synapse's schema updates did not finish within {wait_seconds:.0f} s; "
+                    f"see {self.dir / 'homeserver.log'}"
+                )
+            time.sleep(0.2)
 
     def _ensure_server_admin(self, settings: HubSettings) -> None:
         """Register bureau-admin as a *server* admin through Synapse's shared-secret admin
@@ -342,107 +381,12 @@ class Hub:
 
     # -- down --------------------------------------------------------------------------
 
-    def down(self, grace: float = 30) -> int | None:
-        """Stop the process this hub started; returns its pid, or None if none ran."""
-        pid = self._running_pid()
-        if pid is not None:
-            _terminate(pid, grace)
-        if self._child is not None:
-            self._child.wait()
-            self._child = None
-        with contextlib.suppress(FileNotFoundError):
-            self._pid_file.unlink()
-        return pid
-
-
-def _synapse_env() -> dict[str, str]:
-    # Synapse needs nothing from our environment but PATH and locale; in particular it must
-    # not inherit sd_notify sockets or anything a caller put there.
-    keep = ("PATH", "LANG", "LC_ALL", "HOME", "TMPDIR")
-    return {k: v for k, v in os.environ.items() if k in keep}
-
-
-def _terminate(pid: int, grace: float) -> None:
-    started = process_start_time(pid)
-    if started is None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while process_start_time(pid) == started:
-        _reap(pid)
-        if time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 5
-        time.sleep(0.05)
-    _reap(pid)
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-
-
-def _log_config(state_dir: Path) -> dict[str, Any]:
-    return {
-        "version": 1,
-        "formatters": {"plain": {"format": "%(asctime)s %(name)s %(levelname)s %(message)s"}},
-        "handlers": {
-            "file": {
-                "class": "logging.handlers.RotatingFileHandler",
-                "formatter": "plain",
-                "filename": str(state_dir / "homeserver.log"),
-                "maxBytes": 10 << 20,
-                "backupCount": 2,
-                "encoding": "utf8",
-            }
-        },
-        "loggers": {
-            "synapse.storage.SQL": {"level": "WARNING"},
-            # At INFO it logs the registration token of every registration.
-            "synapse.handlers.auth": {"level": "WARNING"},
-        },
-        "root": {"level": "INFO", "handlers": ["file"]},
-        "disable_existing_loggers": False,
-    }
-
-
-def _synapse_config(state_dir: Path, settings: HubSettings, bcrypt_rounds: int) -> dict[str, Any]:
-    return {
-        "server_name": settings.server_name,
-        "bcrypt_rounds": bcrypt_rounds,
-        "public_baseurl": settings.url + "/",
-        "listeners": [
-            {
-                "port": settings.port,
-                "bind_addresses": [BIND_ADDRESS],
-                "type": "http",
-                "tls": False,
-                "x_forwarded": False,
-                "resources": [{"names": ["client"], "compress": False}],
-            }
-        ],
-        "database": {"name": "sqlite3", "args": {"database": str(state_dir / "homeserver.db")}},
-        "log_config": str(state_dir / "log.config"),
-        "media_store_path": str(state_dir / "media_store"),
-        "signing_key_path": str(state_dir / "signing.key"),
-        "macaroon_secret_key": secrets.token_urlsafe(32),
-        "registration_shared_secret": secrets.token_urlsafe(32),
-        "form_secret": secrets.token_urlsafe(32),
-        "report_stats": False,
-        "enable_metrics": False,
-        "trusted_key_servers": [],
-        "suppress_key_server_warning": True,
-        "federation_domain_whitelist": [],
-        "presence": {"enabled": False},
-        "url_preview_enabled": False,
-        "enable_registration": True,
-        "registration_requires_token": True,
-        # A new database's schema updates run back to back, not one a second: until they
-        # are done some admin calls fail on SQLite (reactivating an account upserts on an
-        # index that one of them builds).
-        "background_updates": {"sleep_enabled": False},
-        **ROOM_DEFAULTS,
-        **RATE_LIMITS,
-    }
+    def down(self, grace: float = 30) -> dict[str, int]:
+        """Stop every process this hub started, Synapse first (PostgreSQL serves it to the
+        end); returns the pid of each that ran, by name."""
+        stopped = {
+            "synapse": self._synapse.stop(grace),
+            "coturn": self._turn.stop(grace),
+            "postgres": self._postgres.stop(grace),
+        }
+        return {name: pid for name, pid in stopped.items() if pid is not None}
