@@ -81,15 +81,21 @@ def _rules(data: dict[str, Any], key: str, where: str) -> tuple[str, ...] | None
     return tuple(rules)
 
 
-KIND_FIELDS = (
-    "allow",
-    "deny",
-    "inject_query",
-    "basic_auth",
-    "path_prefix",
-    "aws_sigv4",
-    "oauth2",
-)
+@dataclass(frozen=True, kw_only=True)
+class RouteKinds:
+    """Scope and the credential kinds besides injected headers: what a bundle's route and
+    a template's proxy service both carry (keyword-only, after each one's own fields)."""
+
+    allow: tuple[str, ...] | None = None
+    deny: tuple[str, ...] = ()
+    inject_query: dict[str, str] = field(default_factory=dict)
+    basic_auth: BasicAuth | None = None
+    path_prefix: str | None = None
+    aws_sigv4: AwsSigV4 | None = None
+    oauth2: OAuth2 | None = None
+
+
+KIND_FIELDS = tuple(RouteKinds.__dataclass_fields__)
 
 
 def parse_kinds(data: dict[str, Any], inject: dict[str, Any], where: str) -> dict[str, Any]:
@@ -121,7 +127,7 @@ def parse_kinds(data: dict[str, Any], inject: dict[str, Any], where: str) -> dic
     }
 
 
-def kinds_json(route: Any) -> dict[str, Any]:
+def kinds_json(route: RouteKinds) -> dict[str, Any]:
     """The set kind fields of a route or proxy service, as written."""
     out: dict[str, Any] = {}
     if route.allow is not None:
@@ -139,36 +145,17 @@ def kinds_json(route: Any) -> dict[str, Any]:
 
 
 _ROUTE_FIELDS = frozenset(
-    {
-        "upstream_url",
-        "inject_headers",
-        "auth_scheme",
-        "strip_headers",
-        "allow",
-        "deny",
-        "inject_query",
-        "basic_auth",
-        "path_prefix",
-        "aws_sigv4",
-        "oauth2",
-    }
+    {"upstream_url", "inject_headers", "auth_scheme", "strip_headers", *KIND_FIELDS}
 )
 AUTHORIZING_KINDS = ("basic_auth", "aws_sigv4", "oauth2")
 
 
 @dataclass(frozen=True)
-class ServiceRoute:
+class ServiceRoute(RouteKinds):
     upstream_url: str
     inject_headers: dict[str, str] = field(default_factory=dict)
     auth_scheme: str | None = None
     strip_headers: tuple[str, ...] = ()
-    allow: tuple[str, ...] | None = None
-    deny: tuple[str, ...] = ()
-    inject_query: dict[str, str] = field(default_factory=dict)
-    basic_auth: BasicAuth | None = None
-    path_prefix: str | None = None
-    aws_sigv4: AwsSigV4 | None = None
-    oauth2: OAuth2 | None = None
 
     @classmethod
     def from_json(cls, obj: object, where: str) -> ServiceRoute:

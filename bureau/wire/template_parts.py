@@ -13,14 +13,19 @@ from typing import Any
 
 from bureau.errors import InputError
 from bureau.wire import names
-from bureau.wire.credential_kinds import AwsSigV4, BasicAuth, OAuth2
 from bureau.wire.route_checks import (
     HEADER_NAME,
     check_inject_headers,
     check_upstream_url,
     has_control_character,
 )
-from bureau.wire.service_route import KIND_FIELDS, ServiceRoute, kinds_json, parse_kinds
+from bureau.wire.service_route import (
+    KIND_FIELDS,
+    RouteKinds,
+    ServiceRoute,
+    kinds_json,
+    parse_kinds,
+)
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 # The same grammar as credentials_event's, so a proxy service becomes a ServiceRoute.
@@ -272,9 +277,10 @@ class HealthCheck:
 
 
 @dataclass(frozen=True)
-class ProxyService:
+class ProxyService(RouteKinds):
     """Upstream's ``TemplateProxyService``: ``ServiceRoute``'s shape, with the URL named
-    ``upstream`` and ``inject_headers`` optional (a service may need no credential)."""
+    ``upstream`` and ``inject_headers`` optional (a service may need no credential); OURS:
+    the scope and credential kinds of ``RouteKinds`` (upstream's daemon ignores them)."""
 
     upstream: str
     inject_headers: dict[str, str] = field(default_factory=dict)
@@ -283,15 +289,6 @@ class ProxyService:
     # Kept so that the template round-trips; a principal whose proxy would need them is
     # refused by the daemon (template_policy), since our proxy does not publish them.
     response_interceptors: tuple[ResponseInterceptor, ...] = ()
-    # OURS: scope and the other credential kinds, as a service route carries them (WIRE.md
-    # "Service routes"); upstream's daemon ignores them.
-    allow: tuple[str, ...] | None = None
-    deny: tuple[str, ...] = ()
-    inject_query: dict[str, str] = field(default_factory=dict)
-    basic_auth: BasicAuth | None = None
-    path_prefix: str | None = None
-    aws_sigv4: AwsSigV4 | None = None
-    oauth2: OAuth2 | None = None
 
     _FIELDS = frozenset(
         {"upstream", "inject_headers", "strip_headers", "auth_scheme", "response_interceptors"}
