@@ -11,36 +11,25 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from bureau import template_policy
 from bureau.errors import InputError
-from bureau.template_policy import Ignored
-from bureau.template_resolve import apply_assignment, resolve
-from bureau.wire import names
+from bureau.template_spec import Found, assignment_spec
 from bureau.wire.machine_config import Assignment
 from bureau.wire.sandbox_spec import SandboxSpec
 from bureau.wire.template import EVENT_TYPE, Template
-from bureau.wire.template_parts import ProxyService, TemplateRef
+from bureau.wire.template_parts import TemplateRef
 
 MAX_ROOMS = 16  # template rooms one machine follows
+
+
+__all__ = ["Found", "NeedRoom", "TemplateStore"]
 
 
 class NeedRoom(Exception):
     def __init__(self, alias: str) -> None:
         super().__init__(alias)
         self.alias = alias
-
-
-@dataclass(frozen=True)
-class Found:
-    """What an assignment resolves to: the sandbox, its template's ``proxy_services``
-    (the routes of an unbound bundle), and the template fields it runs without."""
-
-    spec: SandboxSpec
-    services: dict[str, ProxyService]
-    ignored: tuple[Ignored, ...] = ()
 
 
 class TemplateStore:
@@ -93,32 +82,15 @@ class TemplateStore:
 
     def resolved(self, assignment: Assignment) -> Found | None:
         """What an assignment asks for; None when it names no template."""
-        if assignment.template is None:
-            return None
-        where = f"assignment of {assignment.principal}"
-        try:
-            ref = TemplateRef.parse(assignment.template)
-            extra = [TemplateRef.parse(r) for r in assignment.extra_inherits]
-        except names.InvalidName as exc:
-            raise InputError(where, "template", str(exc)) from None
-        resolved = resolve(ref, self._fetch, extra)
-        resolved = apply_assignment(
-            resolved,
-            assignment.command_override or (),
-            assignment.extra_environment_variables,
-            assignment.extra,
-        )
-        refused = template_policy.refusal(resolved)
-        if refused is not None:
-            raise refused
-        template = resolved.template
-        if template.environment and not self._is_dir(template.environment):
-            raise InputError(
-                resolved.provenance["environment"],
-                "environment",
-                f"{template.environment} is not on this machine (Nix closures are not fetched)",
-            )
-        spec = SandboxSpec.from_template(
-            str(ref), template_policy.honour(template), assignment.restart_policy
-        )
-        return Found(spec, dict(template.proxy_services), template_policy.ignored(resolved))
+        return assignment_spec(assignment, self._fetch, self._is_dir)
+
+    def signed_sources(self, found: Found) -> dict[str, dict[str, Any]]:
+        """The templates ``found`` was resolved from, as published (signatures included),
+        by ref: what the launcher resolves the spec from again."""
+        out = {}
+        for ref in found.sources:
+            room_id = self.room_ids.get(ref.room_alias(self._server), "")
+            content = self._contents.get(room_id, {}).get(ref.state_key)
+            if isinstance(content, dict):
+                out[str(ref)] = content
+        return out

@@ -56,6 +56,8 @@ class Assignment:
     extra_inherits: tuple[str, ...] = ()
     restart_policy: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # fields this version does not know
+    # The entry as read, for the launcher to check its operator signature (wire/signing.py).
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_json(cls, obj: object, where: str) -> Assignment:
@@ -96,6 +98,7 @@ class Assignment:
             _strings(obj, "extra_inherits", where) or (),
             policy or None,
             {k: v for k, v in obj.items() if k not in _KNOWN},
+            raw=dict(obj),
         )
 
     def to_json(self) -> dict[str, Any]:

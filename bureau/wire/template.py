@@ -208,7 +208,9 @@ class Template:
             health_check=_nested(data, "health_check", where, HealthCheck.from_json),
             output_capture=_nested(data, "output_capture", where, OutputCapture.from_json),
             origin=_origin(data, where),
-            extra={k: v for k, v in data.items() if k not in FIELDS},
+            # An operator's signatures (OURS, wire/signing.py) are checked where the
+            # template is relayed, not a field of the template.
+            extra={k: v for k, v in data.items() if k not in FIELDS and k != "signatures"},
         )
 
     def check_known(self, where: str) -> None:
