@@ -39,16 +39,24 @@ class Sample:
     errors: int
     cpu_us_per_mib: float | None = None  # per MiB of response body received
     mib_per_s: float = 0.0  # response body received
+    system_us_per_request: float | None = None  # the kernel's part of cpu_us_per_request
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    total = 0
+    """CPU seconds (user and system) of these processes, all their threads."""
+    return sum(cpu_split(pids))
+
+
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """User and system CPU seconds of these processes, all their threads."""
+    user = system = 0
     for pid in pids:
         with contextlib.suppress(OSError):
             stat = Path(f"/proc/{pid}/stat").read_text()
             fields = stat[stat.rindex(")") + 2 :].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / CLOCK_TICKS
+            user += int(fields[11])
+            system += int(fields[12])
+    return user / CLOCK_TICKS, system / CLOCK_TICKS
 
 
 def drive(loadgen: Path, case: Case, seconds: float) -> dict[str, float]:
@@ -70,9 +78,10 @@ def drive(loadgen: Path, case: Case, seconds: float) -> dict[str, float]:
 def measure(loadgen: Path, case: Case, seconds: float) -> Sample:
     drive(loadgen, case, 0.3)  # warm up: connections, caches, a token to mint
     pids = case.server.pids()
-    before = cpu_seconds(pids)
+    user, system = cpu_split(pids)
     result = drive(loadgen, case, seconds)
-    spent = cpu_seconds(pids) - before
+    user_after, system_after = cpu_split(pids)
+    spent = user_after - user + system_after - system
     requests = result["requests"]
     mib = result["bytes"] / (1 << 20)
     charged = case.charge_cpu and requests
@@ -87,6 +96,7 @@ def measure(loadgen: Path, case: Case, seconds: float) -> Sample:
         int(result["errors"]),
         spent / mib * 1e6 if charged and mib else None,
         mib / result["seconds"],
+        (system_after - system) / requests * 1e6 if charged else None,
     )
 
 
@@ -155,6 +165,7 @@ def summarize(samples: list[Sample]) -> list[dict[str, object]]:
     for (leg, body, connections), group in groups.items():
         cpu = [s.cpu_us_per_request for s in group if s.cpu_us_per_request is not None]
         per_mib = [s.cpu_us_per_mib for s in group if s.cpu_us_per_mib is not None]
+        system = [s.system_us_per_request for s in group if s.system_us_per_request is not None]
         rows.append(
             {
                 "leg": leg,
@@ -166,6 +177,7 @@ def summarize(samples: list[Sample]) -> list[dict[str, object]]:
                 "p99_us": statistics.median(s.p99_us for s in group),
                 "cpu_us_per_request": statistics.median(cpu) if cpu else None,
                 "cpu_us_per_mib": statistics.median(per_mib) if per_mib else None,
+                "system_us_per_request": statistics.median(system) if system else None,
                 "mib_per_s": statistics.median(s.mib_per_s for s in group),
                 "errors": sum(s.errors for s in group),
             }

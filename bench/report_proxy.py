@@ -113,6 +113,14 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 fmt: Callable[[Any], str] = lambda v: "-" if v is None else f"{v:,.0f}"  # noqa: E731
 
 
+def _cpu(r: Row) -> str:
+    """CPU per request, with the kernel's part of it when known."""
+    total, system = r["cpu_us_per_request"], r.get("system_us_per_request")
+    if total is None:
+        return "-"
+    return f"{total:,.1f}" + ("" if system is None else f" ({system:,.1f})")
+
+
 def _leg_rows(rows: list[Row], legs: tuple[str, ...]) -> list[list[str]]:
     return [
         [
@@ -122,7 +130,7 @@ def _leg_rows(rows: list[Row], legs: tuple[str, ...]) -> list[list[str]]:
             fmt(r["rps"]),
             fmt(r["p50_us"]),
             fmt(r["p99_us"]),
-            fmt(r["cpu_us_per_request"]),
+            _cpu(r),
             str(r["errors"]),
         ]
         for r in rows
@@ -149,7 +157,7 @@ def sections(proxy: dict[str, Any]) -> list[str]:
     rows: list[Row] = proxy["rows"]
     unavailable: dict[str, str] = proxy.get("unavailable", {})
     notes: dict[str, Any] = proxy.get("notes", {})
-    header = ["leg", "body", "c", "req/s", "p50 us", "p99 us", "CPU us/req", "errors"]
+    header = ["leg", "body", "c", "req/s", "p50 us", "p99 us", "CPU us/req (kernel)", "errors"]
     oauth = ("bureau-proxy", "bureau oauth2")
     kinds = _leg_rows(rows, KIND_LEGS)
     kinds += [r for r in _leg_rows(rows, oauth) if r[1:3] == ["small", str(C)]]
@@ -166,7 +174,7 @@ def sections(proxy: dict[str, Any]) -> list[str]:
             fmt(r["rps"]),
             fmt(r["mib_per_s"]),
             fmt(r["p99_us"]),
-            fmt(r["cpu_us_per_request"]),
+            _cpu(r),
             fmt(r["cpu_us_per_mib"]),
             str(r["errors"]),
         ]
@@ -185,7 +193,8 @@ def sections(proxy: dict[str, Any]) -> list[str]:
         "direct: the load generator to the nginx upstream's Unix socket; bureau-proxy, "
         "nginx-proxy and haproxy: the same request through each (one process, one worker or "
         "thread each), injecting `Authorization`, to the upstream on loopback TCP. CPU is "
-        "the proxy's own (user + system) per request. The 64 KiB body is "
+        "the proxy's own (user + system) per request, the system (kernel) part in "
+        "brackets. The 64 KiB body is "
         "application/octet-stream, so no proxy reads it through.",
         "",
         *_table(header, _leg_rows(rows, HEADER_LEGS)),
