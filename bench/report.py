@@ -301,9 +301,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
     rps_ax.set_yscale("log")
     rps_ax.set_title("requests/s, small body (log scale)")
     rps_ax.legend()
-    for leg in legs[1:]:
+    for index, leg in enumerate(legs[1:], start=1):  # colours as in the bars
         values = [_row(overhead, leg, "small", c)["cpu_us_per_request"] for c in concurrency]
-        cpu_ax.plot([f"c={c}" for c in concurrency], values, marker="o", label=leg)
+        ticks = [f"c={c}" for c in concurrency]
+        cpu_ax.plot(ticks, values, marker="o", label=leg, color=f"C{index}")
     cpu_ax.set_title("proxy CPU per request (us)")
     cpu_ax.legend()
     rows = results["memory"]["rows"]
