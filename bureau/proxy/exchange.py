@@ -2,7 +2,16 @@
 (client_side.py) and the upstream side (upstream_side.py): the head the upstream gets, with
 the route's credential put in by its injector (injectors.py), the request body on its way
 upstream (held, framed, while no upstream connection is there yet) and the answer on its
-way back. It holds no socket of its own."""
+way back. It holds no socket of its own.
+
+Before anything else a request is checked against its route's scope (scope.py): a refusal
+is a 403 naming the kind of rule that refused it, and nothing of the request goes upstream.
+
+On a route whose token the proxy mints (oauth2), a 401 from the upstream means the token
+was refused: the minter drops it, and the request is sent once more with a fresh one when
+the whole of it is still at hand: no body, or a body of at most RETRY_BODY_LIMIT bytes,
+kept as it went upstream. Otherwise the 401 goes to the workload, and its next request
+gets a fresh token."""
 
 from __future__ import annotations
 
@@ -12,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from bureau.proxy import framing, http_rules
 from bureau.proxy.http_rules import CompiledRoute
+from bureau.proxy.injectors import Injector, Unavailable
 
 if TYPE_CHECKING:
     from bureau.proxy.client_side import ClientConnection
@@ -19,6 +29,20 @@ if TYPE_CHECKING:
 
 # A deferred head's target, header lines and body length, and what its injector waits on.
 Deferred = tuple[bytes, list[bytes], int | None, asyncio.Future[None] | None]
+# What a head was built from, to build it again with a fresh token: the target, the header
+# lines (the injector's own after the first ``count``) and the body length.
+Replay = tuple[bytes, list[bytes], int, int | None]
+
+# The most request body kept for sending again after a 401 (an API call's JSON); a larger
+# one streams without a copy, and its 401 goes to the workload.
+RETRY_BODY_LIMIT = 64 * 1024
+
+REFUSED = {
+    "deny": "refused by a deny rule",
+    "allow": "not allowed by any allow rule",
+    "path": "a path the scope check will not read (a dot segment, an encoded / or \\, "
+    "a backslash or a malformed escape)",
+}
 
 
 class Exchange:
@@ -28,6 +52,8 @@ class Exchange:
         "body_pending",
         "chunked_request",
         "client",
+        "copied",
+        "copy",
         "deferred",
         "finished",
         "has_body",
@@ -37,10 +63,13 @@ class Exchange:
         "keep_alive",
         "local",
         "method",
+        "replay",
         "request_done",
         "response_done",
         "response_started",
+        "retried",
         "route",
+        "sent_token",
         "started",
         "upstream",
     )
@@ -68,6 +97,13 @@ class Exchange:
         self.deferred: Deferred | None = None
         # Body bytes held for an injector that signs the body; -1 when none is held.
         self.held = -1
+        # On a route with a minted token: the token sent, what the head was built from,
+        # and the body as it went upstream (None once past RETRY_BODY_LIMIT), for a 401.
+        self.sent_token: bytes | None = None
+        self.replay: Replay | None = None
+        self.copy: list[bytes] | None = None
+        self.copied = 0
+        self.retried = False
 
     def answer_locally(self, response: bytes, *, close: bool = False) -> None:
         self.local = response
@@ -86,6 +122,12 @@ class Exchange:
         it, or a 503 answered here when the proxy has no credential to give. ``lines`` are
         the client's kept header lines in wire form, a list the injector may append to."""
         keep = self.keep_alive
+        scope = route.scope
+        if scope is not None:
+            rule = scope.refusal(self.method, target)
+            if rule is not None:
+                self._refuse(route, rule)
+                return
         if self.client.proxy.expired():
             self.answer_locally(
                 http_rules.error_response(503, "credentials expired", keep_alive=keep)
@@ -97,6 +139,8 @@ class Exchange:
             self.answer_locally(http_rules.error_response(503, problem, keep_alive=keep))
             return
         self.has_body = chunked or bool(body_length)
+        if route.minter is not None:
+            self.copy = []  # the body, kept as it goes for a 401 (RETRY_BODY_LIMIT)
         waiting = injector.prepare()
         limit = injector.body_limit
         if waiting is not None or limit:
@@ -104,15 +148,57 @@ class Exchange:
             return
         self.route = route
         self.chunked_request = chunked
-        method = self.method
-        target = injector.inject(method, target, lines, None)
+        try:
+            if route.minter is not None:
+                self._build(route, injector, target, lines, body_length, None)
+                return
+            target = injector.inject(self.method, target, lines, None)
+        except Unavailable as exc:
+            problem = f"{route.service!r}: {exc}"
+            self.answer_locally(http_rules.error_response(503, problem, keep_alive=keep))
+            return
         self.head = http_rules.request_head(
-            method,
+            self.method,
             target,
             lines,
             route,
             body_length=None if chunked else body_length,
             chunked=chunked,
+        )
+
+    def _refuse(self, route: CompiledRoute, rule: str) -> None:
+        """Out of the route's scope: a 403 naming the kind of rule, never the rule."""
+        self.client.proxy.log.info(
+            "request refused",
+            service=route.service,
+            method=self.method.decode("ascii", "replace"),
+            rule=rule,
+        )
+        body = {"error": f"{route.service!r}: {REFUSED[rule]}", "rule": rule}
+        self.answer_locally(http_rules.json_response(403, body, keep_alive=self.keep_alive))
+
+    def _build(  # noqa: PLR0917 - the head's parts, as forward() has them
+        self,
+        route: CompiledRoute,
+        injector: Injector,
+        target: bytes,
+        lines: list[bytes],
+        length: int | None,
+        body: bytes | None,
+    ) -> None:
+        """The head, on a route with a minted token: what it is built from is kept, and
+        the token sent, for a 401 (raises Unavailable as inject does)."""
+        self.replay = (target, lines, len(lines), length)
+        target = injector.inject(self.method, target, lines, body)
+        if route.minter is not None:
+            self.sent_token = route.minter.last
+        self.head = http_rules.request_head(
+            self.method,
+            target,
+            lines,
+            route,
+            body_length=None if self.chunked_request else length,
+            chunked=self.chunked_request,
         )
 
     def _defer(  # noqa: PLR0917 - forward()'s arguments, passed on
@@ -154,15 +240,51 @@ class Exchange:
             body = b"".join(self.body_pending)
             self.body_pending = [body] if body else []
             length = len(body) if self.has_body else length
-        target = route.injector.inject(self.method, target, lines, body)
-        self.head = http_rules.request_head(
-            self.method,
-            target,
-            lines,
-            route,
-            body_length=None if self.chunked_request else length,
-            chunked=self.chunked_request,
+        self._build(route, route.injector, target, lines, length, body)
+
+    # -- a 401 to a minted token ---------------------------------------------------------
+
+    def token_refused(self) -> bool:
+        """The upstream answered 401 to the minted token this request carried: the
+        minter drops it; True when the request is to be sent again (once, and only when
+        all of it is at hand), and the 401 then never reaches the workload."""
+        route, token = self.route, self.sent_token
+        self.sent_token = None
+        if route is None or route.minter is None or token is None:
+            return False
+        route.minter.rejected(token)
+        resend = (
+            not self.retried
+            and self.request_done
+            and self.copy is not None
+            and self.replay is not None
+            and not self.finished
         )
+        self.client.proxy.log.info("access token refused", service=route.service, resent=resend)
+        return resend
+
+    def resend(self) -> None:
+        """Send the request again, its head built afresh (a new token, waited for if it
+        must be fetched) and its kept body after it."""
+        route, replay = self.route, self.replay
+        if route is None or route.injector is None or replay is None:
+            raise RuntimeError("nothing to resend")
+        self.retried = True
+        self.upstream = None
+        target, lines, count, length = replay
+        del lines[count:]  # the injector's lines of the first try
+        self.body_pending = list(self.copy or ())
+        self.client.buffered += sum(map(len, self.body_pending))
+        waiting = route.injector.prepare()
+        if waiting is not None:
+            self.deferred = (target, lines, length, waiting)
+        else:
+            try:
+                self._build(route, route.injector, target, lines, length, None)
+            except Unavailable as exc:
+                self.unavailable(f"{route.service!r}: {exc}")
+                return
+        self.client.proxy.borrow(self)
 
     # -- request body, from the client's parser ----------------------------------------
 
@@ -170,6 +292,13 @@ class Exchange:
         if self.local is not None or self.response_done:
             return  # nobody will read it: an answered request's body is dropped
         framed = http_rules.chunk(data) if self.chunked_request else [data]
+        copy = self.copy
+        if copy is not None:
+            self.copied += len(data)
+            if self.copied > RETRY_BODY_LIMIT:
+                self.copy = None
+            else:
+                copy += framed
         if self.upstream is not None:
             self.upstream.send(framed)
         else:
@@ -189,6 +318,8 @@ class Exchange:
         if self.local is not None or self.response_done:
             return
         if self.chunked_request:
+            if self.copy is not None:
+                self.copy.append(http_rules.LAST_CHUNK)
             if self.upstream is not None:
                 self.upstream.send([http_rules.LAST_CHUNK])
             else:

@@ -3,9 +3,10 @@ request and response heads built from what a parser saw. Pure: no sockets, no cl
 
 What a client sends is never trusted with credentials: Authorization, Proxy-Authorization,
 Cookie, the route's strip_headers and every header the route's injector sets are dropped
-before its credential goes in (injectors.py). Hop-by-hop headers, the ones a Connection
-header lists, Host and the body framing are dropped both ways; the proxy frames bodies
-itself, so no framing header of one side can desynchronise the other.
+before its credential goes in (injectors.py; which kinds a route uses, route_kinds.py).
+Hop-by-hop headers, the ones a Connection header lists, Host and the body framing are
+dropped both ways; the proxy frames bodies itself, so no framing header of one side can
+desynchronise the other.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ import json
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from bureau.proxy import injectors
+from bureau.proxy import injectors, route_kinds
+from bureau.proxy.cleaning import Cleaner
 from bureau.proxy.injectors import Injector
+from bureau.proxy.oauth2_injector import OAuth2Injector
+from bureau.proxy.scope import Scope
 from bureau.wire.proxy_payload import ProxyPayload
 
 HOP_BY_HOP = frozenset(
@@ -40,6 +44,7 @@ RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
 REASONS = {
     200: "OK",
     400: "Bad Request",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     413: "Content Too Large",
@@ -74,6 +79,11 @@ class CompiledRoute:
     # the payload lacks), and ``unavailable`` says why.
     injector: Injector | None
     unavailable: str | None
+    # What the route may be used for (None: anything), whether its responses are cleaned
+    # (None: not), and the minter of its tokens (a 401 is retried): route_kinds.py.
+    scope: Scope | None = None
+    cleaner: Cleaner | None = None
+    minter: OAuth2Injector | None = None
 
 
 def compile_routes(payload: ProxyPayload) -> dict[str, CompiledRoute]:
@@ -87,21 +97,28 @@ def compile_routes(payload: ProxyPayload) -> dict[str, CompiledRoute]:
         host_for_header = f"[{host}]" if ":" in host else host
         host_header = host_for_header if default_port else f"{host_for_header}:{port}"
         drop = REQUEST_DROP | {h.lower().encode() for h in route.strip_headers}
-        injector: Injector | None = None
+        base_path = parts.path.rstrip("/")
+        kinds = None
         unavailable = None
         try:
-            injector = injectors.for_route(route, payload.credentials)
-            drop |= injector.sets
+            kinds = route_kinds.compile_kinds(
+                route, payload.credentials, host=host_header, base_path=base_path
+            )
+            drop |= kinds.injector.sets
         except injectors.Unavailable as exc:
             unavailable = str(exc)
         routes[service] = CompiledRoute(
             service=service,
             upstream=Upstream(host, port, tls, f"{parts.scheme}://{host_header}"),
             host_header=host_header.encode(),
-            base_path=parts.path.rstrip("/").encode(),
+            base_path=base_path.encode(),
             drop=frozenset(drop),
-            injector=injector,
+            injector=kinds.injector if kinds else None,
             unavailable=unavailable,
+            # Checked even when the credential is unavailable: a refusal stays a refusal.
+            scope=route_kinds.scope_of(route),
+            cleaner=kinds.cleaner if kinds else None,
+            minter=kinds.minter if kinds else None,
         )
     return routes
 

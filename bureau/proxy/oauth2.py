@@ -28,6 +28,8 @@ from urllib.parse import quote, urlsplit
 
 import httptools
 
+from bureau.proxy.injectors import Unavailable
+
 MAX_ANSWER = 64 * 1024
 FETCH_TIMEOUT = 10.0
 EARLY_REFRESH_CAP = 30.0
@@ -38,8 +40,9 @@ BACKOFF_CAP = 30.0
 DEFAULT_LIFETIME = 300.0
 
 
-class TokenUnavailable(Exception):
-    """No valid access token: the message says why without any value."""
+class TokenUnavailable(Unavailable):
+    """No valid access token: the message says why without any value (the request
+    waiting for one is answered 503 with it)."""
 
 
 @dataclass(frozen=True)
@@ -274,6 +277,14 @@ class TokenSource:
         self._retry_at = 0.0
         self.failure = ""
 
-    def close(self) -> None:
-        if self._inflight is not None:
-            self._inflight.cancel()
+    @property
+    def refresh_token(self) -> bytes | None:
+        """The refresh token held now (the server may have rotated the payload's)."""
+        return self._refresh_token
+
+    def close(self) -> asyncio.Future[None] | None:
+        """Cancel the fetch under way, if any; returned for the caller to wait on."""
+        inflight = self._inflight
+        if inflight is not None:
+            inflight.cancel()
+        return inflight

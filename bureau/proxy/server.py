@@ -6,7 +6,8 @@ framework between a client's bytes and the upstream's. Each module has one side 
 - client_side.py: a principal's connection, parsing its requests and writing its answers.
 - upstream_side.py: a connection to an upstream, carrying one exchange at a time.
 - exchange.py: one request and its response between the two, and the upstream head.
-- injectors.py: how a route's credential goes into that head, one class per kind.
+- injectors.py: how a route's credential goes into that head, one class per kind;
+  route_kinds.py: which kinds, scope and response cleaning each route gets.
 
 A client's request borrows a kept-alive upstream connection from its route's pool, or
 opens one. Bodies stream both ways; a full write buffer on one side pauses reading on the
@@ -191,7 +192,11 @@ class Proxy:
                 conn.close()
 
     async def cancel_tasks(self) -> None:
+        """Stopping: every task the proxy started, and what its routes' injectors run in
+        the background (a token fetch), cancelled and waited for."""
+        closing = [r.injector.close() for r in self.routes.values() if r.injector is not None]
         for task in list(self._tasks):
             task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        waits = [*self._tasks, *(f for f in closing if f is not None)]
+        if waits:
+            await asyncio.gather(*waits, return_exceptions=True)

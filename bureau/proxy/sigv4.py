@@ -112,10 +112,12 @@ def authorization(
     headers: Iterable[tuple[str, str]],
     payload_hash: str,
     amz_date: str,
+    derived: bytes | None = None,
 ) -> str:
     """The Authorization header's value for a request whose origin-form ``target`` is
     ``path[?query]``, signing exactly ``headers`` (which must include host and the
-    date the signature claims), at ``amz_date`` (``YYYYMMDDTHHMMSSZ``)."""
+    date the signature claims), at ``amz_date`` (``YYYYMMDDTHHMMSSZ``). ``derived`` is
+    ``key.derive`` of that date, if the caller keeps it (it changes once a day)."""
     path, _, query = target.partition("?")
     block, signed = canonical_headers(headers)
     request = "\n".join(
@@ -131,7 +133,8 @@ def authorization(
     date = amz_date[:8]
     scope = f"{date}/{key.region}/{key.service}/aws4_request"
     to_sign = "\n".join((ALGORITHM, amz_date, scope, hashlib.sha256(request.encode()).hexdigest()))
-    signature = hmac.new(key.derive(date), to_sign.encode(), hashlib.sha256).hexdigest()
+    signing = derived if derived is not None else key.derive(date)
+    signature = hmac.new(signing, to_sign.encode(), hashlib.sha256).hexdigest()
     return (
         f"{ALGORITHM} Credential={key.access_key_id}/{scope}, "
         f"SignedHeaders={signed}, Signature={signature}"

@@ -4,6 +4,11 @@ client as its headers arrive, minus the connection-level ones, and the body is r
 for the client as it streams (framing.py). Redirects come back as they are, never
 followed: a followed redirect would carry the injected credentials to wherever it points.
 
+On a route whose responses are cleaned (cleaning.py), the head's values are cleaned before
+it is written, and a text body goes through a scrubber as it streams, same length. A 401
+to a minted token the exchange sends again is read to its end and never relayed
+(exchange.py).
+
 Parser callbacks set state; data_received acts on it once feed_data returns (server.py).
 """
 
@@ -18,6 +23,7 @@ import httptools
 from bureau.proxy import framing, http_rules
 from bureau.proxy.framing import MAX_HEAD_BYTES
 from bureau.proxy.http_rules import Upstream
+from bureau.proxy.scrub import BodyScrubber
 
 if TYPE_CHECKING:
     from bureau.proxy.exchange import Exchange
@@ -49,6 +55,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.chunked = False
         self.coding: bytes | None = None
         self.interim = False
+        # The body is not the client's: an interim response's, or a 401 being resent.
+        self.muted = False
         self.closed = False
         self.full = False
         self.head_bytes = 0
@@ -65,6 +73,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.until_close = False
         self.client_chunked = False
         self.last_active = time.monotonic()
+        self.scrubber: BodyScrubber | None = None
+        self.resending = False
 
     def usable(self) -> bool:
         return not self.closed and self.transport is not None and not self.transport.is_closing()
@@ -169,6 +179,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = None
         if exchange is None or exchange.finished or self.message_done:
             return
+        if self.resending:
+            # The 401 it was reading is not needed: the request goes again all the same.
+            self.resending = False
+            exchange.upstream = None
+            exchange.resend()
+            exchange.client.flush()
+            return
         if self.reused and not self.got_bytes and not exchange.has_body:
             # The upstream closed a kept-alive connection as we reused it: try once on a
             # fresh one, which is safe when no request body can have been lost with it.
@@ -192,6 +209,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.chunked = False
         self.coding = None
         self.interim = False
+        self.muted = False
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
@@ -230,6 +248,7 @@ class UpstreamConnection(asyncio.Protocol):
             # Interim (100 Continue and friends): relayed to an HTTP/1.1 client, and the
             # final response, or a 502 in its place, is still to come.
             self.interim = True
+            self.muted = True
             if client_11 and status != 101:
                 exchange.client.write(
                     http_rules.response_head(status, self.reason, lines, b"", True)
@@ -242,10 +261,22 @@ class UpstreamConnection(asyncio.Protocol):
         line, self.until_close, self.client_chunked, close = framing.response_framing(
             status, head_only, self.length, self.chunked, client_11
         )
-        keep_alive = exchange.keep_alive and not self.proxy.draining and not close
-        exchange.keep_alive = keep_alive
-        exchange.respond(http_rules.response_head(status, self.reason, lines, line, keep_alive))
         self.reusable = bool(self.parser.should_keep_alive())
+        if status == 401 and exchange.sent_token is not None and exchange.token_refused():
+            # Read to its end, never relayed; the exchange sends its request again.
+            self.resending = self.muted = True
+            self.client_chunked = False
+        else:
+            reason = self.reason
+            route = exchange.route
+            cleaner = route.cleaner if route is not None else None
+            if cleaner is not None:
+                if not no_body:
+                    self.scrubber = cleaner.scrubber(lines)
+                reason, lines = cleaner.head(reason, lines)
+            keep_alive = exchange.keep_alive and not self.proxy.draining and not close
+            exchange.keep_alive = keep_alive
+            exchange.respond(http_rules.response_head(status, reason, lines, line, keep_alive))
         if head_only:
             # llhttp cannot be told the response to HEAD has no body; the exchange ends
             # here and this parser is replaced before the connection carries another.
@@ -261,8 +292,13 @@ class UpstreamConnection(asyncio.Protocol):
         if self.message_done:
             raise framing.Refused  # a body after a HEAD response: not the client's
         exchange = self.exchange
-        if exchange is None or self.interim:
+        if exchange is None or self.muted:
             return
+        scrubber = self.scrubber
+        if scrubber is not None:
+            body = scrubber.feed(body)
+            if not body:
+                return  # all of it could begin a secret: held for the next piece
         exchange.client.write(http_rules.chunk(body) if self.client_chunked else body)
 
     def on_message_complete(self) -> None:
@@ -280,6 +316,20 @@ class UpstreamConnection(asyncio.Protocol):
         if exchange is None:
             return
         self.exchange = None
+        if self.resending:
+            self.resending = False
+            if self.reusable and not self.closed:
+                self.proxy.give_back(self)
+            else:
+                self.close()
+            exchange.upstream = None
+            exchange.resend()
+            return
+        scrubber = self.scrubber
+        if scrubber is not None:
+            rest = scrubber.finish()
+            if rest:
+                exchange.client.write(http_rules.chunk(rest) if self.client_chunked else rest)
         if self.client_chunked:
             exchange.client.write(http_rules.LAST_CHUNK)
         # The upstream answered before the request body was all sent (an early 413, say):

@@ -31,7 +31,10 @@ const input = await new Promise((resolve) => {
 
 const stats = { token_requests: 0, resource_requests: 0 };
 let tokenEndpointDown = false;
-let revokedBefore = 0; // access tokens issued before this (ms since epoch) are refused
+// Every access token issued (by id), and those revoked: exactly the ones issued before a
+// revoke, so that a token fetched right after it is good.
+const issued = new Set();
+const revoked = new Set();
 
 const server = http.createServer();
 await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
@@ -71,11 +74,13 @@ const provider = new Provider(issuer, {
   allowOmittingSingleRegisteredRedirectUri: true,
 });
 provider.proxy = false;
+provider.on("access_token.saved", (token) => issued.add(token.jti));
+provider.on("client_credentials.saved", (token) => issued.add(token.jti));
 
 async function validAccessToken(value) {
   const token =
     (await provider.ClientCredentials.find(value)) ?? (await provider.AccessToken.find(value));
-  if (!token || token.isExpired || token.iat * 1000 < revokedBefore) return null;
+  if (!token || token.isExpired || revoked.has(token.jti)) return null;
   return token;
 }
 
@@ -90,7 +95,7 @@ server.on("request", async (req, res) => {
   if (path.startsWith("/control/")) {
     if (path === "/control/down") tokenEndpointDown = true;
     else if (path === "/control/up") tokenEndpointDown = false;
-    else if (path === "/control/revoke") revokedBefore = Date.now() + 1000;
+    else if (path === "/control/revoke") for (const jti of issued) revoked.add(jti);
     answer(res, 200, stats);
     return;
   }
