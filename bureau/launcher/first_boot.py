@@ -2,7 +2,8 @@
 result is persisted before the next begins, so a crash or SIGTERM anywhere converges when
 the launcher is run again, with no clean-up by an operator:
 
-  1. validate bootstrap.json, before any network call;
+  1. validate bootstrap.json, before any network call, and pin the operator keys it names
+     (unless keys are pinned already: never replaced);
   2. load the machine key, or generate and persist it (sealed where possible);
   3. log in with the one-time password, or, when an earlier run already rotated it, with
      the permanent password derived from the key (a still-valid session.json skips 3-4);
@@ -39,6 +40,7 @@ from typing import Any
 from bureau import key_store
 from bureau.errors import BureauError, InputError, MatrixError, MatrixUnreachable
 from bureau.files import UnsafePath, read_private_json, remove_durably
+from bureau.launcher import operator_trust
 from bureau.machine_state import load_session, save_session
 from bureau.matrix.client import Login, MatrixHTTP
 from bureau.matrix.fleet_rooms import resolve_fleet_rooms
@@ -226,6 +228,9 @@ def boot_with_bootstrap(
     )
     log.info("bootstrap file valid", machine=machine.localpart, homeserver=machine.homeserver_url)
     checkpoint(Step.VALIDATED)
+    # Pinned before anything is read from Matrix, and never replaced from there.
+    if operator_trust.pin_initial(keys.state_dir, config.operator_keys):
+        log.info("operator keys pinned", keys=sorted(config.operator_keys))
     secret_key, public_key = _ensure_key(keys, log, checkpoint)
     session = _reusable_session(keys.state_dir, machine, log)
     if session is None:

@@ -26,7 +26,7 @@ from bureau.files import (
     remove_stale_temporaries,
 )
 from bureau.hardening import clear_ambient_capabilities, no_dumps
-from bureau.launcher import first_boot, sandbox_flags, server
+from bureau.launcher import first_boot, operator_trust, sandbox_flags, server
 from bureau.launcher.proxy_kind import Unbound
 from bureau.launcher.sandbox_uids import parse_range
 from bureau.launcher.supervisor import SandboxOptions
@@ -135,6 +135,15 @@ def build_parser() -> Parser:
         "Default: refused, in one line naming the principal",
     )
     p.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="act on credentials events, machine-config assignments and templates that carry "
+        "no operator signature (as upstream Bureau's tools write them): whoever can write "
+        "them into the machine's rooms, or a subverted daemon, could then choose what runs. "
+        "A signature that does not verify is refused all the same. Default: refused, in one "
+        "line naming the principal",
+    )
+    p.add_argument(
         "--log-level", help="debug, info, warning, error (default: $BUREAU_LOG_LEVEL or info)"
     )
     return p
@@ -196,6 +205,17 @@ def _check_run_dir(run_dir: Path) -> None:
             check_owned_tree(below, f"--run-dir {run_dir}")
 
 
+def _log_operator_keys(args: argparse.Namespace, state_dir: Path, logger: Any) -> None:
+    pinned = operator_trust.load_pinned(state_dir)
+    logger.info(
+        "operator keys",
+        pinned=sorted(pinned.keys),
+        unsigned="accepted (--allow-unsigned)" if args.allow_unsigned else "refused",
+    )
+    if not pinned.keys and not args.allow_unsigned:
+        logger.warning("every ensure will be refused", why=operator_trust.NO_KEY_HINT)
+
+
 def _serve(
     args: argparse.Namespace,
     state_dir: Path,
@@ -225,6 +245,7 @@ def _serve(
         "unbound credential bundles",
         policy="served (--allow-unbound-bundles)" if args.allow_unbound_bundles else "refused",
     )
+    _log_operator_keys(args, state_dir, logger)
     asyncio.run(
         server.serve(
             machine_user=session.user_id,
@@ -236,6 +257,7 @@ def _serve(
             notifier=notifier,
             sandboxes=sandboxes,
             unbound=Unbound(session.homeserver_url) if args.allow_unbound_bundles else None,
+            allow_unsigned=args.allow_unsigned,
         )
     )
     return 0

@@ -21,6 +21,7 @@ from bureau import lifecycle
 from bureau.errors import BureauError
 from bureau.files import make_dirs
 from bureau.launcher import relogin
+from bureau.launcher.operator_trust import OperatorTrust
 from bureau.launcher.proxy_kind import Unbound
 from bureau.launcher.supervisor import LauncherError, SandboxOptions, Supervisor
 from bureau.lifecycle import Owned
@@ -40,6 +41,7 @@ from bureau.wire.launcher_protocol import (
     Request,
     StatusRequest,
     StopRequest,
+    TrustRequest,
     encode_answer,
     parse_request,
 )
@@ -77,8 +79,11 @@ class LauncherServer:
         log: Any,
         notifier: Notifier,
         relogin: Callable[[], bool],
+        *,
+        trust: OperatorTrust,
     ) -> None:
         self._supervisor = supervisor
+        self._trust = trust
         self._allowed = allowed_uids
         self._log = log
         self._notifier = notifier
@@ -186,7 +191,11 @@ class LauncherServer:
                 async with self._relogin_lock:
                     renewed = await asyncio.to_thread(self._relogin)
                 return ReloginResult(renewed)
+            case TrustRequest(statements):
+                return self._trust.apply(statements, self._log)
             case EnsureRequest(principal, credentials, sandbox):
+                # Before anything changes: a refusal leaves what runs as it was.
+                self._trust.check_ensure(request)
                 answer = await self._supervisor.ensure(principal, credentials, sandbox)
             case StopRequest(principal):
                 answer = await self._supervisor.stop(principal)
@@ -205,6 +214,7 @@ async def serve(
     notifier: Notifier,
     sandboxes: SandboxOptions | None = None,
     unbound: Unbound | None = None,
+    allow_unsigned: bool = False,
 ) -> None:
     make_dirs(run_dir, 0o755)
     path = run_dir / SOCKET_NAME
@@ -233,6 +243,7 @@ async def serve(
             log,
             notifier,
             partial(relogin.relogin, state_dir, secret_key, log),
+            trust=OperatorTrust(state_dir, machine_user, allow_unsigned=allow_unsigned),
         ).handle
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # a stale socket from a launcher that died

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from bureau.errors import InputError
 from bureau.secret import Secret
 from bureau.wire import names
+from bureau.wire.signing import OperatorKey, PublicKey, public_keys_json, read_public_keys
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _AGE_PUBLIC = re.compile(r"age1[02-9ac-hj-np-z]{58}")
@@ -75,6 +76,8 @@ class BootstrapConfig:
     machine_name: str
     password: Secret
     fleet_prefix: str
+    # OURS: the operator keys first boot pins (wire/operator_keys.py); upstream ignores it.
+    operator_keys: dict[str, PublicKey] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, obj: object, where: str = "bootstrap.json") -> BootstrapConfig:
@@ -101,16 +104,20 @@ class BootstrapConfig:
         if not _HEX64.fullmatch(password):
             # Never echo the value: it is the one-time password.
             raise InputError(where, "password", "expected 64 lowercase hex characters")
-        return cls(homeserver_url, server_name, machine, Secret(password), fleet)
+        keys = read_public_keys(data.get("operator_keys", {}), f"{where}: operator_keys")
+        return cls(homeserver_url, server_name, machine, Secret(password), fleet, keys)
 
-    def to_json(self) -> dict[str, str]:
-        return {
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "homeserver_url": self.homeserver_url,
             "server_name": self.server_name,
             "machine_name": self.machine_name,
             "password": self.password.reveal(),
             "fleet_prefix": self.fleet_prefix,
         }
+        if self.operator_keys:
+            out["operator_keys"] = public_keys_json(self.operator_keys)
+        return out
 
 
 @dataclass(frozen=True)
@@ -168,7 +175,9 @@ _CREDENTIAL_KEYS = (
     *NAMESPACE_ROOM_KEYS.values(),
     "BUREAU_SERVER_NAME",
     "BUREAU_FLEET",
+    "BUREAU_OPERATOR_SIGNING_KEY",
 )
+SIGNING_KEY = "BUREAU_OPERATOR_SIGNING_KEY"
 
 
 def _room_id(where: str, key: str, value: str) -> str:
@@ -198,6 +207,8 @@ class OperatorCredentials:
     namespace_rooms: dict[str, str] = field(default_factory=dict)
     extra: dict[str, str] = field(default_factory=dict)
     recorded_fleet: bool = True  # whether the file named the fleet (BUREAU_FLEET)
+    # OURS: the operator's private signing key (wire/signing.py); upstream's file has none.
+    signing_key: OperatorKey | None = None
 
     @classmethod
     def from_env(
@@ -236,6 +247,9 @@ class OperatorCredentials:
             namespace_rooms=rooms,
             extra={k: v for k, v in data.items() if k not in _CREDENTIAL_KEYS},
             recorded_fleet=bool(recorded),
+            signing_key=OperatorKey.from_text(Secret(signing), f"{where}: {SIGNING_KEY}")
+            if (signing := data.get(SIGNING_KEY))
+            else None,
         )
 
     def to_env(self) -> dict[str, str]:
@@ -253,6 +267,8 @@ class OperatorCredentials:
                 out[key] = self.namespace_rooms[role]
         out["BUREAU_SERVER_NAME"] = self.server_name
         out["BUREAU_FLEET"] = self.fleet
+        if self.signing_key is not None:
+            out[SIGNING_KEY] = self.signing_key.reveal().reveal()
         out.update(sorted(self.extra.items()))
         return out
 

@@ -227,6 +227,21 @@ class ReloginResult:
 
 
 @dataclass(frozen=True)
+class TrustResult:
+    """The operator keys the launcher trusts after a ``trust`` request (IDs only)."""
+
+    keys: tuple[str, ...]
+    changed: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"keys": list(self.keys), "changed": self.changed}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> TrustResult:
+        return cls(_names(obj, "keys", "trust"), _field(obj, "changed", bool, "trust"))
+
+
+@dataclass(frozen=True)
 class Refusal:
     """The launcher would not, or could not, do what was asked."""
 
@@ -240,7 +255,7 @@ class Refusal:
         return cls(_field(obj, "error", str, "refusal"))
 
 
-Answer = LauncherStatus | Listing | EnsureResult | StopResult | ReloginResult
+Answer = LauncherStatus | Listing | EnsureResult | StopResult | ReloginResult | TrustResult
 A = TypeVar("A", bound=Answer)
 
 

@@ -5,7 +5,10 @@ response per connection. Pure.
     {"action": "list"}
     {"action": "ensure", "principal": "@<lp>:<server>",
      "credentials": {<the m.bureau.credentials content, verbatim>},
-     "sandbox": {<a SandboxSpec (bureau/wire/sandbox_spec.py)>}}     absent: a proxy only
+     "sandbox": {<a SandboxSpec (bureau/wire/sandbox_spec.py)>},    absent: a proxy only
+     "assignment": {<the principal's m.bureau.machine_config entry, as published>},
+     "templates": {"<ref>": {<m.bureau.template content, as published>}, ...}}
+    {"action": "trust", "statements": [<operator key statements (wire/operator_keys.py)>]}
     {"action": "stop", "principal": "@<lp>:<server>"}
     {"action": "relogin"}     after the homeserver soft-logged the machine out
 
@@ -13,7 +16,13 @@ Every response has "ok": true|false; failures carry "error", a one-line message 
 holds credential content. Each request and each answer is a type of its own, read and
 written here for both sides: a request is one of ``Request``, an answer one of ``Answer``
 (status LauncherStatus, list Listing, ensure EnsureResult, stop StopResult, relogin
-ReloginResult) or a Refusal. The answers live in launcher_answers.py.
+ReloginResult, trust TrustResult) or a Refusal.
+
+``assignment`` and ``templates`` carry the operator's signatures (wire/signing.py): the
+launcher checks them, resolves the sandbox from them itself and runs only a spec that
+matches (launcher/operator_trust.py). Both are absent for an upstream-shaped machine
+config the daemon cannot relay signed; the launcher then acts only where it allows
+unsigned content. The answers live in launcher_answers.py.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from bureau.errors import InputError
@@ -37,6 +46,7 @@ from bureau.wire.launcher_answers import (
     ReloginResult,
     SandboxState,
     StopResult,
+    TrustResult,
     encode_answer,
     read_answer,
 )
@@ -64,17 +74,21 @@ __all__ = [
     "StatusRequest",
     "StopRequest",
     "StopResult",
+    "TrustRequest",
+    "TrustResult",
     "encode_answer",
     "nesting_depth",
     "parse_request",
     "read_answer",
 ]
 
-MAX_MESSAGE = 256 * 1024
+# A credentials event and a chain of up to 8 templates, each a state event of at most 64 KiB.
+MAX_MESSAGE = 1024 * 1024
 # A credentials event nests five deep (request, content, services, service, headers); the
 # bound leaves room and keeps json.loads far from the interpreter's recursion limit.
 MAX_DEPTH = 16
-ACTIONS = ("status", "list", "ensure", "stop", "relogin")
+ACTIONS = ("status", "list", "ensure", "stop", "relogin", "trust")
+MAX_STATEMENTS = 256
 _SIGNIFICANT = re.compile(rb'[][{}"\\]')
 
 
@@ -168,6 +182,8 @@ class EnsureRequest(_Line):
     principal: PrincipalRef
     credentials: RelayedCredentials
     sandbox: SandboxSpec | None = None
+    assignment: dict[str, Any] | None = None  # the signed entry, as published
+    templates: dict[str, dict[str, Any]] = field(default_factory=dict)  # ref -> as published
 
     def to_json(self) -> dict[str, Any]:
         body = {
@@ -177,6 +193,10 @@ class EnsureRequest(_Line):
         }
         if self.sandbox is not None:
             body["sandbox"] = self.sandbox.to_json()
+        if self.assignment is not None:
+            body["assignment"] = self.assignment
+        if self.templates:
+            body["templates"] = self.templates
         return body
 
     @classmethod
@@ -194,7 +214,15 @@ class EnsureRequest(_Line):
             sandbox = None if raw_sandbox is None else SandboxSpec.from_json(raw_sandbox)
         except InputError as exc:
             raise ProtocolError(f"sandbox for {principal}: {exc}") from None
-        return cls(principal, credentials, sandbox)
+        assignment = obj.get("assignment")
+        if assignment is not None and not isinstance(assignment, dict):
+            raise ProtocolError("assignment: expected the m.bureau.machine_config entry")
+        templates = obj.get("templates") or {}
+        if not isinstance(templates, dict) or not all(
+            isinstance(v, dict) for v in templates.values()
+        ):
+            raise ProtocolError("templates: expected an object of ref -> template content")
+        return cls(principal, credentials, sandbox, assignment, templates)
 
 
 @dataclass(frozen=True)
@@ -214,8 +242,31 @@ class StopRequest(_Line):
         return cls(principal)
 
 
-Request = StatusRequest | ListRequest | EnsureRequest | StopRequest | ReloginRequest
+@dataclass(frozen=True)
+class TrustRequest(_Line):
+    """Apply these operator key statements (as published) to the keys the launcher trusts;
+    it keeps those a key it trusts signed."""
+
+    action: ClassVar[str] = "trust"
+    statements: tuple[dict[str, Any], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "statements": list(self.statements)}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> TrustRequest:
+        _no_sandbox(obj)
+        statements = obj.get("statements")
+        if not isinstance(statements, list) or not all(isinstance(s, dict) for s in statements):
+            raise ProtocolError("statements: expected a list of objects")
+        if len(statements) > MAX_STATEMENTS:
+            raise ProtocolError(f"statements: more than {MAX_STATEMENTS}")
+        return cls(tuple(statements))
+
+
+Request = StatusRequest | ListRequest | EnsureRequest | StopRequest | ReloginRequest | TrustRequest
 _READERS: dict[str, Callable[[dict[str, Any]], Request]] = {
+    "trust": TrustRequest.from_json,
     "status": StatusRequest.from_json,
     "list": ListRequest.from_json,
     "ensure": EnsureRequest.from_json,

@@ -92,15 +92,38 @@ ALLOWED_OURS = {
     "bureau.wire.sandbox_spec",
     "bureau.wire.scope_rules",
     "bureau.wire.service_route",
+    "bureau.wire.route_checks",
+    "bureau.wire.credential_kinds",
     "bureau.wire.files",
     "bureau.secret",
     "bureau.wire.template_parts",
     "bureau.wire.template_upstream",
     "bureau.wire.template",
+    # Operator signatures (#19): the launcher checks them against its pinned keys, and
+    # resolves a signed assignment's sandbox itself (pure: no Matrix, no daemon).
+    "bureau.launcher.operator_trust",
+    "bureau.wire.operator_keys",
+    "bureau.wire.signing",
+    "bureau.template_policy",
+    "bureau.template_resolve",
+    "bureau.template_spec",
 }
 # Third-party packages (top level). structlog loads its Twisted integration when Twisted is
 # installed, as it is in the dev environment (Synapse); a worker's venv has none of them.
-ALLOWED_THIRD_PARTY = {"pyrage", "sdnotify", "structlog", "typing_extensions"}
+# signedjson, canonicaljson and PyNaCl (nacl, over libsodium through cffi) check operator
+# signatures as Synapse checks Matrix signatures; unpaddedbase64 is signedjson's.
+ALLOWED_THIRD_PARTY = {
+    "pyrage",
+    "sdnotify",
+    "structlog",
+    "typing_extensions",
+    "signedjson",
+    "canonicaljson",
+    "nacl",
+    "_cffi_backend",
+    "_sodium",
+    "unpaddedbase64",
+}
 ONLY_WITH_SYNAPSE = {"twisted", "zope", "constantly", "incremental", "attr", "attrs"}
 
 
@@ -131,6 +154,8 @@ SANDBOXD_ALLOWED = {
     "bureau.wire.sandbox_spec",
     "bureau.wire.scope_rules",
     "bureau.wire.service_route",
+    "bureau.wire.route_checks",
+    "bureau.wire.credential_kinds",
     "bureau.secret",
     "bureau.wire.template_parts",
     "bureau.wire.template_upstream",
