@@ -13,6 +13,7 @@ from bureau.cli import (
     fleet_commands,
     fleet_state_commands,
     hub_commands,
+    operator_key_commands,
     template_commands,
 )
 from bureau.cli.common import Handler
@@ -36,6 +37,7 @@ def build_parser() -> Parser:
     template_commands.register(groups)
     agent_commands.register(groups)
     fleet_state_commands.register(groups)
+    operator_key_commands.register(groups)
     profile_commands.register(groups)
     _log_level_everywhere(p)
     return p

@@ -10,6 +10,7 @@ from typing import Any
 from bureau.errors import BureauError, InputError
 from bureau.operator.credentials import admin_client
 from bureau.operator.principal_credentials import config_room_of
+from bureau.operator.signed import sign_as
 from bureau.wire import names, rooms
 from bureau.wire.files import OperatorCredentials
 from bureau.wire.machine_config import Assignment, with_entry, without_entry
@@ -36,6 +37,7 @@ def assign(
 ) -> bool:
     """``overrides``: Assignment fields to set (template, restart_policy, ...)."""
     user = names.user_id(principal, creds.server_name)
+    machine_user = names.user_id(machine, creds.server_name)
     # Checked through the typed form, written as the fields alone.
     fields = Assignment(user, auto_start, **overrides).to_json()
     del fields["principal"]
@@ -49,7 +51,12 @@ def assign(
             Assignment.from_json(entry, f"the assignment of {user}")
         except InputError as exc:
             raise BureauError(f"{exc}; unassign it first, then assign it again") from None
-        return updated
+        # Signed about this machine: the launcher runs it here only (wire/signing.py).
+        mine = sign_as(creds, rooms.MACHINE_CONFIG, machine_user, entry)
+        return {
+            **updated,
+            "principals": [mine if e is entry else e for e in updated["principals"]],
+        }
 
     return _update(creds, machine, change)
 

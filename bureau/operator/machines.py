@@ -10,6 +10,7 @@ from bureau.errors import BureauError, InputError, MatrixError
 from bureau.matrix.client import MatrixHTTP
 from bureau.matrix.fleet_rooms import namespace_room, resolve_fleet_rooms, template_room
 from bureau.matrix.homeserver_admin import homeserver_admin
+from bureau.operator import signed
 from bureau.operator.credentials import admin_client
 from bureau.operator.machine_rooms import ensure_config_room, grant_machine_level, invite_machine
 from bureau.passwords import one_time_password
@@ -164,4 +165,5 @@ def provision(creds: OperatorCredentials, machine_localpart: str) -> BootstrapCo
         machine_name=machine_localpart,
         password=password,
         fleet_prefix=creds.fleet,
+        operator_keys=signed.keys_to_pin(admin, creds),
     )

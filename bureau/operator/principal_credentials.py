@@ -14,6 +14,7 @@ from bureau.errors import BureauError, InputError
 from bureau.matrix.client import MatrixHTTP
 from bureau.matrix.fleet_rooms import resolve_fleet_rooms
 from bureau.operator.credentials import admin_client
+from bureau.operator.signed import sign_as
 from bureau.secret import Secret
 from bureau.wire import names, rooms
 from bureau.wire.credentials import (
@@ -108,7 +109,7 @@ def provision(
     machine_key = machine_public_key(admin, creds, request.machine)
     config_room = config_room_of(admin, creds, request.machine)
     event = build_event(request, creds, machine_key, now)
-    content = event.to_json()
+    content = sign_as(creds, rooms.CREDENTIALS, event.principal, event.to_json())
     size = len(json.dumps(content, separators=(",", ":")).encode())
     if size > MAX_CONTENT_BYTES:
         raise BureauError(

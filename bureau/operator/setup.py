@@ -13,12 +13,14 @@ from typing import Any
 
 from bureau.errors import InputError, MatrixError
 from bureau.matrix.client import MatrixHTTP
-from bureau.operator import credentials, templates
+from bureau.operator import credentials, signed, templates
 from bureau.operator.machine_rooms import private_room
 from bureau.passwords import ADMIN_LOCALPART, admin_password
 from bureau.secret import Secret
 from bureau.wire import names, rooms
 from bureau.wire.files import NAMESPACE_ROOM_KEYS, OperatorCredentials
+from bureau.wire.operator_keys import EVENT_TYPE as OPERATOR_KEYS
+from bureau.wire.signing import OperatorKey
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,23 @@ def _admin_login(client: MatrixHTTP, token: Secret, report: Callable[[str], None
         raise
 
 
+def _write_and_publish(
+    admin: MatrixHTTP,
+    creds: OperatorCredentials,
+    credential_file: Path,
+    note: Callable[[str], None],
+) -> None:
+    """The credential file, its public key beside it, the key published in the fleet."""
+    if credentials.write(credential_file, creds):
+        note(f"wrote {credential_file}")
+    if creds.signing_key is None:
+        return
+    if signed.write_public_key(credential_file, creds.signing_key.public):
+        note(f"wrote {signed.public_key_file(credential_file)}")
+    if signed.publish(admin, creds):
+        note(f"published {creds.signing_key.key_id} in {OPERATOR_KEYS}")
+
+
 def setup(
     *,
     homeserver: str,
@@ -218,6 +237,10 @@ def setup(
             admin.put_state(room_id, rooms.DEV_TEAM, "", dev_team)
             note(f"published {rooms.DEV_TEAM} in {alias}")
 
+    signing_key = earlier.signing_key if earlier else None
+    if signing_key is None:
+        signing_key = OperatorKey.generate()  # stays in the credential file (0600)
+        note(f"created operator signing key {signing_key.key_id}")
     creds = OperatorCredentials(
         homeserver_url=homeserver,
         admin_user=admin_user,
@@ -228,9 +251,9 @@ def setup(
         fleet=fleet,
         namespace_rooms={r: room_ids[r] for r in NAMESPACE_ROOM_KEYS if r in room_ids},
         extra=earlier.extra if earlier else {},
+        signing_key=signing_key,
     )
-    if credentials.write(credential_file, creds):
-        note(f"wrote {credential_file}")
+    _write_and_publish(admin, creds, credential_file, note)
     for ref in templates.push_builtins(admin, creds):
         note(f"pushed template {ref}")
     return changed

@@ -13,9 +13,11 @@ from typing import Any
 from bureau.errors import BureauError, InputError
 from bureau.matrix.client import MatrixHTTP
 from bureau.matrix.fleet_rooms import template_room
+from bureau.operator.signed import sign_as
 from bureau.template_resolve import Fetch, resolve
 from bureau.wire import names
 from bureau.wire.files import OperatorCredentials
+from bureau.wire.signing import template_target
 from bureau.wire.template import EVENT_TYPE, Template
 from bureau.wire.template_parts import TemplateRef
 
@@ -39,6 +41,13 @@ def _room(admin: MatrixHTTP, creds: OperatorCredentials) -> str:
     return room
 
 
+def signed_template(
+    creds: OperatorCredentials, ref: TemplateRef, template: Template
+) -> dict[str, Any]:
+    target = template_target(ref.room, ref.name, ref.server or creds.server_name)
+    return sign_as(creds, EVENT_TYPE, target, template.to_json())
+
+
 def push(admin: MatrixHTTP, creds: OperatorCredentials, name: str, template: Template) -> bool:
     """Publish ``template`` as ``name`` in this namespace; False when it was already so.
     Its parents must resolve (a template that can never run is not published)."""
@@ -47,7 +56,7 @@ def push(admin: MatrixHTTP, creds: OperatorCredentials, name: str, template: Tem
         raise InputError("--name", None, f"{ref}: templates are pushed to this fleet's namespace")
     resolve(ref, fetcher(admin, creds, pending={ref: template}))
     room = _room(admin, creds)
-    content = template.to_json()
+    content = signed_template(creds, ref, template)
     if admin.get_state(room, EVENT_TYPE, ref.state_key) == content:
         return False
     admin.put_state(room, EVENT_TYPE, ref.state_key, content)
@@ -114,6 +123,8 @@ def push_builtins(admin: MatrixHTTP, creds: OperatorCredentials) -> list[str]:
         ref = namespace_ref(creds, name)
         if admin.get_state(room, EVENT_TYPE, ref.state_key):
             continue
-        admin.put_state(room, EVENT_TYPE, ref.state_key, builtin(creds, name).to_json())
+        admin.put_state(
+            room, EVENT_TYPE, ref.state_key, signed_template(creds, ref, builtin(creds, name))
+        )
         pushed.append(str(ref))
     return pushed
