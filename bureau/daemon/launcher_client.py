@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +33,8 @@ from bureau.wire.launcher_protocol import (
     Request,
     StopRequest,
     StopResult,
+    TrustRequest,
+    TrustResult,
     read_answer,
 )
 from bureau.wire.names import PrincipalRef
@@ -124,9 +126,14 @@ class LauncherClient:
         principal: PrincipalRef,
         credentials: RelayedCredentials,
         sandbox: SandboxSpec | None = None,
+        assignment: dict[str, Any] | None = None,
+        templates: dict[str, dict[str, Any]] | None = None,
     ) -> EnsureResult:
-        request = EnsureRequest(principal, credentials, sandbox)
+        request = EnsureRequest(principal, credentials, sandbox, assignment, templates or {})
         return await self.call(request, EnsureResult.from_json)
+
+    async def trust(self, statements: Iterable[dict[str, Any]]) -> TrustResult:
+        return await self.call(TrustRequest(tuple(statements)), TrustResult.from_json)
 
     async def stop(self, principal: PrincipalRef) -> StopResult:
         return await self.call(StopRequest(principal), StopResult.from_json)

@@ -17,7 +17,7 @@ from typing import Any
 from bureau.daemon.launcher_client import LauncherClient, LauncherRefused, LauncherUnavailable
 from bureau.daemon.reconcile import Action, Ensure, Failure, Stop, failed, is_due, plan, tried
 from bureau.errors import InputError
-from bureau.wire.credentials import rfc3339_now
+from bureau.wire.credentials import content_digest, rfc3339_now
 from bureau.wire.launcher_protocol import RelayedCredentials
 from bureau.wire.machine_config import MachineConfig
 from bureau.wire.names import InvalidName, PrincipalRef
@@ -64,9 +64,25 @@ class Principals:
         self._inflight: dict[str, tuple[str, asyncio.Task[None]]] = {}
         self._starting = asyncio.Semaphore(MAX_STARTING)
         self._changed = False
+        self._trusted: str | None = None  # digest of the statements the launcher last took
         self.failures: dict[str, Failure] = {}  # principal -> its last action's failure
         self.running = 0
         self.last_activity_at: str | None = None  # RFC 3339: the last action that succeeded
+
+    async def trust(self, statements: list[dict[str, Any]]) -> None:
+        """Relay the operator key statements published in the fleet room; the launcher
+        keeps those a key it trusts signed. Sent again only when they change (the launcher
+        keeps what it applied in its state dir)."""
+        digest = content_digest(statements)
+        if digest == self._trusted:
+            return
+        try:
+            result = await self._launcher.trust(statements)
+        except LauncherRefused as exc:
+            self._log.warning("launcher refused the operator key statements", error=str(exc))
+            return
+        self._trusted = digest
+        self._log.info("operator key statements relayed", trusted=list(result.keys))
 
     def next_retry(self) -> float | None:
         """When the earliest failed principal is due again (monotonic), if any."""
@@ -80,6 +96,7 @@ class Principals:
         settle: bool,
         specs: dict[str, dict[str, Any]] | None = None,
         held: set[str] | None = None,
+        templates: dict[str, dict[str, dict[str, Any]]] | None = None,
     ) -> bool:
         """One pass; True when what the heartbeat reports changed since the last one.
         ``settle`` waits for the actions it started (the first pass, before READY). A
@@ -89,7 +106,13 @@ class Principals:
         running = {p.principal.user_id: p.digest for p in listed}
         sandboxes = {p.principal.user_id: p.sandbox.digest for p in listed if p.sandbox is not None}
         actions = plan(
-            config, credentials, running, specs=specs, sandboxes=sandboxes, held=held or set()
+            config,
+            credentials,
+            running,
+            specs=specs,
+            sandboxes=sandboxes,
+            held=held or set(),
+            templates=templates,
         )
         pending = {action.principal for action in actions} | set(self._inflight)
         for principal in [p for p in self.failures if p not in pending]:
@@ -127,7 +150,9 @@ class Principals:
             if isinstance(action, Ensure):
                 credentials, sandbox = typed(action)
                 async with self._starting:
-                    await self._launcher.ensure(principal, credentials, sandbox)
+                    await self._launcher.ensure(
+                        principal, credentials, sandbox, action.assignment, action.templates
+                    )
             else:
                 await self._launcher.stop(principal)
         except InputError as exc:

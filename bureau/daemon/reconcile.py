@@ -15,7 +15,7 @@ while the others go on.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bureau.errors import InputError
@@ -30,6 +30,10 @@ class Ensure:
     principal: str
     content: dict[str, Any]
     sandbox: dict[str, Any] | None = None  # a SandboxSpec's JSON
+    # What the operator signed, as published, for the launcher to check: the principal's
+    # machine-config entry, and the templates its sandbox resolves from (ref -> content).
+    assignment: dict[str, Any] | None = None
+    templates: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -85,11 +89,13 @@ def plan(
     specs: Mapping[str, dict[str, Any]] | None = None,
     sandboxes: Mapping[str, str] | None = None,
     held: Collection[str] = (),
+    templates: Mapping[str, dict[str, dict[str, Any]]] | None = None,
 ) -> list[Action]:
     """``running`` maps principal -> content digest, and ``sandboxes`` principal -> spec
     digest, as the launcher reports them; ``specs``: principal -> the spec it should run
-    (absent: no sandbox)."""
-    specs, sandboxes = specs or {}, sandboxes or {}
+    (absent: no sandbox); ``templates``: principal -> the templates it resolves from, as
+    published."""
+    specs, sandboxes, templates = specs or {}, sandboxes or {}, templates or {}
     wanted = {p: c for p, c in desired(config, credentials).items() if p not in held}
     actions: list[Action] = [
         Stop(principal)
@@ -102,7 +108,16 @@ def plan(
         if running.get(principal) != content_digest(content) or (
             sandboxes.get(principal) != spec_digest
         ):
-            actions.append(Ensure(principal, content, spec))
+            entry = config.find(principal)
+            actions.append(
+                Ensure(
+                    principal,
+                    content,
+                    spec,
+                    (entry.raw or None) if entry is not None else None,
+                    templates.get(principal, {}) if spec is not None else {},
+                )
+            )
     return actions
 
 
@@ -129,7 +144,14 @@ class Failure:
 def tried(action: Action) -> str:
     if isinstance(action, Stop):
         return "stop"
-    return content_digest({"credentials": action.content, "sandbox": action.sandbox})
+    return content_digest(
+        {
+            "credentials": action.content,
+            "sandbox": action.sandbox,
+            "assignment": action.assignment,
+            "templates": action.templates,
+        }
+    )
 
 
 def is_due(failure: Failure | None, action: Action, now: float) -> bool:

@@ -24,7 +24,8 @@ from bureau.wire.template_parts import ProxyService
 RETRY_SECONDS = 60.0
 
 Services = dict[str, ProxyService]
-Resolved = tuple[dict[str, Any], Services]  # a spec's JSON, and its template's services
+# A spec's JSON, its template's services, and the templates it came from as published.
+Resolved = tuple[dict[str, Any], Services, dict[str, dict[str, Any]]]
 Join = Callable[[str], Awaitable[str]]  # alias -> room ID
 ReadState = Callable[[str], Awaitable[None]]  # room ID -> (feeds set_state)
 
@@ -42,6 +43,9 @@ class SandboxSpecs:
         # principal -> its template's proxy_services (the last good ones while it does not
         # resolve): an unbound bundle's routes.
         self.services: dict[str, dict[str, ProxyService]] = {}
+        # principal -> the templates its spec came from, as published: relayed to the
+        # launcher, which checks their signatures and resolves the spec again.
+        self.sources: dict[str, dict[str, dict[str, Any]]] = {}
 
     async def follow(self, alias: str) -> None:
         """Join a template room and read its templates; a room this machine may not join
@@ -82,6 +86,7 @@ class SandboxSpecs:
         held: set[str] = set()
         problems: dict[str, str] = {}
         services: dict[str, dict[str, ProxyService]] = {}
+        sources: dict[str, dict[str, dict[str, Any]]] = {}
         for assignment in config.principals:
             if not assignment.auto_start:
                 continue
@@ -94,7 +99,7 @@ class SandboxSpecs:
                 if good is None:
                     held.add(principal)
                 else:
-                    specs[principal], services[principal] = good
+                    specs[principal], services[principal], sources[principal] = good
                 if self.problems.get(principal) != problems[principal]:
                     self._log.error(
                         "cannot resolve a principal's template",
@@ -104,13 +109,15 @@ class SandboxSpecs:
                     )
                 continue
             if found is not None:
-                self._good[principal] = (found.spec.to_json(), found.services)
-                specs[principal], services[principal] = self._good[principal]
+                signed = self.templates.signed_sources(found)
+                self._good[principal] = (found.spec.to_json(), found.services, signed)
+                specs[principal], services[principal], sources[principal] = self._good[principal]
                 self._warn(principal, found)
             else:
                 self._good.pop(principal, None)
         self.problems = problems
         self.services = services
+        self.sources = sources
         self._warned = {p: v for p, v in self._warned.items() if p in self._good}
         return specs, held
 

@@ -40,9 +40,16 @@ from bureau.notify import Notifier
 from bureau.profile import materialized as profile_file
 from bureau.wire import names, rooms
 from bureau.wire.machine_config import MachineConfig, without_auto_start
+from bureau.wire.operator_keys import EVENT_TYPE as OPERATOR_KEYS
 from bureau.wire.template import EVENT_TYPE as TEMPLATE_EVENT
 
-STATE_TYPES = [rooms.MACHINE_CONFIG, rooms.CREDENTIALS, rooms.FLEET_PROFILE, TEMPLATE_EVENT]
+STATE_TYPES = [
+    rooms.MACHINE_CONFIG,
+    rooms.CREDENTIALS,
+    rooms.FLEET_PROFILE,
+    TEMPLATE_EVENT,
+    OPERATOR_KEYS,
+]
 
 RECONCILE_SECONDS = 30.0
 HEARTBEAT_SECONDS = 300.0
@@ -98,6 +105,7 @@ class Daemon:
         self._fleet_room = ""
         self._config = MachineConfig()
         self._credentials: dict[str, dict[str, Any]] = {}
+        self._statements: list[dict[str, Any]] = []  # operator key statements, relayed
         self._principals = Principals(launcher, log, rng, self._reconcile_now.set)
         self._specs = SandboxSpecs(
             self._server, self._join_template_room, self._read_room_state, log
@@ -276,6 +284,9 @@ class Daemon:
             kind, key, content = event.get("type"), event.get("state_key"), event.get("content")
             if room_id == self._fleet_room and kind == rooms.FLEET_PROFILE and key == "":
                 profile_file.apply(self._run_dir, content, self._log)
+            if room_id == self._fleet_room and kind == OPERATOR_KEYS and key == "":
+                raw = content.get("statements") if isinstance(content, dict) else None
+                self._statements = [s for s in raw if isinstance(s, dict)] if raw else []
             if room_id != self._config_room:
                 continue
             if kind == rooms.MACHINE_CONFIG and key == machine_key:
@@ -370,8 +381,14 @@ class Daemon:
         if self._problems() != problems:
             self._status_now.set()
         held |= set(self._route_problems)
+        await self._principals.trust(self._statements)  # before any ensure it may concern
         if await self._principals.reconcile(
-            self._config, credentials, settle=settle, specs=specs, held=held
+            self._config,
+            credentials,
+            settle=settle,
+            specs=specs,
+            held=held,
+            templates=self._specs.sources,
         ):
             self._status_now.set()
 
