@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from bureau.cli.common import Subparsers, add_credential_file, load_credentials, say
+from bureau.cli.operator_key_commands import read_public_key
 from bureau.doctor.findings import Report
 from bureau.doctor.machine import machine_doctor
 
@@ -29,6 +30,9 @@ def machine_doctor_command(args: argparse.Namespace) -> int:
         apply_fixes=args.fix,
         start_services=not args.no_start,
         nix_conf_dir=os.environ.get("NIX_CONF_DIR"),
+        operator_key=read_public_key(args.operator_key, "--operator-key")
+        if args.operator_key
+        else None,
     )
     return _print(report, args.json)
 
@@ -65,6 +69,13 @@ def register_machine(cmds: Subparsers) -> None:
         action="store_true",
         help="the services are not meant to run yet: enable them, do not start them, "
         "do not expect their sockets",
+    )
+    doctor.add_argument(
+        "--operator-key",
+        type=Path,
+        metavar="FILE",
+        help="the operator's public key (the .pub beside its credential file): checked to be "
+        "pinned, and with --fix pinned here (machines enrolled before signatures pin none)",
     )
     doctor.set_defaults(handler=machine_doctor_command)
 

@@ -14,11 +14,18 @@ from bureau.doctor.host_checks import HostChecks
 from bureau.doctor.machine_checks import MachineChecks
 from bureau.doctor.run_dir_checks import RunDirChecks
 from bureau.doctor.sandbox_checks import SandboxChecks
+from bureau.doctor.signing_checks import SigningChecks
 from bureau.host import Host
+from bureau.wire.signing import PublicKey
 
 
 def machine_doctor(
-    *, root: Path, apply_fixes: bool, start_services: bool, nix_conf_dir: str | None
+    *,
+    root: Path,
+    apply_fixes: bool,
+    start_services: bool,
+    nix_conf_dir: str | None,
+    operator_key: PublicKey | None = None,
 ) -> Report:
     host = Host(root)
     local = HostChecks(host, start_services=start_services)
@@ -26,6 +33,7 @@ def machine_doctor(
     run_dir = RunDirChecks(host)
     sandboxes = SandboxChecks(host)
     bundles = BundleChecks(host)
+    signing = SigningChecks(host, operator_key)
     checks: list[Check] = [
         local.user,
         local.operators_group,
@@ -40,6 +48,8 @@ def machine_doctor(
         local.machine_key,
         local.machine_conf,
         bundles.unbound,
+        signing.unsigned,
+        signing.operator_keys,
         run_dir.entries,
         remote.session,
         remote.published_key,
