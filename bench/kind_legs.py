@@ -10,13 +10,13 @@ routes"), every route to the same nginx upstream: what is measured is the proxy'
 - ``oauth2`` client credentials against the real authorization server (tests/support/
   oauth_server.py): the first request mints the token and every later one finds it held, so
   the steady state is the injector's; the token requests the server saw are reported.
-- response cleaning: the header route fetching the same bytes as text/plain (cleaned) and
-  as application/octet-stream (passed as is); the cost is CPU per MiB, the one over the
-  other.
+- response cleaning: the s3 route (a route the proxy cleans: one with a kind beyond static
+  headers) fetching the same bytes as text/plain (cleaned) and as application/octet-stream
+  (passed as is), as S3 serves objects; the cost is CPU per MiB, the one over the other.
 
 A leg whose kind the proxy does not do yet (its route answers 503 "... is not supported by
-this proxy yet"; a text response that comes back with the token in it) is reported as not
-available, rather than measured or failed."""
+this proxy yet"; an echo of what the route sent upstream that comes back with a credential
+in it) is reported as not available, rather than measured or failed."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ CREDENTIALS = {  # fake credentials, in the shapes of real ones
     "OAUTH_CLIENT_SECRET": "bench-client-secret-5d1f7c0a9e",
 }
 NOT_YET = b"is not supported by this proxy yet"
+CLEANED_SERVICE = "s3"
 
 
 def services(port: int, token_url: str) -> dict[str, Any]:
@@ -91,14 +92,7 @@ class KindLegs:
 
     def _probe(self, case: Case) -> str | None:
         if case.leg.startswith("cleaned"):
-            reply = unix_request(self.server.socket, "GET", "/http/api/echo")
-            if reply.status != 200:
-                raise RuntimeError(f"/echo through bureau-proxy: {reply.status} {reply.body!r}")
-            return (
-                "text responses are not cleaned by this proxy yet"
-                if (TOKEN.encode() in reply.body)
-                else None
-            )
+            return self._cleaned()
         body = b"x" * case.request_bytes if case.request_bytes is not None else None
         reply = unix_request(self.server.socket, case.method, case.path, body=body)
         if reply.status == 503 and NOT_YET in reply.body:
@@ -109,6 +103,20 @@ class KindLegs:
             raise RuntimeError(
                 f"{case.leg}: {case.method} {case.path}: {reply.status} {reply.body[:300]!r}"
             )
+        return None
+
+    def _cleaned(self) -> str | None:
+        """Whether the cleaning route's text responses are cleaned: the upstream echoes the
+        Authorization it was sent, which names the access key id."""
+        reply = unix_request(self.server.socket, "GET", f"/http/{CLEANED_SERVICE}/echo")
+        if reply.status == 503 and NOT_YET in reply.body:
+            return f"{CLEANED_SERVICE}'s route is not served by this proxy yet"
+        if reply.status != 200:
+            raise RuntimeError(f"/echo through bureau-proxy: {reply.status} {reply.body!r}")
+        if any(value.encode() in reply.body for value in CREDENTIALS.values()):
+            return "text responses are not cleaned by this proxy yet"
+        if b"*" * 8 not in reply.body:
+            raise RuntimeError(f"/echo through bureau-proxy: no credential seen: {reply.body!r}")
         return None
 
     def notes(self) -> dict[str, Any]:
@@ -148,11 +156,12 @@ def legs(work: Path, port: int) -> Iterator[KindLegs]:
                 posted("bureau aws_sigv4 s3", "PUT", "s3"),
             ]
         ]
+        base = f"/http/{CLEANED_SERVICE}"
         for size in TEXT_SIZES:
             groups.append(
                 [
-                    Case("cleaned (text/plain)", ours, f"/http/api/text/{size}", size, c, True),
-                    Case("not cleaned (binary)", ours, f"/http/api/binary/{size}", size, c, True),
+                    Case("cleaned (text/plain)", ours, f"{base}/text/{size}", size, c, True),
+                    Case("not cleaned (binary)", ours, f"{base}/binary/{size}", size, c, True),
                 ]
             )
         alongside = [Case("bureau oauth2", ours, "/http/oauth/small", "small", c, True)]

@@ -227,7 +227,8 @@ def sections(proxy: dict[str, Any]) -> list[str]:
         ),
         "## Response cleaning",
         "",
-        "The header route fetching the same bytes (JSON lines) as text/plain, which the proxy "
+        "The s3 route (SigV4, UNSIGNED-PAYLOAD; the proxy cleans routes with a kind beyond "
+        "static headers) fetching the same bytes (JSON lines) as text/plain, which the proxy "
         "reads through for its secrets, and as application/octet-stream, which it passes "
         "as is.",
         "",
