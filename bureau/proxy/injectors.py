@@ -93,6 +93,10 @@ class Injector(Protocol):
     def close(self) -> asyncio.Future[None] | None: ...
 
 
+def path_escaped(value: str) -> str:
+    return quote(value, safe=_PCHAR)
+
+
 def revealed(credentials: Mapping[str, Secret], name: str) -> str:
     """A credential's value, or Unavailable naming the credential (never a value)."""
     secret = credentials.get(name)
@@ -254,7 +258,7 @@ class PathPrefixInjector(Static):
         while "{" in rest:
             literal, _, tail = rest.partition("{")
             name, _, rest = tail.partition("}")
-            out += [literal, quote(revealed(credentials, name), safe=_PCHAR)]
+            out += [literal, path_escaped(revealed(credentials, name))]
         self._prefix = ("".join(out) + rest).encode()
 
     def __repr__(self) -> str:

@@ -50,7 +50,7 @@ class Grant:
     """How to ask for a token. Secrets are bytes kept out of repr."""
 
     token_url: str
-    client_id: str
+    client_id: str = field(repr=False)  # a credential like the others, if no secret
     client_secret: bytes = field(repr=False)
     refresh_token: bytes | None = field(default=None, repr=False)
     scopes: tuple[str, ...] = ()

@@ -26,6 +26,7 @@ from bureau.proxy.injectors import (
     LinesInjector,
     PathPrefixInjector,
     QueryInjector,
+    path_escaped,
     revealed,
 )
 from bureau.proxy.oauth2_injector import OAuth2Injector
@@ -96,8 +97,11 @@ def secrets(route: ServiceRoute, credentials: Mapping[str, Secret]) -> list[byte
     resource server may well name in its answers, never sent to it by the proxy.
     Minted access tokens are added as they come (OAuth2Injector)."""
     names = [*route.inject_headers.values(), *route.inject_query.values()]
-    names += path_prefix_names(route.path_prefix or "")
     values = []
+    for name in path_prefix_names(route.path_prefix or ""):
+        names.append(name)
+        # As the path carries it (scrub.spellings escapes every reserved character).
+        values.append(path_escaped(revealed(credentials, name)).encode())
     if route.basic_auth is not None:
         basic = route.basic_auth
         names += [basic.username, basic.password]

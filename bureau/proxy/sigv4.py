@@ -29,9 +29,10 @@ UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 
 @dataclass(frozen=True)
 class SigningKey:
-    """The secret and what it is scoped to. repr never shows the secret."""
+    """The key and what it is scoped to. repr shows neither the secret nor the key ID
+    (a credential of the bundle like the others)."""
 
-    access_key_id: str
+    access_key_id: str = field(repr=False)
     secret_access_key: bytes = field(repr=False)
     region: str
     service: str

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from live_proxy import live_proxy, run
+from oauth_server import authorization_server
 from processes import GateUpstream, unix_request
 
 from bureau import log
@@ -126,5 +127,93 @@ def test_no_object_of_a_proxy_mid_request_shows_a_secret(tmp_path: Path) -> None
                 objects, _ = reachable(proxy)
                 assert "UpstreamConnection" in _kinds(objects)
                 _assert_nothing_shows(objects)
+
+    run(test)
+
+
+def _every_kind(upstream: str, token_url: str = "http://127.0.0.1:9/t") -> dict[str, Any]:  # noqa: S107
+    sigv4 = {"access_key_id": "KEY", "secret_access_key": "TOKEN", "session_token": "KEY"}
+    oauth = {
+        "grant": "refresh_token",
+        "token_url": token_url,
+        "client_id": "KEY",
+        "client_secret": "TOKEN",
+        "refresh_token": "REFRESH",
+    }
+    payload = _payload(upstream)
+    payload["services"] = {
+        "static": {
+            "upstream_url": upstream,
+            "inject_headers": {"X-Key": "KEY"},
+            "inject_query": {"key": "KEY"},
+            "path_prefix": "/p/{TOKEN}",
+            "basic_auth": {"username": "KEY", "password": "TOKEN"},
+            "allow": ["GET /**"],
+            "deny": ["* /admin/**"],
+        },
+        "aws": {
+            "upstream_url": upstream,
+            "aws_sigv4": {**sigv4, "region": "eu-west-1", "service": "sqs"},
+        },
+        "oauth": {"upstream_url": upstream, "oauth2": oauth},
+    }
+    payload["credentials"]["REFRESH"] = f"{CANARY}-refresh"
+    return payload
+
+
+def test_no_object_of_a_proxy_with_every_kind_shows_a_secret() -> None:
+    payload = ProxyPayload.from_bytes(json.dumps(_every_kind("http://127.0.0.1:9")).encode())
+    proxy = Proxy(payload, log.get("test"))
+    objects, data = reachable(proxy, payload)
+    kinds = _kinds(objects)
+    assert {
+        "Chain",
+        "HeaderInjector",
+        "QueryInjector",
+        "PathPrefixInjector",
+        "BasicInjector",
+        "SigV4Injector",
+        "SigningKey",
+        "OAuth2Injector",
+        "TokenSource",
+        "Grant",
+        "Cleaner",
+        "Needles",
+        "Scope",
+    } <= kinds
+    assert _holds_canary(data)
+    _assert_nothing_shows(objects)
+
+
+def test_no_object_shows_a_minted_token_mid_request(tmp_path: Path) -> None:
+    """An access token minted by a real authorization server, held in the token source,
+    the cleaner's needles and the head of a request waiting upstream."""
+    client_secret = f"{CANARY}-token"
+
+    async def test() -> None:
+        with (
+            authorization_server(f"{CANARY}-key", client_secret) as auth,
+            GateUpstream() as gate,
+        ):
+            payload = _every_kind(gate.url, auth.token_url)
+            payload["credentials"]["REFRESH"] = auth.refresh_token
+            sock = tmp_path / "p.sock"
+            async with live_proxy(payload, sock) as proxy:
+                request = asyncio.ensure_future(
+                    asyncio.to_thread(unix_request, sock, "GET", "/http/oauth/held")
+                )
+                await asyncio.to_thread(gate.wait_arrived, 1)
+                minter = proxy.routes[b"oauth"].minter
+                assert minter is not None
+                minted = minter.source.token()
+                assert minted is not None
+                objects, data = reachable(proxy)
+                assert {"OAuth2Injector", "TokenSource", "Cleaner", "Exchange"} <= _kinds(objects)
+                assert any(isinstance(d, bytes) and minted in d for d in data)
+                _assert_nothing_shows(objects)
+                for obj in objects:
+                    assert minted.decode() not in repr(obj) + str(obj), type(obj).__name__
+                gate.open()
+                assert (await request).status == 200
 
     run(test)
