@@ -10,8 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import Fleet, run
-from launcher_proc import RunningLauncher, daemon, launcher
+from launcher_proc import RunningLauncher, broker_args, daemon, launcher, sandboxd
 from machine_helpers import (
     Enrolled,
     assign,
@@ -24,6 +25,13 @@ from machine_helpers import (
     services_file,
 )
 from processes import echo_upstream
+from sandbox_helpers import (
+    PROXY_CLIENT,
+    fleet_of,
+    kill_sandboxes_under,
+    python_template,
+    workspace_of,
+)
 
 from bureau.operator import credentials
 from bureau.operator.credentials import admin_client
@@ -162,3 +170,71 @@ def test_forged_bundles_and_assignments_are_refused_and_rotation_works(
     assert set(pinned["revoked"]) == {first_key.key_id}
     for key in (first_key, new_key, stranger):
         assert key.reveal().reveal().split()[2] not in logs
+
+
+TEMPLATE_WORKLOAD = (
+    PROXY_CLIENT
+    + r"""
+with open("/workspace/.r", "w") as f: f.write("%d %s" % (os.getpid(), os.environ["FLAVOUR"]))
+os.rename("/workspace/.r", "/workspace/result")
+while True: time.sleep(60)
+"""
+)
+
+
+@pytest.mark.slow
+def test_forged_templates_are_refused_and_the_workload_runs_on(
+    fleet: Fleet, tmp_path: Path, run_dir: Path
+) -> None:
+    machine = enroll(fleet, tmp_path)
+    name, state = machine.machine.short_name, machine.state_dir
+    ns, server = fleet.name.split("/")[0], fleet.hub.server_name
+    user = names.user_id(f"{fleet.name}/agent/worker", server)
+    body = python_template(f"{ns}/template:agent-base", TEMPLATE_WORKLOAD, FLAVOUR="signed")
+    path = tmp_path / "worker.json"
+    path.write_text(json.dumps(body))
+    _bureau(fleet, "template", "push", path, "--name", "worker")
+    run_dir.chmod(0o751)  # the sandbox's uid passes through to its socket link
+    sandbox_dir = run_dir.with_name(run_dir.name + "-sandbox")
+    result = workspace_of(sandbox_dir, user) / "result"
+    admin = admin_client(fleet.creds)
+    room = admin.resolve_alias(names.room_alias(names.template_room_localpart(fleet.name), server))
+    assert room is not None
+    try:
+        with (
+            echo_upstream() as upstream,
+            sandboxd(run_dir, state, sandbox_dir, **fleet_of(fleet)),
+            launcher(name, state, run_dir, *broker_args(run_dir)) as the_launcher,
+            daemon(name, state, run_dir),
+        ):
+            services = services_file(tmp_path, upstream)
+            flags = ["--services", services, "--secrets-file", "-"]
+            created = run("bureau", "agent", "create", "worker", "--machine", name,
+                          "--name", "agent/worker", *flags, "--credential-file",
+                          fleet.credential_file, stdin="TOKEN=t\n")  # fmt: skip
+            assert created.returncode == 0, created.stderr
+            running = eventually(lambda: result.exists() and result.read_text(), 60)
+            assert running.endswith(" signed")
+            signed = admin.get_state(room, "m.bureau.template", "worker")
+            assert signed is not None
+            at = 0
+            # The operator's signature over other content: the same template, widened.
+            variables = {**signed["environment_variables"], "FLAVOUR": "forged"}
+            widened = {**signed, "environment_variables": variables}
+            admin.put_state(room, "m.bureau.template", "worker", widened)
+            at = _refused(the_launcher, at, user, "does not match this content")
+            # Unsigned, as upstream writes templates.
+            unsigned = {k: v for k, v in widened.items() if k != "signatures"}
+            admin.put_state(room, "m.bureau.template", "worker", unsigned)
+            at = _refused(the_launcher, at, user, "signatures: absent")
+            # A parent forged under a signed child: the chain is checked, not its head.
+            admin.put_state(room, "m.bureau.template", "worker", signed)
+            base = admin.get_state(room, "m.bureau.template", "agent-base")
+            assert base is not None
+            variables = {**base.get("environment_variables", {}), "FORGED": "1"}
+            forged_base = {**base, "environment_variables": variables}
+            admin.put_state(room, "m.bureau.template", "agent-base", forged_base)
+            _refused(the_launcher, at, user, f"template {ns}/template:agent-base")
+            assert result.read_text() == running  # the same workload, untouched
+    finally:
+        kill_sandboxes_under(run_dir)
