@@ -208,7 +208,7 @@ def test_forged_templates_are_refused_and_the_workload_runs_on(
             daemon(name, state, run_dir),
         ):
             services = services_file(tmp_path, upstream)
-            flags = ["--services", services, "--secrets-file", "-"]
+            flags: list[str | Path] = ["--services", services, "--secrets-file", "-"]
             created = run("bureau", "agent", "create", "worker", "--machine", name,
                           "--name", "agent/worker", *flags, "--credential-file",
                           fleet.credential_file, stdin="TOKEN=t\n")  # fmt: skip
