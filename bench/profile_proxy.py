@@ -1,12 +1,17 @@
 """Where a bureau-proxy leg's time goes: the leg driven at c=16 as the benchmark drives it,
-the proxy sampled meanwhile with py-spy (its Python and, with --native, C frames), and the
-proxy's CPU split into user and system time from /proc. For a target the benchmark
-misses, so that the report can say what a profile shows.
+the proxy sampled meanwhile, and its CPU split into user and system time from /proc. For
+a target the benchmark misses, so that the report can say what a profile shows.
 
-usage: python bench/profile_proxy.py LOADGEN [--leg LEG] [--seconds S] [--native]
+Two samplers: py-spy (the default) sees Python functions (and, with --native, C frames),
+by wall time while the proxy is not idle; `perf` (--perf, software clock) sees CPU time
+where it is spent, kernel included, by shared object and C symbol (the interpreter's
+own, hashing, memchr, the kernel's socket calls), with no Python names.
+
+usage: python bench/profile_proxy.py LOADGEN [--leg LEG] [--seconds S] [--native | --perf]
            [--py-spy PATH] [--top N] [--raw FILE]
 LEG: header (GET, small), post (the header kind, 256 B POST), sigv4, s3, oauth2,
-cleaned or binary (1 MiB response). py-spy: `pip install py-spy` (not a dependency).
+cleaned or binary (1 MiB response). py-spy: `pip install py-spy`; perf: Debian's
+linux-perf (neither is a dependency).
 """
 
 from __future__ import annotations
@@ -66,12 +71,41 @@ def summarize(raw: Path, top: int) -> str:
     return "\n".join(lines)
 
 
+def perf_report(data: str, top: int) -> str:
+    """CPU samples by shared object, then by symbol, self time (no children)."""
+    out = []
+    for sort in ("dso", "dso,sym"):
+        report = subprocess.run(
+            [
+                "perf",
+                "report",
+                "-i",
+                data,
+                "--stdio",
+                "--no-children",
+                "--sort",
+                sort,
+                "-g",
+                "none",
+                "--percent-limit",
+                "0.3",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        rows = [line for line in report.splitlines() if line.strip() and not line.startswith("#")]
+        out += [f"by {sort}:", *rows[:top], ""]
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="profile one bureau-proxy leg under load")
     parser.add_argument("loadgen", type=Path)
     parser.add_argument("--leg", choices=sorted(LEGS), default="header")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--native", action="store_true", help="C frames too (py-spy --native)")
+    parser.add_argument("--perf", action="store_true", help="sample with perf, not py-spy")
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--raw", type=Path, help="keep py-spy's collapsed stacks here")
@@ -80,6 +114,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bureau-profile-", dir="/tmp"))
     work.chmod(0o755)
     raw = args.raw or work / "stacks.txt"
+    data = str(work / "perf.data")
     try:
         with (
             upstream(work / "upstream") as (_, port),
@@ -102,11 +137,31 @@ def main() -> None:
             if reason:
                 sys.exit(f"profile: {args.leg}: {reason}")
             drive(args.loadgen, case, 1.0)  # warm up: connections, a token to mint
-            where = ["--pid", str(server.proc.pid), "--output", str(raw)]
-            how = ["--rate", "500", "--format", "raw", "--nolineno"]
-            # Unwinding C frames needs the process paused for each sample.
-            how += ["--native"] if args.native else ["--nonblocking"]
-            spy = [args.py_spy, "record", *where, *how, "--duration", str(int(args.seconds))]
+            pid = str(server.proc.pid)
+            if args.perf:
+                spy = [
+                    "perf",
+                    "record",
+                    "-q",
+                    "-e",
+                    "cpu-clock",
+                    "-F",
+                    "2000",
+                    "-g",
+                    "-p",
+                    pid,
+                    "-o",
+                    data,
+                    "--",
+                    "sleep",
+                    str(args.seconds),
+                ]
+            else:
+                where = ["--pid", pid, "--output", str(raw)]
+                how = ["--rate", "500", "--format", "raw", "--nolineno"]
+                # Unwinding C frames needs the process paused for each sample.
+                how += ["--native"] if args.native else ["--nonblocking"]
+                spy = [args.py_spy, "record", *where, *how, "--duration", str(int(args.seconds))]
             before = user_system(server.proc.pid)
             result: dict[str, dict[str, float]] = {}
             load = threading.Thread(
@@ -116,9 +171,9 @@ def main() -> None:
             spied = subprocess.run(spy, capture_output=True, text=True, check=False)
             load.join()
             if spied.returncode != 0:
-                sys.exit(f"profile: py-spy failed: {spied.stderr.strip()[-1000:]}")
+                sys.exit(f"profile: {spy[0]} failed: {spied.stderr.strip()[-1000:]}")
             after = user_system(server.proc.pid)
-        profile = summarize(raw, args.top)
+        profile = perf_report(data, args.top) if args.perf else summarize(raw, args.top)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     requests = result["load"]["requests"]
@@ -128,7 +183,7 @@ def main() -> None:
         f"\n{args.leg}: {requests / args.seconds:,.0f} req/s at c=16; proxy CPU "
         f"{(user + system) / requests * 1e6:.1f} us/request: user "
         f"{user / requests * 1e6:.1f}, system {system / requests * 1e6:.1f} "
-        "(py-spy's sampling included)"
+        "(the sampler's cost included)"
     )
 
 
