@@ -225,6 +225,7 @@ INTENDED = {
     "state/session.json": "f 0600",
     "state/machine-key.cred": "f 0600",
     "state/machine-key.pub": "f 0644",
+    "state/operator-keys.json": "f 0644",  # public keys, pinned at first boot
     "run": "d 0755",
     "run/launcher.sock": "s 0660",
     # bureau-sandboxd's: for its own uid (the launcher's) alone.
@@ -534,6 +535,10 @@ def test_a_machines_whole_life_leaks_no_canary(
             "registration token": hub.token.reveal(),
             "admin password": passwords.admin_password(hub.token).reveal(),
             "admin token": _env_value(creds_file, "MATRIX_ADMIN_TOKEN"),
+            # The operator's signing key: its seed, in the credential file alone.
+            "operator signing key": _env_value(creds_file, "BUREAU_OPERATOR_SIGNING_KEY").split()[
+                2
+            ],
             "one-time password": one_time,
             "permanent password": permanent.reveal(),
             "private key": private_key,
@@ -541,7 +546,7 @@ def test_a_machines_whole_life_leaks_no_canary(
         }
         # Where each may rest: its store (0600 or sealed), or the test's own input file.
         stores = {
-            creds_file: {"admin token", "registration token"},
+            creds_file: {"admin token", "registration token", "operator signing key"},
             token_file: {"registration token"},
             state / "session.json": {"session token"},
             bazel_token_file: {"Bazel token"},
@@ -551,6 +556,17 @@ def test_a_machines_whole_life_leaks_no_canary(
             **{f"execve {t.stem}": t.read_text(errors="replace") for t in cycle.traces},
             "hub log": (hub.hub.dir / "homeserver.log").read_text(errors="replace"),
         }
+        # What the run put in Matrix: the rooms that hold signed events and the keys.
+        admin = MatrixHTTP(hub.url, Secret(_env_value(creds_file, "MATRIX_ADMIN_TOKEN")))
+        for room_localpart in (
+            names.fleet_room_localpart(fleet),
+            names.template_room_localpart(fleet),
+            localpart,
+        ):
+            alias = names.room_alias(room_localpart, hub.server_name)
+            room_id = admin.resolve_alias(alias)
+            assert room_id is not None
+            texts[f"Matrix state of {alias}"] = json.dumps(admin.room_state_events(room_id))
         running = b"\n".join(watch.seen)
         assert b"bureau-proxy" in running, "the sampler never saw a proxy"
         assert b"WORKLOAD=" in running, "the sampler never saw the sandboxed workload"
