@@ -35,12 +35,13 @@ MIN_NEEDLE = 6
 # with memchr (bytes.find of one byte), so text that lacks that byte is passed over at
 # memory speed, where a substring search would walk it a few bytes at a time.
 _COMMON = (
-    b' e"taoinsrhldcu\n:,mfpgwyb.v0-1k_2/{}3=Tx5A4S8C97I6jEMNRPLODB\r\t<>FHWUGqz'
-    b"[]'VYKJ;()Q&XZ+%#@*!?$|~^`\\"
+    b' e"taoinsrhldcu\n:,mfpgwyb.v0-1k_2/{}3=Tx5A4S8C97I6jEMNRPLODB\r\tZ<>FHWUGqz'
+    b"[]'VYKJ;()Q&X+%#@*!?$|~^`\\"
 )
 _RANK = {byte: rank for rank, byte in enumerate(_COMMON)}
 # Once a needle's rarest byte turns out common in a body, a plain search is cheaper.
-_MAX_CANDIDATES = 64
+# ("Z" ranks with the common bytes: every ISO 8601 timestamp in a JSON answer ends in one.)
+_MAX_CANDIDATES = 16
 
 TEXT_TYPES = (
     b"text/",
@@ -90,7 +91,7 @@ class _Needle:
     def __repr__(self) -> str:
         return f"_Needle({len(self.value)})"
 
-    def spans(self, data: bytearray, start: int) -> list[tuple[int, int]]:
+    def spans(self, data: bytes | bytearray, start: int) -> list[tuple[int, int]]:
         found: list[tuple[int, int]] = []
         length, offset = len(self.value), self.offset
         at = data.find(self.anchor, start + offset)
@@ -105,7 +106,7 @@ class _Needle:
             at = data.find(self.anchor, at + 1)
         return found
 
-    def _searched(self, data: bytearray, start: int) -> list[tuple[int, int]]:
+    def _searched(self, data: bytes | bytearray, start: int) -> list[tuple[int, int]]:
         found: list[tuple[int, int]] = []
         at = data.find(self.value, start)
         while at >= 0:
@@ -133,13 +134,17 @@ class Needles:
     def __bool__(self) -> bool:
         return bool(self.values)
 
+    def spans(self, data: bytes | bytearray, start: int = 0) -> list[tuple[int, int]]:
+        """Where a needle is in ``data``, at or after ``start``."""
+        found = []
+        for searcher in self._searchers:
+            found += searcher.spans(data, start)
+        return found
+
     def overwrite(self, data: bytearray, start: int = 0) -> None:
         """Overwrite every needle found in ``data`` at or after ``start``. Matches are
         all found before any is overwritten, so overlapping needles are covered whole."""
-        spans = []
-        for searcher in self._searchers:
-            spans += searcher.spans(data, start)
-        for begin, end in spans:
+        for begin, end in self.spans(data, start):
             data[begin:end] = b"*" * (end - begin)
 
     def held_tail(self, data: bytes | bytearray) -> int:
@@ -180,12 +185,18 @@ class BodyScrubber:
         return f"BodyScrubber(held={len(self._held)})"
 
     def feed(self, chunk: bytes) -> bytes:
-        data = bytearray(self._held)
-        data += chunk
         # Bytes already held were searched, but a needle may start inside them and end in
         # this chunk: search from the start of the held bytes.
-        self._needles.overwrite(data)
+        data: bytes | bytearray = self._held + chunk if self._held else chunk
+        spans = self._needles.spans(data)
+        if spans:  # copied only to be overwritten: most bodies hold no secret
+            data = bytearray(data)
+            for begin, end in spans:
+                data[begin:end] = b"*" * (end - begin)
         keep = self._needles.held_tail(data)
+        if not keep:
+            self._held = b""
+            return bytes(data)  # the chunk itself when nothing was found
         self._held = bytes(data[len(data) - keep :])
         return bytes(data[: len(data) - keep])
 

@@ -3,8 +3,8 @@ at debug level, carries every kind against its real counterpart (an upstream tha
 what it gets, moto, the authorization server and its echoing resource), and is driven
 through successes and failures alike: scope refusals, a refused token resent, a refused
 client, a body too large to sign, an unreachable upstream. Then no canary (the static
-secrets, the AWS secret key and session token, the OAuth client secret and refresh
-token, an access token the proxy minted) may be found in what the workload got back, in
+secrets, the AWS secret key and session token, the OAuth client secret, every access
+and refresh token the authorization server issued) may be found in what the workload got back, in
 the proxy's log, in its argv or environment, or in any file it could have written."""
 
 from __future__ import annotations
@@ -159,7 +159,12 @@ def test_no_canary_leaves_the_upstream_bound_request(world: dict[str, Any], tmp_
         code, log = running.stop()
     assert code == 0
     assert "access token refused" in log  # the run went where it was meant to
-    secrets = [*world["secrets"], minted]
+    # Every token the authorization server minted: the access tokens of each route and
+    # the refresh tokens it rotated.
+    issued = world["auth"].issued()
+    assert minted in issued
+    assert len(issued) >= 6
+    secrets = [*world["secrets"], *issued]
     workload_saw = "\n".join(
         json.dumps(r.headers) + "\n" + r.body.decode("latin-1") for r in replies
     )

@@ -124,13 +124,14 @@ def test_every_kind_through_a_real_launcher(fleet: Fleet, tmp_path: Path, run_di
                 reply = call("GET", f"/http/{service}/items")
                 assert reply.status == 200, reply.body
                 assert reply.json()["echo"].startswith("Bearer ****")
+            issued = auth.issued()  # every access and refresh token minted
             (pid,) = proxies_under(run_dir)
             environ = Path(f"/proc/{pid}/environ").read_bytes().decode("latin-1")
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode("latin-1")
             log = running.log()
     workload_saw = "\n".join(json.dumps(r.headers) + r.body.decode("latin-1") for r in replies)
     canaries = [QUERY_KEY, PASSWORD, BOT, basic, aws.secret_access_key, CLIENT_SECRET]
-    canaries.append(auth.refresh_token)
+    canaries += issued
     for canary in canaries:
         for where, text in {
             "responses": workload_saw,

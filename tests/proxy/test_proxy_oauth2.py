@@ -8,7 +8,9 @@ its token. The workload never sees a token: the echo comes back as stars."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from live_proxy import live_proxy, run
 from oauth_server import AuthorizationServer, authorization_server
 from processes import Reply, RunningProxy, proxy, unix_request
 
@@ -241,3 +244,45 @@ def test_the_token_endpoint_down(tmp_path: Path) -> None:
                 assert reply.status == 503
                 time.sleep(0.2)  # the proxy's backoff decides when it asks again
             _served(reply)
+
+
+def test_stopping_the_proxy_ends_a_fetch_under_way(tmp_path: Path) -> None:
+    """The proxy's lifecycle owns the token fetch: a token endpoint that never answers
+    does not keep a stopped proxy's task alive."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        payload = {
+            "principal": "@t/fleet/prod/agent/alpha:bureau.local",
+            "services": {
+                "cc": {
+                    "upstream_url": url,
+                    "oauth2": {
+                        "grant": "client_credentials",
+                        "token_url": url + "/token",
+                        "client_id": "CID",
+                        "client_secret": "CSECRET",
+                    },
+                }
+            },
+            "credentials": {"CID": CLIENT_ID, "CSECRET": CLIENT_SECRET},
+        }
+
+        async def test() -> None:
+            sock = tmp_path / "p.sock"
+            async with live_proxy(payload, sock) as running_proxy:
+                minter = running_proxy.routes[b"cc"].minter
+                assert minter is not None
+                request = asyncio.ensure_future(asyncio.to_thread(_call, sock, "cc"))
+                # The fetch has connected to the endpoint, which will never answer.
+                accepted, _ = await asyncio.to_thread(silent.accept)
+                fetch = minter.source.refreshing
+                assert fetch is not None
+                assert not fetch.done()
+            assert fetch.cancelled()
+            accepted.close()
+            # The workload's connection was cut as the proxy stopped.
+            assert isinstance((await asyncio.gather(request, return_exceptions=True))[0], OSError)
+
+        run(test)

@@ -39,6 +39,14 @@ class AuthorizationServer:
             stats: dict[str, int] = json.load(response)
         return stats
 
+    def issued(self) -> list[str]:
+        """Every access and refresh token the server has issued so far (the one it
+        minted at start included): what a workload must never see."""
+        url = f"http://127.0.0.1:{self.port}/control/issued"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            tokens: dict[str, list[str]] = json.load(response)
+        return tokens["access_tokens"] + tokens["refresh_tokens"]
+
 
 @contextmanager
 def authorization_server(

@@ -19,6 +19,9 @@
 //   POST /control/up
 //   POST /control/revoke     forgets every access token issued so far (the next use is 401)
 //   GET  /control/stats      {"token_requests", "resource_requests"}
+//   GET  /control/issued     {"access_tokens", "refresh_tokens"}: every value issued so far
+//                            (opaque tokens: the value is the token's id), for tests that
+//                            look for minted tokens where they must not be
 import http from "node:http";
 import Provider from "oidc-provider";
 
@@ -35,6 +38,7 @@ let tokenEndpointDown = false;
 // revoke, so that a token fetched right after it is good.
 const issued = new Set();
 const revoked = new Set();
+const refreshTokens = new Set();
 
 const server = http.createServer();
 await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
@@ -76,6 +80,7 @@ const provider = new Provider(issuer, {
 provider.proxy = false;
 provider.on("access_token.saved", (token) => issued.add(token.jti));
 provider.on("client_credentials.saved", (token) => issued.add(token.jti));
+provider.on("refresh_token.saved", (token) => refreshTokens.add(token.jti));
 
 async function validAccessToken(value) {
   const token =
@@ -92,6 +97,10 @@ function answer(res, status, body, headers = {}) {
 const callback = provider.callback();
 server.on("request", async (req, res) => {
   const path = req.url.split("?")[0];
+  if (path === "/control/issued") {
+    answer(res, 200, { access_tokens: [...issued], refresh_tokens: [...refreshTokens] });
+    return;
+  }
   if (path.startsWith("/control/")) {
     if (path === "/control/down") tokenEndpointDown = true;
     else if (path === "/control/up") tokenEndpointDown = false;
