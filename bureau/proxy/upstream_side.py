@@ -250,9 +250,11 @@ class UpstreamConnection(asyncio.Protocol):
             self.interim = True
             self.muted = True
             if client_11 and status != 101:
-                exchange.client.write(
-                    http_rules.response_head(status, self.reason, lines, b"", True)
-                )
+                reason = self.reason
+                cleaner = exchange.route.cleaner if exchange.route is not None else None
+                if cleaner is not None:
+                    reason, lines = cleaner.head(reason, lines)
+                exchange.client.write(http_rules.response_head(status, reason, lines, b"", True))
             return
         head_only = exchange.head_only
         no_body = head_only or status in (204, 304)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from processes import RunningProxy, proxy, unix_request
+from raw_http import Conn
 from recording_upstream import RecordingUpstream
 
 # Each holds characters a query or a path must escape.
@@ -178,6 +179,25 @@ def test_echoing_headers_are_cleaned_and_the_cookie_still_reaches_the_workload(
         if service != "basic":
             assert reply.headers["location"].startswith("http://elsewhere.invalid/next?page=2&")
             assert reply.headers["location"].endswith("*" * 8)
+
+
+def test_an_interim_answer_is_cleaned_too(running: RunningProxy) -> None:
+    conn = Conn(running.socket)
+    try:
+        conn.send(
+            b"POST /http/basic/upload HTTP/1.1\r\nHost: p\r\nContent-Length: 5\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        interim = conn.read()
+        conn.send(b"hello")
+        final = conn.read()
+    finally:
+        conn.close()
+    assert interim.status == 100
+    pair = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    assert interim.headers["x-seen"] == "Basic " + "*" * len(pair)
+    assert final.status == 200
+    assert final.json()["body"] == "hello"
 
 
 def test_upstreams_are_asked_for_identity_and_a_compressed_body_passes_as_it_came(

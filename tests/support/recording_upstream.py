@@ -4,7 +4,9 @@ headers, in a redirect): what a test of the proxy's scope needs (a refused reque
 arrives: ``count``) and of its response cleaning (the echo comes back through the proxy,
 and the workload must not see what the upstream saw).
 
-Each kind is chosen by a segment anywhere in the path (``/bot<token>/text/x`` is text):
+A request with ``Expect: 100-continue`` gets a 100 whose X-Seen header echoes its
+Authorization. Each kind is chosen by a segment anywhere in the path
+(``/bot<token>/text/x`` is text):
 
     GET  /anything      200 application/json {"method", "path", "query", "headers", "body"}
     GET  /text/...      200 text/plain: the same, as lines of text
@@ -121,6 +123,13 @@ class RecordingUpstream:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(echo)
+
+            def handle_expect_100(self) -> bool:
+                # An interim answer that echoes too: its headers reach the workload.
+                self.send_response_only(100)
+                self.send_header("X-Seen", self.headers.get("Authorization", "none"))
+                self.end_headers()
+                return True
 
             do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_PURGE = _answer
 
