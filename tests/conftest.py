@@ -4,6 +4,7 @@ each other's rooms."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -14,7 +15,16 @@ from pathlib import Path
 
 import pytest
 import structlog
-from hub_fleet import Fleet, RunningHub, fresh, make_fleet, quiet_structlog, running_hub
+from hub_fleet import (
+    Fleet,
+    RunningHub,
+    fresh,
+    make_fleet,
+    postgres_reachable_dir,
+    quiet_structlog,
+    running_hub,
+    session_database,
+)
 from processes import BIN, free_port, run
 
 # The harness the bench shares lives in tests/support; tests import these from here too.
@@ -68,8 +78,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
     # Synapse's minimum hashing cost: every test logs in and rotates passwords, and at the
     # default cost (0.27 s a hash here) hashing alone took minutes of the run.
-    with running_hub(tmp_path_factory.mktemp("hub"), bcrypt_rounds=4) as running:
-        yield running
+    database = session_database()
+    with contextlib.ExitStack() as stack:
+        if database == "postgresql":
+            state = stack.enter_context(postgres_reachable_dir())
+        else:
+            state = tmp_path_factory.mktemp("hub")
+        yield stack.enter_context(running_hub(state, bcrypt_rounds=4, database=database))
 
 
 @pytest.fixture

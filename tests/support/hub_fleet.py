@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +17,7 @@ from pathlib import Path
 import structlog
 from processes import free_port
 
-from bureau.hub import Hub, HubStatus
+from bureau.hub import DATABASES, Hub, HubStatus
 from bureau.operator import credentials
 from bureau.operator.setup import setup
 from bureau.secret import Secret
@@ -41,18 +44,44 @@ class RunningHub:
 
 
 @contextlib.contextmanager
-def running_hub(state: Path, *, bcrypt_rounds: int | None = None) -> Iterator[RunningHub]:
+def running_hub(
+    state: Path,
+    *,
+    bcrypt_rounds: int | None = None,
+    database: str | None = None,
+    turn_port: int | None = None,
+) -> Iterator[RunningHub]:
     """A hub of its own in ``state``, on a free port, stopped on exit. ``bcrypt_rounds``:
     Synapse's password hashing cost, its default unless given (the bench times logins and
     password changes at the real cost; the tests, whose subject is not hashing, ask for
-    the minimum)."""
+    the minimum). ``database``: SQLite unless given; ``turn_port``: coturn beside it."""
     the_hub = Hub(state) if bcrypt_rounds is None else Hub(state, bcrypt_rounds=bcrypt_rounds)
-    status, started = the_hub.up(port=free_port())
+    status, started = the_hub.up(port=free_port(), database=database, turn_port=turn_port)
     assert started, f"a hub already ran in {state}"
     try:
         yield RunningHub(the_hub, status, status.server_name)
     finally:
         the_hub.down()
+
+
+def session_database() -> str:
+    """The database the tests' session hub runs on: $BUREAU_TEST_DATABASE, SQLite unless
+    set (script/test runs the enrollment, credentials and decommission tests on each)."""
+    chosen = os.environ.get("BUREAU_TEST_DATABASE", "sqlite")
+    assert chosen in DATABASES, f"BUREAU_TEST_DATABASE={chosen}: one of {DATABASES}"
+    return chosen
+
+
+@contextlib.contextmanager
+def postgres_reachable_dir() -> Iterator[Path]:
+    """A directory for a hub on PostgreSQL, removed on exit. Run as root, the server runs
+    as the postgres account, which must pass through every directory above the hub's:
+    pytest's own (/tmp/pytest-of-root, 0700) does not let it."""
+    path = Path(tempfile.mkdtemp(prefix="bureau-hub-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def fresh(prefix: str) -> str:
