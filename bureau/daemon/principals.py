@@ -74,8 +74,8 @@ class Principals:
         keeps those a key it trusts signed. Sent again only when they change (the launcher
         keeps what it applied in its state dir)."""
         digest = content_digest(statements)
-        if digest == self._trusted:
-            return
+        if not statements or digest == self._trusted:
+            return  # none published (the pinned keys stand), or relayed already
         try:
             result = await self._launcher.trust(statements)
         except LauncherRefused as exc:

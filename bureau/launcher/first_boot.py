@@ -2,9 +2,10 @@
 result is persisted before the next begins, so a crash or SIGTERM anywhere converges when
 the launcher is run again, with no clean-up by an operator:
 
-  1. validate bootstrap.json, before any network call, and pin the operator keys it names
-     (unless keys are pinned already: never replaced);
-  2. load the machine key, or generate and persist it (sealed where possible);
+  1. validate bootstrap.json, before any network call;
+  2. load the machine key, or generate and persist it (sealed where possible); then pin
+     the operator keys bootstrap.json names (unless keys are pinned already: never
+     replaced);
   3. log in with the one-time password, or, when an earlier run already rotated it, with
      the permanent password derived from the key (a still-valid session.json skips 3-4);
   4. rotate the password (logout_devices: false keeps this session);
@@ -228,10 +229,10 @@ def boot_with_bootstrap(
     )
     log.info("bootstrap file valid", machine=machine.localpart, homeserver=machine.homeserver_url)
     checkpoint(Step.VALIDATED)
+    secret_key, public_key = _ensure_key(keys, log, checkpoint)
     # Pinned before anything is read from Matrix, and never replaced from there.
     if operator_trust.pin_initial(keys.state_dir, config.operator_keys):
         log.info("operator keys pinned", keys=sorted(config.operator_keys))
-    secret_key, public_key = _ensure_key(keys, log, checkpoint)
     session = _reusable_session(keys.state_dir, machine, log)
     if session is None:
         permanent = machine_permanent_password(machine.localpart, secret_key)

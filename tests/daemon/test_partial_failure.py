@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import Fleet, one_line_error
-from launcher_proc import daemon, launcher, proxies_under
+from launcher_proc import UNSIGNED, daemon, launcher, proxies_under
 from machine_helpers import (
     Enrolled,
     enroll,
@@ -154,7 +154,7 @@ def test_the_launcher_answers_whatever_the_request_does(
     machine = enroll(fleet, tmp_path)
     with (
         echo_upstream() as upstream,
-        launcher(machine.machine.short_name, machine.state_dir, run_dir) as running,
+        launcher(machine.machine.short_name, machine.state_dir, run_dir, *UNSIGNED) as running,
     ):
         publisher = Publisher(fleet, machine, upstream)
         good = publisher.build(ROTATED, "g1")
@@ -220,7 +220,7 @@ def test_refused_peers_are_answered_closed_and_logged_sparingly(
     fleet: Fleet, tmp_path: Path, run_dir: Path
 ) -> None:
     machine = enroll(fleet, tmp_path)
-    with launcher(machine.machine.short_name, machine.state_dir, run_dir) as running:
+    with launcher(machine.machine.short_name, machine.state_dir, run_dir, *UNSIGNED) as running:
         run_dir.chmod(0o755)
         running.socket.chmod(0o666)  # the uid check alone decides, as in the serving test
         fds = Path(f"/proc/{running.main_pid()}/fd")
@@ -275,7 +275,7 @@ def test_a_proxy_killed_by_a_nameless_signal_is_restarted(
     machine = enroll(fleet, tmp_path)
     with (
         echo_upstream() as upstream,
-        launcher(machine.machine.short_name, machine.state_dir, run_dir) as running,
+        launcher(machine.machine.short_name, machine.state_dir, run_dir, *UNSIGNED) as running,
     ):
         publisher = Publisher(fleet, machine, upstream)
         principal = publisher.user_id(ROTATED)
@@ -311,7 +311,9 @@ def test_a_record_of_a_name_that_can_no_longer_run_is_dropped(
         path.write_text(json.dumps(record))
         path.chmod(0o600)
         try:
-            with launcher(machine.machine.short_name, machine.state_dir, run_dir) as running:
+            with launcher(
+                machine.machine.short_name, machine.state_dir, run_dir, *UNSIGNED
+            ) as running:
                 assert launcher_call(running.socket, {"action": "list"})["principals"] == []
                 assert "ignoring unusable proxy record" in running.log()
                 assert not path.exists()

@@ -306,7 +306,12 @@ def test_systemd_creds_storage_keeps_no_plaintext_key(fleet: Fleet, tmp_path: Pa
     result = boot(machine, "--key-storage", "systemd-creds")
     assert result.returncode == 0, result.stderr
     names_in_dir = sorted(p.name for p in machine.state_dir.iterdir())
-    assert names_in_dir == ["machine-key.cred", "machine-key.pub", "session.json"]
+    assert names_in_dir == [
+        "machine-key.cred",
+        "machine-key.pub",
+        "operator-keys.json",  # public keys, pinned at first boot
+        "session.json",
+    ]
     sealed = machine.state_dir / "machine-key.cred"
     assert stat.S_IMODE(sealed.stat().st_mode) == 0o600
     for path in machine.state_dir.iterdir():

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import Fleet, one_line_error, run
-from launcher_proc import launcher, proxies_under
+from launcher_proc import UNSIGNED, launcher, proxies_under
 from machine_helpers import (
     credentials_event,
     enroll,
@@ -62,7 +62,7 @@ def test_ensure_serves_rotates_restarts_and_stops(
             == 0
         )
         first = credentials_event(fleet, machine)
-        with launcher(machine.machine.short_name, machine.state_dir, run_dir) as running:
+        with launcher(machine.machine.short_name, machine.state_dir, run_dir, *UNSIGNED) as running:
             assert (running.socket.stat().st_mode & 0o777) == 0o660
             principal = _principal_id(fleet)
             reply = launcher_ensure(running.socket, principal, first)
@@ -175,7 +175,7 @@ def test_refusals_keep_the_running_proxy(fleet: Fleet, tmp_path: Path, run_dir: 
         )
         for_other = credentials_event(fleet, other)
         principal = _principal_id(fleet)
-        with launcher(machine.machine.short_name, machine.state_dir, run_dir) as running:
+        with launcher(machine.machine.short_name, machine.state_dir, run_dir, *UNSIGNED) as running:
 
             def ensure(content: dict[str, Any], who: str = principal) -> dict[str, Any]:
                 reply: dict[str, Any] = launcher_ensure(running.socket, who, content)
@@ -259,14 +259,16 @@ def test_restarted_launcher_adopts_running_proxies(
         )
         content = credentials_event(fleet, machine)
         principal = _principal_id(fleet)
-        with launcher(machine.machine.short_name, machine.state_dir, run_dir) as first:
+        with launcher(machine.machine.short_name, machine.state_dir, run_dir, *UNSIGNED) as first:
             socket = Path(launcher_ensure(first.socket, principal, content)["socket"])
             (pid,) = proxies_under(run_dir)
             first.proc.send_signal(signal.SIGKILL)
             first.proc.wait(timeout=10)
             # The launcher is gone; the proxy goes on serving.
             assert _seen_token(socket) == "Bearer adopt-canary"
-            with launcher(machine.machine.short_name, machine.state_dir, run_dir) as second:
+            with launcher(
+                machine.machine.short_name, machine.state_dir, run_dir, *UNSIGNED
+            ) as second:
                 (listed,) = launcher_call(second.socket, {"action": "list"})["principals"]
                 assert listed["pid"] == pid
                 reply = launcher_ensure(second.socket, principal, content)
@@ -330,7 +332,7 @@ def test_age_cli_interoperability(fleet: Fleet, tmp_path: Path, run_dir: Path) -
         admin.put_state(room, rooms.CREDENTIALS, principal[1:], content)
         fetched = admin.get_state(room, rooms.CREDENTIALS, principal[1:])
         assert fetched is not None
-        with launcher(machine.machine.short_name, machine.state_dir, run_dir) as running:
+        with launcher(machine.machine.short_name, machine.state_dir, run_dir, *UNSIGNED) as running:
             reply = launcher_ensure(running.socket, principal, fetched)
             assert reply["ok"], (reply, running.log())
             assert _seen_token(Path(reply["socket"])) == "Bearer by-hand"

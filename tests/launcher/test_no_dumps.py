@@ -12,7 +12,7 @@ from functools import partial
 from pathlib import Path
 
 from conftest import BIN, Fleet
-from launcher_proc import kill_proxies_under, proxies_under, service, template_of
+from launcher_proc import UNSIGNED, kill_proxies_under, proxies_under, service, template_of
 from machine_helpers import credentials_event, enroll, provision_credentials, services_file
 from processes import echo_upstream, launcher_ensure
 
@@ -68,6 +68,7 @@ def test_launcher_template_and_proxies_cannot_be_dumped(fleet: Fleet, tmp_path: 
                 str(machine.state_dir),
                 "--run-dir",
                 str(run_dir),
+                *UNSIGNED,
             ]
             stop_proxies = partial(kill_proxies_under, run_dir)
             with service(argv, "launcher serving", cwd=cwd, after_stop=stop_proxies) as running:

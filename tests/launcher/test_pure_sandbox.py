@@ -157,12 +157,14 @@ def test_tmpfs_sizes() -> None:
 
 def test_plan_restarts_only_what_changed() -> None:
     principal = "@ns/fleet/prod/agent/a:hub"
-    config = MachineConfig.from_json({"principals": [{"principal": principal, "auto_start": True}]})
+    entry = {"principal": principal, "auto_start": True}
+    config = MachineConfig.from_json({"principals": [entry]})
     credentials = {principal: {"v": 1}}
     spec = _spec()
     running = {principal: content_digest({"v": 1})}
+    # The entry goes as published, for the launcher to check its signature.
     assert plan(config, credentials, running, specs={principal: spec}) == [
-        Ensure(principal, {"v": 1}, spec)
+        Ensure(principal, {"v": 1}, spec, entry)
     ]
     same = {principal: content_digest(spec)}
     assert plan(config, credentials, running, specs={principal: spec}, sandboxes=same) == []

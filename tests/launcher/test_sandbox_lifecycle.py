@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from conftest import Fleet
 from journal_listener import Listener
-from launcher_proc import broker_args, launcher, proxies_under
+from launcher_proc import UNSIGNED, broker_args, launcher, proxies_under
 from machine_helpers import credentials_event, provision_credentials, served_token
 from processes import launcher_call
 from sandbox_helpers import PRINCIPAL, Sandboxed, python_spec, sandboxed, wait_until
@@ -376,7 +376,7 @@ def test_a_killed_launchers_sandbox_runs_on_and_is_adopted(
         assert len(alive(processes)) == len(processes), "the sandbox died with its launcher"
 
         name, state = box.machine.machine.short_name, box.machine.state_dir
-        with launcher(name, state, run_dir, *broker_args(run_dir)) as second:
+        with launcher(name, state, run_dir, *broker_args(run_dir), *UNSIGNED) as second:
             again = dataclasses.replace(box, launcher=second)
             adopted = again.sandbox()
             assert adopted["status"] == "running", second.log()
@@ -410,7 +410,7 @@ def test_a_sandbox_nobody_recorded_is_swept(fleet: Fleet, tmp_path: Path, run_di
 
         name, state = box.machine.machine.short_name, box.machine.state_dir
         try:
-            with launcher(name, state, run_dir, *broker_args(run_dir)) as second:
+            with launcher(name, state, run_dir, *broker_args(run_dir), *UNSIGNED) as second:
                 assert dataclasses.replace(box, launcher=second).listed().get("sandbox") is None
                 wait_until(
                     lambda: alive(processes) == [], what=f"{alive(processes)}\n{second.log()}"
@@ -577,7 +577,7 @@ def test_an_adopted_sandbox_ends_as_its_workload_said(
         box.launcher.proc.send_signal(signal.SIGKILL)
         box.launcher.proc.wait(timeout=10)
         name, state = box.machine.machine.short_name, box.machine.state_dir
-        with launcher(name, state, run_dir, *broker_args(run_dir)) as second:
+        with launcher(name, state, run_dir, *broker_args(run_dir), *UNSIGNED) as second:
             again = dataclasses.replace(box, launcher=second)
             assert again.sandbox()["status"] == "running", second.log()
             (box.workspace / "exit").write_text("0")

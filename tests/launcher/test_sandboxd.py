@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Fleet
-from launcher_proc import broker_args, launcher, sandboxd
+from launcher_proc import UNSIGNED, broker_args, launcher, sandboxd
 from processes import BIN, launcher_call
 from sandbox_helpers import (
     fleet_of,
@@ -208,7 +208,7 @@ def test_a_launcher_adopts_its_sandboxes_while_sandboxd_is_down(
         box.launcher.proc.wait(timeout=10)
         box.host.stop(signal.SIGKILL)
         name, state = box.machine.machine.short_name, box.machine.state_dir
-        with launcher(name, state, run_dir, *broker_args(run_dir)) as second:
+        with launcher(name, state, run_dir, *broker_args(run_dir), *UNSIGNED) as second:
             again = dataclasses.replace(box, launcher=second)
             assert again.sandbox()["status"] == "running", second.log()
             assert "adopting a sandbox unchecked" in second.log()

@@ -71,6 +71,7 @@ def test_setup_creates_rooms_and_credential_file_then_changes_nothing(
         "MATRIX_DEV_TEAM_ROOM",
         "BUREAU_SERVER_NAME",
         "BUREAU_FLEET",
+        "BUREAU_OPERATOR_SIGNING_KEY",
     }
     assert values["MATRIX_ADMIN_USER"] == f"@bureau-admin:{hub.server_name}"
     assert values["MATRIX_REGISTRATION_TOKEN"] == hub.token.reveal()

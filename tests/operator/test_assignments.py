@@ -12,6 +12,7 @@ from conftest import Fleet, one_line_error, run
 from machine_helpers import assign, enroll
 
 from bureau.operator import credentials
+from bureau.operator.signed import sign_as
 from bureau.wire import names, rooms
 
 
@@ -28,6 +29,12 @@ def test_assign_and_unassign_keep_what_they_do_not_know(fleet: Fleet, tmp_path: 
     machine = enrolled.machine
     admin, room, key = _config_room(fleet, machine.localpart)
     user = f"@{fleet.name}/agent/%s:{fleet.hub.server_name}"
+    machine_user = names.user_id(machine.localpart, fleet.hub.server_name)
+
+    def signed(entry: dict[str, Any]) -> dict[str, Any]:
+        """The entry as `bureau machine assign` writes it: signed about this machine."""
+        return sign_as(fleet.creds, rooms.MACHINE_CONFIG, machine_user, entry)
+
     theirs = {
         "principal": user % "theirs",
         "auto_start": True,
@@ -47,7 +54,7 @@ def test_assign_and_unassign_keep_what_they_do_not_know(fleet: Fleet, tmp_path: 
     after = admin.get_state(room, rooms.MACHINE_CONFIG, key)
     assert after == {
         **original,
-        "principals": [theirs, broken, {"principal": user % "mine", "auto_start": True}],
+        "principals": [theirs, broken, signed({"principal": user % "mine", "auto_start": True})],
     }
 
     # Re-assigning one that carries fields we know and fields we don't changes only
@@ -55,7 +62,7 @@ def test_assign_and_unassign_keep_what_they_do_not_know(fleet: Fleet, tmp_path: 
     assign(fleet, enrolled, "agent/theirs", "--no-auto-start")
     after = admin.get_state(room, rooms.MACHINE_CONFIG, key)
     assert after is not None
-    assert after["principals"][0] == {**theirs, "auto_start": False}
+    assert after["principals"][0] == signed({**theirs, "auto_start": False})
 
     # Unassigning works even for an entry this version cannot read.
     unassigned = run(
@@ -73,8 +80,8 @@ def test_assign_and_unassign_keep_what_they_do_not_know(fleet: Fleet, tmp_path: 
     assert after == {
         **original,
         "principals": [
-            {**theirs, "auto_start": False},
-            {"principal": user % "mine", "auto_start": True},
+            signed({**theirs, "auto_start": False}),
+            signed({"principal": user % "mine", "auto_start": True}),
         ],
     }
 
@@ -93,15 +100,16 @@ def test_assign_with_a_template_and_a_restart_policy(fleet: Fleet, tmp_path: Pat
     flags = ("--template", "agent-base", "--restart-policy", "on-failure", "--no-auto-start")
     assign(fleet, enrolled, "agent/templated", *flags)
     after = admin.get_state(room, rooms.MACHINE_CONFIG, key)
+    machine_user = names.user_id(enrolled.machine.localpart, fleet.hub.server_name)
+    entry = {
+        "principal": f"@{fleet.name}/agent/templated:{fleet.hub.server_name}",
+        "auto_start": False,
+        "template": f"{ns}/template:agent-base",
+        "restart_policy": "on-failure",
+    }
+    # Signed about this machine by the operator (wire/signing.py).
     assert after == {
-        "principals": [
-            {
-                "principal": f"@{fleet.name}/agent/templated:{fleet.hub.server_name}",
-                "auto_start": False,
-                "template": f"{ns}/template:agent-base",
-                "restart_policy": "on-failure",
-            }
-        ]
+        "principals": [sign_as(fleet.creds, rooms.MACHINE_CONFIG, machine_user, entry)]
     }
     bad = _assign(fleet, enrolled.machine.short_name, "--template", "No Such:thing")
     assert bad.returncode == 2

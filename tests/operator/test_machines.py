@@ -18,6 +18,8 @@ from bureau.wire import names, rooms
 
 def test_provision_writes_bootstrap_and_prepares_rooms(fleet: Fleet, tmp_path: Path) -> None:
     machine = provision(fleet, tmp_path)
+    key = fleet.creds.signing_key
+    assert key is not None
     assert stat.S_IMODE(machine.bootstrap.stat().st_mode) == 0o600
     text = machine.bootstrap.read_text()
     data = json.loads(text)
@@ -28,6 +30,8 @@ def test_provision_writes_bootstrap_and_prepares_rooms(fleet: Fleet, tmp_path: P
         "machine_name": machine.localpart,
         "password": data["password"],
         "fleet_prefix": fleet.name,
+        # OURS: the operator keys first boot pins (upstream's reader ignores the field).
+        "operator_keys": {key.key_id: key.public.base64},
     }
     assert len(data["password"]) == 64
 

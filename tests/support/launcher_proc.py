@@ -106,6 +106,10 @@ def service(
 
 
 RunningLauncher = Service
+# For tests that hand the launcher requests of their own (no signed assignment, specs of
+# their making), as a daemon relaying upstream-shaped events does: operator signatures are
+# tested in tests/system/test_operator_signatures.py.
+UNSIGNED = ("--allow-unsigned",)
 
 
 @contextlib.contextmanager

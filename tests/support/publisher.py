@@ -18,6 +18,7 @@ from bureau.operator.principal_credentials import (
     config_room_of,
     machine_public_key,
 )
+from bureau.operator.signed import sign_as
 from bureau.secret import Secret
 from bureau.wire import names, rooms
 from bureau.wire.credentials import content_digest
@@ -54,7 +55,8 @@ class Publisher:
             secrets={"TOKEN": Secret(f"{generation}-tok"), "GEN": Secret(generation)},
             services_where="load test",
         )
-        content = build_event(request, self._creds, self._key, now).to_json()
+        event = build_event(request, self._creds, self._key, now)
+        content = sign_as(self._creds, rooms.CREDENTIALS, event.principal, event.to_json())
         with self._lock:
             self.generation_of[content_digest(content)] = generation
         return content
@@ -79,7 +81,20 @@ class Publisher:
         self.put_config(config.to_json())
 
     def put_config(self, content: dict[str, Any]) -> None:
-        """The machine's config as given, valid or not."""
+        """The machine's config as given, valid or not; each entry that names a principal
+        signed by the operator, as `bureau machine assign` signs it."""
+        machine = names.user_id(self._machine, self._creds.server_name)
+        entries = content.get("principals") if isinstance(content, dict) else None
+        if isinstance(entries, list):
+            content = {
+                **content,
+                "principals": [
+                    sign_as(self._creds, rooms.MACHINE_CONFIG, machine, e)
+                    if isinstance(e, dict) and isinstance(e.get("principal"), str)
+                    else e
+                    for e in entries
+                ],
+            }
         admin_client(self._creds).put_state(
             self._room,
             rooms.MACHINE_CONFIG,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hub_fleet import Fleet
-from launcher_proc import RunningLauncher, Service, broker_args, launcher, sandboxd
+from launcher_proc import UNSIGNED, RunningLauncher, Service, broker_args, launcher, sandboxd
 from machine_helpers import (
     Enrolled,
     credentials_event,
@@ -197,7 +197,7 @@ def sandboxed(
                         sandboxd(run_dir, state, sandbox_dir, *sandboxd_args, **fleet_of(fleet))
                     )
                     args = broker_args(run_dir)
-                running = stack.enter_context(launcher(name, state, run_dir, *args))
+                running = stack.enter_context(launcher(name, state, run_dir, *args, *UNSIGNED))
                 yield Sandboxed(
                     fleet, machine, running, principal, content, upstream, sandbox_dir, host
                 )
