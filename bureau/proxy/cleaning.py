@@ -48,10 +48,7 @@ class Cleaner:
         repeated), cleaned. One search over the whole head; only a head that holds a
         needle is cleaned value by value (a needle never spans two values)."""
         needles = self.needles
-        joined = b"".join(lines)
-        found = bytearray(joined)
-        needles.overwrite(found)
-        if found != joined:
+        if needles.spans(b"".join(lines)):
             lines = list(lines)
             for i in range(2, len(lines), 4):
                 lines[i] = needles.clean(lines[i])

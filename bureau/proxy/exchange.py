@@ -37,6 +37,32 @@ Replay = tuple[bytes, list[bytes], int, int | None]
 # one streams without a copy, and its 401 goes to the workload.
 RETRY_BODY_LIMIT = 64 * 1024
 
+
+class Retry:
+    """What a request on a route with a minted token keeps for a 401: the token it
+    carried, what its head was built from, and its body as it went upstream (None once
+    past RETRY_BODY_LIMIT). One object, made only on such a route, so that an exchange on
+    any other costs one attribute."""
+
+    __slots__ = ("body", "kept", "replay", "resent", "token")
+
+    def __init__(self) -> None:
+        self.token: bytes | None = None
+        self.replay: Replay | None = None
+        self.body: list[bytes] | None = []
+        self.kept = 0
+        self.resent = False
+
+    def keep(self, size: int, framed: list[bytes]) -> None:
+        body = self.body
+        if body is not None:
+            self.kept += size
+            if self.kept > RETRY_BODY_LIMIT:
+                self.body = None
+            else:
+                body += framed
+
+
 REFUSED = {
     "deny": "refused by a deny rule",
     "allow": "not allowed by any allow rule",
@@ -52,8 +78,6 @@ class Exchange:
         "body_pending",
         "chunked_request",
         "client",
-        "copied",
-        "copy",
         "deferred",
         "finished",
         "has_body",
@@ -63,13 +87,11 @@ class Exchange:
         "keep_alive",
         "local",
         "method",
-        "replay",
         "request_done",
         "response_done",
         "response_started",
-        "retried",
+        "retry",
         "route",
-        "sent_token",
         "started",
         "upstream",
     )
@@ -97,13 +119,8 @@ class Exchange:
         self.deferred: Deferred | None = None
         # Body bytes held for an injector that signs the body; -1 when none is held.
         self.held = -1
-        # On a route with a minted token: the token sent, what the head was built from,
-        # and the body as it went upstream (None once past RETRY_BODY_LIMIT), for a 401.
-        self.sent_token: bytes | None = None
-        self.replay: Replay | None = None
-        self.copy: list[bytes] | None = None
-        self.copied = 0
-        self.retried = False
+        # On a route with a minted token, what a 401 needs.
+        self.retry: Retry | None = None
 
     def answer_locally(self, response: bytes, *, close: bool = False) -> None:
         self.local = response
@@ -140,7 +157,7 @@ class Exchange:
             return
         self.has_body = chunked or bool(body_length)
         if route.minter is not None:
-            self.copy = []  # the body, kept as it goes for a 401 (RETRY_BODY_LIMIT)
+            self.retry = Retry()
         waiting = injector.prepare()
         limit = injector.body_limit
         if waiting is not None or limit:
@@ -188,10 +205,12 @@ class Exchange:
     ) -> None:
         """The head, on a route with a minted token: what it is built from is kept, and
         the token sent, for a 401 (raises Unavailable as inject does)."""
-        self.replay = (target, lines, len(lines), length)
+        retry = self.retry
+        if retry is not None:
+            retry.replay = (target, lines, len(lines), length)
         target = injector.inject(self.method, target, lines, body)
-        if route.minter is not None:
-            self.sent_token = route.minter.last
+        if retry is not None and route.minter is not None:
+            retry.token = route.minter.last
         self.head = http_rules.request_head(
             self.method,
             target,
@@ -248,16 +267,17 @@ class Exchange:
         """The upstream answered 401 to the minted token this request carried: the
         minter drops it; True when the request is to be sent again (once, and only when
         all of it is at hand), and the 401 then never reaches the workload."""
-        route, token = self.route, self.sent_token
-        self.sent_token = None
-        if route is None or route.minter is None or token is None:
+        route, retry = self.route, self.retry
+        token = retry.token if retry is not None else None
+        if route is None or route.minter is None or retry is None or token is None:
             return False
+        retry.token = None
         route.minter.rejected(token)
         resend = (
-            not self.retried
+            not retry.resent
             and self.request_done
-            and self.copy is not None
-            and self.replay is not None
+            and retry.body is not None
+            and retry.replay is not None
             and not self.finished
         )
         self.client.proxy.log.info("access token refused", service=route.service, resent=resend)
@@ -266,14 +286,14 @@ class Exchange:
     def resend(self) -> None:
         """Send the request again, its head built afresh (a new token, waited for if it
         must be fetched) and its kept body after it."""
-        route, replay = self.route, self.replay
-        if route is None or route.injector is None or replay is None:
+        route, retry = self.route, self.retry
+        if route is None or route.injector is None or retry is None or retry.replay is None:
             raise RuntimeError("nothing to resend")
-        self.retried = True
+        retry.resent = True
         self.upstream = None
-        target, lines, count, length = replay
+        target, lines, count, length = retry.replay
         del lines[count:]  # the injector's lines of the first try
-        self.body_pending = list(self.copy or ())
+        self.body_pending = list(retry.body or ())
         self.client.buffered += sum(map(len, self.body_pending))
         waiting = route.injector.prepare()
         if waiting is not None:
@@ -292,13 +312,8 @@ class Exchange:
         if self.local is not None or self.response_done:
             return  # nobody will read it: an answered request's body is dropped
         framed = http_rules.chunk(data) if self.chunked_request else [data]
-        copy = self.copy
-        if copy is not None:
-            self.copied += len(data)
-            if self.copied > RETRY_BODY_LIMIT:
-                self.copy = None
-            else:
-                copy += framed
+        if self.retry is not None:
+            self.retry.keep(len(data), framed)
         if self.upstream is not None:
             self.upstream.send(framed)
         else:
@@ -318,8 +333,8 @@ class Exchange:
         if self.local is not None or self.response_done:
             return
         if self.chunked_request:
-            if self.copy is not None:
-                self.copy.append(http_rules.LAST_CHUNK)
+            if self.retry is not None:
+                self.retry.keep(0, [http_rules.LAST_CHUNK])
             if self.upstream is not None:
                 self.upstream.send([http_rules.LAST_CHUNK])
             else:

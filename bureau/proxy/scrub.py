@@ -163,11 +163,13 @@ class Needles:
         return held
 
     def clean(self, value: bytes) -> bytes:
-        """A whole value (a header's), cleaned."""
-        if not self.values:
+        """A whole value (a header's), cleaned: the value itself when it holds no needle."""
+        spans = self.spans(value)
+        if not spans:
             return value
         data = bytearray(value)
-        self.overwrite(data)
+        for begin, end in spans:
+            data[begin:end] = b"*" * (end - begin)
         return bytes(data)
 
 

@@ -264,7 +264,7 @@ class UpstreamConnection(asyncio.Protocol):
             status, head_only, self.length, self.chunked, client_11
         )
         self.reusable = bool(self.parser.should_keep_alive())
-        if status == 401 and exchange.sent_token is not None and exchange.token_refused():
+        if status == 401 and exchange.retry is not None and exchange.token_refused():
             # Read to its end, never relayed; the exchange sends its request again.
             self.resending = self.muted = True
             self.client_chunked = False
