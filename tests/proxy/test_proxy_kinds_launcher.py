@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from aws_server import REGION, aws_server
 from conftest import Fleet
-from launcher_proc import launcher, proxies_under
+from launcher_proc import UNSIGNED, launcher, proxies_under
 from machine_helpers import credentials_event, enroll, provision_credentials
 from oauth_server import authorization_server
 from processes import Reply, launcher_ensure, unix_request
@@ -84,7 +84,9 @@ def test_every_kind_through_a_real_launcher(fleet: Fleet, tmp_path: Path, run_di
         assert provisioned.returncode == 0, provisioned.stderr
         event = credentials_event(fleet, machine)
         principal = f"@{fleet.name}/{PRINCIPAL}:{fleet.hub.server_name}"
-        with launcher(machine.machine.short_name, machine.state_dir, run_dir) as running:
+        # The test hands the launcher its own ensure, as test_launcher_serving does (no
+        # signed assignment); operator signatures are tested on their own.
+        with launcher(machine.machine.short_name, machine.state_dir, run_dir, *UNSIGNED) as running:
             ensured = launcher_ensure(running.socket, principal, event)
             assert ensured["ok"], (ensured, running.log())
             sock = Path(ensured["socket"])
