@@ -18,7 +18,7 @@ from typing import Any
 
 from harness import machine_args, route, service
 from hub_fleet import Fleet
-from launcher_proc import kill_proxies_under
+from launcher_proc import UNSIGNED, kill_proxies_under
 from machine_helpers import Enrolled
 from processes import BIN
 from servers import upstream
@@ -102,7 +102,8 @@ def _measure(fleet: Fleet, enrolled: Enrolled, work: Path, port: int) -> dict[st
     rows = []
     for count in COUNTS:
         run_dir = work / f"run{count}"
-        argv = [str(BIN / "bureau-launcher"), *machine_args(enrolled, run_dir)]
+        # The bench hands the launcher its own requests (no signed assignment), as tests do.
+        argv = [str(BIN / "bureau-launcher"), *machine_args(enrolled, run_dir), *UNSIGNED]
         notify, log = work / f"launcher{count}.notify", work / f"launcher{count}.log"
         try:
             with service(argv, notify, log) as (launcher, _):

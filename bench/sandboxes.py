@@ -43,7 +43,7 @@ from typing import Any
 
 from harness import FLEET, first_boot, machine_args, route, service
 from hub_fleet import Fleet
-from launcher_proc import kill_proxies_under
+from launcher_proc import UNSIGNED, kill_proxies_under
 from machine_helpers import served_headers
 from memory import memory_kib, tree
 from processes import BIN, echo_upstream
@@ -362,9 +362,11 @@ def _measure_memory(
     run_dir.chmod(0o751)
     # The launcher hosts the sandboxes itself here (no --sandbox-broker), so that every
     # process of theirs is in its tree; each sandbox's processes are the same either way.
+    # It is handed its own ensure requests (no signed assignment), as tests do: unsigned.
     argv = [str(BIN / "bureau-launcher"), "--machine-name", "machine/sbxmem", "--state-dir",
             str(state), "--run-dir", str(run_dir), "--sandbox-dir",
-            str(work / f"sbx-mem-sandbox{count}"), "--sandbox-uids", MEMORY_UIDS]  # fmt: skip
+            str(work / f"sbx-mem-sandbox{count}"), "--sandbox-uids", MEMORY_UIDS,
+            *UNSIGNED]  # fmt: skip
     proxy_s, sandbox_s = [], []
     with service(argv, work / f"sbx-mem{count}.notify", work / f"sbx-mem{count}.log") as (
         launcher,
