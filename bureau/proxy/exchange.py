@@ -203,8 +203,9 @@ class Exchange:
         length: int | None,
         body: bytes | None,
     ) -> None:
-        """The head, on a route with a minted token: what it is built from is kept, and
-        the token sent, for a 401 (raises Unavailable as inject does)."""
+        """The head, from what the injector makes of it (raises Unavailable as inject
+        does); on a route with a minted token, what it was built from and the token it
+        carries are kept for a 401."""
         retry = self.retry
         if retry is not None:
             retry.replay = (target, lines, len(lines), length)
