@@ -30,16 +30,15 @@ from bureau.daemon.launcher_client import LauncherClient, LauncherRefused, Launc
 from bureau.daemon.principals import Principals
 from bureau.daemon.reconcile import relayed
 from bureau.daemon.relogin import SoftLogouts
+from bureau.daemon.room_view import RoomView
 from bureau.daemon.sandbox_specs import SandboxSpecs
-from bureau.errors import InputError, MatrixError
+from bureau.errors import MatrixError
 from bureau.lifecycle import Owned
 from bureau.matrix.fleet_rooms import fleet_room_aliases
 from bureau.matrix.retry import backoff_seconds, next_delay
 from bureau.matrix.sync import MachineMatrix
 from bureau.notify import Notifier
-from bureau.profile import materialized as profile_file
 from bureau.wire import names, rooms
-from bureau.wire.machine_config import MachineConfig, without_auto_start
 from bureau.wire.operator_keys import EVENT_TYPE as OPERATOR_KEYS
 from bureau.wire.template import EVENT_TYPE as TEMPLATE_EVENT
 
@@ -100,12 +99,8 @@ class Daemon:
         self._status_now = asyncio.Event()
         self.fatal: str | None = None
         self._since: str | None = None
-        self._config_room = ""
         self._machine_room = ""
-        self._fleet_room = ""
-        self._config = MachineConfig()
-        self._credentials: dict[str, dict[str, Any]] = {}
-        self._statements: list[dict[str, Any]] = []  # operator key statements, relayed
+        self._rooms = RoomView(names.state_key(localpart, self._server), run_dir, log)
         self._principals = Principals(launcher, log, rng, self._reconcile_now.set)
         self._specs = SandboxSpecs(
             self._server, self._join_template_room, self._read_room_state, log
@@ -176,17 +171,17 @@ class Daemon:
             for alias in (config_alias, *aliases.values()):
                 room_id = await self._retrying(f"joining {alias}", partial(self._join_alias, alias))
                 if alias == config_alias:
-                    self._config_room = room_id
+                    self._rooms.config_room = room_id
                 elif alias == aliases["machine"]:
                     self._machine_room = room_id
                 elif alias == aliases["fleet"]:
-                    self._fleet_room = room_id
+                    self._rooms.fleet_room = room_id
         except MatrixError as exc:
             self._die(str(exc))
             return False
         template_alias = names.room_alias(names.template_room_localpart(self._fleet), self._server)
         await self._specs.follow(template_alias)
-        self._log.info("connected", config_room=self._config_room)
+        self._log.info("connected", config_room=self._rooms.config_room)
         return True
 
     async def _logged_in_again(self, exc: MatrixError) -> bool:
@@ -228,7 +223,7 @@ class Daemon:
                 self._notifier.status(self._summary())
             attempt = 0
             self._since = batch.next_batch
-            if self._config_room in batch.left:
+            if self._rooms.config_room in batch.left:
                 self._die("removed from its config room")
                 return
             # A sync's timeline and state blocks do not add up to the room's state when
@@ -241,7 +236,7 @@ class Daemon:
                 room_id
                 for room_id, event in batch.state
                 if (
-                    room_id in (self._config_room, self._fleet_room)
+                    room_id in (self._rooms.config_room, self._rooms.fleet_room)
                     or self._templates.follows(room_id)
                 )
                 and event.get("type") in STATE_TYPES
@@ -251,7 +246,7 @@ class Daemon:
                 # or not the first batch carried their state: seen after a daemon was
                 # killed, an initial sync without the config room's state made the next
                 # daemon stop every principal, then start them again.
-                touched |= {self._config_room, self._fleet_room}
+                touched |= {self._rooms.config_room, self._rooms.fleet_room}
             try:
                 for room_id in sorted(touched):
                     if self._templates.follows(room_id):
@@ -261,7 +256,7 @@ class Daemon:
             except MatrixError as exc:
                 self._die(str(exc))
                 return
-            changed = self._config_room in touched or any(
+            changed = self._rooms.config_room in touched or any(
                 self._templates.follows(room_id) for room_id in touched
             )
             if changed or not self._synced.is_set():
@@ -272,61 +267,9 @@ class Daemon:
         events = await self._retrying(
             f"reading the state of {room_id}", partial(self._matrix.room_state, room_id)
         )
-        if room_id == self._config_room:
-            self._credentials = {}
         if self._templates.follows(room_id):
             self._templates.set_state(room_id, events)
-        self._apply([(room_id, event) for event in events])
-
-    def _apply(self, events: list[tuple[str, dict[str, Any]]]) -> None:
-        machine_key = names.state_key(self._localpart, self._server)
-        for room_id, event in events:
-            kind, key, content = event.get("type"), event.get("state_key"), event.get("content")
-            if room_id == self._fleet_room and kind == rooms.FLEET_PROFILE and key == "":
-                profile_file.apply(self._run_dir, content, self._log)
-            if room_id == self._fleet_room and kind == OPERATOR_KEYS and key == "":
-                raw = content.get("statements") if isinstance(content, dict) else None
-                self._statements = [s for s in raw if isinstance(s, dict)] if raw else []
-            if room_id != self._config_room:
-                continue
-            if kind == rooms.MACHINE_CONFIG and key == machine_key:
-                self._config = self._read_config(content)
-            elif kind == rooms.CREDENTIALS and isinstance(key, str):
-                try:
-                    principal = names.UserRef.from_state_key(key).user_id
-                except names.InvalidName:
-                    continue  # not an account's key: no assignment can name it
-                if content:
-                    self._credentials[principal] = dict(content)
-                else:
-                    self._credentials.pop(principal, None)
-
-    def _read_config(self, content: object) -> MachineConfig:
-        """Keep running what ran: a typo must not stop a fleet, nor hold up the rest of
-        it. An invalid assignment keeps that principal's last good one (if any); the
-        others, revocations included, apply."""
-        try:
-            config, invalid = MachineConfig.from_json_each(content)
-        except InputError as exc:
-            self._log.error("ignoring invalid machine config", problem=str(exc))
-            return self._config
-        for unstarted in without_auto_start(content):
-            self._log.warning(
-                "assignment without auto_start: not started (absent means false)",
-                principal=unstarted,
-            )
-        kept = []
-        for principal, problem in invalid:
-            previous = self._config.find(principal) if principal else None
-            if previous is not None and config.find(previous.principal) is None:
-                kept.append(previous)
-            self._log.error(
-                "ignoring an invalid assignment",
-                principal=principal,
-                problem=str(problem),
-                kept_previous=previous is not None,
-            )
-        return MachineConfig((*config.principals, *kept))
+        self._rooms.replace_room(room_id, events)
 
     # -- reconcile -----------------------------------------------------------------------
 
@@ -376,14 +319,14 @@ class Daemon:
         # The first pass waits for its actions: READY means the principals are in place.
         settle = not self._reconciled.is_set()
         problems = self._problems()
-        specs, held = await self._specs.resolve(self._config)
-        credentials, self._route_problems = relayed(self._credentials, self._specs.services)
+        specs, held = await self._specs.resolve(self._rooms.config)
+        credentials, self._route_problems = relayed(self._rooms.credentials, self._specs.services)
         if self._problems() != problems:
             self._status_now.set()
         held |= set(self._route_problems)
-        await self._principals.trust(self._statements)  # before any ensure it may concern
+        await self._principals.trust(self._rooms.statements)  # before any ensure it may concern
         if await self._principals.reconcile(
-            self._config,
+            self._rooms.config,
             credentials,
             settle=settle,
             specs=specs,
