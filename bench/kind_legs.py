@@ -10,9 +10,9 @@ routes"), every route to the same nginx upstream: what is measured is the proxy'
 - ``oauth2`` client credentials against the real authorization server (tests/support/
   oauth_server.py): the first request mints the token and every later one finds it held, so
   the steady state is the injector's; the token requests the server saw are reported.
-- response cleaning: the s3 route (a route the proxy cleans: one with a kind beyond static
-  headers) fetching the same bytes as text/plain (cleaned) and as application/octet-stream
-  (passed as is), as S3 serves objects; the cost is CPU per MiB, the one over the other.
+- response cleaning: the s3 route fetching the same bytes as text/plain (cleaned) and as
+  application/octet-stream (passed as is), as S3 serves objects; the cost is CPU per MiB,
+  the one over the other.
 
 A leg whose kind the proxy does not do yet (its route answers 503 "... is not supported by
 this proxy yet"; an echo of what the route sent upstream that comes back with a credential

@@ -227,10 +227,10 @@ def sections(proxy: dict[str, Any]) -> list[str]:
         ),
         "## Response cleaning",
         "",
-        "The s3 route (SigV4, UNSIGNED-PAYLOAD; the proxy cleans routes with a kind beyond "
-        "static headers) fetching the same bytes (JSON lines) as text/plain, which the proxy "
-        "reads through for its secrets, and as application/octet-stream, which it passes "
-        "as is.",
+        "The s3 route (SigV4, UNSIGNED-PAYLOAD) fetching the same bytes (JSON lines with ISO "
+        "8601 times) as text/plain, which the proxy reads through for its secrets, and as "
+        "application/octet-stream, which it passes as is; that the text is cleaned is checked "
+        "first (an echo of the Authorization sent comes back with the access key id hidden).",
         "",
         *_table(
             ["leg", "body", "c", "req/s", "MiB/s", "p99 us", "CPU us/req", "CPU us/MiB", "errors"],
