@@ -45,19 +45,21 @@ class Cleaner:
 
     def head(self, reason: bytes, lines: list[bytes]) -> tuple[bytes, list[bytes]]:
         """The response's reason phrase and header lines (name, ": ", value, CRLF,
-        repeated), cleaned. One search over the whole head; only a head that holds a
-        needle is cleaned value by value (a needle never spans two values)."""
+        repeated), cleaned. One search over the whole head, reason included; only a head
+        that holds a needle is cleaned value by value (a needle never spans two values)."""
         needles = self.needles
-        if needles.spans(b"".join(lines)):
-            lines = list(lines)
-            for i in range(2, len(lines), 4):
-                lines[i] = needles.clean(lines[i])
+        if not needles.spans(b"".join([reason, b"\r\n", *lines])):
+            return reason, lines
+        lines = list(lines)
+        for i in range(2, len(lines), 4):
+            lines[i] = needles.clean(lines[i])
         return needles.clean(reason), lines
 
-    def scrubber(self, lines: list[bytes]) -> BodyScrubber | None:
+    def scrubber(self, lines: list[bytes], length: int | None = None) -> BodyScrubber | None:
         """A scrubber for the body of a response with these header lines, or None when it
         is not text, or is encoded (compressed despite ``Accept-Encoding: identity``):
-        scrubbing what it cannot read would only risk corrupting it."""
+        scrubbing what it cannot read would only risk corrupting it. ``length``: the
+        body's Content-Length, when it has one."""
         content_type = b""
         for i in range(0, len(lines), 4):
             name = lines[i].lower()
@@ -65,4 +67,4 @@ class Cleaner:
                 content_type = lines[i + 2]
             elif name == b"content-encoding" and lines[i + 2].strip().lower() != b"identity":
                 return None
-        return BodyScrubber(self.needles) if is_text(content_type) else None
+        return BodyScrubber(self.needles, length) if is_text(content_type) else None

@@ -124,8 +124,15 @@ class HeaderInjector(Static):
 
     __slots__ = ("_lines", "sets")
 
-    def __init__(self, route: ServiceRoute, credentials: Mapping[str, Secret]) -> None:
-        lines = []
+    def __init__(
+        self,
+        route: ServiceRoute,
+        credentials: Mapping[str, Secret],
+        also: Mapping[str, str] | None = None,
+    ) -> None:
+        """``also``: header lines that are no credential (``Accept-Encoding: identity``
+        where responses are cleaned), set with the credentials in one append."""
+        lines = [f"{k}: {v}\r\n".encode() for k, v in (also or {}).items()]
         for header, credential in route.inject_headers.items():
             value = revealed(credentials, credential)
             if route.auth_scheme and header.lower() == "authorization":
@@ -133,7 +140,7 @@ class HeaderInjector(Static):
             lines.append(f"{header}: {value}\r\n".encode())
         # The lines hold revealed credentials: kept out of repr (a slot, not a field).
         self._lines = b"".join(lines)
-        self.sets = frozenset(h.lower().encode() for h in route.inject_headers)
+        self.sets = frozenset(h.lower().encode() for h in [*route.inject_headers, *(also or {})])
 
     def __repr__(self) -> str:
         return f"HeaderInjector(sets={sorted(self.sets)})"

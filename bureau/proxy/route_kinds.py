@@ -4,11 +4,11 @@ order each must see the request: static headers, query, path prefix, then the au
 kind, so that SigV4 signs what the others put in); its response cleaning; and, for a
 route whose token the proxy mints, the minter a 401 goes back to.
 
-Responses are cleaned on every route that uses a kind beyond static headers
-(``cleans``): those put secrets where upstreams echo them (a query string or path comes
-back in links, redirects and errors), or hold secrets the workload must never learn
-(minted tokens, signing keys). A route that only injects headers passes responses as it
-always did, at the cost it always had; its injected values are not looked for.
+Responses are cleaned on every route that injects a credential (``cleans``), the
+built-in ``matrix`` route and header-only routes included: upstreams echo what they are
+sent (a debug endpoint, an error quoting the request, a token in a redirect), and the
+workload must never learn a secret the proxy holds or derived (injected values, minted
+tokens, signing keys). A route that injects nothing passes responses as they come.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ class RouteKinds:
 
 def cleans(route: ServiceRoute) -> bool:
     return bool(
-        route.inject_query
+        route.inject_headers
+        or route.inject_query
         or route.path_prefix is not None
         or route.basic_auth is not None
         or route.aws_sigv4 is not None
@@ -69,10 +70,12 @@ def compile_kinds(
     payload (the route then answers 503)."""
     cleaner = Cleaner(secrets(route, credentials)) if cleans(route) else None
     parts: list[Injector] = []
-    if cleaner is not None:
-        parts.append(LinesInjector(IDENTITY))
     if route.inject_headers:
-        parts.append(HeaderInjector(route, credentials))
+        # The identity line rides with the header lines: a header-only route (the most
+        # common, and the matrix route) stays one static injector, no Chain.
+        parts.append(HeaderInjector(route, credentials, also=IDENTITY))
+    elif cleaner is not None:
+        parts.append(LinesInjector(IDENTITY))
     if route.inject_query:
         parts.append(QueryInjector(route, credentials))
     if route.path_prefix is not None:

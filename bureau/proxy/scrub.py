@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterable
 from urllib.parse import quote, quote_plus
 from xml.sax.saxutils import escape
@@ -39,6 +40,10 @@ _COMMON = (
     b"[]'VYKJ;()Q&X+%#@*!?$|~^`\\"
 )
 _RANK = {byte: rank for rank, byte in enumerate(_COMMON)}
+# Data this short (a response head, a small JSON answer) is first searched for every
+# needle at once with one regular expression: one call where the needles' searches are
+# one each. Longer data is not: the expression walks it byte by byte, memchr does not.
+_SMALL = 256
 # Once a needle's rarest byte turns out common in a body, a plain search is cheaper.
 # ("Z" ranks with the common bytes: every ISO 8601 timestamp in a JSON answer ends in one.)
 _MAX_CANDIDATES = 16
@@ -118,7 +123,7 @@ class _Needle:
 class Needles:
     """Every spelling of every secret, ready to search for."""
 
-    __slots__ = ("_searchers", "longest", "values")
+    __slots__ = ("_any", "_searchers", "longest", "values")
 
     def __init__(self, secrets: Iterable[bytes]) -> None:
         found: set[bytes] = set()
@@ -127,6 +132,7 @@ class Needles:
         self.values = tuple(sorted(found, key=len, reverse=True))
         self.longest = len(self.values[0]) if self.values else 0
         self._searchers = tuple(_Needle(v) for v in self.values)
+        self._any = re.compile(b"|".join(re.escape(v) for v in self.values) or b"(?!)")
 
     def __repr__(self) -> str:
         return f"Needles({len(self.values)})"
@@ -136,6 +142,8 @@ class Needles:
 
     def spans(self, data: bytes | bytearray, start: int = 0) -> list[tuple[int, int]]:
         """Where a needle is in ``data``, at or after ``start``."""
+        if len(data) - start <= _SMALL and self._any.search(data, start) is None:
+            return []
         found = []
         for searcher in self._searchers:
             found += searcher.spans(data, start)
@@ -177,11 +185,14 @@ class BodyScrubber:
     """One response body, chunk by chunk: ``feed`` returns what may go to the client now,
     ``finish`` the rest at the body's end."""
 
-    __slots__ = ("_held", "_needles")
+    __slots__ = ("_held", "_left", "_needles")
 
-    def __init__(self, needles: Needles) -> None:
+    def __init__(self, needles: Needles, length: int | None = None) -> None:
+        """``length``: the body's Content-Length, if it has one: nothing is held back
+        from the piece that ends the body (a small answer, most often its only piece)."""
         self._needles = needles
         self._held = b""
+        self._left = length
 
     def __repr__(self) -> str:
         return f"BodyScrubber(held={len(self._held)})"
@@ -195,6 +206,11 @@ class BodyScrubber:
             data = bytearray(data)
             for begin, end in spans:
                 data[begin:end] = b"*" * (end - begin)
+        if self._left is not None:
+            self._left -= len(chunk)
+            if self._left <= 0:  # the body's last piece: no more to wait for
+                self._held = b""
+                return bytes(data)
         keep = self._needles.held_tail(data)
         if not keep:
             self._held = b""

@@ -274,7 +274,9 @@ class UpstreamConnection(asyncio.Protocol):
             cleaner = route.cleaner if route is not None else None
             if cleaner is not None:
                 if not no_body:
-                    self.scrubber = cleaner.scrubber(lines)
+                    given = None if self.chunked else self.length
+                    size = int(given) if given is not None and given.isdigit() else None
+                    self.scrubber = cleaner.scrubber(lines, size)
                 reason, lines = cleaner.head(reason, lines)
             keep_alive = exchange.keep_alive and not self.proxy.draining and not close
             exchange.keep_alive = keep_alive

@@ -17,8 +17,15 @@ import structlog
 from conftest import BIN, Fleet
 from journal_listener import Listener
 from launcher_proc import kill_proxies_under
-from machine_helpers import assign, enroll, provision_credentials, proxy_socket, services_file
-from processes import echo_upstream, unix_request
+from machine_helpers import (
+    assign,
+    enroll,
+    provision_credentials,
+    proxy_socket,
+    served_token,
+    services_file,
+)
+from processes import echo_upstream
 
 from bureau import journal, log
 from bureau.secret import Secret
@@ -133,8 +140,7 @@ def test_processes_log_to_the_journal_by_principal(
                 SYSLOG_IDENTIFIER="bureau-launcher", BUREAU_EVENT="proxy started"
             )
             assert started["BUREAU_PRINCIPAL"] == principal
-            reply = unix_request(proxy_socket(run_dir), "GET", "/http/api/x")
-            assert reply.json()["headers"]["authorization"] == "Bearer journal-canary-2"
+            assert served_token(proxy_socket(run_dir)) == "Bearer journal-canary-2"
             # Everything about the principal, as `journalctl BUREAU_PRINCIPAL=...` would list.
             story = [e for e in listener.drain() if e.get("BUREAU_PRINCIPAL") == principal]
             assert {e["SYSLOG_IDENTIFIER"] for e in story} >= {

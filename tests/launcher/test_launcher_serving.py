@@ -21,11 +21,12 @@ from machine_helpers import (
     credentials_event,
     enroll,
     list_credentials,
+    masked,
     provision,
     provision_credentials,
     services_file,
 )
-from processes import echo_upstream, launcher_call, launcher_ensure, unix_request
+from processes import echo_exchange, echo_upstream, launcher_call, launcher_ensure
 
 from bureau.operator import credentials
 from bureau.wire import names, rooms
@@ -45,7 +46,11 @@ def _wait(predicate: Any, seconds: float = 20) -> None:
 
 
 def _seen_token(socket: Path) -> str:
-    return str(unix_request(socket, "GET", "/http/api/x").json()["headers"]["authorization"])
+    """The Authorization the echo upstream received through the proxy on ``socket`` (its
+    record); what the workload saw of it, the echo, is checked to be `*`s."""
+    reply, received = echo_exchange(socket, "GET", "/http/api/x")
+    assert reply.json()["headers"] == masked(received["headers"])
+    return str(received["headers"]["authorization"])
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import Fleet
+from processes import echo_requests, stars
 from sandbox_helpers import python_spec, sandboxed, wait_until
 
 CALL_THROUGH_PROXY = """
@@ -34,7 +35,10 @@ def test_workload_calls_its_service_through_the_proxy_socket(
         reply = box.ensure(python_spec(CALL_THROUGH_PROXY))
         assert reply["ok"], (reply, box.launcher.log())
         result = box.result()
-        assert result["authorization"] == "Bearer sandbox-canary-1"
+        # The token reached the upstream; its echo showed the workload `*`s.
+        hello = [r for r in echo_requests(box.upstream) if r["path"] == "/hello"]
+        assert [r["headers"]["authorization"] for r in hello] == ["Bearer sandbox-canary-1"]
+        assert result["authorization"] == "Bearer " + stars("sandbox-canary-1")
         assert result["uid"] >= 2_000_000_000
 
 

@@ -24,8 +24,8 @@ import pytest
 from conftest import Fleet
 from journal_listener import Listener
 from launcher_proc import UNSIGNED, broker_args, launcher, proxies_under
-from machine_helpers import credentials_event, provision_credentials, served_token
-from processes import launcher_call
+from machine_helpers import credentials_event, masked, provision_credentials, served_token
+from processes import echo_received, launcher_call
 from sandbox_helpers import PRINCIPAL, Sandboxed, python_spec, sandboxed, wait_until
 
 from bureau import journal
@@ -45,11 +45,14 @@ class Unix(http.client.HTTPConnection):
         self.sock = socket.socket(socket.AF_UNIX)
         self.sock.settimeout(10)
         self.sock.connect(os.environ["BUREAU_PROXY_SOCKET"])
+n = 0
 while True:
+    n += 1
+    request_id = "%d-%d" % (os.getpid(), n)
     try:
         c = Unix("proxy")
-        c.request("GET", "/http/api/loop")
-        seen = json.loads(c.getresponse().read())["headers"].get("authorization")
+        c.request("GET", "/http/api/loop", headers={"X-Request-Id": request_id})
+        seen = request_id + " " + json.loads(c.getresponse().read())["headers"]["authorization"]
         c.close()
     except Exception as exc:
         seen = "error " + type(exc).__name__ + " " + str(exc)
@@ -116,12 +119,24 @@ def _key(principal: str) -> str:
 
 
 def seen(box: Sandboxed) -> list[str]:
-    """The complete lines CALL_LOOP has written so far."""
+    """CALL_LOOP's outcomes so far: for each request answered, the Authorization the
+    upstream received (its record), the workload having seen only its `*`s; or the error."""
     try:
         text = (box.workspace / "seen.log").read_text()
     except FileNotFoundError:
         return []
-    return text.split("\n")[:-1]
+    out = []
+    for line in text.split("\n")[:-1]:
+        request_id, _, echoed = line.partition(" ")
+        if request_id == "error":
+            out.append(line)
+            continue
+        received = echo_received(request_id, box.upstream)
+        assert received is not None, line
+        authorization = received["headers"]["authorization"]
+        assert masked({"authorization": authorization}) == {"authorization": echoed}, line
+        out.append(authorization)
+    return out
 
 
 def lines_of(path: Path) -> list[str]:

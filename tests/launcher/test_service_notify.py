@@ -19,10 +19,11 @@ from machine_helpers import (
     enroll,
     provision,
     provision_credentials,
+    served_token,
     services_file,
 )
 from notify_listener import Listener
-from processes import echo_upstream, launcher_call, unix_request
+from processes import echo_upstream, launcher_call
 
 from bureau.launcher.sandbox_broker import BrokerClient
 
@@ -83,8 +84,7 @@ def test_launcher_and_daemon_readiness_watchdog_and_stop(
                         break
                 assert message == "READY=1\nSTATUS=synced; 1 principals running"
                 socket_path = run_dir / "fleet" / "prod" / "agent" / "alpha.proxy.sock"
-                reply = unix_request(socket_path, "GET", "/http/api/x")
-                assert reply.json()["headers"]["authorization"] == "Bearer notify-canary"
+                assert served_token(socket_path) == "Bearer notify-canary"
                 (proxy_pid,) = proxies_under(run_dir)
                 # /proc/<pid>/environ is what a process was started with: the launcher's
                 # child must have been started without the notify variables.

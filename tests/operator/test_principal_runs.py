@@ -15,7 +15,7 @@ import pytest
 from conftest import Fleet, run
 from launcher_proc import broker_args, daemon, launcher, sandboxd
 from machine_helpers import enroll, eventually, services_file
-from processes import echo_upstream
+from processes import echo_authorizations, echo_upstream, stars
 from sandbox_helpers import (
     PROXY_CLIENT,
     fleet_of,
@@ -98,7 +98,9 @@ def test_a_principal_runs_from_template_to_destroy(
             first = json.loads(eventually(lambda: result.exists() and result.read_text(), 60))
             assert first["user_id"] == user
             assert first["sent"] == 200
-            assert first["api"] == f"Bearer {CANARY}"
+            # The token reached the upstream; its echo showed the workload `*`s.
+            assert f"Bearer {CANARY}" in echo_authorizations()
+            assert first["api"] == f"Bearer {stars(CANARY)}"
             assert first["flavour"] == "one"
             admin = credentials.admin_client(fleet.creds)
             messages = admin.call(

@@ -18,7 +18,7 @@ import pytest
 from conftest import Fleet
 from launcher_proc import broker_args, daemon, launcher, proxies_under, sandboxd
 from machine_helpers import Enrolled, enroll, eventually
-from processes import echo_upstream
+from processes import echo_authorizations, echo_upstream, stars
 from sandbox_helpers import PROXY_CLIENT, PYTHON, SYSTEM, fleet_of, kill_sandboxes_under
 from sandbox_helpers import workspace_of as workspace_dir
 from upstream_shapes import go_base64, go_json
@@ -193,7 +193,9 @@ def test_an_upstream_bundle_runs_only_where_the_machine_allows_it(
                     served = json.loads(
                         eventually(lambda: result.exists() and result.read_text(), 60)
                     )
-                    assert served == {"api": f"bearer {CANARY}", "user_id": user}
+                    # The token reached the upstream; its echo showed the workload `*`s.
+                    assert f"bearer {CANARY}" in echo_authorizations()
+                    assert served == {"api": f"bearer {stars(CANARY)}", "user_id": user}
                     status = eventually(
                         lambda: (
                             _principal_status(fleet, machine, user).get("status") == "running"

@@ -17,7 +17,16 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from processes import BIN, GateUpstream, RunningProxy, echo_upstream, proxy, unix_request
+from processes import (
+    BIN,
+    GateUpstream,
+    RunningProxy,
+    echo_exchange,
+    echo_upstream,
+    proxy,
+    stars,
+    unix_request,
+)
 
 from bureau.errors import InputError
 from bureau.proxy import main as proxy_main
@@ -73,7 +82,7 @@ def test_injects_strips_and_forwards(upstream: str, tmp_path: Path) -> None:
         assert health.json()["services"] == ["api", "broken", "unprovisioned"]
         assert CANARY not in health.body.decode()
 
-        reply = unix_request(
+        reply, received = echo_exchange(
             sock,
             "GET",
             "/http/api/v1/a%2Fb?x=1&y=%2F",
@@ -92,9 +101,14 @@ def test_injects_strips_and_forwards(upstream: str, tmp_path: Path) -> None:
         seen = reply.json()
         assert seen["path"] == "/v1/a%2Fb"
         assert seen["query"] == "x=1&y=%2F"
+        # The credentials reached the upstream; its echo showed the workload `*`s.
+        assert received["headers"]["authorization"] == f"Bearer {CANARY}"
+        assert received["headers"]["x-api-key"] == API_KEY
         headers = seen["headers"]
-        assert headers["authorization"] == f"Bearer {CANARY}"
-        assert headers["x-api-key"] == API_KEY
+        assert headers["authorization"] == f"Bearer {stars(CANARY)}"
+        assert headers["x-api-key"] == stars(API_KEY)
+        assert CANARY not in reply.body.decode()
+        assert API_KEY not in reply.body.decode()
         assert headers["x-kept"] == "kept"
         for gone in ("cookie", "x-strip-me", "proxy-authorization", "x-conn-listed"):
             assert gone not in headers
@@ -350,8 +364,10 @@ def test_https_upstream_is_verified(tmp_path: Path) -> None:
             "inject_headers": {"Authorization": "TOKEN"},
         }
         with proxy(payload, tmp_path / "s", env=env) as running:
-            seen = unix_request(running.socket, "GET", "/http/api/tls").json()
-            assert seen["headers"]["authorization"] == f"Bearer {CANARY}"
+            reply, received = echo_exchange(running.socket, "GET", "/http/api/tls")
+            assert received["headers"]["authorization"] == f"Bearer {CANARY}"
+            seen = reply.json()
+            assert seen["headers"]["authorization"] == f"Bearer {stars(CANARY)}"
             assert seen["headers"]["host"] == f"localhost:{port}"
             again = unix_request(running.socket, "GET", "/http/api/again")  # a kept connection
             assert again.json()["path"] == "/again"

@@ -7,9 +7,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from processes import echo_upstream, proxy
+from processes import echo_received, echo_upstream, proxy, stars
 from raw_http import Conn
 
 TOKEN = "canary-protocol-5d1e"
@@ -35,6 +36,14 @@ def proxy_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             yield sock
 
 
+def _credential_reached_the_upstream(seen: dict[str, Any], request_id: str) -> None:
+    """The token reached the upstream (its record); its echo showed the workload `*`s."""
+    received = echo_received(request_id)
+    assert received is not None
+    assert received["headers"]["authorization"] == f"Bearer {TOKEN}"
+    assert seen["headers"]["authorization"] == f"Bearer {stars(TOKEN)}"
+
+
 @pytest.fixture
 def conn(proxy_socket: Path) -> Iterator[Conn]:
     c = Conn(proxy_socket)
@@ -56,26 +65,28 @@ def test_chunked_request_body_reaches_the_upstream_whole(conn: Conn) -> None:
     body = b"a" * 3000 + b"b" * 5
     chunks = b"bb8\r\n" + body[:3000] + b"\r\n5\r\n" + body[3000:] + b"\r\n0\r\n\r\n"
     conn.send(
-        b"POST /http/api/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks
+        b"POST /http/api/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"X-Request-Id: chunked-body\r\n\r\n" + chunks
     )
     seen = conn.read().json()
     assert seen["body_length"] == len(body)
     assert seen["body_sha256"] == hashlib.sha256(body).hexdigest()
-    assert seen["headers"]["authorization"] == f"Bearer {TOKEN}"
+    _credential_reached_the_upstream(seen, "chunked-body")
 
 
 def test_request_trailers_are_dropped(conn: Conn) -> None:
     """The body ends with a bare last chunk upstream: trailers are not forwarded (the echo
     upstream would take one for the end of the body, and the next request would break)."""
     conn.send(
-        b"POST /http/api/trailed HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"POST /http/api/trailed HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"X-Request-Id: trailed\r\n\r\n"
         b"5\r\nhello\r\n0\r\nX-Trailer: one\r\nAuthorization: Bearer forged\r\n\r\n"
         b"GET /http/api/next HTTP/1.1\r\nHost: x\r\n\r\n"
     )
     seen = conn.read().json()
     assert (seen["path"], seen["body_length"]) == ("/trailed", 5)
     assert "x-trailer" not in seen["headers"]
-    assert seen["headers"]["authorization"] == f"Bearer {TOKEN}"
+    _credential_reached_the_upstream(seen, "trailed")
     assert conn.read().json()["path"] == "/next"
 
 
@@ -192,7 +203,10 @@ def test_a_client_never_picks_the_host(conn: Conn, target: bytes) -> None:
 
 
 def test_host_header_is_the_upstreams(conn: Conn) -> None:
-    conn.send(b"GET /http/api/x HTTP/1.1\r\nHost: evil.example\r\nX-Forwarded-Host: e\r\n\r\n")
-    headers = conn.read().json()["headers"]
-    assert headers["host"].startswith("127.0.0.1:")
-    assert headers["authorization"] == f"Bearer {TOKEN}"
+    conn.send(
+        b"GET /http/api/x HTTP/1.1\r\nHost: evil.example\r\nX-Forwarded-Host: e\r\n"
+        b"X-Request-Id: host\r\n\r\n"
+    )
+    seen = conn.read().json()
+    assert seen["headers"]["host"].startswith("127.0.0.1:")
+    _credential_reached_the_upstream(seen, "host")

@@ -2,8 +2,8 @@
 through a real bureau-proxy to an upstream that records what it receives and echoes it back
 (in JSON, text, chunks three bytes long, a redirect and a cookie): the upstream gets the
 credential, and the workload sees only ``*`` where it was echoed, with the framing intact.
-What cleaning cannot see through (a compressed body) and the routes it leaves alone (a
-header-only route, binary bodies) are shown as they are."""
+What cleaning cannot see through (a compressed body, binary bodies) is shown as it is; a
+header-only route is cleaned like the others."""
 
 from __future__ import annotations
 
@@ -218,14 +218,16 @@ def test_a_binary_body_is_not_cleaned(running: RunningProxy) -> None:
     assert KEY_SENT.encode() in reply.body
 
 
-def test_a_header_only_route_is_passed_as_before(
+def test_a_header_only_route_is_cleaned_too(
     running: RunningProxy, upstream: RecordingUpstream
 ) -> None:
-    """Not cleaned, and the workload's Accept-Encoding goes through: the route costs
-    what it cost before the other kinds existed (route_kinds.cleans)."""
+    """The header reaches the upstream, and its echo shows the workload `*`s of the same
+    length; the upstream is asked for bodies it can be seen through (route_kinds.cleans)."""
     reply = _get(running, "/http/headers/x", **{"Accept-Encoding": "gzip"})
-    assert upstream.last().headers["accept-encoding"] == "gzip"
-    assert reply.json()["headers"]["x-key"] == HEADER
+    assert upstream.last().headers["x-key"] == HEADER
+    assert upstream.last().headers["accept-encoding"] == "identity"
+    assert reply.json()["headers"]["x-key"] == "*" * len(HEADER)
+    _no_canary(reply.body)
 
 
 @pytest.mark.parametrize("chunked", [False, True])

@@ -6,14 +6,16 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hub_fleet import Fleet, fresh
-from processes import run, unix_request
+from processes import echo_received, run, unix_request
 
 from bureau.operator import credentials
+from bureau.proxy.scrub import MIN_NEEDLE
 from bureau.wire import names, rooms
 
 
@@ -145,15 +147,40 @@ def proxy_socket(run_dir: Path, principal: str = "agent/alpha") -> Path:
 
 
 def served_headers(socket: Path) -> dict[str, str] | None:
-    """What the echo upstream received through the proxy on ``socket``; None if the
-    request did not go through."""
+    """What the echo upstream received through the proxy on ``socket``, read from its
+    record (processes.echo_received); None if the request did not go through. What the
+    workload saw, the echo in the reply, is checked on the way: the same headers, with
+    the injected credential ``*``s of the same length (``masked``)."""
+    request_id = uuid.uuid4().hex
     try:
-        reply = unix_request(socket, "GET", "/http/api/x", timeout=5)
+        reply = unix_request(
+            socket, "GET", "/http/api/x", headers={"X-Request-Id": request_id}, timeout=5
+        )
     except OSError:
         return None
     if reply.status != 200:
         return None
-    return dict(reply.json()["headers"])
+    received = echo_received(request_id)
+    assert received is not None, "the echo upstream recorded no such request"
+    headers: dict[str, str] = received["headers"]
+    assert reply.json()["headers"] == masked(headers), "the workload saw a credential"
+    return headers
+
+
+def masked(headers: dict[str, str]) -> dict[str, str]:
+    """``headers`` as the workload sees them echoed: the credential in each header the
+    tests' routes inject (Authorization after its scheme, X-Api-Key and X-Generation
+    whole) overwritten with ``*`` of its length, when long enough to be looked for
+    (scrub.MIN_NEEDLE)."""
+    out = dict(headers)
+    for name in ("authorization", "x-api-key", "x-generation"):
+        value = out.get(name)
+        if value is None:
+            continue
+        scheme, space, token = value.rpartition(" ") if name == "authorization" else ("", "", value)
+        if len(token) >= MIN_NEEDLE:
+            out[name] = scheme + space + "*" * len(token)
+    return out
 
 
 def served_token(socket: Path) -> str | None:

@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,20 +49,96 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def echo_upstream(*extra: str, scheme: str = "http") -> Iterator[str]:
-    with subprocess.Popen(
-        [sys.executable, str(ROOT / "script" / "echo-upstream"), *extra],
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as proc:
-        assert proc.stdout is not None
-        ready = proc.stdout.readline().split()
-        assert ready[0] == "READY", ready
-        try:
-            yield f"{scheme}://127.0.0.1:{ready[1]}"
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
-            proc.stdout.close()
+    """The echo upstream, recording what it receives (``echo_received``): the proxy
+    cleans the echo the workload sees of every secret it injected."""
+    with tempfile.TemporaryDirectory(prefix="echo-") as tmp:
+        record = Path(tmp) / "received.jsonl"
+        record.touch()
+        command = [sys.executable, str(ROOT / "script" / "echo-upstream"), *extra]
+        with subprocess.Popen(
+            [*command, "--record", str(record)], stdout=subprocess.PIPE, text=True
+        ) as proc:
+            assert proc.stdout is not None
+            ready = proc.stdout.readline().split()
+            assert ready[0] == "READY", ready
+            url = f"{scheme}://127.0.0.1:{ready[1]}"
+            ECHO_RECORDS[url] = record
+            try:
+                yield url
+            finally:
+                proc.terminate()
+                proc.wait(timeout=10)
+                proc.stdout.close()
+                del ECHO_RECORDS[url]
+                ECHO_STOPPED[url] = record.read_text(encoding="utf-8")
+
+
+def echo_exchange(
+    path: Path,
+    method: str,
+    target: str,
+    *,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    timeout: float = 30,
+) -> tuple[Reply, dict[str, Any]]:
+    """A request through the proxy on ``path`` to an echo upstream: the reply as the
+    workload got it, and the request as the upstream received it (``echo_received``)."""
+    request_id = os.urandom(8).hex()
+    reply = unix_request(
+        path,
+        method,
+        target,
+        headers={**(headers or {}), "X-Request-Id": request_id},
+        body=body,
+        timeout=timeout,
+    )
+    received = echo_received(request_id)
+    assert received is not None, "the echo upstream recorded no such request"
+    return reply, received
+
+
+def stars(secret: str) -> str:
+    """What the workload sees of ``secret`` in a cleaned response."""
+    return "*" * len(secret)
+
+
+# Each running echo upstream's record of the requests it received, by its URL; and the
+# last one stopped at each URL, read after its end.
+ECHO_RECORDS: dict[str, Path] = {}
+ECHO_STOPPED: dict[str, str] = {}
+
+
+def echo_requests(url: str) -> list[dict[str, Any]]:
+    """Every request the echo upstream at ``url`` received so far (or before it was
+    stopped), in order."""
+    record = ECHO_RECORDS.get(url)
+    text = record.read_text(encoding="utf-8") if record is not None else ECHO_STOPPED[url]
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def echo_authorizations() -> set[str]:
+    """Every Authorization any running echo upstream received so far: what a test reads
+    when the request came from a workload it cannot tag."""
+    return {
+        r["headers"]["authorization"]
+        for url in ECHO_RECORDS
+        for r in echo_requests(url)
+        if "authorization" in r["headers"]
+    }
+
+
+def echo_received(request_id: str, url: str | None = None) -> dict[str, Any] | None:
+    """The request an echo upstream (``url``'s, or any running one) received carrying
+    ``X-Request-Id: <request_id>``: method, path, query and headers (lower-case names),
+    as they reached it; None if none did."""
+    records = [ECHO_RECORDS[url]] if url is not None else list(ECHO_RECORDS.values())
+    for record in records:
+        for line in record.read_text(encoding="utf-8").splitlines():
+            seen: dict[str, Any] = json.loads(line)
+            if seen["headers"].get("x-request-id") == request_id:
+                return seen
+    return None
 
 
 class GateUpstream:

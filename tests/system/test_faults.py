@@ -11,9 +11,9 @@ import json
 import os
 import signal
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -23,51 +23,27 @@ from machine_helpers import (
     assign,
     enroll,
     eventually,
+    masked,
     provision_credentials,
     proxy_socket,
     served_token,
     services_file,
 )
-from processes import SUPPORT, launcher_call, unix_request
+from processes import (
+    SUPPORT,
+    echo_received,
+    echo_requests,
+    echo_upstream,
+    launcher_call,
+    unix_request,
+)
 
 OLD, NEW = "Bearer old-canary-value", "Bearer new-canary-value"
 
 
-@dataclass
-class Recorded:
-    """The Authorization header of every request an upstream received."""
-
-    url: str
-    authorizations: list[str | None] = field(default_factory=list)
-
-
-@contextlib.contextmanager
-def recording_upstream() -> Iterator[Recorded]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:
-            recorded.authorizations.append(self.headers.get("Authorization"))
-            body = json.dumps({"headers": {"authorization": self.headers.get("Authorization")}})
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body.encode())
-
-        def log_message(self, format: str, *args: object) -> None:
-            del format, args
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    recorded = Recorded(f"http://127.0.0.1:{server.server_address[1]}")
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield recorded
-    finally:
-        server.shutdown()
-        server.server_close()
+def _authorizations(upstream: str) -> set[str | None]:
+    """The Authorization header of every request the echo upstream received."""
+    return {r["headers"].get("authorization") for r in echo_requests(upstream)}
 
 
 @dataclass
@@ -82,15 +58,26 @@ class Client:
 
     def run(self) -> None:
         while not self._stop.is_set():
+            request_id = uuid.uuid4().hex
             try:
-                reply = unix_request(self.socket, "GET", "/http/api/x", timeout=10)
+                reply = unix_request(
+                    self.socket,
+                    "GET",
+                    "/http/api/x",
+                    headers={"X-Request-Id": request_id},
+                    timeout=10,
+                )
             except (OSError, http.client.HTTPException) as exc:
                 self.outcomes.append(type(exc).__name__)
                 continue
-            if reply.status != 200:
+            received = echo_received(request_id) if reply.status == 200 else None
+            if received is None:
                 self.outcomes.append(f"status {reply.status}")
+            elif reply.json()["headers"] != masked(received["headers"]):
+                self.outcomes.append("the workload saw the credential")
             else:
-                self.outcomes.append(str(reply.json()["headers"]["authorization"]))
+                # What the upstream received: the echo shows both tokens as the same stars.
+                self.outcomes.append(str(received["headers"]["authorization"]))
 
     @contextlib.contextmanager
     def running(self) -> Iterator[Client]:
@@ -122,8 +109,8 @@ def test_killed_proxy_is_restarted_and_fails_closed_meanwhile(
 ) -> None:
     machine = enroll(fleet, tmp_path)
     principal = f"@{fleet.name}/agent/alpha:{fleet.hub.server_name}"
-    with recording_upstream() as upstream:
-        services = services_file(tmp_path, upstream.url)
+    with echo_upstream() as upstream:
+        services = services_file(tmp_path, upstream)
         provisioned = provision_credentials(
             fleet, machine, "agent/alpha", services, "TOKEN=old-canary-value\n"
         )
@@ -148,7 +135,7 @@ def test_killed_proxy_is_restarted_and_fails_closed_meanwhile(
         exits = [json.loads(ln) for ln in the_launcher.lines if '"proxy exited' in ln]
         assert [e["exit"] for e in exits] == ["signal SIGKILL"]
     # Every request either carried the credential or was refused before reaching anyone.
-    assert set(upstream.authorizations) == {OLD}
+    assert _authorizations(upstream) == {OLD}
     failures = {o for o in client.outcomes if o != OLD}
     # Refused while nobody listened; cut when the kill landed mid-request or mid-answer.
     cut = {"ConnectionResetError", "RemoteDisconnected", "IncompleteRead", "BrokenPipeError"}
@@ -168,8 +155,8 @@ def test_launcher_killed_while_handing_over_credentials(
     machine = enroll(fleet, tmp_path)
     name, state = machine.machine.short_name, machine.state_dir
     runner = [str(BIN / "python"), str(SUPPORT / "kill_launcher_at.py")]
-    with recording_upstream() as upstream:
-        services = services_file(tmp_path, upstream.url)
+    with echo_upstream() as upstream:
+        services = services_file(tmp_path, upstream)
         old = provision_credentials(
             fleet, machine, "agent/alpha", services, "TOKEN=old-canary-value\n"
         )
@@ -212,6 +199,6 @@ def test_launcher_killed_while_handing_over_credentials(
         }[point]
         assert refusal in first.log() + second.log()
         assert "Traceback" not in first.log() + second.log()
-    assert set(upstream.authorizations) <= {OLD, NEW}
+    assert _authorizations(upstream) <= {OLD, NEW}
     assert set(client.outcomes) <= {OLD, NEW}, set(client.outcomes) - {OLD, NEW}
     assert client.outcomes[-1] == NEW

@@ -13,6 +13,7 @@ import itertools
 import json
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,8 +22,8 @@ from typing import Any
 import pytest
 from conftest import Fleet
 from launcher_proc import daemon, launcher, proxies_under, template_of
-from machine_helpers import enroll, eventually, proxy_socket, served_headers
-from processes import echo_upstream, unix_request
+from machine_helpers import enroll, eventually, masked, proxy_socket, served_headers
+from processes import echo_received, echo_upstream, unix_request
 from publisher import Publisher
 
 PRINCIPALS = [f"agent/p{i:02d}" for i in range(50)]
@@ -58,8 +59,13 @@ class Clients:
             if self._stop.is_set():
                 return
             try:
+                request_id = uuid.uuid4().hex
                 reply = unix_request(
-                    proxy_socket(self._run_dir, principal), "GET", "/http/api/x", timeout=10
+                    proxy_socket(self._run_dir, principal),
+                    "GET",
+                    "/http/api/x",
+                    headers={"X-Request-Id": request_id},
+                    timeout=10,
                 )
             except OSError as exc:
                 self.failures.append(f"{principal}: {exc}")
@@ -67,7 +73,12 @@ class Clients:
             if reply.status != 200:
                 self.failures.append(f"{principal}: {reply.status}")
                 continue
-            headers = reply.json()["headers"]
+            # What the upstream received (its record); the workload saw it as `*`s.
+            received = echo_received(request_id)
+            if received is None or reply.json()["headers"] != masked(received["headers"]):
+                self.failures.append(f"{principal}: not recorded, or the workload saw it")
+                continue
+            headers = received["headers"]
             generation = headers.get("x-generation", "")
             whole = headers.get("authorization") == f"Bearer {generation}-tok"
             if not (whole and generation.startswith(principal.replace("/", "-") + "-")):
