@@ -64,6 +64,8 @@ REQUIRED_TOOLS = (
     "systemd-nspawn",
     "nsenter",
     "pgrep",
+    "turnserver",
+    "turnutils_uclient",
 )
 
 
