@@ -45,10 +45,13 @@ class Cleaner:
 
     def head(self, reason: bytes, lines: list[bytes]) -> tuple[bytes, list[bytes]]:
         """The response's reason phrase and header lines (name, ": ", value, CRLF,
-        repeated), cleaned. One search over the whole head, reason included; only a head
-        that holds a needle is cleaned value by value (a needle never spans two values)."""
+        repeated), cleaned. One search over the whole head, reason included, when a value
+        is long enough to hold a needle; only a head that holds one is cleaned value by
+        value (a needle never spans two values)."""
         needles = self.needles
-        if not needles.spans(b"".join([reason, b"\r\n", *lines])):
+        # Most heads hold no value as long as the shortest needle: not searched at all.
+        longest = max(len(reason), max(map(len, lines[2::4]), default=0))
+        if longest < needles.shortest or not needles.found(b"".join([reason, b"\r\n", *lines])):
             return reason, lines
         lines = list(lines)
         for i in range(2, len(lines), 4):
@@ -58,11 +61,16 @@ class Cleaner:
     def scrubber(self, lines: list[bytes], length: int | None = None) -> BodyScrubber | None:
         """A scrubber for the body of a response with these header lines, or None when it
         is not text, or is encoded (compressed despite ``Accept-Encoding: identity``):
-        scrubbing what it cannot read would only risk corrupting it. ``length``: the
-        body's Content-Length, when it has one."""
+        scrubbing what it cannot read would only risk corrupting it; or None when the
+        body's ``length`` (its Content-Length, when it has one) is too short to hold one."""
+        if length is not None and length < self.needles.shortest:
+            return None  # too short to hold a needle: nothing to scrub
         content_type = b""
         for i in range(0, len(lines), 4):
-            name = lines[i].lower()
+            name = lines[i]
+            if len(name) not in (12, 16):  # neither Content-Type nor Content-Encoding
+                continue
+            name = name.lower()
             if name == b"content-type":
                 content_type = lines[i + 2]
             elif name == b"content-encoding" and lines[i + 2].strip().lower() != b"identity":

@@ -59,13 +59,21 @@ TEXT_TYPES = (
 )
 
 
+# Content-Type values seen, and whether each is text: an upstream sends the same few.
+_TEXT: dict[bytes, bool] = {}
+
+
 def is_text(content_type: bytes) -> bool:
     """Whether a body of this Content-Type is scrubbed (text, JSON, XML, form; any
     ``+json``/``+xml`` type). An absent type is treated as text."""
+    known = _TEXT.get(content_type)
+    if known is not None:
+        return known
     kind = content_type.split(b";", 1)[0].strip().lower()
-    if not kind:
-        return True
-    return kind.startswith(TEXT_TYPES) or kind.endswith((b"+json", b"+xml"))
+    text = not kind or kind.startswith(TEXT_TYPES) or kind.endswith((b"+json", b"+xml"))
+    if len(_TEXT) < 256:  # bounded: an upstream may vary its parameters without end
+        _TEXT[content_type] = text
+    return text
 
 
 def spellings(secret: bytes) -> set[bytes]:
@@ -123,7 +131,7 @@ class _Needle:
 class Needles:
     """Every spelling of every secret, ready to search for."""
 
-    __slots__ = ("_any", "_searchers", "longest", "values")
+    __slots__ = ("_any", "_searchers", "longest", "shortest", "values")
 
     def __init__(self, secrets: Iterable[bytes]) -> None:
         found: set[bytes] = set()
@@ -131,6 +139,8 @@ class Needles:
             found |= spellings(secret)
         self.values = tuple(sorted(found, key=len, reverse=True))
         self.longest = len(self.values[0]) if self.values else 0
+        # Text shorter than this holds no needle (no needles: nothing does).
+        self.shortest = len(self.values[-1]) if self.values else 1 << 62
         self._searchers = tuple(_Needle(v) for v in self.values)
         self._any = re.compile(b"|".join(re.escape(v) for v in self.values) or b"(?!)")
 
@@ -139,6 +149,12 @@ class Needles:
 
     def __bool__(self) -> bool:
         return bool(self.values)
+
+    def found(self, data: bytes | bytearray) -> bool:
+        """Whether a needle is anywhere in ``data``."""
+        if len(data) <= _SMALL:
+            return self._any.search(data) is not None
+        return bool(self.spans(data))
 
     def spans(self, data: bytes | bytearray, start: int = 0) -> list[tuple[int, int]]:
         """Where a needle is in ``data``, at or after ``start``."""
