@@ -7,8 +7,9 @@ Each test reads one attempt's outcome from that shared run (one launcher and one
 serve the module: a few seconds, not a few seconds a test). Where a failure alone would
 prove nothing (a sandbox whose loopback is broken refuses everything) the same run holds a
 positive control: loopback works, its own abstract socket connects, its proxy socket
-carries the injected credential, it can signal itself, write to /workspace and /tmp, and
-the credential search finds the credential once the upstream has echoed it back.
+carries the injected credential (the upstream receives it, its echo shows the workload
+`*`s), it can signal itself, write to /workspace and /tmp, and the credential search finds
+the credential's form once the probe writes it.
 
 The canary credential values are never spelled whole in the probe's source, which the
 sandbox can read in its own /proc/self/cmdline.
@@ -34,7 +35,7 @@ import pytest
 from conftest import Fleet, RunningHub, make_fleet
 from launcher_proc import template_of
 from machine_helpers import credentials_event, provision_credentials, services_file
-from processes import launcher_call
+from processes import echo_authorizations, launcher_call
 from sandbox_helpers import Sandboxed, python_spec, sandboxed, wait_until, workspace_of
 
 BETA = "agent/beta"
@@ -265,10 +266,11 @@ def through_proxy():
     c.request("GET", "/http/api/hello")
     reply = c.getresponse()
     echoed = json.loads(reply.read())["headers"].get("authorization", "")
-    # The search's own control: the echoed header, written to /tmp, is found there.
+    # The proxy cleans the upstream's echo: the workload sees `*`s the credential's length.
+    injected = echoed == "Bearer " + "*" * len(NEEDLE.decode() + "1")
+    # The search's own control: the credential's form, written to /tmp, is found there.
     with open("/tmp/echoed", "w") as f:
-        f.write(echoed)
-    injected = echoed == "Bearer " + NEEDLE.decode() + "1"
+        f.write("Bearer " + NEEDLE.decode() + "1")
     return {"status": reply.status, "injected": injected, "found": search(["/tmp"])["found"]}
 
 
@@ -435,6 +437,7 @@ def test_tcp_to_the_upstreams_port_is_refused(probed: Probed) -> None:
     assert probed["proxy_control"]["ok"], probed["proxy_control"]
     assert probed["proxy_control"]["value"]["status"] == 200
     assert probed["proxy_control"]["value"]["injected"]
+    assert f"Bearer {CANARY}1" in echo_authorizations()  # what the upstream received
 
 
 def test_no_network_interface_but_loopback(probed: Probed) -> None:
@@ -613,8 +616,8 @@ def test_no_credential_value_in_environment_argv_proc_or_files(probed: Probed) -
     assert roots <= set(searched["roots"]), searched
     assert "/proc/1/environ" not in searched["unreadable"], searched
     assert "/proc/2/environ" not in searched["unreadable"], searched
-    # The control: the search finds the credential once the upstream has echoed it back
-    # (the only place it reaches the sandbox, by the test upstream's design).
+    # The control: the search finds the credential's form once the probe writes it (the
+    # upstream's echo of it reaches the sandbox only as `*`s).
     control = probed["proxy_control"]
     assert control["ok"], control
     assert control["value"]["found"] == ["/tmp/echoed"], control  # noqa: S108 -- ditto
