@@ -218,15 +218,18 @@ def test_refusals_keep_the_running_proxy(fleet: Fleet, tmp_path: Path, run_dir: 
                 assert not reply["ok"]
                 assert message in reply["error"]
                 assert _seen_token(socket) == "Bearer kept-canary"
+            # Signed for PRINCIPAL, its signature would refuse these first: unsigned.
+            unsigned = {k: v for k, v in good.items() if k != "signatures"}
             assert (
                 "not in this machine's fleet"
-                in ensure(good, "@other/fleet/x/agent/a:bureau.local")["error"]
+                in ensure(unsigned, "@other/fleet/x/agent/a:bureau.local")["error"]
             )
-            assert "is a machine" in ensure(good, f"@{fleet.name}/machine/x:bureau.local")["error"]
+            elsewhere = f"@{fleet.name}/machine/x:bureau.local"
+            assert "is a machine" in ensure(unsigned, elsewhere)["error"]
             bad = launcher_call(running.socket, {"action": "explode"})
             assert bad == {
                 "ok": False,
-                "error": "action must be one of status, list, ensure, stop, relogin",
+                "error": "action must be one of status, list, ensure, stop, relogin, trust",
             }
 
             # Only the launcher's uid and the daemon's may talk to it.

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import Fleet
-from launcher_proc import broker_args, daemon, launcher, proxies_under, sandboxd
+from launcher_proc import UNSIGNED, broker_args, daemon, launcher, proxies_under, sandboxd
 from machine_helpers import Enrolled, enroll, eventually
 from processes import echo_authorizations, echo_upstream, stars
 from sandbox_helpers import PROXY_CLIENT, PYTHON, SYSTEM, fleet_of, kill_sandboxes_under
@@ -167,7 +167,8 @@ def test_an_upstream_bundle_runs_only_where_the_machine_allows_it(
 
             # Refused by default: one line naming the principal and the choice.
             with (
-                launcher(name, state, run_dir, *broker_args(run_dir)) as refusing,
+                # Upstream writes nothing signed: both machines take unsigned events.
+                launcher(name, state, run_dir, *broker_args(run_dir), *UNSIGNED) as refusing,
                 daemon(name, state, run_dir) as the_daemon,
             ):
                 error = eventually(lambda: _principal_status(fleet, machine, user).get("error"))
@@ -186,7 +187,14 @@ def test_an_upstream_bundle_runs_only_where_the_machine_allows_it(
 
             # Allowed on this machine: served, routed by the template, Matrix as itself.
             with (
-                launcher(name, state, run_dir, *broker_args(run_dir), "--allow-unbound-bundles")
+                launcher(
+                    name,
+                    state,
+                    run_dir,
+                    *broker_args(run_dir),
+                    *UNSIGNED,
+                    "--allow-unbound-bundles",
+                )
                 as allowing,
             ):  # fmt: skip
                 with daemon(name, state, run_dir) as the_daemon:
