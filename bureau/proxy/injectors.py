@@ -118,11 +118,28 @@ class Static:
         return None
 
 
-class HeaderInjector(Static):
+class FixedLines(Static):
+    """A static kind whose whole work is header lines built once (``_lines``)."""
+
+    __slots__ = ("_lines",)
+    _lines: bytes  # revealed credentials, when they are: kept out of every repr
+
+    def inject(
+        self,
+        method: bytes,  # noqa: ARG002 - a static kind needs neither the method
+        target: bytes,
+        lines: list[bytes],
+        body: bytes | None,  # noqa: ARG002 - nor the body
+    ) -> bytes:
+        lines.append(self._lines)
+        return target
+
+
+class HeaderInjector(FixedLines):
     """``inject_headers`` (with ``auth_scheme`` before an Authorization value): static
     header lines, built once."""
 
-    __slots__ = ("_lines", "sets")
+    __slots__ = ("sets",)
 
     def __init__(
         self,
@@ -145,22 +162,12 @@ class HeaderInjector(Static):
     def __repr__(self) -> str:
         return f"HeaderInjector(sets={sorted(self.sets)})"
 
-    def inject(
-        self,
-        method: bytes,  # noqa: ARG002 - a static kind needs neither the method
-        target: bytes,
-        lines: list[bytes],
-        body: bytes | None,  # noqa: ARG002 - nor the body
-    ) -> bytes:
-        lines.append(self._lines)
-        return target
 
-
-class LinesInjector(Static):
+class LinesInjector(FixedLines):
     """Fixed header lines that are no credential (``Accept-Encoding: identity`` where
     responses are cleaned), replacing the client's of the same names."""
 
-    __slots__ = ("_lines", "sets")
+    __slots__ = ("sets",)
 
     def __init__(self, lines: Mapping[str, str]) -> None:
         self._lines = b"".join(f"{k}: {v}\r\n".encode() for k, v in lines.items())
@@ -168,16 +175,6 @@ class LinesInjector(Static):
 
     def __repr__(self) -> str:
         return f"LinesInjector(sets={sorted(self.sets)})"
-
-    def inject(
-        self,
-        method: bytes,  # noqa: ARG002 - static
-        target: bytes,
-        lines: list[bytes],
-        body: bytes | None,  # noqa: ARG002 - static
-    ) -> bytes:
-        lines.append(self._lines)
-        return target
 
 
 def _parameter_name(item: bytes) -> bytes:
@@ -222,10 +219,10 @@ class QueryInjector(Static):
         return path + b"?" + b"&".join([*kept, self._pairs])
 
 
-class BasicInjector(Static):
+class BasicInjector(FixedLines):
     """``basic_auth``: one ``Authorization: Basic`` line, built once (RFC 7617)."""
 
-    __slots__ = ("_line",)
+    __slots__ = ()
     sets = frozenset({b"authorization"})
 
     def __init__(self, route: ServiceRoute, credentials: Mapping[str, Secret]) -> None:
@@ -237,20 +234,10 @@ class BasicInjector(Static):
             # RFC 7617: the user-id cannot hold a colon; the server would split it there.
             raise Unavailable(f"credential {basic.username} holds ':', which basic auth cannot")
         pair = f"{username}:{revealed(credentials, basic.password)}".encode()
-        self._line = b"Authorization: Basic " + base64.b64encode(pair) + b"\r\n"
+        self._lines = b"Authorization: Basic " + base64.b64encode(pair) + b"\r\n"
 
     def __repr__(self) -> str:
         return "BasicInjector()"
-
-    def inject(
-        self,
-        method: bytes,  # noqa: ARG002 - static
-        target: bytes,
-        lines: list[bytes],
-        body: bytes | None,  # noqa: ARG002 - static
-    ) -> bytes:
-        lines.append(self._line)
-        return target
 
 
 class PathPrefixInjector(Static):
