@@ -35,6 +35,7 @@ from bureau.wire.credentials import (
     unbound_services,
 )
 from bureau.wire.proxy_payload import ProxyPayload
+from bureau.wire.service_route import referenced_credentials
 
 READY_TIMEOUT = 20.0
 
@@ -123,6 +124,13 @@ class ProxyKind:
             raise LauncherError(str(exc)) from None
         finally:
             del plaintext
+        # Refused at provision, and again here: a route naming a credential the bundle
+        # lacks would only ever answer 503.
+        missing = sorted(referenced_credentials(services) - set(opened.credentials))
+        if missing:
+            raise LauncherError(
+                f"{where}: its services name {', '.join(missing)}, which the bundle lacks"
+            )
         if not opened.bound:
             self._log.info("serving an unbound bundle", principal=principal)
         payload = ProxyPayload(principal, services, opened.credentials, event.expires_at)
