@@ -85,6 +85,7 @@ def _bureau(fleet: Fleet, *args: str | Path) -> Any:
     return done
 
 
+@pytest.mark.slow
 def test_forged_bundles_and_assignments_are_refused_and_rotation_works(
     fleet: Fleet, tmp_path: Path, run_dir: Path
 ) -> None:
