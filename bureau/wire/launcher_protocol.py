@@ -31,7 +31,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from bureau.errors import InputError
 from bureau.wire.credentials import CredentialsEvent, content_digest
@@ -134,33 +134,28 @@ def _no_sandbox(obj: dict[str, Any]) -> None:
 
 
 @dataclass(frozen=True)
-class StatusRequest(_Line):
+class _Bare(_Line):
+    """A request that is its action and nothing more."""
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Self:
+        _no_sandbox(obj)
+        return cls()
+
+
+@dataclass(frozen=True)
+class StatusRequest(_Bare):
     action: ClassVar[str] = "status"
 
-    @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> StatusRequest:
-        _no_sandbox(obj)
-        return cls()
-
 
 @dataclass(frozen=True)
-class ListRequest(_Line):
+class ListRequest(_Bare):
     action: ClassVar[str] = "list"
 
-    @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> ListRequest:
-        _no_sandbox(obj)
-        return cls()
-
 
 @dataclass(frozen=True)
-class ReloginRequest(_Line):
+class ReloginRequest(_Bare):
     action: ClassVar[str] = "relogin"
-
-    @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> ReloginRequest:
-        _no_sandbox(obj)
-        return cls()
 
 
 def _principal(obj: dict[str, Any]) -> PrincipalRef:
