@@ -176,6 +176,7 @@ class ProxyKind:
         # Forked by the template in its own session (a signal to the launcher's group must
         # not reach it) and outliving this launcher, to be adopted by the next one.
         argv = ["--socket", str(temp), "--machine", self._machine_user]
+        argv += ["--installed-as", str(final)]  # it watches that its socket is still there
         try:
             spawned = await asyncio.to_thread(self._spawner.spawn, argv)
         except SpawnError as exc:

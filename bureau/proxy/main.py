@@ -3,7 +3,8 @@ principal's requests. Started by the launcher, which writes the payload to stdin
 closes it; the proxy answers "READY <pid>" on stdout once its socket accepts connections.
 SIGTERM: stop accepting, let in-flight requests finish (bounded), exit 0. The proxy never
 unlinks its socket path: the launcher owns the path, and after a rotation the path belongs
-to the proxy that replaced this one.
+to the proxy that replaced this one. A proxy nobody can reach or stop (its socket path
+gone or taken, its launcher gone: orphan.py) stops itself the same way.
 
 Any other exit says why in one log line, and never with a credential value: an expected
 failure exits 1 (2 for usage), anything else 70 with its type and message, any credential
@@ -27,6 +28,7 @@ from bureau.errors import BureauError, InputError, UsageError
 from bureau.files import make_dirs
 from bureau.hardening import no_dumps
 from bureau.lifecycle import Owned
+from bureau.proxy import orphan
 from bureau.proxy.server import SWEEP_SECONDS, ClientConnection, Proxy
 from bureau.wire.proxy_payload import WHERE, ProxyPayload
 
@@ -44,6 +46,11 @@ def build_parser() -> Parser:
         "Reads its payload from stdin; started by bureau-launcher.",
     )
     p.add_argument("--socket", type=Path, required=True, help="Unix socket path to listen on")
+    p.add_argument(
+        "--installed-as",
+        type=Path,
+        help="the path the launcher renames --socket to once READY (orphan.py watches both)",
+    )
     p.add_argument("--machine", help="the machine's user ID, for log entries")
     p.add_argument("--log-level", help="debug, info, warning, error ($BUREAU_LOG_LEVEL, info)")
     return p
@@ -84,9 +91,19 @@ def _raw_credentials(raw: bytes) -> list[str]:
     return [v for v in credentials.values() if isinstance(v, str)]
 
 
-async def serve(payload: ProxyPayload, socket_path: Path, logger: Any, *, debug: bool) -> None:
+async def serve(
+    payload: ProxyPayload,
+    socket_path: Path,
+    logger: Any,
+    *,
+    debug: bool,
+    installed_as: Path | None = None,
+    parent: int | None = None,
+) -> None:
+    """``parent``: the launcher's pid (orphan.py); None: no orphan watch."""
     proxy = Proxy(payload, logger, debug=debug)
     server: asyncio.Server | None = None
+    stop = asyncio.Event()
 
     async def start(tasks: Owned) -> None:
         nonlocal server
@@ -102,6 +119,9 @@ async def serve(payload: ProxyPayload, socket_path: Path, logger: Any, *, debug:
         finally:
             os.umask(old_umask)
         tasks.create_task(_sweep(proxy))
+        if parent is not None:
+            watch = orphan.Watch.of(socket_path, installed_as, parent)
+            tasks.create_task(orphan.watch(watch, stop, logger))
         try:
             # Unbuffered: nothing of it may be left for a flush at exit to fail on again.
             os.write(sys.stdout.fileno(), f"READY {os.getpid()}\n".encode())
@@ -129,6 +149,7 @@ async def serve(payload: ProxyPayload, socket_path: Path, logger: Any, *, debug:
             start,
             draining,
             grace=DRAIN_SECONDS,
+            stop=stop,
             on_grace_exceeded=lambda: logger.warning(
                 "drain timed out", connections=len(proxy.clients)
             ),
@@ -162,8 +183,19 @@ def _main(argv: list[str]) -> int:
         payload = read_payload()
         secrets = [s.reveal() for s in payload.credentials.values()]
         logger = logger.bind(principal=payload.principal)
+        # Read only now: the payload's end means the launcher is our parent (orphan.py).
+        parent = os.getppid()
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(serve(payload, args.socket, logger, debug=level == "debug"))
+            runner.run(
+                serve(
+                    payload,
+                    args.socket,
+                    logger,
+                    debug=level == "debug",
+                    installed_as=args.installed_as,
+                    parent=parent,
+                )
+            )
     except BureauError as exc:
         logger.error("proxy exiting", reason=str(exc))
         return exc.exit_code
