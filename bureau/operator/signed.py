@@ -28,8 +28,9 @@ from bureau.files import atomic_write
 from bureau.matrix.client import MatrixHTTP
 from bureau.operator import credentials
 from bureau.operator.credentials import admin_client
-from bureau.wire import names
+from bureau.wire import names, rooms
 from bureau.wire.files import OperatorCredentials
+from bureau.wire.fleet_bundle import signing_target
 from bureau.wire.operator_keys import (
     EVENT_TYPE,
     TrustedKeys,
@@ -53,6 +54,14 @@ def sign_as(
     if creds.signing_key is None:
         return dict(content)
     return sign(content, kind, target, creds.signing_key)
+
+
+def sign_fleet_bundle(
+    creds: OperatorCredentials, state_key: str, content: Mapping[str, Any]
+) -> dict[str, Any]:
+    """One shard of a fleet bundle, signed about its place in the fleet room."""
+    target = signing_target(names.fleet_room_localpart(creds.fleet), creds.server_name, state_key)
+    return sign_as(creds, rooms.CREDENTIALS, target, content)
 
 
 def public_key_file(credential_file: Path) -> Path:
