@@ -117,13 +117,13 @@ def test_recipients_per_event_small_and_large(
     # What WIRE.md states: about 330 machines beside a small set, about 90 beside 32 KiB.
     assert 300 <= small <= 360
     assert 80 <= large <= 100
-    # The planner's first guess and its measurement agree with this bound (without the
-    # cap on recipients a shard, which keeps each machine's decrypt short).
+    # The planner agrees with this bound (without the cap on recipients a shard, which keeps
+    # each machine's decrypt short), give or take the few recipients age's random grease
+    # stanza makes room for or not.
     sealer = _sealer(operator_key, escrow, SMALL, "nix-cache")
-    assert len(sealer.plan(recipients[:small], max_recipients=small)) == 1
-    assert len(sealer.plan(recipients[: small + 1], max_recipients=small + 1)) == 2
-    large_sealer = _sealer(operator_key, escrow, LARGE, "big")
-    assert len(large_sealer.plan(recipients[: large + 1], max_recipients=large + 1)) == 2
+    for n, each in ((small, sealer), (large, _sealer(operator_key, escrow, LARGE, "big"))):
+        assert len(each.plan(recipients[: n - 3], max_recipients=n)) == 1
+        assert len(each.plan(recipients[: n + 3], max_recipients=n + 3)) == 2
     assert len(sealer.plan(recipients[:MAX_RECIPIENTS])) == 1
     assert len(sealer.plan(recipients[: MAX_RECIPIENTS + 1])) == 2
 
