@@ -13,9 +13,14 @@ Every field is read and kept whatever is decided here (``wire.template``). Each 
 - or the principal is refused (``refusal``), in one line naming the field and the
   template that set it, where running without it would leave the workload less
   protected, less accountable or less confined than its author asked, or would hand a
-  credential to the workload: ``isolation: none``, ``secrets``, ``credential_ref``,
-  ``response_interceptors``, and a field upstream does not have either (``extra``: what it
-  asks for cannot be judged).
+  credential to the workload: ``isolation: none``, ``secrets``, a ``credential_ref`` to a
+  room other than a fleet room, ``response_interceptors``, and a field upstream does not
+  have either (``extra``: what it asks for cannot be judged).
+
+``credential_ref`` is honoured for the machine's own fleet room (``${FLEET_ROOM}:<name>``):
+its principal's proxy serves that fleet bundle's credentials and routes beside its own.
+Judged here without the machine, a ref is kept when it names a fleet room; the daemon and
+the launcher, which know the machine, refuse one to another fleet's room (``fleet_ref``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from dataclasses import dataclass, replace
 
 from bureau.errors import InputError
 from bureau.template_resolve import Resolved
+from bureau.wire import names
+from bureau.wire.fleet_bundle import CredentialRef
 from bureau.wire.template import Template
 from bureau.wire.template_parts import Mount
 
@@ -37,7 +44,7 @@ IGNORED = {
     "output_capture": "output is not captured here; it goes to the journal",
 }
 SECRETS = "a credential never enters the sandbox here; use proxy_services"
-FLEET_BUNDLES = "fleet bundles are not served by this worker"
+FLEET_ROOM_ONLY = "only the fleet room's bundles (${FLEET_ROOM}:<name>) are served here"
 
 
 @dataclass(frozen=True)
@@ -61,8 +68,8 @@ def _refused(template: Template) -> Iterator[tuple[str, str, str]]:
     for binding in template.secrets[:1]:
         key = binding.key
         yield f"secrets[{key}]", "secrets", f"hands {key} to the workload; {SECRETS}"
-    if template.credential_ref:
-        why = f"names fleet bundle {template.credential_ref}; {FLEET_BUNDLES}"
+    if template.credential_ref and not _names_a_fleet_room(template.credential_ref):
+        why = f"names {template.credential_ref[:80]}; {FLEET_ROOM_ONLY}"
         yield "credential_ref", "credential_ref", why
     for name, service in sorted(template.proxy_services.items()):
         if service.response_interceptors:
@@ -80,6 +87,27 @@ def _refused(template: Template) -> Iterator[tuple[str, str, str]]:
         or any(part in (".", "..", "") for part in nix.split("/")[1:])
     ):
         yield "environment", "environment", f"{nix!r} is not a Nix store path"
+
+
+def _names_a_fleet_room(value: str) -> bool:
+    """Whether ``value`` parses and names ``${FLEET_ROOM}`` or some fleet's room."""
+    try:
+        # Any fleet stands in for the machine's: only the shape is judged here.
+        names.validate_fleet(CredentialRef.parse(value, "ns/fleet/any", "credential_ref").room)
+    except (InputError, names.InvalidName):
+        return False
+    return True
+
+
+def fleet_ref(value: str, fleet: str, server: str, where: str) -> CredentialRef:
+    """A principal's ``credential_ref`` on a machine of ``fleet`` on ``server``: the bundle
+    it names in that fleet's room; InputError naming ``where`` and ``credential_ref``
+    otherwise (one that does not parse, or another room)."""
+    room = names.fleet_room_localpart(fleet)
+    ref = CredentialRef.parse(value, room, where)
+    if not ref.in_fleet_room(room, server):
+        raise InputError(where, "credential_ref", f"names {ref}; {FLEET_ROOM_ONLY}")
+    return ref
 
 
 def refusal(resolved: Resolved) -> InputError | None:

@@ -33,6 +33,7 @@ class Found:
     services: dict[str, ProxyService]
     ignored: tuple[Ignored, ...] = ()
     sources: tuple[TemplateRef, ...] = ()
+    credential_ref: str = ""  # the fleet bundle it names (template_policy.fleet_ref)
 
 
 def assignment_spec(
@@ -73,4 +74,5 @@ def assignment_spec(
         dict(template.proxy_services),
         template_policy.ignored(resolved),
         resolved.sources,
+        template.credential_ref,
     )

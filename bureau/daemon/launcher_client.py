@@ -22,6 +22,7 @@ from bureau.wire.launcher_protocol import (
     Answer,
     EnsureRequest,
     EnsureResult,
+    FleetCredentials,
     Listing,
     ListRequest,
     PrincipalState,
@@ -121,15 +122,16 @@ class LauncherClient:
             raise LauncherUnavailable(f"launcher refused to list its principals: {exc}") from None
         return list(listing.principals)
 
-    async def ensure(
+    async def ensure(  # noqa: PLR0917 -- the request's fields, in its order
         self,
         principal: PrincipalRef,
         credentials: RelayedCredentials,
         sandbox: SandboxSpec | None = None,
         assignment: dict[str, Any] | None = None,
         templates: dict[str, dict[str, Any]] | None = None,
+        fleet: FleetCredentials | None = None,
     ) -> EnsureResult:
-        request = EnsureRequest(principal, credentials, sandbox, assignment, templates or {})
+        request = EnsureRequest(principal, credentials, sandbox, assignment, templates or {}, fleet)
         return await self.call(request, EnsureResult.from_json)
 
     async def trust(self, statements: Iterable[dict[str, Any]]) -> TrustResult:

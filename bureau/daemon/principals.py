@@ -18,7 +18,7 @@ from bureau.daemon.launcher_client import LauncherClient, LauncherRefused, Launc
 from bureau.daemon.reconcile import Action, Ensure, Failure, Stop, failed, is_due, plan, tried
 from bureau.errors import InputError
 from bureau.wire.credentials import content_digest, rfc3339_now
-from bureau.wire.launcher_protocol import RelayedCredentials
+from bureau.wire.launcher_protocol import FleetCredentials, RelayedCredentials
 from bureau.wire.machine_config import MachineConfig
 from bureau.wire.names import InvalidName, PrincipalRef
 from bureau.wire.sandbox_spec import SandboxSpec
@@ -35,7 +35,9 @@ def principal_ref(user_id: str) -> PrincipalRef:
         raise InputError("principal", None, str(exc)) from None
 
 
-def typed(action: Ensure) -> tuple[RelayedCredentials, SandboxSpec | None]:
+def typed(
+    action: Ensure,
+) -> tuple[RelayedCredentials, SandboxSpec | None, FleetCredentials | None]:
     """What an ensure carries, read as the launcher reads it (InputError naming the
     field, in the launcher's words): the launcher is sent only what it can read."""
     credentials = RelayedCredentials.from_json(
@@ -45,7 +47,12 @@ def typed(action: Ensure) -> tuple[RelayedCredentials, SandboxSpec | None]:
         sandbox = None if action.sandbox is None else SandboxSpec.from_json(action.sandbox)
     except InputError as exc:
         raise InputError(f"sandbox for {action.principal}", None, str(exc)) from None
-    return credentials, sandbox
+    fleet = None
+    if action.fleet_credentials is not None:
+        fleet = FleetCredentials.from_json(
+            action.fleet_credentials, f"fleet_credentials for {action.principal}"
+        )
+    return credentials, sandbox, fleet
 
 
 class Principals:
@@ -97,6 +104,7 @@ class Principals:
         specs: dict[str, dict[str, Any]] | None = None,
         held: set[str] | None = None,
         templates: dict[str, dict[str, dict[str, Any]]] | None = None,
+        fleet: dict[str, dict[str, Any]] | None = None,
     ) -> bool:
         """One pass; True when what the heartbeat reports changed since the last one.
         ``settle`` waits for the actions it started (the first pass, before READY). A
@@ -113,6 +121,7 @@ class Principals:
             sandboxes=sandboxes,
             held=held or set(),
             templates=templates,
+            fleet=fleet,
         )
         pending = {action.principal for action in actions} | set(self._inflight)
         for principal in [p for p in self.failures if p not in pending]:
@@ -148,10 +157,15 @@ class Principals:
         try:
             principal = principal_ref(action.principal)
             if isinstance(action, Ensure):
-                credentials, sandbox = typed(action)
+                credentials, sandbox, fleet = typed(action)
                 async with self._starting:
                     await self._launcher.ensure(
-                        principal, credentials, sandbox, action.assignment, action.templates
+                        principal,
+                        credentials,
+                        sandbox,
+                        action.assignment,
+                        action.templates,
+                        fleet=fleet,
                     )
             else:
                 await self._launcher.stop(principal)

@@ -20,6 +20,7 @@ from typing import Any
 
 from bureau.errors import InputError
 from bureau.wire.credentials import content_digest
+from bureau.wire.launcher_protocol import running_digest
 from bureau.wire.machine_config import MachineConfig
 from bureau.wire.service_route import services_json
 from bureau.wire.template_parts import ProxyService
@@ -34,6 +35,9 @@ class Ensure:
     # machine-config entry, and the templates its sandbox resolves from (ref -> content).
     assignment: dict[str, Any] | None = None
     templates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The fleet bundle shard its template names ({"state_key", "content"} as published;
+    # daemon/fleet_relay.py), served beside its own credentials.
+    fleet_credentials: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -90,12 +94,15 @@ def plan(
     sandboxes: Mapping[str, str] | None = None,
     held: Collection[str] = (),
     templates: Mapping[str, dict[str, dict[str, Any]]] | None = None,
+    fleet: Mapping[str, dict[str, Any]] | None = None,
 ) -> list[Action]:
-    """``running`` maps principal -> content digest, and ``sandboxes`` principal -> spec
-    digest, as the launcher reports them; ``specs``: principal -> the spec it should run
-    (absent: no sandbox); ``templates``: principal -> the templates it resolves from, as
-    published."""
+    """``running`` maps principal -> running digest (launcher_protocol.running_digest), and
+    ``sandboxes`` principal -> spec digest, as the launcher reports them; ``specs``:
+    principal -> the spec it should run (absent: no sandbox); ``templates``: principal ->
+    the templates it resolves from, as published; ``fleet``: principal -> the fleet
+    bundle shard it is served with."""
     specs, sandboxes, templates = specs or {}, sandboxes or {}, templates or {}
+    fleet = fleet or {}
     wanted = {p: c for p, c in desired(config, credentials).items() if p not in held}
     actions: list[Action] = [
         Stop(principal)
@@ -105,7 +112,8 @@ def plan(
     for principal, content in sorted(wanted.items()):
         spec = specs.get(principal)
         spec_digest = content_digest(spec) if spec is not None else None
-        if running.get(principal) != content_digest(content) or (
+        shard = fleet.get(principal)
+        if running.get(principal) != running_digest(content, shard) or (
             sandboxes.get(principal) != spec_digest
         ):
             entry = config.find(principal)
@@ -116,6 +124,7 @@ def plan(
                     spec,
                     (entry.raw or None) if entry is not None else None,
                     templates.get(principal, {}) if spec is not None else {},
+                    shard,
                 )
             )
     return actions
@@ -150,6 +159,7 @@ def tried(action: Action) -> str:
             "sandbox": action.sandbox,
             "assignment": action.assignment,
             "templates": action.templates,
+            "fleet_credentials": action.fleet_credentials,
         }
     )
 

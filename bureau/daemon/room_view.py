@@ -1,7 +1,8 @@
 """What the daemon knows of its machine's rooms, from their state events: the machine's
 config (its assignments), the credentials events of its config room, and the operator key
-statements of the fleet room. Pure apart from the log and the fleet profile's file, which
-the fleet room's ``m.bureau.fleet_profile`` is materialized into as it arrives."""
+statements and fleet bundles (credentials events) of the fleet room. Pure apart from the
+log and the fleet profile's file, which the fleet room's ``m.bureau.fleet_profile`` is
+materialized into as it arrives."""
 
 from __future__ import annotations
 
@@ -25,11 +26,15 @@ class RoomView:
         self.config = MachineConfig()
         self.credentials: dict[str, dict[str, Any]] = {}  # principal -> content as published
         self.statements: list[dict[str, Any]] = []  # operator key statements, relayed
+        # The fleet room's credentials events (fleet bundles): state key -> content.
+        self.fleet_credentials: dict[str, dict[str, Any]] = {}
 
     def replace_room(self, room_id: str, events: list[dict[str, Any]]) -> None:
         """A room's whole state, as the homeserver resolved it."""
         if room_id == self.config_room:
             self.credentials = {}
+        if room_id == self.fleet_room:
+            self.fleet_credentials = {}
         self.apply([(room_id, event) for event in events])
 
     def apply(self, events: list[tuple[str, dict[str, Any]]]) -> None:
@@ -40,6 +45,11 @@ class RoomView:
             if room_id == self.fleet_room and kind == OPERATOR_KEYS and key == "":
                 raw = content.get("statements") if isinstance(content, dict) else None
                 self.statements = [s for s in raw if isinstance(s, dict)] if raw else []
+            if room_id == self.fleet_room and kind == rooms.CREDENTIALS and isinstance(key, str):
+                if isinstance(content, dict) and content:
+                    self.fleet_credentials[key] = dict(content)
+                else:
+                    self.fleet_credentials.pop(key, None)
             if room_id != self.config_room:
                 continue
             if kind == rooms.MACHINE_CONFIG and key == self._machine_key:

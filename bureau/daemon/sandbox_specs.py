@@ -24,8 +24,9 @@ from bureau.wire.template_parts import ProxyService
 RETRY_SECONDS = 60.0
 
 Services = dict[str, ProxyService]
-# A spec's JSON, its template's services, and the templates it came from as published.
-Resolved = tuple[dict[str, Any], Services, dict[str, dict[str, Any]]]
+# A spec's JSON, its template's services, the templates it came from as published, and the
+# fleet bundle its template names ("" for none).
+Resolved = tuple[dict[str, Any], Services, dict[str, dict[str, Any]], str]
 Join = Callable[[str], Awaitable[str]]  # alias -> room ID
 ReadState = Callable[[str], Awaitable[None]]  # room ID -> (feeds set_state)
 
@@ -46,6 +47,9 @@ class SandboxSpecs:
         # principal -> the templates its spec came from, as published: relayed to the
         # launcher, which checks their signatures and resolves the spec again.
         self.sources: dict[str, dict[str, dict[str, Any]]] = {}
+        # principal -> its template's credential_ref (the last good one while it does not
+        # resolve): the fleet bundle relayed with its credentials (daemon/fleet_relay.py).
+        self.credential_refs: dict[str, str] = {}
 
     async def follow(self, alias: str) -> None:
         """Join a template room and read its templates; a room this machine may not join
@@ -87,6 +91,7 @@ class SandboxSpecs:
         problems: dict[str, str] = {}
         services: dict[str, dict[str, ProxyService]] = {}
         sources: dict[str, dict[str, dict[str, Any]]] = {}
+        refs: dict[str, str] = {}
         for assignment in config.principals:
             if not assignment.auto_start:
                 continue
@@ -99,7 +104,9 @@ class SandboxSpecs:
                 if good is None:
                     held.add(principal)
                 else:
-                    specs[principal], services[principal], sources[principal] = good
+                    specs[principal], services[principal], sources[principal], ref = good
+                    if ref:
+                        refs[principal] = ref
                 if self.problems.get(principal) != problems[principal]:
                     self._log.error(
                         "cannot resolve a principal's template",
@@ -110,14 +117,18 @@ class SandboxSpecs:
                 continue
             if found is not None:
                 signed = self.templates.signed_sources(found)
-                self._good[principal] = (found.spec.to_json(), found.services, signed)
-                specs[principal], services[principal], sources[principal] = self._good[principal]
+                ref = found.credential_ref
+                self._good[principal] = (found.spec.to_json(), found.services, signed, ref)
+                specs[principal], services[principal], sources[principal], _ = self._good[principal]
+                if ref:
+                    refs[principal] = ref
                 self._warn(principal, found)
             else:
                 self._good.pop(principal, None)
         self.problems = problems
         self.services = services
         self.sources = sources
+        self.credential_refs = refs
         self._warned = {p: v for p, v in self._warned.items() if p in self._good}
         return specs, held
 

@@ -8,7 +8,10 @@ from Matrix.
   with ``auto_start``;
 - for a sandbox, every template it resolves from, signed about its ref: the launcher
   resolves the spec itself from them (template_spec.py, as the daemon does) and runs the
-  daemon's spec only when it is the same.
+  daemon's spec only when it is the same;
+- a fleet bundle shard: only the bundle those templates name (``credential_ref``, in this
+  machine's fleet room), signed about ``<fleet room>@<server>:<state key>``; none when
+  they name none.
 
 Anything else is refused, whole, before anything changes; the reason names the event and
 why (unsigned, a key not trusted here, a removed key, a signature over other content).
@@ -28,8 +31,10 @@ from typing import Any
 from bureau.errors import InputError
 from bureau.files import atomic_write
 from bureau.launcher.children import LauncherError
-from bureau.template_spec import assignment_spec
-from bureau.wire import rooms
+from bureau.template_policy import fleet_ref
+from bureau.template_spec import Found, assignment_spec
+from bureau.wire import names, rooms
+from bureau.wire.fleet_bundle import signing_target
 from bureau.wire.launcher_protocol import EnsureRequest, TrustResult
 from bureau.wire.machine_config import Assignment
 from bureau.wire.operator_keys import PINNED_FILE, Statement, TrustedKeys
@@ -87,6 +92,8 @@ class OperatorTrust:
         self._state_dir = state_dir
         self._machine = machine_user
         self._server = machine_user.rsplit(":", 1)[1] if ":" in machine_user else ""
+        localpart = machine_user.split(":", 1)[0].lstrip("@")
+        self._fleet = names.fleet_of_entity(localpart) if "/fleet/" in localpart else ""
         self.allow_unsigned = allow_unsigned
 
     def pinned(self) -> TrustedKeys:
@@ -125,9 +132,14 @@ class OperatorTrust:
         )
         entry = request.assignment
         if entry is None:
-            if self.allow_unsigned:
-                return  # the daemon's spec, checked by sandbox_policy as always
-            raise LauncherError(f"{principal}: no signed assignment came with the request; refused")
+            if not self.allow_unsigned:
+                raise LauncherError(
+                    f"{principal}: no signed assignment came with the request; refused"
+                )
+            # The daemon's spec, checked by sandbox_policy as always; no template to name
+            # a fleet bundle.
+            self._check_fleet(request, "", keys)
+            return
         where = f"assignment of {principal}"
         signed = self._signed(entry, rooms.MACHINE_CONFIG, self._machine, where, keys)
         try:
@@ -136,13 +148,21 @@ class OperatorTrust:
             raise LauncherError(str(exc)) from None
         if assignment.principal != principal or not assignment.auto_start:
             raise LauncherError(f"{where}: it does not start {principal} here; refused")
-        if request.sandbox is None or not signed:
-            return  # no workload; or an unsigned assignment: the daemon's spec, as always
-        self._check_spec(request, assignment, keys)
+        found = None
+        if request.sandbox is not None:
+            found = self._resolve(request, assignment, keys)
+            sandbox = request.sandbox
+            # An unsigned assignment: the daemon's spec, as always.
+            if signed and (found is None or found.spec.digest != sandbox.digest):
+                raise LauncherError(
+                    f"sandbox for {principal}: the spec sent is not what the signed "
+                    "assignment and templates give; refused"
+                )
+        self._check_fleet(request, found.credential_ref if found is not None else "", keys)
 
-    def _check_spec(
+    def _resolve(
         self, request: EnsureRequest, assignment: Assignment, keys: TrustedKeys
-    ) -> None:
+    ) -> Found | None:
         def fetch(ref: TemplateRef) -> Template | None:
             content = request.templates.get(str(ref))
             if content is None:
@@ -151,17 +171,40 @@ class OperatorTrust:
             self._signed(content, TEMPLATE, target, f"template {ref}", keys)
             return Template.from_json(content, str(ref))
 
-        principal = request.principal.user_id
         try:
-            found = assignment_spec(assignment, fetch, os.path.isdir)
+            return assignment_spec(assignment, fetch, os.path.isdir)
         except InputError as exc:
-            raise LauncherError(f"sandbox for {principal}: {exc}") from None
-        sandbox = request.sandbox
-        if found is None or sandbox is None or found.spec.digest != sandbox.digest:
+            raise LauncherError(f"sandbox for {request.principal.user_id}: {exc}") from None
+
+    def _check_fleet(self, request: EnsureRequest, credential_ref: str, keys: TrustedKeys) -> None:
+        """The fleet bundle shard sent is the one ``credential_ref`` (from the templates
+        checked above) names, signed by the operator; none is sent when it names none."""
+        principal = request.principal.user_id
+        fleet = request.fleet_credentials
+        if not credential_ref:
+            if fleet is not None:
+                raise LauncherError(
+                    f"fleet bundle {fleet.state_key} for {principal}: its signed templates "
+                    "name no fleet bundle; refused"
+                )
+            return
+        try:
+            ref = fleet_ref(credential_ref, self._fleet, self._server, f"template of {principal}")
+        except InputError as exc:
+            raise LauncherError(str(exc)) from None
+        if fleet is None:
             raise LauncherError(
-                f"sandbox for {principal}: the spec sent is not what the signed assignment "
-                "and templates give; refused"
+                f"{principal}: its template names fleet bundle {ref.name}, which did not come "
+                "with the request; refused"
             )
+        where = f"fleet bundle {fleet.state_key} for {principal}"
+        if fleet.name != ref.name:
+            raise LauncherError(
+                f"{where}: not {ref.name}, the bundle its signed templates name; refused"
+            )
+        room = names.fleet_room_localpart(self._fleet)
+        target = signing_target(room, self._server, fleet.state_key)
+        self._signed(fleet.to_json()["content"], rooms.CREDENTIALS, target, where, keys)
 
     def apply(self, statements: Iterable[dict[str, Any]], log: Any) -> TrustResult:
         """Statements relayed from ``m.bureau.operator_keys``: those a pinned key signed

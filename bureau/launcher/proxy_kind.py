@@ -1,6 +1,7 @@
-"""A principal's proxy as one kind of supervised child: check the credentials event,
-decrypt it, start ``bureau-proxy`` from the template with the plaintext on its stdin, and
-put its socket in place.
+"""A principal's proxy as one kind of supervised child: check the credentials event (and
+the fleet bundle its template names, launcher/fleet_bundles.py), decrypt them, start
+``bureau-proxy`` from the template with the plaintext on its stdin, and put its socket in
+place.
 
 Plaintext exists only between decryption and the write to the new proxy's stdin. Socket
 paths belong to the launcher: a proxy binds a fresh temporary path, and once it answers
@@ -22,6 +23,7 @@ from typing import Any
 from bureau import age_keys
 from bureau.errors import InputError
 from bureau.files import make_dirs
+from bureau.launcher import fleet_bundles
 from bureau.launcher.children import DRAIN_TIMEOUT, Child, LauncherError
 from bureau.launcher.processes import deliver, ready_line, reap, titled_under
 from bureau.launcher.spawner import Spawner, SpawnError
@@ -34,6 +36,7 @@ from bureau.wire.credentials import (
     parse_rfc3339,
     unbound_services,
 )
+from bureau.wire.launcher_protocol import FleetCredentials
 from bureau.wire.proxy_payload import ProxyPayload
 from bureau.wire.service_route import referenced_credentials
 
@@ -81,14 +84,24 @@ class ProxyKind:
         ref = names.PrincipalRef.from_user_id(principal)
         return self._run_dir / ref.proxy_socket_relpath
 
-    def check_event(self, principal: str, content: dict[str, Any]) -> CredentialsEvent:
-        """A recorded content (its proxy's spec), read and checked as at its ensure."""
+    def check_spec(
+        self, principal: str, spec: dict[str, Any]
+    ) -> tuple[CredentialsEvent, FleetCredentials | None]:
+        """A recorded spec (fleet_bundles.proxy_spec), read and checked as at its ensure."""
+        content, fleet = fleet_bundles.split_spec(principal, spec)
         try:
             event = CredentialsEvent.from_json(content, f"credentials for {principal}")
         except InputError as exc:
             raise LauncherError(str(exc)) from None
         self.check(principal, event)
-        return event
+        if fleet is not None:
+            self.check_fleet(principal, fleet)
+        return event, fleet
+
+    def check_fleet(self, principal: str, fleet: FleetCredentials) -> None:
+        """Whether this machine serves ``fleet`` (whose signature and name operator_trust
+        checked) beside ``principal``'s own bundle."""
+        fleet_bundles.check(principal, fleet, self._names)
 
     def check(self, principal: str, event: CredentialsEvent) -> None:
         """Whether this machine serves ``event`` as ``principal``'s (a user ID's) own."""
@@ -104,13 +117,18 @@ class ProxyKind:
         if event.expires_at and parse_rfc3339(event.expires_at).timestamp() <= time.time():
             raise LauncherError(f"credentials for {principal} expired at {event.expires_at}")
 
-    def _payload(self, principal: str, event: CredentialsEvent) -> bytes:
-        """Decrypt and build the proxy's payload; the plaintext lives only in here."""
+    def _decrypt(self, ciphertext: bytes, where: str) -> bytes:
         try:
-            plaintext = age_keys.decrypt(event.ciphertext, self._key)
+            return age_keys.decrypt(ciphertext, self._key)
         except age_keys.DecryptFailed as exc:
-            raise LauncherError(f"credentials for {principal}: {exc}") from None
+            raise LauncherError(f"{where}: {exc}") from None
+
+    def _payload(
+        self, principal: str, event: CredentialsEvent, fleet: FleetCredentials | None
+    ) -> bytes:
+        """Decrypt and build the proxy's payload; the plaintext lives only in here."""
         where = f"credentials for {principal}"
+        plaintext = self._decrypt(event.ciphertext, where)
         try:
             opened = open_plaintext(
                 plaintext, event, where, unbound_allowed=self._unbound is not None
@@ -124,16 +142,31 @@ class ProxyKind:
             raise LauncherError(str(exc)) from None
         finally:
             del plaintext
-        # Refused at provision, and again here: a route naming a credential the bundle
-        # lacks would only ever answer 503.
-        missing = sorted(referenced_credentials(services) - set(opened.credentials))
-        if missing:
-            raise LauncherError(
-                f"{where}: its services name {', '.join(missing)}, which the bundle lacks"
+        credentials, expires_at = opened.credentials, event.expires_at
+        if fleet is not None:
+            shared = self._decrypt(fleet.event.ciphertext, fleet_bundles.where(principal, fleet))
+            try:
+                theirs = fleet_bundles.opened(
+                    principal, fleet, shared, unbound_allowed=self._unbound is not None
+                )
+            finally:
+                del shared
+            credentials, services = fleet_bundles.merged(
+                principal,
+                fleet,
+                (credentials, services),
+                (theirs.credentials, fleet.event.services),
             )
+            expires_at = fleet_bundles.expiry(expires_at, fleet.event.expires_at)
+        # Refused at provision, and again here: a route naming a credential the bundle
+        # (with its fleet bundle) lacks would only ever answer 503.
+        missing = sorted(referenced_credentials(services) - set(credentials))
+        if missing:
+            lacks = "the bundle lacks" if fleet is None else "neither bundle holds"
+            raise LauncherError(f"{where}: its services name {', '.join(missing)}, which {lacks}")
         if not opened.bound:
             self._log.info("serving an unbound bundle", principal=principal)
-        payload = ProxyPayload(principal, services, opened.credentials, event.expires_at)
+        payload = ProxyPayload(principal, services, credentials, expires_at)
         return payload.to_bytes()
 
     def refusal(self, principal: str, spec: dict[str, Any]) -> str | None:
@@ -144,20 +177,20 @@ class ProxyKind:
             return None
         where = f"credentials for {principal}"
         try:
-            event = CredentialsEvent.from_json(spec, where)
+            event = CredentialsEvent.from_json(fleet_bundles.split_spec(principal, spec)[0], where)
             plaintext = age_keys.decrypt(event.ciphertext, self._key)
             try:
                 bound = open_plaintext(plaintext, event, where, unbound_allowed=True).bound
             finally:
                 del plaintext
-        except (InputError, age_keys.DecryptFailed):
+        except (InputError, LauncherError, age_keys.DecryptFailed):
             return None
         if bound:
             return None
         return f"{where}: {UNBOUND_REFUSED}"
 
     async def launch(self, principal: str, spec: dict[str, Any]) -> int:
-        event = self.check_event(principal, spec)
+        event, fleet = self.check_spec(principal, spec)
         final = self.socket_path(principal)
         # The temporary name adds 10 bytes; sun_path holds 107 and a NUL.
         if len(os.fsencode(final)) + 10 > SUN_PATH_MAX:
@@ -171,7 +204,7 @@ class ProxyKind:
                 f"proxy socket directory for {principal}: {exc.strerror or type(exc).__name__}"
                 f" ({exc.filename})"
             ) from None
-        payload = self._payload(principal, event)
+        payload = self._payload(principal, event, fleet)
         temp = final.with_name(f".{final.name}.{secrets.token_hex(4)}")
         # Forked by the template in its own session (a signal to the launcher's group must
         # not reach it) and outliving this launcher, to be adopted by the next one.
@@ -238,7 +271,14 @@ class ProxyKind:
 
     @staticmethod
     def describe(spec: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """What ``list`` shows of a proxy's spec (its credential names and services):
-        names, never values; the spec was checked when the proxy started."""
-        keys = tuple(str(k) for k in spec.get("keys", []))
-        return keys, tuple(sorted(str(s) for s in spec.get("services", {})))
+        """What ``list`` shows of a proxy's spec (its credential names and services, its
+        fleet bundle's included): names, never values; the spec was checked when the proxy
+        started."""
+        parts = [spec.get(fleet_bundles.CREDENTIALS, {}), spec.get(fleet_bundles.FLEET, {})]
+        if fleet_bundles.FLEET not in spec:
+            parts = [spec]
+        else:
+            parts[1] = parts[1].get("content", {}) if isinstance(parts[1], dict) else {}
+        keys = tuple(str(k) for part in parts for k in part.get("keys", []))
+        services = sorted({str(s) for part in parts for s in part.get("services", {})})
+        return keys, tuple(services)

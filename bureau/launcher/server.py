@@ -196,7 +196,9 @@ class LauncherServer:
             case EnsureRequest(principal, credentials, sandbox):
                 # Before anything changes: a refusal leaves what runs as it was.
                 self._trust.check_ensure(request)
-                answer = await self._supervisor.ensure(principal, credentials, sandbox)
+                answer = await self._supervisor.ensure(
+                    principal, credentials, sandbox, request.fleet_credentials
+                )
             case StopRequest(principal):
                 answer = await self._supervisor.stop(principal)
         self._notifier.status(summary(self._supervisor.status()))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bureau.errors import InputError
-from bureau.launcher import sandbox_policy
+from bureau.launcher import fleet_bundles, sandbox_policy
 from bureau.launcher.cgroups import Cgroups
 from bureau.launcher.children import Child, Children, LauncherError
 from bureau.launcher.proxy_kind import ProxyKind, Unbound
@@ -34,11 +34,13 @@ from bureau.wire import names
 from bureau.wire.credentials import content_digest, rfc3339_now
 from bureau.wire.launcher_protocol import (
     EnsureResult,
+    FleetCredentials,
     LauncherStatus,
     PrincipalState,
     RelayedCredentials,
     SandboxState,
     StopResult,
+    running_digest,
 )
 from bureau.wire.sandbox_spec import SandboxSpec
 
@@ -181,34 +183,41 @@ class Supervisor:
         ref: names.PrincipalRef,
         credentials: RelayedCredentials,
         sandbox: SandboxSpec | None = None,
+        fleet: FleetCredentials | None = None,
     ) -> EnsureResult:
         """Everything is checked before anything changes: a refused spec or event leaves
-        what runs as it was."""
+        what runs as it was. ``fleet``: the fleet bundle shard served beside the
+        principal's own (operator_trust checked that its signed templates name it)."""
         self._check_principal(ref)
         principal = ref.user_id
         event = credentials.event
         self._proxy_kind.check(principal, event)
+        keys = event.keys
+        if fleet is not None:
+            self._proxy_kind.check_fleet(principal, fleet)
+            keys = (*keys, *fleet.event.keys)
         if sandbox is not None:
-            await self._sandbox_kind.check(principal, sandbox, event.keys)
+            await self._sandbox_kind.check(principal, sandbox, keys)
         socket = str(self._proxy_kind.socket_path(principal))
+        spec = fleet_bundles.proxy_spec(credentials.to_json(), fleet)
+        digest = running_digest(credentials.to_json(), None if fleet is None else fleet.to_json())
         async with self._lock(principal):
-            changed = await self._ensure_proxy(
-                principal, credentials.to_json(), credentials.digest, event.keys
-            )
+            changed = await self._ensure_proxy(principal, spec, digest, keys)
             changed = await self._ensure_sandbox(principal, sandbox) or changed
         return EnsureResult(changed=changed, socket=socket)
 
-    async def _restart_proxy(self, principal: str, content: dict[str, Any]) -> None:
-        """A proxy that died with the launcher starts again from its recorded content, read
+    async def _restart_proxy(self, principal: str, spec: dict[str, Any]) -> None:
+        """A proxy that died with the launcher starts again from its recorded spec, read
         as an ensure would read it."""
         try:
             ref = names.PrincipalRef.from_user_id(principal)
+            content, fleet = fleet_bundles.split_spec(principal, spec)
             credentials = RelayedCredentials.from_json(content, f"credentials for {principal}")
         except names.InvalidName as exc:
             raise LauncherError(f"principal: {exc}") from None
         except InputError as exc:
             raise LauncherError(str(exc)) from None
-        await self.ensure(ref, credentials)
+        await self.ensure(ref, credentials, None, fleet)
 
     async def _ensure_proxy(
         self, principal: str, content: dict[str, Any], digest: str, keys: tuple[str, ...]

@@ -7,7 +7,9 @@ response per connection. Pure.
      "credentials": {<the m.bureau.credentials content, verbatim>},
      "sandbox": {<a SandboxSpec (bureau/wire/sandbox_spec.py)>},    absent: a proxy only
      "assignment": {<the principal's m.bureau.machine_config entry, as published>},
-     "templates": {"<ref>": {<m.bureau.template content, as published>}, ...}}
+     "templates": {"<ref>": {<m.bureau.template content, as published>}, ...},
+     "fleet_credentials": {"state_key": "<bundle>[#<n>]",
+                           "content": {<the fleet bundle's shard naming this machine>}}}
     {"action": "trust", "statements": [<operator key statements (wire/operator_keys.py)>]}
     {"action": "stop", "principal": "@<lp>:<server>"}
     {"action": "relogin"}     after the homeserver soft-logged the machine out
@@ -22,7 +24,12 @@ ReloginResult, trust TrustResult) or a Refusal.
 launcher checks them, resolves the sandbox from them itself and runs only a spec that
 matches (launcher/operator_trust.py). Both are absent for an upstream-shaped machine
 config the daemon cannot relay signed; the launcher then acts only where it allows
-unsigned content. The answers live in launcher_answers.py.
+unsigned content. ``fleet_credentials`` (absent: none) is the shard of the fleet bundle the
+principal's template names (``credential_ref``), as published in the fleet room: the
+launcher resolves the ref itself from the signed templates and checks the shard against
+it (launcher/fleet_check.py). What ``list`` reports as a principal's ``digest`` is
+``running_digest`` of both, so that a new fleet shard re-ensures every principal using
+it. The answers live in launcher_answers.py.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from typing import Any, ClassVar, Self
 
 from bureau.errors import InputError
 from bureau.wire.credentials import CredentialsEvent, content_digest
+from bureau.wire.fleet_bundle import SHARD_SEPARATOR, bundle_of
 from bureau.wire.launcher_answers import (
     Answer,
     EnsureResult,
@@ -60,6 +68,7 @@ __all__ = [
     "Answer",
     "EnsureRequest",
     "EnsureResult",
+    "FleetCredentials",
     "LauncherStatus",
     "ListRequest",
     "Listing",
@@ -80,10 +89,12 @@ __all__ = [
     "nesting_depth",
     "parse_request",
     "read_answer",
+    "running_digest",
 ]
 
-# A credentials event and a chain of up to 8 templates, each a state event of at most 64 KiB.
-MAX_MESSAGE = 1024 * 1024
+# A credentials event, a fleet shard and a chain of up to 8 templates, each a state event of
+# at most 64 KiB.
+MAX_MESSAGE = 1024 * 1024 + 128 * 1024
 # A credentials event nests five deep (request, content, services, service, headers); the
 # bound leaves room and keeps json.loads far from the interpreter's recursion limit.
 MAX_DEPTH = 16
@@ -116,6 +127,51 @@ class RelayedCredentials:
     @property
     def digest(self) -> str:
         return content_digest(self.to_json())
+
+
+def running_digest(credentials: dict[str, Any], fleet: dict[str, Any] | None) -> str:
+    """How both sides name what a principal's proxy serves: its credentials content's
+    digest, as before fleet bundles; with a fleet shard (``FleetCredentials.to_json``),
+    the digest of both, so that a rotated fleet bundle changes it."""
+    if fleet is None:
+        return content_digest(credentials)
+    return content_digest({"credentials": credentials, "fleet_credentials": fleet})
+
+
+@dataclass(frozen=True)
+class FleetCredentials:
+    """The fleet bundle shard relayed with a principal's credentials: its state key in the
+    fleet room, and its content as published (``content``, JSON text, read as ``event``).
+    Read here for shape only; what it is for and whether it is trusted is the launcher's
+    to judge."""
+
+    state_key: str
+    event: CredentialsEvent
+    content: str
+
+    @property
+    def name(self) -> str:
+        """The bundle's name (shard 0's state key)."""
+        return self.state_key.partition(SHARD_SEPARATOR)[0]
+
+    @classmethod
+    def from_json(cls, obj: object, where: str = "fleet_credentials") -> FleetCredentials:
+        """InputError naming the field."""
+        if not isinstance(obj, dict):
+            raise InputError(where, None, 'expected {"state_key", "content"}')
+        key = obj.get("state_key")
+        if not isinstance(key, str) or bundle_of(key) is None:
+            raise InputError(where, "state_key", "expected a fleet bundle's state key")
+        content = obj.get("content")
+        if not isinstance(content, dict):
+            raise InputError(where, "content", "expected the m.bureau.credentials content")
+        event = CredentialsEvent.from_json(content, f"{where}: content")
+        if event.principal:
+            raise InputError(f"{where}: content", "principal", 'expected "" (a fleet bundle)')
+        return cls(key, event, json.dumps(content))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"state_key": self.state_key, "content": json.loads(self.content)}
 
 
 class _Line:
@@ -179,6 +235,15 @@ class EnsureRequest(_Line):
     sandbox: SandboxSpec | None = None
     assignment: dict[str, Any] | None = None  # the signed entry, as published
     templates: dict[str, dict[str, Any]] = field(default_factory=dict)  # ref -> as published
+    fleet_credentials: FleetCredentials | None = None
+
+    @property
+    def digest(self) -> str:
+        """What the launcher reports running once this is served (``running_digest``)."""
+        fleet = self.fleet_credentials
+        return running_digest(
+            self.credentials.to_json(), None if fleet is None else fleet.to_json()
+        )
 
     def to_json(self) -> dict[str, Any]:
         body = {
@@ -192,6 +257,8 @@ class EnsureRequest(_Line):
             body["assignment"] = self.assignment
         if self.templates:
             body["templates"] = self.templates
+        if self.fleet_credentials is not None:
+            body["fleet_credentials"] = self.fleet_credentials.to_json()
         return body
 
     @classmethod
@@ -217,7 +284,15 @@ class EnsureRequest(_Line):
             isinstance(v, dict) for v in templates.values()
         ):
             raise ProtocolError("templates: expected an object of ref -> template content")
-        return cls(principal, credentials, sandbox, assignment, templates)
+        fleet = None
+        if obj.get("fleet_credentials") is not None:
+            try:
+                fleet = FleetCredentials.from_json(
+                    obj["fleet_credentials"], f"fleet_credentials for {principal}"
+                )
+            except InputError as exc:
+                raise ProtocolError(str(exc)) from None
+        return cls(principal, credentials, sandbox, assignment, templates, fleet)
 
 
 @dataclass(frozen=True)

@@ -150,7 +150,7 @@ def test_a_refused_field_holds_the_principal_and_an_ignored_one_is_warned_once()
     worker: dict[str, Any] = {"command": ["/bin/w"], "required_services": ["ticket"]}
     templates: dict[str, dict[str, Any]] = {
         "worker": worker,
-        "builder": {"command": ["/bin/b"], "credential_ref": "${FLEET_ROOM}:nix-builder"},
+        "builder": {"command": ["/bin/b"], "credential_ref": "ns/template:nix-builder"},
     }
     with capture_logs() as logs:
         specs = SandboxSpecs(SERVER, _never, _never, structlog.get_logger())
@@ -162,8 +162,9 @@ def test_a_refused_field_holds_the_principal_and_an_ignored_one_is_warned_once()
         assert set(resolved) == {PRINCIPAL}
         assert held == {OTHER}
         assert specs.problems == {
-            OTHER: "template: ns/template:builder: credential_ref: names fleet bundle "
-            "${FLEET_ROOM}:nix-builder; fleet bundles are not served by this worker"
+            OTHER: "template: ns/template:builder: credential_ref: names "
+            "ns/template:nix-builder; only the fleet room's bundles (${FLEET_ROOM}:<name>) "
+            "are served here"
         }
         warned = [e for e in logs if e["event"] == "template field ignored by this worker"]
         assert warned == [

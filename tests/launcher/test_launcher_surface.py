@@ -56,6 +56,7 @@ ALLOWED_OURS = {
     "bureau.launcher.cgroups",
     "bureau.launcher.children",
     "bureau.launcher.first_boot",
+    "bureau.launcher.fleet_bundles",
     "bureau.launcher.main",
     "bureau.launcher.processes",
     "bureau.wire.launcher_answers",
@@ -104,6 +105,7 @@ ALLOWED_OURS = {
     "bureau.launcher.operator_trust",
     "bureau.wire.operator_keys",
     "bureau.wire.signing",
+    "bureau.wire.fleet_bundle",  # fleet bundles' names, refs and shards (#20): pure
     "bureau.template_policy",
     "bureau.template_resolve",
     "bureau.template_spec",

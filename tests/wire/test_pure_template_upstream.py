@@ -264,9 +264,9 @@ def judged(parent: dict[str, Any], **child: Any) -> Resolved:
             "sandbox here; use proxy_services",
         ),
         (
-            {"credential_ref": "${FLEET_ROOM}:nix-builder"},
-            "t:parent: credential_ref: names fleet bundle ${FLEET_ROOM}:nix-builder; fleet "
-            "bundles are not served by this worker",
+            {"credential_ref": "ns/template:nix-builder"},
+            "t:parent: credential_ref: names ns/template:nix-builder; only the fleet room's "
+            "bundles (${FLEET_ROOM}:<name>) are served here",
         ),
         (
             {"proxy_services": UPSTREAM["proxy_services"]},
