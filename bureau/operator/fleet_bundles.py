@@ -274,7 +274,11 @@ def publish(
 
 
 def provision_fleet_bundle(
-    creds: OperatorCredentials, request: FleetBundleRequest, now: datetime | None = None
+    creds: OperatorCredentials,
+    request: FleetBundleRequest,
+    now: datetime | None = None,
+    *,
+    max_recipients: int = MAX_RECIPIENTS,
 ) -> list[str]:
     """Encrypt and publish a fleet bundle; the state keys of its shards, shard 0 first."""
     missing = sorted(referenced_credentials(request.services) - set(request.secrets))
@@ -296,7 +300,7 @@ def provision_fleet_bundle(
         expires_at=request.expires_at,
         now=now,
     )
-    shards = sealer.plan(recipients)
+    shards = sealer.plan(recipients, max_recipients)
     room = fleet_room(admin, creds)
     existing = bundle_events(admin.room_state_events(room)).get(request.name, {})
     return publish(admin, room, request.name, shards, existing)[0]
