@@ -14,6 +14,7 @@ import pytest
 
 from bureau import age_keys
 from bureau.errors import InputError
+from bureau.launcher import fleet_bundles as launcher_side
 from bureau.operator.fleet_bundles import (
     ALL,
     MAX_RECIPIENTS,
@@ -40,6 +41,7 @@ from bureau.wire.fleet_bundle import (
     shard_key,
     signing_target,
 )
+from bureau.wire.launcher_protocol import FleetCredentials
 from bureau.wire.service_route import ServiceRoute
 from bureau.wire.signing import OperatorKey, sign, verify
 
@@ -222,3 +224,26 @@ def test_an_empty_fleet_is_one_shard_for_the_escrow(operator_key: OperatorKey) -
     assert only["encrypted_for"] == [ESCROW_RECIPIENT]
     assert "shard" not in only
     assert only[SEALED_FOR_FIELD] == sealed_for([], escrow)
+
+
+def test_the_launcher_opens_each_shard_the_planner_writes(
+    fleet: tuple[list[Recipient], dict[str, Secret]], operator_key: OperatorKey
+) -> None:
+    """What the machine side (launcher/fleet_bundles.py) reads is what this side writes:
+    each shard, relayed as the daemon relays it, checked for its machine and opened
+    against its binding with the services it carries."""
+    recipients, identities = fleet
+    escrow = age_keys.generate()[1]
+    shards = _sealer(operator_key, escrow, SMALL, "nix-cache").plan(recipients[:130])
+    assert len(shards) == 3
+    for index, content in enumerate(shards):
+        relayed = FleetCredentials.from_json(
+            {"state_key": shard_key("nix-cache", index), "content": content}
+        )
+        user = relayed.event.encrypted_for[0]
+        launcher_side.check("@agent:s", relayed, [user])
+        plaintext = age_keys.decrypt(relayed.event.ciphertext, identities[user])
+        opened = launcher_side.opened("@agent:s", relayed, plaintext, unbound_allowed=False)
+        assert opened.bound
+        assert opened.credentials["NIX_CACHE_TOKEN"].reveal() == "c" * 40
+        assert relayed.event.services == SERVICES
