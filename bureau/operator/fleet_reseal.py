@@ -201,7 +201,10 @@ class Resealer:
         after = [s[SEALED_FOR_FIELD] for s in planned]
         if before == after:
             return replace(change, shards=(len(events), len(events)))
-        change = replace(change, rekeyed=not change.added and not change.removed)
+        # The same machines in as many shards, sealed differently: a machine's key changed
+        # (decommissioned and enrolled again under its name between two reseals).
+        same = not change.added and not change.removed and len(events) == len(planned)
+        change = replace(change, rekeyed=same)
         if not dry_run:
             _, ids = publish(self.admin, self.rooms.fleet, name, planned, shards)
             self.written.update(ids)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from conftest import BIN, Fleet, one_line_error, run
-from machine_helpers import Enrolled, enroll, eventually
+from machine_helpers import Enrolled, boot, enroll, eventually, provision
 
 from bureau.operator import credentials
 from bureau.operator.fleet_bundles import FleetBundleRequest, provision_fleet_bundle
@@ -400,3 +400,34 @@ def test_reseal_with_another_escrow_identity_names_the_bundle(fleet: Fleet, tmp_
     assert "not resealed: kept" in one_line_error(refused)
     _no_canary(canary, refused.stdout, refused.stderr)
     assert _room_events(fleet) == before
+
+
+@pytest.mark.slow
+def test_a_machine_enrolled_again_under_its_name_is_resealed_to_its_new_key(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """Decommissioned and enrolled afresh between two reseals: the same user ID in
+    encrypted_for, another key; reseal tells them apart (sealed_for) and seals anew."""
+    first = enroll(fleet, tmp_path / "first")
+    identity, escrow = _escrow(tmp_path)
+    canary = _canary()
+    assert _provision(fleet, "kept", "all", escrow, f"TOKEN={canary}\n").returncode == 0
+    name = first.machine.short_name
+    assert (
+        run(
+            "bureau", "machine", "decommission", name, "--credential-file", fleet.credential_file
+        ).returncode
+        == 0
+    )
+    again = provision(fleet, tmp_path / "again", name)
+    assert boot(again, "--key-storage", "plain").returncode == 0
+    second = Enrolled(again)
+    assert second.public_key != first.public_key
+    assert _opened_by(fleet, "kept", second) is None  # sealed to the old key still
+
+    result = _reseal(fleet, identity)
+    assert result.returncode == 0, result.stderr
+    assert "kept: machine keys changed 1 machines, shards 1 -> 1" in result.stdout
+    _no_canary(canary, result.stdout, result.stderr)
+    assert (_opened_by(fleet, "kept", second) or {}).get("TOKEN") == canary
+    assert _open(_room_events(fleet)["kept"], first.plain_key) is None
