@@ -1,6 +1,8 @@
 """Run every benchmark side by side and write bench/results/latest.{md,json,png}.
 
 usage: python bench/run.py LOADGEN [--rounds N] [--seconds S]   (./script/bench runs it)
+       python bench/run.py LOADGEN --scale [--sizes 20,50] [--databases sqlite]   (the
+       scale run alone, bench/scale.py: writes bench/results/scale.{json,md,png})
        python bench/run.py LOADGEN --proxy-only [--json PATH]   (the proxy legs alone,
        their tables printed; bench/results left as they are)
 """
@@ -28,6 +30,8 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "tests" / "support")]
 import fleet  # noqa: E402
 import proxy_overhead  # noqa: E402
 import report  # noqa: E402
+import scale  # noqa: E402
+import scale_report  # noqa: E402
 from hub_fleet import quiet_structlog  # noqa: E402
 
 
@@ -88,6 +92,37 @@ def proxy_only(args: argparse.Namespace) -> None:
         sys.exit(f"bench: {len(failed)} cases had failed requests; the numbers are not valid")
 
 
+def scale_only(args: argparse.Namespace) -> None:
+    """The scale run (bench/scale.py) alone, its results in scale.{json,md,png}."""
+    sizes = [int(n) for n in args.sizes.split(",") if n]
+    databases = [d for d in args.databases.split(",") if d]
+    for database in databases:
+        if database not in scale.DATABASES:
+            sys.exit(f"bench: --databases: {database!r} is not one of {', '.join(scale.DATABASES)}")
+    if not sizes or sorted(sizes) != sizes or sizes[0] < 1:
+        sys.exit("bench: --sizes: expected increasing machine counts, e.g. 20,50,100,200")
+    quiet_structlog()
+    measured = code()
+    started = time.monotonic()
+    print(f"scale: {sizes} machines on {databases}", flush=True)
+    results = scale.run(databases, sizes, args.processes, args.scale_idle, args.scale_rounds)
+    publishers = {r.get("publisher") for run in results["runs"] for r in run["rotations"]}
+    results = {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpus": os.cpu_count(),
+        "code": {**measured, "changed_during_run": code() != measured},
+        "idle_seconds": args.scale_idle,
+        "fleet_publisher": ", ".join(sorted(p for p in publishers if p)),
+        **results,
+        "wall_seconds": round(time.monotonic() - started, 1),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "scale.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "scale.md").write_text(scale_report.markdown(results))
+    scale_report.plot(results, args.out / "scale.png")
+    print((args.out / "scale.md").read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="bureau's benchmarks")
     parser.add_argument("loadgen", type=Path, help="the compiled bench/loadgen.c")
@@ -109,9 +144,30 @@ def main() -> None:
         help="only the proxy legs: print their targets and tables, write no results",
     )
     parser.add_argument("--json", type=Path, help="with --proxy-only: write the results here")
+    parser.add_argument("--scale", action="store_true", help="only the scale run (bench/scale.py)")
+    parser.add_argument(
+        "--sizes", default="20,50,100,200", help="with --scale: machine counts (20,50,100,200)"
+    )
+    parser.add_argument(
+        "--databases",
+        default="sqlite,postgresql",
+        help="with --scale: the hub's databases (sqlite,postgresql)",
+    )
+    parser.add_argument(
+        "--processes", type=int, default=2, help="with --scale: simulator processes (2)"
+    )
+    parser.add_argument(
+        "--scale-idle", type=float, default=30.0, help="with --scale: idle window seconds (30)"
+    )
+    parser.add_argument(
+        "--scale-rounds", type=int, default=1, help="with --scale: rotations of each kind (1)"
+    )
     args = parser.parse_args()
     if args.proxy_only:
         proxy_only(args)
+        return
+    if args.scale:
+        scale_only(args)
         return
     quiet_structlog()  # the fleet's setup and publishing run in this process
     work = Path(tempfile.mkdtemp(prefix="bureau-bench-", dir="/tmp"))
