@@ -42,6 +42,8 @@ from bureau.secret import Secret
 from bureau.wire import names, rooms
 from bureau.wire.credentials import (
     ESCROW_RECIPIENT,
+    MATRIX_SERVICE,
+    MATRIX_TOKEN,
     CredentialsEvent,
     binding_digest,
     bundle_plaintext,
@@ -287,6 +289,14 @@ def provision_fleet_bundle(
             request.services_where,
             None,
             f"names credentials that the secrets do not hold: {', '.join(missing)}",
+        )
+    if MATRIX_TOKEN in request.secrets or MATRIX_SERVICE in request.services:
+        # As the launcher refuses them: a Matrix identity is a principal's own.
+        raise InputError(
+            request.services_where if MATRIX_SERVICE in request.services else "--secrets-file",
+            None,
+            f"a fleet bundle holds no {MATRIX_TOKEN} and no {MATRIX_SERVICE} route "
+            "(a principal's own Matrix identity)",
         )
     admin = admin_client(creds)
     recipients = chosen(request.machines, enrolled_machines(admin, creds), creds.server_name)

@@ -348,7 +348,10 @@ def test_bad_input_is_one_line_naming_the_flag(fleet: Fleet, tmp_path: Path) -> 
         ((*bundle, "--machines", "all", "--escrow-recipient", "age1nope"), "--escrow-recipient"),
         ((*bundle, "--machines", "machine/nosuch", "--escrow-recipient", escrow), "--machines"),
     ]
+    matrix = (*bundle, "--machines", "all", "--escrow-recipient", escrow)
+    cases.append((matrix, "MATRIX_TOKEN"))
     for flags, flag in cases:
+        token = "MATRIX_TOKEN" if flags is matrix else "TOKEN"
         result = run(
             "bureau",
             "credentials",
@@ -356,7 +359,7 @@ def test_bad_input_is_one_line_naming_the_flag(fleet: Fleet, tmp_path: Path) -> 
             "--credential-file",
             fleet.credential_file,
             *flags,
-            stdin="TOKEN=fleetcanary-bad\n",
+            stdin=f"{token}=fleetcanary-bad\n",
         )
         assert result.returncode != 0, flags
         line = one_line_error(result)
