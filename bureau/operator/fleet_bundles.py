@@ -12,6 +12,9 @@ changes (fleet_reseal.py). Two fields are OURS, signed with the rest:
 - ``sealed_for``: ``sha256:<hex>`` over the (user ID, age key) pairs and the escrow key the
   shard is encrypted to, so reseal can tell a re-enrolled machine's new key from the old
   one without a byte per recipient more.
+- ``escrow_recipient``: the escrow's public key (``age1...``), so reseal refuses an identity
+  that is not the escrow's (a machine's key would open the bundle too, and then take the
+  escrow's place).
 
 Shards: the fewest that each fit in a state event and name at most MAX_RECIPIENTS machines,
 the machines sorted by user ID and split evenly, every shard a whole bundle with the
@@ -63,6 +66,7 @@ from bureau.wire.service_route import ServiceRoute, referenced_credentials
 
 MACHINES_FIELD = "machines"
 SEALED_FOR_FIELD = "sealed_for"
+ESCROW_FIELD = "escrow_recipient"
 ALL = "all"
 LISTED = "listed"
 # One X25519 stanza is 98 bytes of age header, 130.7 in base64; its user ID in
@@ -166,6 +170,7 @@ class Sealer:
             content[SHARD_FIELD] = Shard(index, count).to_json()
         content[MACHINES_FIELD] = self.mode
         content[SEALED_FOR_FIELD] = sealed_for(recipients, self.escrow)
+        content[ESCROW_FIELD] = self.escrow
         return self.sign(shard_key(self.name, index), content)
 
     def plan(
@@ -341,6 +346,7 @@ def list_fleet_bundles(creds: OperatorCredentials) -> list[dict[str, Any]]:
                 "machines": first.get(MACHINES_FIELD, LISTED),
                 "recipients": len(machines),
                 "escrow": all(ESCROW_RECIPIENT in e.encrypted_for for e in events),
+                "escrow_recipient": first.get(ESCROW_FIELD),
                 "keys": list(events[0].keys),
                 "services": {n: r.upstream_url for n, r in sorted(events[0].services.items())},
                 "provisioned_at": events[0].provisioned_at,

@@ -35,6 +35,7 @@ from bureau.operator import signed
 from bureau.operator.credentials import admin_client
 from bureau.operator.fleet_bundles import (
     ALL,
+    ESCROW_FIELD,
     LISTED,
     MACHINES_FIELD,
     SEALED_FOR_FIELD,
@@ -129,7 +130,7 @@ class Resealer:
         changes = []
         for name, shards in sorted(bundles.items()):
             if 0 not in shards:
-                continue  # a shard left over, already tombstoned at shard 0's end
+                continue  # a removed bundle (shard 0 a tombstone): its leftovers stay so
             try:
                 changes.append(self._one(name, shards, enrolled, trusted, dry_run=dry_run))
             except (InputError, age_keys.DecryptFailed) as exc:
@@ -169,6 +170,10 @@ class Resealer:
         first = events[0]
         if ESCROW_RECIPIENT not in first.encrypted_for:
             raise InputError(name, "encrypted_for", f"has no {ESCROW_RECIPIENT}: cannot reseal")
+        if shards[0].get(ESCROW_FIELD) != self.escrow_public:
+            raise InputError(
+                name, ESCROW_FIELD, "names another escrow recipient than this escrow identity's"
+            )
         try:
             plaintext = age_keys.decrypt(first.ciphertext, self._escrow)
         except age_keys.DecryptFailed:

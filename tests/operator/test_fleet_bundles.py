@@ -159,6 +159,7 @@ def test_provision_to_two_machines_each_opens_it_and_a_third_cannot(
         ESCROW_RECIPIENT,
     ]
     assert content["machines"] == "listed"
+    assert content["escrow_recipient"] == escrow
     assert "shard" not in content
     signing_key = fleet.creds.signing_key
     assert signing_key is not None
@@ -399,7 +400,14 @@ def test_reseal_with_another_escrow_identity_names_the_bundle(fleet: Fleet, tmp_
     before = _room_events(fleet)
     refused = _reseal(fleet, wrong)
     assert refused.returncode == 1
-    assert "kept: not resealed: kept: not encrypted to this escrow identity" in refused.stdout
+    assert (
+        "kept: not resealed: kept: escrow_recipient: names another escrow recipient than "
+        "this escrow identity's" in refused.stdout
+    )
+    # A machine's identity opens the bundle too, and is refused all the same.
+    by_machine = _reseal(fleet, machine.plain_key)
+    assert by_machine.returncode == 1
+    assert "names another escrow recipient" in by_machine.stdout
     assert "not resealed: kept" in one_line_error(refused)
     _no_canary(canary, refused.stdout, refused.stderr)
     assert _room_events(fleet) == before
