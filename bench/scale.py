@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import scale_hub
+import scale_newmachine
 import scale_publish
 from hub_fleet import make_fleet, running_hub
 from scale_enroll import SimMachine, enroll
@@ -86,7 +87,8 @@ class Scale:
         self.generation = 0
         self.principal_value = "per-machine-0"
         self.fleet_value = "fleet-0"
-        _, self.escrow = age_keys.generate()  # the operator's escrow recipient
+        # The operator's escrow identity (reseal --watch reads it) and recipient.
+        self.escrow_identity, self.escrow = age_keys.generate()
 
     @contextlib.contextmanager
     def hub(self) -> Iterator[None]:
@@ -114,7 +116,7 @@ class Scale:
 
     def spec(self) -> dict[str, Any]:
         return {"server": self.creds.server_name, "fleet": self.creds.fleet,
-                "bundle": scale_publish.BUNDLE}  # fmt: skip
+                "credential_ref": scale_publish.CREDENTIAL_REF}  # fmt: skip
 
     def idle(self, sims: Simulators, seconds: float) -> dict[str, Any]:
         """CPU per machine per minute while nothing is published."""
@@ -145,15 +147,18 @@ class Scale:
             if kind == "per_machine":
                 self.principal_value = value = f"per-machine-{self.generation}"
                 publish_s = scale_publish.publish_per_machine(self.creds, self.localparts, value)
-                record_kind = "principal"
             else:
                 self.fleet_value = value = f"fleet-{self.generation}"
                 publish_s, written, which = scale_publish.publish_fleet(
                     self.creds, self.localparts, value, self.escrow
                 )
                 extra = {"state_keys": written, "publisher": which}
-                record_kind = "fleet"
-            records = sims.wait_opened(record_kind, token_digest(value), size, SERVE_TIMEOUT)
+            records = sims.wait_opened(
+                "principal" if kind == "per_machine" else "fleet",
+                token_digest(value),
+                size,
+                SERVE_TIMEOUT,
+            )
             ended = time.monotonic()
         sim1, hub1 = scale_hub.cpu_seconds(sims.pids), self.cost.cpu()
         served = [r["done"] - started for r in records.values()]
@@ -173,7 +178,19 @@ class Scale:
             **extra,
         }
 
-    def measure(self, size: int, idle_seconds: float, rounds: int) -> dict[str, Any]:
+    def new_machine(self) -> dict[str, Any]:
+        """A machine enrolled while reseal --watch runs, timed to its fleet credential."""
+        print(f"  {self.database}: a new machine with reseal --watch", flush=True)
+        got = scale_newmachine.run(
+            self.creds, self.fleet.credential_file, self.escrow_identity,
+            self.work / "new-machine", len(self.machines), self.fleet_value,
+        )  # fmt: skip
+        print(f"    new machine: {got['seconds']:.2f} s from first boot", flush=True)
+        return {"database": self.database, "machines_before": len(self.machines), **got}
+
+    def measure(
+        self, size: int, idle_seconds: float, rounds: int, new_machine: bool = False
+    ) -> dict[str, Any]:
         grown = self.grow(size)
         print(f"  {self.database} {size} machines: enrolled in {grown['enroll_s']:.0f} s",
               flush=True)  # fmt: skip
@@ -191,8 +208,9 @@ class Scale:
                     last = rotations[-1]
                     print(f"    {kind}: publish {last['publish_s']:.2f} s, all served "
                           f"{last['all_served_s']:.2f} s", flush=True)  # fmt: skip
+            extra = {"new_machine": self.new_machine()} if new_machine else {}
         return {"machines": size, **grown, "simulators_ready_s": ready_s, "idle": idle,
-                "rotations": rotations}  # fmt: skip
+                "rotations": rotations, **extra}  # fmt: skip
 
 
 def run(
@@ -207,7 +225,8 @@ def run(
             (work / database).mkdir()
             with scale.hub():
                 for size in sizes:
-                    row = scale.measure(size, idle_seconds, rounds)
+                    # The new machine joins the largest fleet, its simulators running.
+                    row = scale.measure(size, idle_seconds, rounds, size == sizes[-1])
                     out["runs"].append({"database": database, **row})
     finally:
         shutil.rmtree(work, ignore_errors=True)

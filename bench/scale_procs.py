@@ -83,7 +83,7 @@ class Simulators:
         with self._changed:
             found: dict[int, Record] = {}
             for record in self.records:
-                if record["kind"] == kind and record["value"] == value:
+                if record.get(kind) == value:
                     found.setdefault(int(record["m"]), record)
             return found
 

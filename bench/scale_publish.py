@@ -51,6 +51,10 @@ from bureau.wire.service_route import ServiceRoute
 BUNDLE = "scale-fleet"
 # No proxy runs in the scale run: the route is only bound into the bundle.
 ROUTE = ServiceRoute("http://127.0.0.1:9", {"Authorization": "TOKEN"}, "Bearer")
+# The fleet bundle's credential and route: a name in both bundles would be refused.
+FLEET_ROUTE = ServiceRoute("http://127.0.0.1:9", {"Authorization": "FLEET_TOKEN"}, "Bearer")
+FLEET_SERVICES = {"fleet-api": FLEET_ROUTE}
+CREDENTIAL_REF = "${FLEET_ROOM}:" + BUNDLE
 THREADS = 4  # as simulated_fleet.py publishes its per-machine events
 
 
@@ -154,7 +158,7 @@ def _shard(
     escrow: str, shard: Shard, fleet_room: str,
 ) -> dict[str, Any]:  # fmt: skip
     bound = binding_principal(name)
-    services = {"api": ROUTE}
+    services = FLEET_SERVICES
     event = CredentialsEvent(
         principal="",
         encrypted_for=(*keys, ESCROW_RECIPIENT),
@@ -179,7 +183,7 @@ def publish_fleet(
 ) -> tuple[float, list[str], str]:
     """Leg (b): one fleet bundle for ``machines``; (seconds, state keys written, which
     publisher: "bureau.operator.fleet_bundles" or "stand-in")."""
-    secrets = {"TOKEN": Secret(value)}
+    secrets = {"FLEET_TOKEN": Secret(value)}
     real = real_fleet_api()
     started = time.monotonic()
     if real is None:
@@ -196,6 +200,6 @@ def fleet_request(secrets: dict[str, Secret], escrow: str) -> Any:
     module = importlib.import_module("bureau.operator.fleet_bundles")
     request_type = module.FleetBundleRequest
     # machines None: every enrolled machine, which is the whole simulated fleet.
-    return request_type(name=BUNDLE, machines=None, services={"api": ROUTE},
+    return request_type(name=BUNDLE, machines=None, services=FLEET_SERVICES,
                         services_where="bench", secrets=secrets,
                         escrow_recipient=escrow)  # fmt: skip

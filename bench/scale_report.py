@@ -38,19 +38,22 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
             f"{served:.2f} s ({served / TARGET_SERVE_S:.2f}x the target)",
             "met" if served <= TARGET_SERVE_S else "**not met**",
         ])  # fmt: skip
-    new = results.get("new_machine")
-    if new and new.get("seconds") is not None:
+    for run in results["runs"]:
+        new = run.get("new_machine")
+        if not new:
+            continue
         took = float(new["seconds"])
         rows.append([
             f"a new machine gets the fleet's credentials within {TARGET_NEW_MACHINE_S:g} s "
-            f"of its first boot, reseal --watch running ({new['database']})",
-            f"{took:.2f} s ({took / TARGET_NEW_MACHINE_S:.2f}x the target)",
+            f"of its first boot, reseal --watch running ({run['database']}, "
+            f"{new['machines_before']} machines)",
+            f"{took:.2f} s ({took / TARGET_NEW_MACHINE_S:.2f}x the target): first boot "
+            f"{new['first_boot_s']:.2f} s, then {new['after_boot_s']:.2f} s to its decrypt",
             "met" if took <= TARGET_NEW_MACHINE_S else "**not met**",
         ])  # fmt: skip
-    else:
-        why = (new or {}).get("why", "not measured")
+    if not any(run.get("new_machine") for run in results["runs"]):
         target = f"a new machine gets the fleet's credentials within {TARGET_NEW_MACHINE_S:g} s"
-        rows.append([f"{target} of its first boot", why, "not measured"])
+        rows.append([f"{target} of its first boot", "not measured", ""])
     return rows
 
 

@@ -10,29 +10,34 @@ code on the credentials path, with nothing else:
   daemon's filter (service.STATE_TYPES), from its own session and connection;
 - what changed is read back as the daemon reads it: the whole state of each touched room
   (config room, fleet room) through MachineMatrix.room_state into bureau.daemon.room_view;
-- the decision: bureau.daemon.reconcile.plan over the machine's config and credentials
-  against what this machine "runs" (principal -> content digest); for the fleet bundle,
-  the shard that names this machine (bureau.wire.fleet_bundle.shard_for) against the
-  digest last opened;
-- the launcher's part of an ensure: the operator's signature checked against the keys
-  the machine pinned at first boot (bureau.wire.signing.verify), the event parsed and its
-  recipients checked, the ciphertext decrypted with the machine's own identity
-  (bureau.age_keys.decrypt) and the plaintext checked against its binding
-  (bureau.wire.credentials.open_plaintext).
+- the decision, as the daemon's reconcile makes it: each assigned principal's
+  credential_ref to the fleet bundle's shard naming this machine
+  (bureau.daemon.fleet_relay.fleet_relays), then bureau.daemon.reconcile.plan against what
+  this machine "runs" (principal -> launcher_protocol.running_digest, which covers the
+  shard: a rotated fleet bundle re-ensures the principal);
+- the launcher's part of each ensure: the operator's signatures on the principal's
+  credentials and on the shard (the bundle the ref names, signed about its place in the
+  fleet room) checked against the keys the machine pinned at first boot
+  (bureau.wire.signing.verify), each checked for this machine, decrypted with the
+  machine's own identity (bureau.age_keys.decrypt), opened against its binding and merged
+  (bureau.wire.credentials.open_plaintext, bureau.launcher.fleet_bundles).
 
-Not simulated: no launcher or daemon process, no launcher socket, no proxy started or
-handed the payload, no heartbeat or machine info published, no template room followed.
+Not simulated: no launcher or daemon process, no launcher socket (the ensure is handed
+over in-process), no proxy started or handed the payload, no heartbeat or machine info
+published, no template room followed: the principal's credential_ref, which a signed
+template carries, is given to the simulator, so operator_trust's check that the
+template names that bundle is reduced to comparing the names.
 
-Out (stdout, one JSON object a line): {"m": index, "kind": "principal"|"fleet", "value":
-sha256 of TOKEN's value (first 16 hex), "sync", "state", "plan", "done" (monotonic times
-of each step; CLOCK_MONOTONIC is one clock for every process), "decrypt_s"}; and
-{"m": index, "ready": true} after the first pass. Stops at EOF on stdin.
+Out (stdout, one JSON object a line), for each ensure served: {"m": index, "principal",
+"fleet": the first 16 hex of the sha256 of TOKEN's and FLEET_TOKEN's values, "sync",
+"state", "plan", "done": monotonic times of each step (CLOCK_MONOTONIC is one clock for
+every process), "decrypt_s": the launcher's part}; and {"m": index, "ready": true} after
+the first pass. Stops at EOF on stdin.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import json
 import logging
@@ -45,20 +50,25 @@ from typing import Any
 import structlog
 
 from bureau import age_keys, key_store
+from bureau.daemon.fleet_relay import fleet_relays
 from bureau.daemon.reconcile import Ensure, plan
 from bureau.daemon.room_view import RoomView
 from bureau.daemon.service import STATE_TYPES
 from bureau.errors import MatrixError
+from bureau.launcher import fleet_bundles
 from bureau.launcher.operator_trust import load_pinned
 from bureau.machine_state import load_session
 from bureau.matrix.fleet_rooms import fleet_room_aliases
 from bureau.matrix.sync import MachineMatrix
+from bureau.template_policy import fleet_ref
 from bureau.wire import names, rooms
-from bureau.wire.credentials import CredentialsEvent, content_digest, open_plaintext
-from bureau.wire.fleet_bundle import binding_principal, shard_for, signing_target
+from bureau.wire.credentials import CredentialsEvent, open_plaintext
+from bureau.wire.fleet_bundle import signing_target
+from bureau.wire.launcher_protocol import FleetCredentials, running_digest
 from bureau.wire.signing import verify
 
-TOKEN = "TOKEN"  # the name of the credential the bench rotates
+TOKEN = "TOKEN"  # the principal's own credential, rotated one event per machine
+FLEET_TOKEN = "FLEET_TOKEN"  # the fleet bundle's, rotated as one bundle
 
 
 def token_digest(value: str) -> str:
@@ -78,15 +88,15 @@ class SimMachine:
         self.trusted = load_pinned(state_dir)
         self.server = str(spec["server"])
         self.fleet = str(spec["fleet"])
-        self.bundle = str(spec["bundle"])
         self.user = session.user_id
         self.matrix = MachineMatrix(session)
         run_dir = state_dir.parent / "run"
         run_dir.mkdir(exist_ok=True)
         self.view = RoomView(names.state_key(self.localpart, self.server), run_dir, log)
-        self.fleet_credentials: dict[str, dict[str, Any]] = {}
-        self.running: dict[str, str] = {}  # principal -> digest, as a launcher reports it
-        self.fleet_opened = ""
+        self.credential_ref = str(spec["credential_ref"])
+        self.unserved: dict[str, str] = {}
+        self.log = log
+        self.running: dict[str, str] = {}  # principal -> running digest, as the launcher's
 
     async def connect(self) -> None:
         """As the daemon connects: its token checked, its rooms joined by alias."""
@@ -124,61 +134,64 @@ class SimMachine:
             if first:
                 touched = {self.view.config_room, self.view.fleet_room}
             for room in sorted(touched):
-                events = await self.matrix.room_state(room)
-                self.view.replace_room(room, events)
-                if room == self.view.fleet_room:
-                    self.fleet_credentials = {
-                        str(e.get("state_key")): e.get("content") or {}
-                        for e in events
-                        if e.get("type") == rooms.CREDENTIALS
-                    }
+                self.view.replace_room(room, await self.matrix.room_state(room))
             read = time.monotonic()
-            actions = plan(self.view.config, self.view.credentials, self.running)
-            shard = shard_for(self.fleet_credentials, self.bundle, self.user)
-            fleet_content = self.fleet_credentials.get(shard) if shard else None
-            fleet_new = fleet_content and content_digest(fleet_content) != self.fleet_opened
+            # The daemon's reconcile: each assigned principal's credential_ref (here given,
+            # not read from a template) to the shard naming this machine, then the plan.
+            refs = {a.principal: self.credential_ref for a in self.view.config.principals}
+            fleet, unserved = fleet_relays(
+                refs, self.view.fleet_credentials, self.user, self.unserved, self.log
+            )
+            self.unserved = unserved
+            credentials = {p: c for p, c in self.view.credentials.items() if p not in unserved}
+            actions = plan(self.view.config, credentials, self.running, fleet=fleet)
             decided = time.monotonic()
             for action in actions:
                 if isinstance(action, Ensure):
-                    self._serve("principal", action.principal, action.content, synced, read,
-                                decided)  # fmt: skip
-            if fleet_new and shard and fleet_content:
-                self._serve("fleet", shard, fleet_content, synced, read, decided)
+                    self._ensure(action, synced, read, decided)
             if first:
                 first = False
                 self._out({"m": self.index, "ready": True})
 
-    def _serve(
-        self, kind: str, key: str, content: dict[str, Any], synced: float, read: float,
-        decided: float,
-    ) -> None:  # fmt: skip
-        """The launcher's checks and decrypt for one ensure (principal) or one fleet
-        bundle shard; what it opened is reported by its digest."""
+    def _ensure(self, action: Ensure, synced: float, read: float, decided: float) -> None:
+        """The launcher's part of an ensure: the operator's signatures on the principal's
+        credentials and on the fleet shard (the bundle its ref names), each checked for
+        this machine, decrypted with its key, opened against its binding and merged
+        (launcher/proxy_kind.py, operator_trust.py, fleet_bundles.py)."""
         started = time.monotonic()
-        if kind == "principal":
-            target, where = key, f"credentials for {key}"
-        else:
-            target = signing_target(self.fleet_room_localpart, self.server, key)
-            where = f"fleet bundle {key}"
-        verify(content, rooms.CREDENTIALS, target, self.trusted.keys, where,
+        principal = action.principal
+        where = f"credentials for {principal}"
+        verify(action.content, rooms.CREDENTIALS, principal, self.trusted.keys, where,
                revoked=self.trusted.revoked)  # fmt: skip
-        event = CredentialsEvent.from_json(content, where)
+        event = CredentialsEvent.from_json(action.content, where)
+        assert event.principal == principal, f"{where}: for {event.principal}"
         assert self.user in event.encrypted_for, f"{where}: not for {self.user}"
-        if kind == "fleet":
-            event = dataclasses.replace(event, principal=binding_principal(self.bundle))
-        elif event.principal != key:
-            raise AssertionError(f"{where}: for {event.principal}")
-        plaintext = age_keys.decrypt(event.ciphertext, self.key)
-        opened = open_plaintext(plaintext, event, where, unbound_allowed=False)
+        own = open_plaintext(
+            age_keys.decrypt(event.ciphertext, self.key), event, where, unbound_allowed=False
+        )
+        credentials, services = own.credentials, event.services
+        if action.fleet_credentials is not None:
+            fleet = FleetCredentials.from_json(action.fleet_credentials)
+            ref = fleet_ref(self.credential_ref, self.fleet, self.server, where)
+            assert fleet.name == ref.name, f"{where}: shard of {fleet.name}, not {ref.name}"
+            target = signing_target(self.fleet_room_localpart, self.server, fleet.state_key)
+            verify(fleet.to_json()["content"], rooms.CREDENTIALS, target, self.trusted.keys,
+                   where, revoked=self.trusted.revoked)  # fmt: skip
+            fleet_bundles.check(principal, fleet, [self.user])
+            shared = age_keys.decrypt(fleet.event.ciphertext, self.key)
+            theirs = fleet_bundles.opened(principal, fleet, shared, unbound_allowed=False)
+            credentials, services = fleet_bundles.merged(
+                principal, fleet, (credentials, services), (theirs.credentials,
+                                                             fleet.event.services)
+            )  # fmt: skip
         done = time.monotonic()
-        if kind == "principal":
-            self.running[key] = content_digest(content)
-        else:
-            self.fleet_opened = content_digest(content)
-        value = opened.credentials[TOKEN].reveal()
-        self._out({"m": self.index, "kind": kind, "value": token_digest(value), "sync": synced,
-                   "state": read, "plan": decided, "done": done,
-                   "decrypt_s": done - started})  # fmt: skip
+        self.running[principal] = running_digest(action.content, action.fleet_credentials)
+        times = {"sync": synced, "state": read, "plan": decided, "done": done}
+        record: dict[str, Any] = {"m": self.index, **times, "decrypt_s": done - started}
+        for kind, name in (("principal", TOKEN), ("fleet", FLEET_TOKEN)):
+            if name in credentials:
+                record[kind] = token_digest(credentials[name].reveal())
+        self._out(record)
 
     def _out(self, record: dict[str, Any]) -> None:
         sys.stdout.write(json.dumps(record) + "\n")
