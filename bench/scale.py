@@ -27,6 +27,7 @@ from typing import Any
 
 import scale_hub
 import scale_newmachine
+import scale_profile
 import scale_publish
 from hub_fleet import make_fleet, running_hub
 from scale_enroll import SimMachine, enroll
@@ -134,15 +135,20 @@ class Scale:
             "hub_cpu_s": hub,
         }
 
-    def rotate(self, sims: Simulators, kind: str) -> dict[str, Any]:
+    def rotate(self, sims: Simulators, kind: str, profile: Path | None = None) -> dict[str, Any]:
         """One rotation: ``kind`` "per_machine" (every principal re-provisioned) or
-        "fleet" (one fleet bundle)."""
+        "fleet" (one fleet bundle); with ``profile``, Synapse sampled into that file."""
         time.sleep(SETTLE)
         self.generation += 1
         size = len(self.machines)
         sim0, hub0 = scale_hub.cpu_seconds(sims.pids), self.cost.cpu()
         extra: dict[str, Any] = {}
-        with scale_hub.PeakRss(self.cost) as peak:
+        sampled = (
+            scale_profile.sampling(self.cost.synapse, profile)
+            if profile is not None
+            else contextlib.nullcontext()
+        )
+        with scale_hub.PeakRss(self.cost) as peak, sampled:
             started = time.monotonic()
             if kind == "per_machine":
                 self.principal_value = value = f"per-machine-{self.generation}"
@@ -161,6 +167,8 @@ class Scale:
             )
             ended = time.monotonic()
         sim1, hub1 = scale_hub.cpu_seconds(sims.pids), self.cost.cpu()
+        if profile is not None:
+            extra["synapse_profile"] = scale_profile.summarize(profile)
         served = [r["done"] - started for r in records.values()]
         hub = scale_hub.delta(hub0, hub1)
         return {
@@ -208,7 +216,15 @@ class Scale:
                     last = rotations[-1]
                     print(f"    {kind}: publish {last['publish_s']:.2f} s, all served "
                           f"{last['all_served_s']:.2f} s", flush=True)  # fmt: skip
-            extra = {"new_machine": self.new_machine()} if new_machine else {}
+            extra: dict[str, Any] = {}
+            if new_machine and scale_profile.py_spy() is not None:
+                # Extra rotations, not in the table: sampling takes CPU from the hub.
+                extra["profiled_rotations"] = [
+                    self.rotate(sims, kind, self.work / f"profile-{size}-{kind}.txt")
+                    for kind in ("per_machine", "fleet")
+                ]
+            if new_machine:
+                extra["new_machine"] = self.new_machine()
         return {"machines": size, **grown, "simulators_ready_s": ready_s, "idle": idle,
                 "rotations": rotations, **extra}  # fmt: skip
 
