@@ -8,8 +8,11 @@
 Matrix failures back off (bureau.matrix.retry: the server's hint, else 1 s doubling to
 30 s) and the sync resumes from its last token; proxies keep serving meanwhile because
 they never depend on the daemon. SIGTERM stops the daemon and leaves principals running
-for the next one. Losing the machine's standing (token revoked, removed from the config
-room) is fatal: the daemon stops every principal and exits non-zero.
+for the next one. A daemon that cannot reach the hub when it starts (a reboot during an
+outage) starts the principals recorded in its offline cache (daemon/offline_cache.py)
+and goes on from the hub's state once it answers. Losing the machine's standing (token
+revoked, removed from the config room) is fatal: the daemon stops every principal and
+exits non-zero.
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from bureau import lifecycle
-from bureau.daemon import machine_info
+from bureau.daemon import machine_info, offline_cache
+from bureau.daemon.fleet_relay import fleet_relays
 from bureau.daemon.heartbeat import CpuSampler, status_content
 from bureau.daemon.launcher_client import LauncherClient, LauncherRefused, LauncherUnavailable
 from bureau.daemon.principals import Principals
-from bureau.daemon.reconcile import relayed
+from bureau.daemon.reconcile import Ensure, plan, relayed
 from bureau.daemon.relogin import SoftLogouts
 from bureau.daemon.room_view import RoomView
 from bureau.daemon.sandbox_specs import SandboxSpecs
@@ -54,6 +58,9 @@ RECONCILE_SECONDS = 30.0
 HEARTBEAT_SECONDS = 300.0
 # SIGTERM's teardown only says STOPPING: what runs is cancelled at once after it.
 STOP_GRACE_SECONDS = 5.0
+# How long a starting daemon waits for the hub before it starts principals from the
+# offline cache anyway (a failed request starts them at once).
+OFFLINE_AFTER_SECONDS = 5.0
 
 
 class Daemon:
@@ -92,6 +99,9 @@ class Daemon:
             rng=rng,
         )
         self._rng = rng
+        self._cache = offline_cache.CacheWriter(state_dir, machine_user, log)
+        self._cut_off = asyncio.Event()  # a request to the hub failed before it connected
+        self._replaying = False
         self._stop = asyncio.Event()
         self._synced = asyncio.Event()
         self._reconciled = asyncio.Event()
@@ -131,7 +141,18 @@ class Daemon:
         return 0
 
     async def _main(self) -> None:
-        if not await self._connect():
+        offline = asyncio.create_task(self._start_offline())
+        try:
+            connected = await self._connect()
+            if connected and self._replaying:
+                # Its ensures and the first pass from the hub's state must not cross: an
+                # older cached bundle would land after a newer one.
+                await offline
+        finally:
+            offline.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await offline
+        if not connected:
             return
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._sync_loop())
@@ -155,6 +176,7 @@ class Daemon:
                     continue
                 if exc.errcode == "M_UNKNOWN_TOKEN" or exc.status == 403:
                     raise
+                self._cut_off.set()
                 delay = next_delay(attempt, exc.retry_after, self._rng)
                 attempt += 1
                 self._log.warning(f"{what} failed; retrying", error=str(exc), retry_in=delay)
@@ -183,6 +205,17 @@ class Daemon:
         await self._specs.follow(template_alias)
         self._log.info("connected", config_room=self._rooms.config_room)
         return True
+
+    async def _start_offline(self) -> None:
+        """Once the hub has failed to answer (or not answered for OFFLINE_AFTER_SECONDS),
+        start what the offline cache holds; READY says so."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(OFFLINE_AFTER_SECONDS):
+                await self._cut_off.wait()
+        self._replaying = True
+        await offline_cache.start_offline(
+            self._state_dir, self._machine_user, self._launcher, self._notifier, self._log
+        )
 
     async def _logged_in_again(self, exc: MatrixError) -> bool:
         return await self._relogin.mend(exc)
@@ -256,7 +289,7 @@ class Daemon:
             except MatrixError as exc:
                 self._die(str(exc))
                 return
-            changed = self._rooms.config_room in touched or any(
+            changed = {self._rooms.config_room, self._rooms.fleet_room} & touched or any(
                 self._templates.follows(room_id) for room_id in touched
             )
             if changed or not self._synced.is_set():
@@ -320,10 +353,30 @@ class Daemon:
         settle = not self._reconciled.is_set()
         problems = self._problems()
         specs, held = await self._specs.resolve(self._rooms.config)
-        credentials, self._route_problems = relayed(self._rooms.credentials, self._specs.services)
+        credentials, routes = relayed(self._rooms.credentials, self._specs.services)
+        fleet, unserved = fleet_relays(
+            self._specs.credential_refs,
+            self._rooms.fleet_credentials,
+            self._machine_user,
+            self._route_problems,
+            self._log,
+        )
+        # Without its fleet bundle a principal is not run: one running is stopped.
+        credentials = {p: c for p, c in credentials.items() if p not in unserved}
+        self._route_problems = {**routes, **unserved}
         if self._problems() != problems:
             self._status_now.set()
-        held |= set(self._route_problems)
+        held |= set(routes)
+        wanted = plan(
+            self._rooms.config,
+            credentials,
+            {},
+            specs=specs,
+            held=held,
+            templates=self._specs.sources,
+            fleet=fleet,
+        )
+        self._cache.record((a for a in wanted if isinstance(a, Ensure)), held)
         await self._principals.trust(self._rooms.statements)  # before any ensure it may concern
         if await self._principals.reconcile(
             self._rooms.config,
@@ -332,6 +385,7 @@ class Daemon:
             specs=specs,
             held=held,
             templates=self._specs.sources,
+            fleet=fleet,
         ):
             self._status_now.set()
 

@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 
 from bureau import age_keys, key_store, unit_files
+from bureau.daemon.offline_cache import FILE_NAME as OFFLINE_CACHE
 from bureau.doctor.findings import Finding, fail, not_applicable, ok
 from bureau.errors import BureauError, InputError
 from bureau.files import atomic_write, parse_env, render_env
@@ -128,12 +129,14 @@ class HostChecks:
         os.chown(path, account.id, team.id, follow_symlinks=False)
 
     def private_files(self) -> Iterator[Finding]:
-        """session.json and the key: 0600 and the launcher's, or the units cannot read them.
+        """session.json, the key and the daemon's offline cache: 0600 and bureau's, or the
+        units cannot read them.
         One owned by someone else (neither root nor bureau) is not handed to bureau: that
         would make a key or session they planted the machine's."""
         state = self.host.path(STATE_DIR)
         owners = trusted(self.host)
-        for file_name in ("session.json", key_store.SEALED_FILE, key_store.PLAIN_FILE):
+        private = ("session.json", key_store.SEALED_FILE, key_store.PLAIN_FILE, OFFLINE_CACHE)
+        for file_name in private:
             path = state / file_name
             try:
                 st = path.lstat()

@@ -215,6 +215,9 @@ def test_fix_repairs_owners_and_modes_but_adopts_nothing_someone_else_wrote(
     os.chown(state, 4242, 4242)
     state.chmod(0o777)
     (state / "session.json").chmod(0o644)
+    cache = state / "offline-cache.json"  # the daemon's: ciphertext, but 0600 all the same
+    cache.write_text("{}")
+    cache.chmod(0o644)
     key, public = state / "machine-key.txt", state / "machine-key.pub"
     generated = subprocess.run(["age-keygen"], check=True, capture_output=True).stdout
     key.write_bytes(next(ln for ln in generated.splitlines() if ln.startswith(b"AGE-SECRET")))
@@ -234,6 +237,7 @@ def test_fix_repairs_owners_and_modes_but_adopts_nothing_someone_else_wrote(
     fixed = _doctor(root, "--fix")
     assert "fixed directory /var/lib/bureau" in fixed.stdout
     assert "fixed file /var/lib/bureau/session.json" in fixed.stdout
+    assert "fixed file /var/lib/bureau/offline-cache.json" in fixed.stdout
     assert "fixed contents of /run/bureau" in fixed.stdout
     assert "fixed file /var/lib/bureau/machine-key.txt" not in fixed.stdout
     assert "fixed machine key" not in fixed.stdout
@@ -249,7 +253,12 @@ def test_fix_repairs_owners_and_modes_but_adopts_nothing_someone_else_wrote(
     ), failing
 
     bureau = _bureau_uid(root)
-    for path, mode in ((state, 0o700), (state / "session.json", 0o600), (proxies, 0o755)):
+    for path, mode in (
+        (state, 0o700),
+        (state / "session.json", 0o600),
+        (cache, 0o600),
+        (proxies, 0o755),
+    ):
         assert (path.stat().st_uid, stat.S_IMODE(path.stat().st_mode)) == (bureau, mode), path
     assert key.stat().st_uid == 4242
     assert not (state / "machine-key.cred").exists()
