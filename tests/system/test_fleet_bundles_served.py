@@ -29,6 +29,7 @@ from sandbox_helpers import fleet_of, kill_sandboxes_under, python_template
 
 from bureau import age_keys
 from bureau.operator.credentials import admin_client
+from bureau.operator.fleet_bundles import FleetBundleRequest, provision_fleet_bundle
 from bureau.operator.principal_credentials import machine_public_key
 from bureau.secret import Secret
 from bureau.wire import names, rooms
@@ -86,10 +87,10 @@ def fleet_bundle(
     key: OperatorKey | None = None,
     signed: bool = True,
 ) -> dict[str, Any]:
-    """A fleet bundle as the operator side writes one (wire/fleet_bundle.py): principal
-    "", the machines and the escrow in encrypted_for, bound to fleet:<name> and its
-    services, signed about its place in the fleet room (by ``key``: the operator's unless
-    given)."""
+    """A fleet bundle of the right shape, written by hand (wire/fleet_bundle.py): principal
+    "", the machines and an escrow in encrypted_for, bound to fleet:<name> and its
+    services, signed about its place in the fleet room by ``key`` (the operator's unless
+    given), or not at all: what someone who can write the fleet room could forge."""
     admin = admin_client(fleet.creds)
     server = fleet.hub.server_name
     keys = [machine_public_key(admin, fleet.creds, m.machine.localpart) for m in machines]
@@ -118,7 +119,23 @@ def fleet_bundle(
 
 
 def publish(fleet: Fleet, content: dict[str, Any]) -> None:
+    """A bundle written by hand (a forgery's way in: anyone who can write the fleet room)."""
     admin_client(fleet.creds).put_state(_fleet_room(fleet), rooms.CREDENTIALS, BUNDLE, content)
+
+
+def provision(
+    fleet: Fleet, machines: list[Enrolled], secrets: dict[str, str], upstream: str
+) -> None:
+    """The operator's way: ``bureau credentials provision --fleet-bundle``'s code."""
+    request = FleetBundleRequest(
+        name=BUNDLE,
+        machines=tuple(m.machine.localpart for m in machines),
+        secrets={k: Secret(v) for k, v in secrets.items()},
+        services={"fleet": ServiceRoute(upstream, {"X-Api-Key": "FLEET_TOKEN"})},
+        services_where="test",
+        escrow_recipient=age_keys.generate()[1],
+    )
+    assert provision_fleet_bundle(fleet.creds, request) == [BUNDLE]
 
 
 def fleet_value(socket: Path) -> str | None:
@@ -210,8 +227,7 @@ def test_a_fleet_bundle_is_served_by_the_machines_it_names_and_only_them(
         echo_upstream() as upstream,
         workers(fleet, tmp_path, ["agent/a", "agent/b", "agent/c"]) as (a, b, c),
     ):
-        publish(fleet, fleet_bundle(fleet, [a.machine, b.machine], {"FLEET_TOKEN": CANARY + "1"},
-                                    upstream))  # fmt: skip
+        provision(fleet, [a.machine, b.machine], {"FLEET_TOKEN": CANARY + "1"}, upstream)
         for worker in (a, b, c):
             start(fleet, tmp_path, upstream, worker, f"{CANARY}own-{worker.principal[-1]}")
         # Both named machines inject the fleet's credential beside the principal's own.
@@ -234,14 +250,13 @@ def test_a_fleet_bundle_is_served_by_the_machines_it_names_and_only_them(
         assert "proxy started" not in c.launcher.log()
 
         # A rotation is served by both.
-        publish(fleet, fleet_bundle(fleet, [a.machine, b.machine], {"FLEET_TOKEN": CANARY + "2"},
-                                    upstream))  # fmt: skip
+        provision(fleet, [a.machine, b.machine], {"FLEET_TOKEN": CANARY + "2"}, upstream)
         for worker in (a, b):
             eventually(lambda w=worker: fleet_value(w.socket) == CANARY + "2", 30)
 
         # The operator takes b out of the bundle: b's principal loses the credential, and so
         # stops; a serves the new one.
-        publish(fleet, fleet_bundle(fleet, [a.machine], {"FLEET_TOKEN": CANARY + "3"}, upstream))
+        provision(fleet, [a.machine], {"FLEET_TOKEN": CANARY + "3"}, upstream)
         eventually(lambda: fleet_value(a.socket) == CANARY + "3", 30)
         eventually(lambda: not b.socket.exists(), 30)
         assert served_token(a.socket) == f"Bearer {CANARY}own-a"
@@ -258,8 +273,9 @@ def test_colliding_and_forged_fleet_bundles_are_refused_and_what_runs_runs_on(
     user = user_of(fleet, "agent/a")
     with echo_upstream() as upstream, workers(fleet, tmp_path, ["agent/a"]) as (a,):
         assert a.launcher is not None
-        good = fleet_bundle(fleet, [a.machine], {"FLEET_TOKEN": CANARY + "1"}, upstream)
-        publish(fleet, good)
+        provision(fleet, [a.machine], {"FLEET_TOKEN": CANARY + "1"}, upstream)
+        good = admin_client(fleet.creds).get_state(_fleet_room(fleet), rooms.CREDENTIALS, BUNDLE)
+        assert good is not None
         start(fleet, tmp_path, upstream, a, f"{CANARY}own-a")
         eventually(lambda: fleet_value(a.socket) == CANARY + "1", 60)
         at = 0
@@ -277,7 +293,7 @@ def test_colliding_and_forged_fleet_bundles_are_refused_and_what_runs_runs_on(
 
         # A fleet key that the principal's own bundle holds too: named, never its value.
         both = {"FLEET_TOKEN": CANARY + "x", "TOKEN": CANARY + "y"}
-        publish(fleet, fleet_bundle(fleet, [a.machine], both, upstream))
+        provision(fleet, [a.machine], both, upstream)
         refused("credential TOKEN is also in the principal's own bundle; refused")
         # Unsigned; signed by a key no machine trusts; the operator's signature over other
         # content (another bundle's).
