@@ -22,6 +22,7 @@ is refused there too. The pinned set is read at each request, so that a key pinn
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -149,15 +150,18 @@ class OperatorTrust:
         if assignment.principal != principal or not assignment.auto_start:
             raise LauncherError(f"{where}: it does not start {principal} here; refused")
         found = None
-        if request.sandbox is not None:
+        if request.sandbox is not None and signed:
             found = self._resolve(request, assignment, keys)
-            sandbox = request.sandbox
-            # An unsigned assignment: the daemon's spec, as always.
-            if signed and (found is None or found.spec.digest != sandbox.digest):
+            if found is None or found.spec.digest != request.sandbox.digest:
                 raise LauncherError(
                     f"sandbox for {principal}: the spec sent is not what the signed "
                     "assignment and templates give; refused"
                 )
+        elif request.sandbox is not None:
+            # An unsigned assignment: the daemon's spec, as always; its templates still
+            # say which fleet bundle (if any) goes with it.
+            with contextlib.suppress(LauncherError):
+                found = self._resolve(request, assignment, keys)
         self._check_fleet(request, found.credential_ref if found is not None else "", keys)
 
     def _resolve(

@@ -93,8 +93,8 @@ __all__ = [
 ]
 
 # A credentials event, a fleet shard and a chain of up to 8 templates, each a state event of
-# at most 64 KiB.
-MAX_MESSAGE = 1024 * 1024 + 128 * 1024
+# at most 64 KiB: 640 KiB at most, with room to spare.
+MAX_MESSAGE = 1024 * 1024
 # A credentials event nests five deep (request, content, services, service, headers); the
 # bound leaves room and keeps json.loads far from the interpreter's recursion limit.
 MAX_DEPTH = 16
