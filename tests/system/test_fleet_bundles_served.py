@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import signal
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -22,7 +24,7 @@ from typing import Any
 
 import pytest
 from conftest import Fleet, run
-from launcher_proc import Service, broker_args, daemon, launcher, sandboxd
+from launcher_proc import Service, broker_args, daemon, launcher, proxies_under, sandboxd
 from machine_helpers import Enrolled, enroll, eventually, proxy_socket, served_token
 from processes import echo_received, echo_upstream, unix_request
 from sandbox_helpers import fleet_of, kill_sandboxes_under, python_template
@@ -158,8 +160,11 @@ def fleet_value(socket: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def workers(fleet: Fleet, tmp_path: Path, principals: list[str]) -> Iterator[list[Worker]]:
-    """One enrolled machine per principal, each with sandboxd, launcher and daemon."""
+def workers(
+    fleet: Fleet, tmp_path: Path, principals: list[str], *, started: bool = True
+) -> Iterator[list[Worker]]:
+    """One enrolled machine per principal, each with sandboxd, and (``started``) its
+    launcher and daemon."""
     out: list[Worker] = []
     with contextlib.ExitStack() as stack:
         for index, principal in enumerate(principals):
@@ -173,11 +178,13 @@ def workers(fleet: Fleet, tmp_path: Path, principals: list[str]) -> Iterator[lis
             name, state = machine.machine.short_name, machine.state_dir
             stack.enter_context(sandboxd(run_dir, state, sandbox_dir, **fleet_of(fleet)))
             worker = Worker(machine, principal, run_dir)
+            out.append(worker)
+            if not started:
+                continue
             worker.launcher = stack.enter_context(
                 launcher(name, state, run_dir, *broker_args(run_dir))
             )
             worker.daemon = stack.enter_context(daemon(name, state, run_dir))
-            out.append(worker)
         yield out
 
 
@@ -316,4 +323,33 @@ def test_colliding_and_forged_fleet_bundles_are_refused_and_what_runs_runs_on(
         assert fleet_value(a.socket) == CANARY + "1"
         assert served_token(a.socket) == f"Bearer {CANARY}own-a"
         logs = a.logs()
+    assert CANARY not in logs
+
+
+@pytest.mark.slow
+def test_a_proxy_with_a_fleet_bundle_starts_again_from_its_record(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """A proxy that dies is started again, with the fleet bundle, by its launcher; one that
+    died with its launcher, by the next launcher, from the spec it recorded (no daemon)."""
+    push_template(fleet, tmp_path)
+    with echo_upstream() as upstream, workers(fleet, tmp_path, ["agent/a"], started=False) as (a,):
+        name, state = a.machine.machine.short_name, a.machine.state_dir
+        provision(fleet, [a.machine], {"FLEET_TOKEN": CANARY + "1"}, upstream)
+        with (
+            launcher(name, state, a.run_dir, *broker_args(a.run_dir)) as first,
+            daemon(name, state, a.run_dir) as the_daemon,
+        ):
+            start(fleet, tmp_path, upstream, a, f"{CANARY}own-a")
+            eventually(lambda: fleet_value(a.socket) == CANARY + "1", 60)
+            (pid,) = proxies_under(a.run_dir)
+            os.kill(pid, signal.SIGKILL)
+            eventually(lambda: proxies_under(a.run_dir) not in ([], [pid]), 30)
+            eventually(lambda: fleet_value(a.socket) == CANARY + "1", 30)
+            the_daemon.stop()
+        # Leaving the launcher killed its proxies: the next one starts them from its records.
+        with launcher(name, state, a.run_dir, *broker_args(a.run_dir)) as second:
+            eventually(lambda: fleet_value(a.socket) == CANARY + "1", 30)
+            assert served_token(a.socket) == f"Bearer {CANARY}own-a"
+            logs = first.log() + the_daemon.log() + second.log()
     assert CANARY not in logs
