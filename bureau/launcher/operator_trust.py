@@ -139,7 +139,7 @@ class OperatorTrust:
                 )
             # The daemon's spec, checked by sandbox_policy as always; no template to name
             # a fleet bundle.
-            self._check_fleet(request, "", keys)
+            self.check_fleet(request, "", keys)
             return
         where = f"assignment of {principal}"
         signed = self._signed(entry, rooms.MACHINE_CONFIG, self._machine, where, keys)
@@ -162,7 +162,7 @@ class OperatorTrust:
             # say which fleet bundle (if any) goes with it.
             with contextlib.suppress(LauncherError):
                 found = self._resolve(request, assignment, keys)
-        self._check_fleet(request, found.credential_ref if found is not None else "", keys)
+        self.check_fleet(request, found.credential_ref if found is not None else "", keys)
 
     def _resolve(
         self, request: EnsureRequest, assignment: Assignment, keys: TrustedKeys
@@ -180,7 +180,7 @@ class OperatorTrust:
         except InputError as exc:
             raise LauncherError(f"sandbox for {request.principal.user_id}: {exc}") from None
 
-    def _check_fleet(self, request: EnsureRequest, credential_ref: str, keys: TrustedKeys) -> None:
+    def check_fleet(self, request: EnsureRequest, credential_ref: str, keys: TrustedKeys) -> None:
         """The fleet bundle shard sent is the one ``credential_ref`` (from the templates
         checked above) names, signed by the operator; none is sent when it names none."""
         principal = request.principal.user_id

@@ -1,12 +1,15 @@
-"""The launcher's checks on a fleet bundle shard (launcher/fleet_bundles.py), with real age
-keys: a shard not encrypted for this machine, expired, bound to another bundle or to other
-services, or holding the principal's Matrix identity is refused in one line naming the
-principal and the bundle; a name in both bundles is refused by name, never by value; the
-recorded spec round-trips."""
+"""The launcher's checks on a fleet bundle shard (launcher/fleet_bundles.py and
+operator_trust.check_fleet), with real age keys and operator signatures. Only the bundle
+the signed templates name, signed about its place in the fleet room by a pinned key
+(unsigned only where the machine allows it), is taken. A shard not encrypted for this
+machine, expired, bound to another bundle or to other services, or holding the principal's
+Matrix identity is refused in one line naming the principal and the bundle; a name in both
+bundles is refused by name, never by value; the recorded spec round-trips."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,16 +17,21 @@ import pytest
 from bureau import age_keys
 from bureau.launcher import fleet_bundles
 from bureau.launcher.children import LauncherError
+from bureau.launcher.operator_trust import OperatorTrust
 from bureau.secret import Secret
+from bureau.wire import rooms
 from bureau.wire.credentials import (
     ESCROW_RECIPIENT,
     CredentialsEvent,
     binding_digest,
     bundle_plaintext,
 )
-from bureau.wire.fleet_bundle import binding_principal
-from bureau.wire.launcher_protocol import FleetCredentials
+from bureau.wire.fleet_bundle import binding_principal, signing_target
+from bureau.wire.launcher_protocol import EnsureRequest, FleetCredentials, RelayedCredentials
+from bureau.wire.names import PrincipalRef
+from bureau.wire.operator_keys import TrustedKeys
 from bureau.wire.service_route import ServiceRoute
+from bureau.wire.signing import OperatorKey, sign
 
 MACHINE = "@ns/fleet/prod/machine/w1:hub.example"
 PRINCIPAL = "@ns/fleet/prod/agent/a:hub.example"
@@ -143,3 +151,59 @@ def test_the_earlier_expiry_holds() -> None:
     assert fleet_bundles.expiry(None, late) == late
     assert fleet_bundles.expiry(None, None) is None
     assert replace(_shard()[0], state_key="shared#1").name == "shared"
+
+
+OPERATOR = OperatorKey.generate()
+TRUSTED = TrustedKeys({OPERATOR.key_id: OPERATOR.public})
+TARGET = signing_target("ns/fleet/prod", "hub.example", "shared")
+
+
+def _request(fleet: dict[str, Any] | None) -> EnsureRequest:
+    own = {**_shard()[0].to_json()["content"], "principal": PRINCIPAL}
+    shard = None if fleet is None else FleetCredentials.from_json(fleet)
+    return EnsureRequest(
+        PrincipalRef.from_user_id(PRINCIPAL),
+        RelayedCredentials.from_json(own),
+        fleet_credentials=shard,
+    )
+
+
+def _signed(target: str = TARGET, key: OperatorKey = OPERATOR) -> dict[str, Any]:
+    content = _shard()[0].to_json()["content"]
+    return {"state_key": "shared", "content": sign(content, rooms.CREDENTIALS, target, key)}
+
+
+@pytest.mark.parametrize(
+    ("ref", "fleet", "message"),
+    [
+        ("", _signed(), "fleet bundle shared for {p}: its signed templates name no fleet bundle"),
+        ("${FLEET_ROOM}:shared", None, "{p}: its template names fleet bundle shared, which did "
+         "not come with the request; refused"),
+        ("${FLEET_ROOM}:other", _signed(), "fleet bundle shared for {p}: not other, the bundle "
+         "its signed templates name; refused"),
+        ("ns/fleet/staging:shared", _signed(), "template of {p}: credential_ref: names "
+         "ns/fleet/staging:shared; only the fleet room's bundles"),
+        ("${FLEET_ROOM}:shared", _signed(key=OperatorKey.generate()),
+         "fleet bundle shared for {p}: signatures: signed by no operator key this machine trusts"),
+        ("${FLEET_ROOM}:shared", _signed(target=TARGET + "#1"),
+         "fleet bundle shared for {p}: signatures: the signature by"),
+        ("${FLEET_ROOM}:shared", {**_signed(), "content": _shard()[0].to_json()["content"]},
+         "fleet bundle shared for {p}: signatures: absent"),
+    ],
+)  # fmt: skip
+def test_the_launcher_takes_only_the_signed_bundle_its_templates_name(
+    tmp_path: Path, ref: str, fleet: dict[str, Any] | None, message: str
+) -> None:
+    trust = OperatorTrust(tmp_path, MACHINE, allow_unsigned=False)
+    with pytest.raises(LauncherError) as caught:
+        trust.check_fleet(_request(fleet), ref, TRUSTED)
+    assert message.format(p=PRINCIPAL) in str(caught.value)
+
+
+def test_the_signed_bundle_its_templates_name_is_taken() -> None:
+    trust = OperatorTrust(Path("/nonexistent"), MACHINE, allow_unsigned=False)
+    trust.check_fleet(_request(_signed()), "${FLEET_ROOM}:shared", TRUSTED)
+    trust.check_fleet(_request(None), "", TRUSTED)
+    unsigned = {"state_key": "shared", "content": _shard()[0].to_json()["content"]}
+    lenient = OperatorTrust(Path("/nonexistent"), MACHINE, allow_unsigned=True)
+    lenient.check_fleet(_request(unsigned), "${FLEET_ROOM}:shared", TRUSTED)
