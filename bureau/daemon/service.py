@@ -60,7 +60,7 @@ HEARTBEAT_SECONDS = 300.0
 STOP_GRACE_SECONDS = 5.0
 # How long a starting daemon waits for the hub before it starts principals from the
 # offline cache anyway (a failed request starts them at once).
-OFFLINE_AFTER_SECONDS = 5.0
+OFFLINE_AFTER_SECONDS = 10.0
 
 
 class Daemon:
