@@ -181,15 +181,22 @@ def user_of(fleet: Fleet, principal: str) -> str:
     return names.user_id(f"{fleet.name}/{principal}", fleet.hub.server_name)
 
 
-def recorded_shard(run_dir: Path, principal_user: str) -> str | None:
-    """The fleet shard's state key in the launcher's record of ``principal_user``'s proxy
-    (R/launcher/proxies/*.json: the spec it serves); None without one."""
+def recorded_fleet(run_dir: Path, principal_user: str) -> dict[str, Any] | None:
+    """The fleet shard (``{"state_key", "content"}``) in the launcher's record of
+    ``principal_user``'s proxy (R/launcher/proxies/*.json: the spec it serves); None
+    without one."""
     for path in (run_dir / "launcher" / "proxies").glob("*.json"):
         record = json.loads(path.read_text())
         if record.get("principal") == principal_user:
-            fleet = record["content"].get("fleet_credentials")
-            return None if fleet is None else str(fleet["state_key"])
+            fleet: dict[str, Any] | None = record["content"].get("fleet_credentials")
+            return fleet
     return None
+
+
+def recorded_shard(run_dir: Path, principal_user: str) -> str | None:
+    """The state key of the fleet shard the launcher serves ``principal_user`` from."""
+    fleet = recorded_fleet(run_dir, principal_user)
+    return None if fleet is None else str(fleet["state_key"])
 
 
 def cached_ensure(state_dir: Path, principal_user: str) -> dict[str, Any]:

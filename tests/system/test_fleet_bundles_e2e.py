@@ -33,6 +33,7 @@ from fleet_helpers import (
     fleet_value,
     node,
     push_template,
+    recorded_fleet,
     recorded_shard,
     room_events,
     start_principal,
@@ -143,7 +144,10 @@ def test_a_new_machine_is_served_the_fleet_bundle_through_reseal_watch(
                 after = room_events(fleet)[BUNDLE]
                 assert age_open(after, first.plain_key) is None
                 assert (age_open(after, joined.plain_key) or {}).get("FLEET_TOKEN") == fleet_token
-                eventually(lambda: recorded_shard(worker.run_dir, user_of(fleet, PRINCIPAL)))
+                # Its proxy serves from the resealed shard now (a new content, a new spec).
+                user = user_of(fleet, PRINCIPAL)
+                resealed = {"state_key": BUNDLE, "content": after}
+                eventually(lambda: recorded_fleet(worker.run_dir, user) == resealed)
                 assert fleet_value(socket) == fleet_token
         finally:
             watcher.send_signal(signal.SIGTERM)
