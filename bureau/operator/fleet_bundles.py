@@ -39,7 +39,7 @@ from bureau.matrix.client import MatrixHTTP
 from bureau.matrix.fleet_rooms import resolve_fleet_rooms
 from bureau.operator.credentials import admin_client
 from bureau.operator.machines import ENROLLED, machine_records
-from bureau.operator.principal_credentials import MAX_CONTENT_BYTES
+from bureau.operator.principal_credentials import MAX_CONTENT_BYTES, check_held
 from bureau.operator.signed import sign_fleet_bundle
 from bureau.secret import Secret
 from bureau.wire import names, rooms
@@ -62,7 +62,7 @@ from bureau.wire.fleet_bundle import (
     bundle_of,
     shard_key,
 )
-from bureau.wire.service_route import ServiceRoute, referenced_credentials
+from bureau.wire.service_route import ServiceRoute
 
 MACHINES_FIELD = "machines"
 SEALED_FOR_FIELD = "sealed_for"
@@ -288,13 +288,7 @@ def provision_fleet_bundle(
     max_recipients: int = MAX_RECIPIENTS,
 ) -> list[str]:
     """Encrypt and publish a fleet bundle; the state keys of its shards, shard 0 first."""
-    missing = sorted(referenced_credentials(request.services) - set(request.secrets))
-    if missing:
-        raise InputError(
-            request.services_where,
-            None,
-            f"names credentials that the secrets do not hold: {', '.join(missing)}",
-        )
+    check_held(request.services, request.secrets, request.services_where)
     if MATRIX_TOKEN in request.secrets or MATRIX_SERVICE in request.services:
         # As the launcher refuses them: a Matrix identity is a principal's own.
         raise InputError(

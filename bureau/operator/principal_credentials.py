@@ -71,18 +71,21 @@ def config_room_of(admin: MatrixHTTP, creds: OperatorCredentials, machine: str) 
     return room_id
 
 
+def check_held(services: dict[str, ServiceRoute], secrets: dict[str, Secret], where: str) -> None:
+    """Every credential the routes name is among the secrets (InputError naming them)."""
+    missing = sorted(referenced_credentials(services) - set(secrets))
+    if missing:
+        raise InputError(
+            where, None, f"names credentials that the secrets do not hold: {', '.join(missing)}"
+        )
+
+
 def build_event(
     request: CredentialRequest, creds: OperatorCredentials, machine_key: str, now: datetime | None
 ) -> CredentialsEvent:
     server = creds.server_name
     principal_user = names.user_id(request.principal, server)
-    missing = sorted(referenced_credentials(request.services) - set(request.secrets))
-    if missing:
-        raise InputError(
-            request.services_where,
-            None,
-            f"names credentials that the secrets do not hold: {', '.join(missing)}",
-        )
+    check_held(request.services, request.secrets, request.services_where)
     recipients = [machine_key]
     encrypted_for = [names.user_id(request.machine, server)]
     if request.escrow_recipient:

@@ -124,7 +124,7 @@ def services_file(tmp_path: Path, upstream: str, name: str = "services.json") ->
 
 
 def provision_credentials(
-    fleet: Fleet, machine: Enrolled, principal: str, services: Path, secrets: str
+    fleet: Fleet, machine: Enrolled, principal: str, services: Path, secrets: str, *flags: str
 ) -> subprocess.CompletedProcess[str]:
     return run(
         "bureau",
@@ -138,6 +138,7 @@ def provision_credentials(
         principal,
         "--services",
         services,
+        *flags,
         stdin=secrets,
     )
 
