@@ -142,6 +142,7 @@ class Scale:
         self.generation += 1
         size = len(self.machines)
         sim0, hub0 = scale_hub.cpu_seconds(sims.pids), self.cost.cpu()
+        counts0 = sims.counts()
         extra: dict[str, Any] = {}
         sampled = (
             scale_profile.sampling(self.cost.synapse, profile)
@@ -171,6 +172,12 @@ class Scale:
             extra["synapse_profile"] = scale_profile.summarize(profile)
         served = [r["done"] - started for r in records.values()]
         hub = scale_hub.delta(hub0, hub1)
+        # Reads after a machine served (other shards' writes) count too: the fan-out's.
+        time.sleep(SETTLE)
+        counts = sims.counts()
+        extra["per_machine_counts"] = {
+            k: (counts.get(k, 0) - counts0.get(k, 0)) / size for k in counts
+        }
         return {
             "kind": kind,
             "machines": size,

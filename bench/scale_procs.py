@@ -25,6 +25,7 @@ class Simulators:
         self.records: list[Record] = []
         self.ready: set[int] = set()
         self.errors: list[str] = []
+        self._counts: dict[int, dict[str, int]] = {}  # pid -> its latest totals
         self._changed = threading.Condition()
         self.procs: list[subprocess.Popen[str]] = []
         self._readers: list[threading.Thread] = []
@@ -55,7 +56,9 @@ class Simulators:
         for line in proc.stdout:
             record = json.loads(line)
             with self._changed:
-                if record.get("ready"):
+                if "counts" in record:
+                    self._counts[proc.pid] = record["counts"]
+                elif record.get("ready"):
                     self.ready.add(int(record["m"]))
                 else:
                     self.records.append(record)
@@ -63,6 +66,15 @@ class Simulators:
         with self._changed:
             self.errors.append(f"simulator {proc.pid} exited ({proc.wait()})")
             self._changed.notify_all()
+
+    def counts(self) -> dict[str, int]:
+        """Syncs, state reads and state events read so far, over every simulator."""
+        with self._changed:
+            total: dict[str, int] = {}
+            for counts in self._counts.values():
+                for key, value in counts.items():
+                    total[key] = total.get(key, 0) + value
+            return total
 
     def _until(self, done: Callable[[], bool], what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 RATE = 200  # samples a second
+# A sample whose leaf is the reactor waiting in epoll is idle (py-spy's --nonblocking
+# cannot always tell): counted apart, the shares are of the busy samples.
+IDLE_LEAVES = ("synapse/metrics/_reactor_metrics.py", "twisted/internet/epollreactor.py")
 # (label, what a frame of the stack holds): each sample counts once per label it matches.
 PARTS = [
     ("database (storage/database.py)", "synapse/storage/database.py"),
@@ -95,12 +98,15 @@ def summarize(path: Path, top: int = 10) -> dict[str, Any]:
     modules: Counter[str] = Counter()
     leaves: Counter[str] = Counter()
     parts: Counter[str] = Counter()
-    total = 0
+    total = idle = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not count_text.isdigit():
             continue
         count = int(count_text)
+        if _module(stack.rsplit(";", 1)[-1]).endswith(IDLE_LEAVES):
+            idle += count
+            continue
         total += count
         servlets[_servlet(stack)] += count
         modules[_nearest_synapse(stack)] += count
@@ -112,6 +118,7 @@ def summarize(path: Path, top: int = 10) -> dict[str, Any]:
         return {"samples": 0}
     return {
         "samples": total,
+        "idle_samples": idle,
         "rate": RATE,
         "by_servlet": {k: round(v / total, 3) for k, v in servlets.most_common(top)},
         "by_synapse_module": {k: round(v / total, 3) for k, v in modules.most_common(top)},

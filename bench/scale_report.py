@@ -81,6 +81,13 @@ def _size_rows(results: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _counts(counts: dict[str, float] | None) -> str:
+    if not counts or not counts.get("state_reads"):
+        return ""
+    per_read = counts["state_events"] / counts["state_reads"]
+    return f"{counts['syncs']:.1f} / {counts['state_reads']:.1f} ({per_read:.0f} events)"
+
+
 def _where_rows(results: dict[str, Any]) -> list[list[str]]:
     rows = []
     for run in results["runs"]:
@@ -101,6 +108,7 @@ def _where_rows(results: dict[str, Any]) -> list[list[str]]:
                 f"{where['decrypt_s']['max'] * 1000:.1f}",
                 f"{last['sync_arrived_s'] * 1000:.0f} + {last['state_read_s'] * 1000:.0f} + "
                 f"{last['plan_s'] * 1000:.1f} + {last['open_s'] * 1000:.1f}",
+                _counts(slowest.get("per_machine_counts")),
             ])  # fmt: skip
     return rows
 
@@ -149,7 +157,9 @@ def markdown(results: dict[str, Any]) -> str:
         "Milliseconds, median / max over the machines: the sync returning with the change "
         "(from the publish's start), reading the rooms' state back, the launcher's signature "
         "check and decrypt; and for the last machine to serve: sync + state read + plan + "
-        "open (open includes waiting behind other machines of its simulator process).",
+        "open (open includes waiting behind other machines of its simulator process); and per "
+        "machine, the syncs that returned and the room state reads (with the events each "
+        "carried) from the publish until the fleet was quiet again.",
         "",
         *_table(
             [
@@ -161,6 +171,7 @@ def markdown(results: dict[str, Any]) -> str:
                 "state read",
                 "decrypt",
                 "last machine",
+                "syncs / state reads per machine",
             ],
             _where_rows(results),
         ),

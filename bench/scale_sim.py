@@ -32,7 +32,8 @@ Out (stdout, one JSON object a line), for each ensure served: {"m": index, "prin
 "fleet": the first 16 hex of the sha256 of TOKEN's and FLEET_TOKEN's values, "sync",
 "state", "plan", "done": monotonic times of each step (CLOCK_MONOTONIC is one clock for
 every process), "decrypt_s": the launcher's part}; and {"m": index, "ready": true} after
-the first pass. Stops at EOF on stdin.
+the first pass; {"counts": {"syncs", "state_reads", "state_events"}}, this process's
+totals, every half second. Stops at EOF on stdin.
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ from bureau.wire.fleet_bundle import signing_target
 from bureau.wire.launcher_protocol import FleetCredentials, running_digest
 from bureau.wire.signing import verify
 
+STATS_SECONDS = 0.5
+# This process's totals over its machines: syncs returned, room state reads and the state
+# events they carried (reported every STATS_SECONDS, so a rotation's reads are counted).
+COUNTS = {"syncs": 0, "state_reads": 0, "state_events": 0}
 TOKEN = "TOKEN"  # the principal's own credential, rotated one event per machine
 FLEET_TOKEN = "FLEET_TOKEN"  # the fleet bundle's, rotated as one bundle
 
@@ -124,6 +129,7 @@ class SimMachine:
                 continue
             synced = time.monotonic()
             since = batch.next_batch
+            COUNTS["syncs"] += 1
             # As the daemon: a batch says which rooms changed, their state is read back.
             touched = {
                 room
@@ -134,7 +140,10 @@ class SimMachine:
             if first:
                 touched = {self.view.config_room, self.view.fleet_room}
             for room in sorted(touched):
-                self.view.replace_room(room, await self.matrix.room_state(room))
+                events = await self.matrix.room_state(room)
+                COUNTS["state_reads"] += 1
+                COUNTS["state_events"] += len(events)
+                self.view.replace_room(room, events)
             read = time.monotonic()
             # The daemon's reconcile: each assigned principal's credential_ref (here given,
             # not read from a template) to the shard naming this machine, then the plan.
@@ -198,6 +207,13 @@ class SimMachine:
         sys.stdout.flush()
 
 
+async def report_counts() -> None:
+    while True:
+        await asyncio.sleep(STATS_SECONDS)
+        sys.stdout.write(json.dumps({"counts": COUNTS}) + "\n")
+        sys.stdout.flush()
+
+
 async def main() -> None:
     spec = json.loads(sys.stdin.readline())
     structlog.configure(
@@ -209,6 +225,7 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     eof = loop.run_in_executor(None, sys.stdin.read)  # the parent closes stdin to stop us
     tasks = [asyncio.create_task(m.run()) for m in machines]
+    tasks.append(asyncio.create_task(report_counts()))
     done, _ = await asyncio.wait([eof, *tasks], return_when=asyncio.FIRST_COMPLETED)
     for task in done:
         if task is not eof and task.exception() is not None:
