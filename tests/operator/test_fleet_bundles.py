@@ -7,17 +7,16 @@ Canaries are planted in every secret and looked for in every output."""
 
 from __future__ import annotations
 
-import base64
-import json
 import secrets
 import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import BIN, Fleet, one_line_error, run
+from conftest import BIN, Fleet, one_line_error
+from fleet_helpers import age_open, bureau_run, machines_of, room_events
+from fleet_helpers import escrow as new_escrow
 from machine_helpers import Enrolled, boot, enroll, eventually, provision
 
 from bureau.operator import credentials
@@ -33,85 +32,25 @@ def _canary() -> str:
     return f"fleetcanary-{secrets.token_hex(8)}"
 
 
-def _escrow(tmp_path: Path) -> tuple[Path, str]:
-    """The operator's escrow identity (a 0600 file, as age-keygen writes it) and its key."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    identity = tmp_path / "escrow.txt"
-    subprocess.run(["age-keygen", "-o", str(identity)], capture_output=True, check=True)
-    identity.chmod(0o600)
-    public = subprocess.run(
-        ["age-keygen", "-y", str(identity)], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    return identity, public
+def _provision(
+    fleet: Fleet, name: str, machines: str, escrow: str, secret_lines: str
+) -> subprocess.CompletedProcess[str]:
+    return bureau_run(fleet, "credentials", "provision", "--fleet-bundle", name,
+                      "--machines", machines, "--escrow-recipient", escrow,
+                      stdin=secret_lines)  # fmt: skip
 
 
-def _provision(fleet: Fleet, name: str, machines: str, escrow: str, secret_lines: str, *more: str):  # type: ignore[no-untyped-def]
-    return run(
-        "bureau",
-        "credentials",
-        "provision",
-        "--credential-file",
-        fleet.credential_file,
-        "--fleet-bundle",
-        name,
-        "--machines",
-        machines,
-        "--escrow-recipient",
-        escrow,
-        *more,
-        stdin=secret_lines,
-    )
-
-
-def _reseal(fleet: Fleet, identity: Path, *more: str, stdin: str | None = None):  # type: ignore[no-untyped-def]
-    return run(
-        "bureau",
-        "credentials",
-        "reseal",
-        "--credential-file",
-        fleet.credential_file,
-        "--escrow-identity",
-        identity,
-        *more,
-        stdin=stdin,
-    )
-
-
-def _room_events(fleet: Fleet) -> dict[str, dict[str, Any]]:
-    """The fleet room's credentials events, state key -> content (tombstones included)."""
-    admin = credentials.admin_client(fleet.creds)
-    alias = names.room_alias(names.fleet_room_localpart(fleet.name), fleet.hub.server_name)
-    room = admin.resolve_alias(alias)
-    assert room is not None
-    return {
-        str(e["state_key"]): e["content"]
-        for e in admin.room_state_events(room)
-        if e.get("type") == rooms.CREDENTIALS
-    }
-
-
-def _open(content: dict[str, Any], identity: Path) -> dict[str, str] | None:
-    """The bundle opened by the age CLI with ``identity``; None when it cannot."""
-    result = subprocess.run(
-        ["age", "-d", "-i", str(identity)],
-        input=base64.b64decode(content["ciphertext"]),
-        capture_output=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        return None
-    opened: dict[str, str] = json.loads(result.stdout)
-    return opened
+def _reseal(
+    fleet: Fleet, identity: Path, *more: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return bureau_run(fleet, "credentials", "reseal", "--escrow-identity", identity, *more,
+                      stdin=stdin)  # fmt: skip
 
 
 def _opened_by(fleet: Fleet, name: str, machine: Enrolled) -> dict[str, str] | None:
-    events = _room_events(fleet)
+    events = room_events(fleet)
     key = shard_for(events, name, machine.machine.user_id)
-    return None if key is None else _open(events[key], machine.plain_key)
-
-
-def _machines_of(events: dict[str, dict[str, Any]], name: str) -> list[str]:
-    return [u for u in events[name]["encrypted_for"] if u != ESCROW_RECIPIENT]
+    return None if key is None else age_open(events[key], machine.plain_key)
 
 
 def _state_ms(fleet: Fleet, room_localpart: str, kind: str, key: str) -> int:
@@ -143,7 +82,7 @@ def test_provision_to_two_machines_each_opens_it_and_a_third_cannot(
     fleet: Fleet, tmp_path: Path
 ) -> None:
     one, two, other = (enroll(fleet, tmp_path / n) for n in ("one", "two", "other"))
-    _, escrow = _escrow(tmp_path)
+    _, escrow = new_escrow(tmp_path)
     canary = _canary()
     chosen = f"{one.machine.short_name},{two.machine.short_name}"
     result = _provision(fleet, "nix-cache", chosen, escrow, f"NIX_TOKEN={canary}\n")
@@ -151,7 +90,7 @@ def test_provision_to_two_machines_each_opens_it_and_a_third_cannot(
     assert "provisioned fleet bundle nix-cache (NIX_TOKEN) for 2 machines" in result.stdout
     _no_canary(canary, result.stdout, result.stderr)
 
-    events = _room_events(fleet)
+    events = room_events(fleet)
     content = events["nix-cache"]
     assert content["principal"] == ""
     assert content["encrypted_for"] == [
@@ -169,21 +108,14 @@ def test_provision_to_two_machines_each_opens_it_and_a_third_cannot(
     trusted = {signing_key.key_id: signing_key.public}
     verify(content, rooms.CREDENTIALS, target, trusted, "nix-cache")
     for machine in (one, two):
-        opened = _open(content, machine.plain_key)
+        opened = age_open(content, machine.plain_key)
         assert opened is not None
         assert opened["NIX_TOKEN"] == canary
         assert opened["bureau.binding"].startswith("sha256:")
-    assert _open(content, other.plain_key) is None
+    assert age_open(content, other.plain_key) is None
     assert _opened_by(fleet, "nix-cache", other) is None
 
-    listed = run(
-        "bureau",
-        "credentials",
-        "list",
-        "--fleet-bundles",
-        "--credential-file",
-        fleet.credential_file,
-    )
+    listed = bureau_run(fleet, "credentials", "list", "--fleet-bundles")
     assert listed.returncode == 0, listed.stderr
     assert "nix-cache: keys NIX_TOKEN; no services; machines listed: 2 in 1 shard" in listed.stdout
     _no_canary(canary, listed.stdout, listed.stderr)
@@ -194,7 +126,7 @@ def test_shards_each_machine_finds_its_own_and_a_smaller_fleet_tombstones_the_re
     fleet: Fleet, tmp_path: Path
 ) -> None:
     machines = [enroll(fleet, tmp_path / f"m{i}") for i in range(3)]
-    _, escrow = _escrow(tmp_path)
+    _, escrow = new_escrow(tmp_path)
     canary = _canary()
     request = FleetBundleRequest(
         name="wide",
@@ -207,12 +139,12 @@ def test_shards_each_machine_finds_its_own_and_a_smaller_fleet_tombstones_the_re
     # One machine a shard: three events, as an oversized fleet gets.
     keys = provision_fleet_bundle(fleet.creds, request, max_recipients=1)
     assert keys == ["wide", "wide#1", "wide#2"]
-    events = _room_events(fleet)
+    events = room_events(fleet)
     seen = []
     for index, key in enumerate(keys):
         assert events[key]["shard"] == {"index": index, "count": 3}
         assert events[key]["encrypted_for"][-1] == ESCROW_RECIPIENT
-        seen += _machines_of(events, key)
+        seen += machines_of(events[key])
     assert sorted(seen) == sorted(m.machine.user_id for m in machines)
     for machine in machines:
         opened = _opened_by(fleet, "wide", machine)
@@ -223,11 +155,11 @@ def test_shards_each_machine_finds_its_own_and_a_smaller_fleet_tombstones_the_re
     first = machines[0]
     smaller = FleetBundleRequest(**{**request.__dict__, "machines": (first.machine.localpart,)})
     assert provision_fleet_bundle(fleet.creds, smaller) == ["wide"]
-    events = _room_events(fleet)
+    events = room_events(fleet)
     assert events["wide#1"] == {}
     assert events["wide#2"] == {}
     assert "shard" not in events["wide"]
-    assert _machines_of(events, "wide") == [first.machine.user_id]
+    assert machines_of(events["wide"]) == [first.machine.user_id]
     assert _opened_by(fleet, "wide", machines[1]) is None
 
 
@@ -236,23 +168,16 @@ def test_reseal_adds_a_new_machine_and_drops_a_decommissioned_one(
     fleet: Fleet, tmp_path: Path
 ) -> None:
     stays, leaves = enroll(fleet, tmp_path / "stays"), enroll(fleet, tmp_path / "leaves")
-    identity, escrow = _escrow(tmp_path)
+    identity, escrow = new_escrow(tmp_path)
     canary = _canary()
     assert _provision(fleet, "everyone", "all", escrow, f"TOKEN={canary}\n").returncode == 0
     listed = f"{stays.machine.short_name},{leaves.machine.short_name}"
     assert _provision(fleet, "chosen", listed, escrow, f"TOKEN={canary}-2\n").returncode == 0
     assert _opened_by(fleet, "everyone", leaves) is not None
-    before = _room_events(fleet)
+    before = room_events(fleet)
 
     joins = enroll(fleet, tmp_path / "joins")
-    gone = run(
-        "bureau",
-        "machine",
-        "decommission",
-        leaves.machine.short_name,
-        "--credential-file",
-        fleet.credential_file,
-    )
+    gone = bureau_run(fleet, "machine", "decommission", leaves.machine.short_name)
     assert gone.returncode == 0, gone.stderr
 
     dry = _reseal(fleet, identity, "--dry-run")
@@ -262,22 +187,22 @@ def test_reseal_adds_a_new_machine_and_drops_a_decommissioned_one(
     assert f"would: chosen: -{left} 1 machines, shards 1 -> 1" in dry.stdout
     assert "would reseal 2, 0 failed" in dry.stdout
     _no_canary(canary, dry.stdout, dry.stderr)
-    assert _room_events(fleet) == before  # a dry run writes nothing
+    assert room_events(fleet) == before  # a dry run writes nothing
 
     done = _reseal(fleet, identity)
     assert done.returncode == 0, done.stderr
     _no_canary(canary, done.stdout, done.stderr)
-    events = _room_events(fleet)
-    assert sorted(_machines_of(events, "everyone")) == sorted(
+    events = room_events(fleet)
+    assert sorted(machines_of(events["everyone"])) == sorted(
         [stays.machine.user_id, joins.machine.user_id]
     )
-    assert _machines_of(events, "chosen") == [stays.machine.user_id]  # listed: no newcomer
+    assert machines_of(events["chosen"]) == [stays.machine.user_id]  # listed: no newcomer
     for name, value in (("everyone", canary), ("chosen", f"{canary}-2")):
         opened = _opened_by(fleet, name, stays)
         assert opened is not None
         assert opened["TOKEN"] == value
         # The decommissioned machine's identity opens neither resealed bundle.
-        assert _open(events[name], leaves.plain_key) is None
+        assert age_open(events[name], leaves.plain_key) is None
     assert (_opened_by(fleet, "everyone", joins) or {}).get("TOKEN") == canary
     assert _opened_by(fleet, "chosen", joins) is None
 
@@ -285,14 +210,14 @@ def test_reseal_adds_a_new_machine_and_drops_a_decommissioned_one(
     again = _reseal(fleet, identity)
     assert again.returncode == 0, again.stderr
     assert "everyone: unchanged (2 machines, 1 shards)" in again.stdout
-    assert _room_events(fleet) == events
+    assert room_events(fleet) == events
 
 
 @pytest.mark.slow
 def test_watch_reseals_a_machine_within_seconds_of_its_first_boot(
     fleet: Fleet, tmp_path: Path
 ) -> None:
-    identity, escrow = _escrow(tmp_path)
+    identity, escrow = new_escrow(tmp_path)
     canary = _canary()
     assert _provision(fleet, "fleetwide", "all", escrow, f"TOKEN={canary}\n").returncode == 0
     out = tmp_path / "watch.out"
@@ -336,7 +261,7 @@ def test_watch_reseals_a_machine_within_seconds_of_its_first_boot(
 
 @pytest.mark.slow
 def test_bad_input_is_one_line_naming_the_flag(fleet: Fleet, tmp_path: Path) -> None:
-    identity, escrow = _escrow(tmp_path)
+    identity, escrow = new_escrow(tmp_path)
     bundle = ("--fleet-bundle", "x")
     cases: list[tuple[tuple[str, ...], str]] = [
         ((*bundle, "--machine", "machine/a", "--machines", "all"), "--fleet-bundle"),
@@ -353,14 +278,8 @@ def test_bad_input_is_one_line_naming_the_flag(fleet: Fleet, tmp_path: Path) -> 
     cases.append((matrix, "MATRIX_TOKEN"))
     for flags, flag in cases:
         token = "MATRIX_TOKEN" if flags is matrix else "TOKEN"
-        result = run(
-            "bureau",
-            "credentials",
-            "provision",
-            "--credential-file",
-            fleet.credential_file,
-            *flags,
-            stdin=f"{token}=fleetcanary-bad\n",
+        result = bureau_run(
+            fleet, "credentials", "provision", *flags, stdin=f"{token}=fleetcanary-bad\n"
         )
         assert result.returncode != 0, flags
         line = one_line_error(result)
@@ -378,26 +297,24 @@ def test_bad_input_is_one_line_naming_the_flag(fleet: Fleet, tmp_path: Path) -> 
         (("--escrow-identity", str(garbage)), str(garbage)),
         (("--escrow-identity", str(identity), "--watch", "--dry-run"), "--dry-run"),
     ]:
-        result = run(
-            "bureau", "credentials", "reseal", "--credential-file", fleet.credential_file, *more
-        )
+        result = bureau_run(fleet, "credentials", "reseal", *more)
         assert result.returncode != 0, more
         assert where in one_line_error(result), more
     from_stdin = _reseal(fleet, Path("-"), stdin="AGE-SECRET-KEY-1NOPE\n")
     assert "--escrow-identity (stdin)" in one_line_error(from_stdin)
-    listed = run("bureau", "credentials", "list", "--credential-file", fleet.credential_file)
+    listed = bureau_run(fleet, "credentials", "list")
     assert "--machine" in one_line_error(listed)
 
 
 @pytest.mark.slow
 def test_reseal_with_another_escrow_identity_names_the_bundle(fleet: Fleet, tmp_path: Path) -> None:
     machine = enroll(fleet, tmp_path / "m")
-    _, escrow = _escrow(tmp_path / "right")
-    wrong, _ = _escrow(tmp_path / "wrong")
+    _, escrow = new_escrow(tmp_path / "right")
+    wrong, _ = new_escrow(tmp_path / "wrong")
     canary = _canary()
     result = _provision(fleet, "kept", machine.machine.short_name, escrow, f"TOKEN={canary}\n")
     assert result.returncode == 0, result.stderr
-    before = _room_events(fleet)
+    before = room_events(fleet)
     refused = _reseal(fleet, wrong)
     assert refused.returncode == 1
     assert (
@@ -410,7 +327,7 @@ def test_reseal_with_another_escrow_identity_names_the_bundle(fleet: Fleet, tmp_
     assert "names another escrow recipient" in by_machine.stdout
     assert "not resealed: kept" in one_line_error(refused)
     _no_canary(canary, refused.stdout, refused.stderr)
-    assert _room_events(fleet) == before
+    assert room_events(fleet) == before
 
 
 @pytest.mark.slow
@@ -420,16 +337,11 @@ def test_a_machine_enrolled_again_under_its_name_is_resealed_to_its_new_key(
     """Decommissioned and enrolled afresh between two reseals: the same user ID in
     encrypted_for, another key; reseal tells them apart (sealed_for) and seals anew."""
     first = enroll(fleet, tmp_path / "first")
-    identity, escrow = _escrow(tmp_path)
+    identity, escrow = new_escrow(tmp_path)
     canary = _canary()
     assert _provision(fleet, "kept", "all", escrow, f"TOKEN={canary}\n").returncode == 0
     name = first.machine.short_name
-    assert (
-        run(
-            "bureau", "machine", "decommission", name, "--credential-file", fleet.credential_file
-        ).returncode
-        == 0
-    )
+    assert bureau_run(fleet, "machine", "decommission", name).returncode == 0
     again = provision(fleet, tmp_path / "again", name)
     assert boot(again, "--key-storage", "plain").returncode == 0
     second = Enrolled(again)
@@ -441,4 +353,4 @@ def test_a_machine_enrolled_again_under_its_name_is_resealed_to_its_new_key(
     assert "kept: machine keys changed 1 machines, shards 1 -> 1" in result.stdout
     _no_canary(canary, result.stdout, result.stderr)
     assert (_opened_by(fleet, "kept", second) or {}).get("TOKEN") == canary
-    assert _open(_room_events(fleet)["kept"], first.plain_key) is None
+    assert age_open(room_events(fleet)["kept"], first.plain_key) is None

@@ -1,7 +1,8 @@
-"""Fleet bundles end to end (tests/system/test_fleet_bundles_e2e.py): a machine's own
-sandboxd, launcher and daemon started at a moment the test chooses (after a timed first
-boot), the fleet room read and opened with the age CLI, and what a proxy serves through
-its fleet route. The shapes follow tests/system/test_fleet_bundles_served.py."""
+"""Fleet bundles against a real hub, shared by tests/operator/test_fleet_bundles.py and
+tests/system/test_fleet_bundles_{served,e2e}.py: a machine's own sandboxd, launcher and
+daemon started at a moment the test chooses (after a timed first boot), the operator's
+CLI and code, the fleet room read and opened with the age CLI, and what a proxy serves
+through its fleet route."""
 
 from __future__ import annotations
 
@@ -23,8 +24,13 @@ from machine_helpers import Enrolled, proxy_socket
 from processes import echo_received, run, unix_request
 from sandbox_helpers import fleet_of, kill_sandboxes_under, python_template
 
+from bureau import age_keys
 from bureau.operator.credentials import admin_client
+from bureau.operator.fleet_bundles import MAX_RECIPIENTS, FleetBundleRequest, provision_fleet_bundle
+from bureau.secret import Secret
 from bureau.wire import names, rooms
+from bureau.wire.credentials import ESCROW_RECIPIENT
+from bureau.wire.service_route import ServiceRoute
 
 BUNDLE = "shared"
 SLEEPER = "import time\nwhile True: time.sleep(60)\n"
@@ -55,9 +61,9 @@ class Node:
 
 
 @contextlib.contextmanager
-def node(machine: Enrolled, fleet: Fleet, *, with_daemon: bool = True) -> Iterator[Node]:
-    """``machine``'s sandboxd, launcher and (``with_daemon``) daemon, as
-    test_fleet_bundles_served runs them; all stopped, and their sandboxes killed, after."""
+def node(machine: Enrolled, fleet: Fleet, *, started: bool = True) -> Iterator[Node]:
+    """``machine``'s sandboxd, and (``started``) its launcher and daemon (otherwise the test
+    starts them on ``run_dir``); all stopped, and their sandboxes killed, after."""
     run_dir = Path(tempfile.mkdtemp(prefix="bureau-run-", dir="/tmp"))
     run_dir.chmod(0o751)  # the sandbox's uid passes through to its socket link
     sandbox_dir = run_dir.with_name(run_dir.name + "-sandbox")
@@ -70,23 +76,32 @@ def node(machine: Enrolled, fleet: Fleet, *, with_daemon: bool = True) -> Iterat
         out.services.append(
             stack.enter_context(sandboxd(run_dir, state, sandbox_dir, **fleet_of(fleet)))
         )
-        out.services.append(
-            stack.enter_context(launcher(name, state, run_dir, *broker_args(run_dir)))
-        )
-        if with_daemon:
+        if started:
+            out.services.append(
+                stack.enter_context(launcher(name, state, run_dir, *broker_args(run_dir)))
+            )
             out.services.append(stack.enter_context(daemon(name, state, run_dir)))
         yield out
 
 
+def bureau_run(
+    fleet: Fleet, *args: str | Path, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``bureau ARGS --credential-file ...``, run as the operator; whatever it did."""
+    return run("bureau", *args, "--credential-file", fleet.credential_file, stdin=stdin)
+
+
 def bureau(fleet: Fleet, *args: str | Path, stdin: str | None = None) -> str:
-    """``bureau ARGS --credential-file ...`` as run; its stdout and stderr together."""
-    done = run("bureau", *args, "--credential-file", fleet.credential_file, stdin=stdin)
+    """``bureau ARGS --credential-file ...``, which must succeed; its stdout and stderr."""
+    done = bureau_run(fleet, *args, stdin=stdin)
     assert done.returncode == 0, done.stderr
     return done.stdout + done.stderr
 
 
 def escrow(tmp_path: Path) -> tuple[Path, str]:
-    """The operator's escrow identity (0600, as age-keygen writes it) and its recipient."""
+    """The operator's escrow identity (0600, as age-keygen writes it) and its recipient,
+    in ``tmp_path`` (made if need be: one test may keep two)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     identity = tmp_path / "escrow.txt"
     subprocess.run(["age-keygen", "-o", str(identity)], capture_output=True, check=True)
     identity.chmod(0o600)
@@ -102,6 +117,28 @@ def fleet_services(tmp_path: Path, upstream: str) -> Path:
     route = {"upstream_url": upstream, "inject_headers": {"X-Api-Key": "FLEET_TOKEN"}}
     path.write_text(json.dumps({"fleet": route}))
     return path
+
+
+def provision_bundle(
+    fleet: Fleet,
+    machines: list[Enrolled],
+    secrets: dict[str, str],
+    upstream: str,
+    *,
+    max_recipients: int = MAX_RECIPIENTS,
+) -> list[str]:
+    """BUNDLE for ``machines``, its route ``fleet`` to ``upstream``, through the operator's
+    code (``bureau credentials provision --fleet-bundle``'s); its shards' state keys.
+    ``max_recipients`` 1 splits it one machine a shard, as a fleet past the cap gets it."""
+    request = FleetBundleRequest(
+        name=BUNDLE,
+        machines=tuple(m.machine.localpart for m in machines),
+        secrets={k: Secret(v) for k, v in secrets.items()},
+        services={"fleet": ServiceRoute(upstream, {"X-Api-Key": "FLEET_TOKEN"})},
+        services_where="test",
+        escrow_recipient=age_keys.generate()[1],
+    )
+    return provision_fleet_bundle(fleet.creds, request, max_recipients=max_recipients)
 
 
 def push_template(fleet: Fleet, tmp_path: Path) -> None:
@@ -150,17 +187,28 @@ def fleet_value(socket: Path) -> str | None:
     return None if value is None else str(value)
 
 
+def fleet_room(fleet: Fleet) -> str:
+    """The fleet room's ID."""
+    alias = names.room_alias(names.fleet_room_localpart(fleet.name), fleet.hub.server_name)
+    room = admin_client(fleet.creds).resolve_alias(alias)
+    assert room is not None
+    return room
+
+
 def room_events(fleet: Fleet) -> dict[str, dict[str, Any]]:
     """The fleet room's credentials events, state key -> content (tombstones included)."""
-    admin = admin_client(fleet.creds)
-    alias = names.room_alias(names.fleet_room_localpart(fleet.name), fleet.hub.server_name)
-    room = admin.resolve_alias(alias)
-    assert room is not None
     return {
         str(e["state_key"]): e["content"]
-        for e in admin.room_state_events(room)
+        for e in admin_client(fleet.creds).room_state_events(fleet_room(fleet))
         if e.get("type") == rooms.CREDENTIALS
     }
+
+
+def machines_of(content: dict[str, Any]) -> list[str]:
+    """The machines a bundle (or shard) is encrypted for, the escrow left out."""
+    recipients = content["encrypted_for"]
+    assert isinstance(recipients, list)
+    return [str(u) for u in recipients if u != ESCROW_RECIPIENT]
 
 
 def age_open(content: dict[str, Any], identity: Path) -> dict[str, str] | None:

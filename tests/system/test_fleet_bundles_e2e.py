@@ -31,7 +31,9 @@ from fleet_helpers import (
     escrow,
     fleet_services,
     fleet_value,
+    machines_of,
     node,
+    provision_bundle,
     push_template,
     recorded_fleet,
     recorded_shard,
@@ -42,15 +44,10 @@ from fleet_helpers import (
 from machine_helpers import Enrolled, boot, enroll, eventually, provision, served_token
 from processes import echo_upstream
 
-from bureau import age_keys
 from bureau.daemon.launcher_client import LauncherClient, LauncherRefused
-from bureau.operator.fleet_bundles import FleetBundleRequest, provision_fleet_bundle
-from bureau.secret import Secret
-from bureau.wire.credentials import ESCROW_RECIPIENT
 from bureau.wire.fleet_bundle import shard_for
 from bureau.wire.launcher_answers import EnsureResult
 from bureau.wire.launcher_protocol import EnsureRequest, FleetCredentials
-from bureau.wire.service_route import ServiceRoute
 
 PRINCIPAL = "agent/a"
 
@@ -60,23 +57,8 @@ def _canary() -> str:
 
 
 def _sharded(fleet: Fleet, machines: list[Enrolled], value: str, upstream: str) -> list[str]:
-    """The bundle for ``machines``, one machine a shard (as a fleet past the cap gets it),
-    through the operator's code."""
-    request = FleetBundleRequest(
-        name=BUNDLE,
-        machines=tuple(m.machine.localpart for m in machines),
-        secrets={"FLEET_TOKEN": Secret(value)},
-        services={"fleet": ServiceRoute(upstream, {"X-Api-Key": "FLEET_TOKEN"})},
-        services_where="test",
-        escrow_recipient=age_keys.generate()[1],
-    )
-    return provision_fleet_bundle(fleet.creds, request, max_recipients=1)
-
-
-def _machines_of(content: dict[str, object]) -> list[str]:
-    recipients = content["encrypted_for"]
-    assert isinstance(recipients, list)
-    return [u for u in recipients if u != ESCROW_RECIPIENT]
+    """The bundle for ``machines``, one machine a shard (as a fleet past the cap gets it)."""
+    return provision_bundle(fleet, machines, {"FLEET_TOKEN": value}, upstream, max_recipients=1)
 
 
 @pytest.mark.slow
@@ -105,7 +87,7 @@ def test_a_new_machine_is_served_the_fleet_bundle_through_reseal_watch(
                 stdin=f"FLEET_TOKEN={fleet_token}\n",
             )
         )
-        assert _machines_of(room_events(fleet)[BUNDLE]) == [first.machine.user_id]
+        assert machines_of(room_events(fleet)[BUNDLE]) == [first.machine.user_id]
         watch_out = tmp_path / "watch.out"
         with watch_out.open("w") as sink:
             watcher = subprocess.Popen(
@@ -140,7 +122,7 @@ def test_a_new_machine_is_served_the_fleet_bundle_through_reseal_watch(
                 # The first machine leaves: the watch reseals to the new one alone, and the
                 # first's identity opens nothing written since; the new one serves on.
                 outputs.append(bureau(fleet, "machine", "decommission", first.machine.short_name))
-                eventually(lambda: _machines_of(room_events(fleet)[BUNDLE]) == [new.user_id], 30)
+                eventually(lambda: machines_of(room_events(fleet)[BUNDLE]) == [new.user_id], 30)
                 after = room_events(fleet)[BUNDLE]
                 assert age_open(after, first.plain_key) is None
                 assert (age_open(after, joined.plain_key) or {}).get("FLEET_TOKEN") == fleet_token

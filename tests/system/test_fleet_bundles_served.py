@@ -11,27 +11,31 @@ over other content), are refused and what runs runs on."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import shutil
 import signal
-import tempfile
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Fleet, run
-from launcher_proc import Service, broker_args, daemon, launcher, proxies_under, sandboxd
+from conftest import Fleet
+from fleet_helpers import (
+    BUNDLE,
+    fleet_room,
+    fleet_value,
+    node,
+    provision_bundle,
+    push_template,
+    start_principal,
+    user_of,
+)
+from launcher_proc import Service, broker_args, daemon, launcher, proxies_under
 from machine_helpers import Enrolled, enroll, eventually, proxy_socket, served_token
-from processes import echo_received, echo_upstream, unix_request
-from sandbox_helpers import fleet_of, kill_sandboxes_under, python_template
+from processes import echo_upstream
 
 from bureau import age_keys
 from bureau.operator.credentials import admin_client
-from bureau.operator.fleet_bundles import FleetBundleRequest, provision_fleet_bundle
 from bureau.operator.principal_credentials import machine_public_key
 from bureau.secret import Secret
 from bureau.wire import names, rooms
@@ -46,8 +50,6 @@ from bureau.wire.fleet_bundle import binding_principal, signing_target
 from bureau.wire.service_route import ServiceRoute
 from bureau.wire.signing import OperatorKey, sign
 
-BUNDLE = "shared"
-SLEEPER = "import time\nwhile True: time.sleep(60)\n"
 CANARY = "fleet-canary-"  # every fleet value starts with it; none may reach a log
 
 
@@ -65,19 +67,6 @@ class Worker:
 
     def logs(self) -> str:
         return "".join(s.log() for s in (self.launcher, self.daemon) if s is not None)
-
-
-def _bureau(fleet: Fleet, *args: str | Path, stdin: str | None = None) -> None:
-    done = run("bureau", *args, "--credential-file", fleet.credential_file, stdin=stdin)
-    assert done.returncode == 0, done.stderr
-
-
-def _fleet_room(fleet: Fleet) -> str:
-    admin = admin_client(fleet.creds)
-    alias = names.room_alias(names.fleet_room_localpart(fleet.name), fleet.hub.server_name)
-    room = admin.resolve_alias(alias)
-    assert room is not None
-    return room
 
 
 def fleet_bundle(
@@ -122,41 +111,15 @@ def fleet_bundle(
 
 def publish(fleet: Fleet, content: dict[str, Any]) -> None:
     """A bundle written by hand (a forgery's way in: anyone who can write the fleet room)."""
-    admin_client(fleet.creds).put_state(_fleet_room(fleet), rooms.CREDENTIALS, BUNDLE, content)
+    admin_client(fleet.creds).put_state(fleet_room(fleet), rooms.CREDENTIALS, BUNDLE, content)
 
 
 def provision(
     fleet: Fleet, machines: list[Enrolled], secrets: dict[str, str], upstream: str
 ) -> None:
-    """The operator's way: ``bureau credentials provision --fleet-bundle``'s code."""
-    request = FleetBundleRequest(
-        name=BUNDLE,
-        machines=tuple(m.machine.localpart for m in machines),
-        secrets={k: Secret(v) for k, v in secrets.items()},
-        services={"fleet": ServiceRoute(upstream, {"X-Api-Key": "FLEET_TOKEN"})},
-        services_where="test",
-        escrow_recipient=age_keys.generate()[1],
-    )
-    assert provision_fleet_bundle(fleet.creds, request) == [BUNDLE]
-
-
-def fleet_value(socket: Path) -> str | None:
-    """The X-Api-Key the echo upstream received through the fleet route; None if the
-    request did not go through."""
-    request_id = uuid.uuid4().hex
-    try:
-        reply = unix_request(
-            socket, "GET", "/http/fleet/x", headers={"X-Request-Id": request_id}, timeout=5
-        )
-    except OSError:
-        return None
-    if reply.status != 200:
-        return None
-    received = echo_received(request_id)
-    assert received is not None
-    value = received["headers"].get("x-api-key")
-    assert value not in json.dumps(reply.json()), "the workload saw the fleet credential"
-    return None if value is None else str(value)
+    """The operator's way (``bureau credentials provision --fleet-bundle``'s code): one
+    shard."""
+    assert provision_bundle(fleet, machines, secrets, upstream) == [BUNDLE]
 
 
 @contextlib.contextmanager
@@ -169,47 +132,18 @@ def workers(
     with contextlib.ExitStack() as stack:
         for index, principal in enumerate(principals):
             machine = enroll(fleet, tmp_path / f"m{index}")
-            run_dir = Path(tempfile.mkdtemp(prefix="bureau-run-", dir="/tmp"))
-            run_dir.chmod(0o751)  # the sandbox's uid passes through to its socket link
-            sandbox_dir = run_dir.with_name(run_dir.name + "-sandbox")
-            stack.callback(shutil.rmtree, sandbox_dir, ignore_errors=True)
-            stack.callback(shutil.rmtree, run_dir, ignore_errors=True)
-            stack.callback(kill_sandboxes_under, run_dir)
-            name, state = machine.machine.short_name, machine.state_dir
-            stack.enter_context(sandboxd(run_dir, state, sandbox_dir, **fleet_of(fleet)))
-            worker = Worker(machine, principal, run_dir)
+            at = stack.enter_context(node(machine, fleet, started=started))
+            worker = Worker(machine, principal, at.run_dir)
+            if started:
+                worker.launcher, worker.daemon = at.launcher, at.daemon
             out.append(worker)
-            if not started:
-                continue
-            worker.launcher = stack.enter_context(
-                launcher(name, state, run_dir, *broker_args(run_dir))
-            )
-            worker.daemon = stack.enter_context(daemon(name, state, run_dir))
         yield out
 
 
 def start(fleet: Fleet, tmp_path: Path, upstream: str, worker: Worker, token: str) -> None:
-    """The principal, from the template naming the fleet bundle, with its own TOKEN."""
-    services = tmp_path / "own-services.json"
-    route = {"upstream_url": upstream, "auth_scheme": "Bearer"}
-    services.write_text(
-        json.dumps({"api": {**route, "inject_headers": {"Authorization": "TOKEN"}}})
-    )
-    machine = worker.machine.machine.short_name
-    _bureau(fleet, "agent", "create", "fleet-worker", "--machine", machine,
-            "--name", worker.principal, "--services", services, "--secrets-file", "-",
-            stdin=f"TOKEN={token}\n")  # fmt: skip
-
-
-def push_template(fleet: Fleet, tmp_path: Path) -> None:
-    ns = fleet.name.split("/")[0]
-    body = {
-        **python_template(f"{ns}/template:agent-base", SLEEPER),
-        "credential_ref": f"${{FLEET_ROOM}}:{BUNDLE}",
-    }
-    path = tmp_path / "fleet-worker.json"
-    path.write_text(json.dumps(body))
-    _bureau(fleet, "template", "push", path, "--name", "fleet-worker")
+    """The worker's principal, from the template naming the fleet bundle, with its own
+    TOKEN."""
+    start_principal(fleet, tmp_path, upstream, worker.machine, worker.principal, token=token)
 
 
 def machine_status(fleet: Fleet, worker: Worker) -> dict[str, Any]:
@@ -219,10 +153,6 @@ def machine_status(fleet: Fleet, worker: Worker) -> dict[str, Any]:
     assert room is not None
     key = names.state_key(worker.machine.machine.localpart, server)
     return admin.get_state(room, rooms.MACHINE_STATUS, key) or {}
-
-
-def user_of(fleet: Fleet, principal: str) -> str:
-    return names.user_id(f"{fleet.name}/{principal}", fleet.hub.server_name)
 
 
 @pytest.mark.slow
@@ -281,7 +211,7 @@ def test_colliding_and_forged_fleet_bundles_are_refused_and_what_runs_runs_on(
     with echo_upstream() as upstream, workers(fleet, tmp_path, ["agent/a"]) as (a,):
         assert a.launcher is not None
         provision(fleet, [a.machine], {"FLEET_TOKEN": CANARY + "1"}, upstream)
-        good = admin_client(fleet.creds).get_state(_fleet_room(fleet), rooms.CREDENTIALS, BUNDLE)
+        good = admin_client(fleet.creds).get_state(fleet_room(fleet), rooms.CREDENTIALS, BUNDLE)
         assert good is not None
         start(fleet, tmp_path, upstream, a, f"{CANARY}own-a")
         eventually(lambda: fleet_value(a.socket) == CANARY + "1", 60)
