@@ -99,7 +99,8 @@ def summarize(path: Path, top: int = 10) -> dict[str, Any]:
     leaves: Counter[str] = Counter()
     parts: Counter[str] = Counter()
     total = idle = 0
-    for line in path.read_text().splitlines():
+    # py-spy writes some names as the process's bytes, not always UTF-8.
+    for line in path.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not count_text.isdigit():
             continue
