@@ -141,6 +141,15 @@ class Principals:
         changed, self._changed = self._changed, False
         return changed
 
+    async def stop_all(self) -> None:
+        """Stop every principal the launcher runs (the machine lost its standing)."""
+        try:
+            for item in await self._launcher.list():
+                await self._launcher.stop(item.principal)
+                self._log.info("principal stopped", principal=item.principal.user_id)
+        except (LauncherUnavailable, LauncherRefused) as exc:
+            self._log.error("could not stop every principal", error=str(exc))
+
     async def close(self) -> None:
         """Cancel what is in flight (the daemon is stopping); the launcher finishes or
         drops each request on its own."""

@@ -27,19 +27,19 @@ from pathlib import Path
 from typing import Any
 
 from bureau import lifecycle
-from bureau.daemon import machine_info, offline_cache
+from bureau.daemon import fleet_reads, machine_info, offline_cache
 from bureau.daemon.fleet_relay import fleet_relays
-from bureau.daemon.heartbeat import CpuSampler, status_content
-from bureau.daemon.launcher_client import LauncherClient, LauncherRefused, LauncherUnavailable
+from bureau.daemon.launcher_client import LauncherClient, LauncherUnavailable
 from bureau.daemon.principals import Principals
 from bureau.daemon.reconcile import Ensure, plan, relayed
 from bureau.daemon.relogin import SoftLogouts
 from bureau.daemon.room_view import RoomView
 from bureau.daemon.sandbox_specs import SandboxSpecs
+from bureau.daemon.status_publisher import StatusPublisher
 from bureau.errors import MatrixError
 from bureau.lifecycle import Owned
 from bureau.matrix.fleet_rooms import fleet_room_aliases
-from bureau.matrix.retry import backoff_seconds, next_delay
+from bureau.matrix.retry import next_delay
 from bureau.matrix.sync import MachineMatrix
 from bureau.notify import Notifier
 from bureau.wire import names, rooms
@@ -85,7 +85,6 @@ class Daemon:
         self._localpart = localpart
         self._fleet = names.fleet_of_entity(localpart)
         self._log = log
-        self._heartbeat_seconds = heartbeat_seconds
         self._reconcile_seconds = reconcile_seconds
         self._notifier = notifier
         self._run_dir = run_dir
@@ -106,10 +105,8 @@ class Daemon:
         self._synced = asyncio.Event()
         self._reconciled = asyncio.Event()
         self._reconcile_now = asyncio.Event()
-        self._status_now = asyncio.Event()
         self.fatal: str | None = None
         self._since: str | None = None
-        self._machine_room = ""
         self._rooms = RoomView(names.state_key(localpart, self._server), run_dir, log)
         self._principals = Principals(launcher, log, rng, self._reconcile_now.set)
         self._specs = SandboxSpecs(
@@ -117,8 +114,17 @@ class Daemon:
         )
         self._templates = self._specs.templates
         self._route_problems: dict[str, str] = {}  # principal -> why its routes cannot be made
-        self._sampler = CpuSampler()
-        self._last_status = time.monotonic()
+        self._status = StatusPublisher(
+            matrix=matrix,
+            launcher=launcher,
+            machine_user=machine_user,
+            state_key=names.state_key(localpart, self._server),
+            principals=self._principals,
+            problems=self._problems,
+            interval=heartbeat_seconds,
+            rng=rng,
+            log=log,
+        )
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -135,7 +141,7 @@ class Daemon:
         finally:
             await self._matrix.close()
         if self.fatal is not None:
-            await self._stop_every_principal()
+            await self._principals.stop_all()
             return 1
         self._log.info("stopped; principals keep running for the next daemon")
         return 0
@@ -157,7 +163,7 @@ class Daemon:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._sync_loop())
             tasks.create_task(self._reconcile_loop())
-            tasks.create_task(self._heartbeat_loop())
+            tasks.create_task(self._status.run(self._reconciled))
             tasks.create_task(self._publish_info())
 
     def _die(self, reason: str) -> None:
@@ -195,7 +201,7 @@ class Daemon:
                 if alias == config_alias:
                     self._rooms.config_room = room_id
                 elif alias == aliases["machine"]:
-                    self._machine_room = room_id
+                    self._status.room = room_id
                 elif alias == aliases["fleet"]:
                     self._rooms.fleet_room = room_id
         except MatrixError as exc:
@@ -281,11 +287,7 @@ class Daemon:
                 # daemon stop every principal, then start them again.
                 touched |= {self._rooms.config_room, self._rooms.fleet_room}
             try:
-                for room_id in sorted(touched):
-                    if self._templates.follows(room_id):
-                        await self._specs.refresh(room_id)
-                    else:
-                        await self._read_room_state(room_id)
+                await self._read_touched(touched, batch.state)
             except MatrixError as exc:
                 self._die(str(exc))
                 return
@@ -295,6 +297,31 @@ class Daemon:
             if changed or not self._synced.is_set():
                 self._synced.set()
                 self._reconcile_now.set()
+
+    async def _read_touched(
+        self, touched: set[str], state: list[tuple[str, dict[str, Any]]]
+    ) -> None:
+        for room_id in sorted(touched):
+            if self._templates.follows(room_id):
+                await self._specs.refresh(room_id)
+            elif room_id == self._rooms.fleet_room and self._synced.is_set():
+                changed = [e for r, e in state if r == room_id and e.get("type") in STATE_TYPES]
+                await self._read_fleet_changes(changed)
+            else:
+                await self._read_room_state(room_id)
+
+    async def _read_fleet_changes(self, events: list[dict[str, Any]]) -> None:
+        """What changed in the fleet room, without its whole state (fleet_reads.py)."""
+        room = self._rooms.fleet_room
+        to_read, as_sent = fleet_reads.split(events, self._machine_user)
+        read = []
+        for kind, key in to_read:
+            content = await self._retrying(
+                f"reading {kind} {key!r} in {room}",
+                partial(self._matrix.state_event, room, kind, key),
+            )
+            read.append({"type": kind, "state_key": key, "content": content})
+        self._rooms.apply([(room, event) for event in [*as_sent, *read]])
 
     async def _read_room_state(self, room_id: str) -> None:
         events = await self._retrying(
@@ -365,7 +392,7 @@ class Daemon:
         credentials = {p: c for p, c in credentials.items() if p not in unserved}
         self._route_problems = {**routes, **unserved}
         if self._problems() != problems:
-            self._status_now.set()
+            self._status.now.set()
         held |= set(routes)
         wanted = plan(
             self._rooms.config,
@@ -387,68 +414,18 @@ class Daemon:
             templates=self._specs.sources,
             fleet=fleet,
         ):
-            self._status_now.set()
+            self._status.now.set()
 
     def _problems(self) -> dict[str, str]:
         """Principals the daemon cannot ask the launcher for, and why."""
         return {**self._specs.problems, **self._route_problems}
 
-    async def _stop_every_principal(self) -> None:
-        try:
-            for item in await self._launcher.list():
-                await self._launcher.stop(item.principal)
-                self._log.info("principal stopped", principal=item.principal.user_id)
-        except (LauncherUnavailable, LauncherRefused) as exc:
-            self._log.error("could not stop every principal", error=str(exc))
-
     async def _publish_info(self) -> None:
         await machine_info.publish(
             self._matrix,
-            self._machine_room,
+            self._status.room,
             names.state_key(self._localpart, self._server),
             self._machine_user,
             retrying=self._retrying,
             log=self._log,
         )
-
-    # -- heartbeat -----------------------------------------------------------------------
-
-    async def _heartbeat_loop(self) -> None:
-        await self._reconciled.wait()
-        attempt = 0
-        while True:
-            self._status_now.clear()
-            try:
-                await self._publish_status()
-            except (MatrixError, LauncherUnavailable) as exc:
-                delay = backoff_seconds(attempt, self._rng)
-                attempt += 1
-                self._log.warning("heartbeat failed; retrying", error=str(exc), retry_in=delay)
-                await asyncio.sleep(delay)
-                continue
-            attempt = 0
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._heartbeat_seconds):
-                    await self._status_now.wait()
-
-    async def _publish_status(self) -> None:
-        now = time.monotonic()
-        principals = await self._launcher.list()
-        failures = self._problems()
-        failures |= {p: f.reason for p, f in self._principals.failures.items()}
-        content = status_content(
-            self._machine_user,
-            principals,
-            self._sampler,
-            now - self._last_status,
-            failures,
-            last_activity_at=self._principals.last_activity_at,
-        )
-        self._last_status = now
-        await self._matrix.put_state(
-            self._machine_room,
-            rooms.MACHINE_STATUS,
-            names.state_key(self._localpart, self._server),
-            content,
-        )
-        self._log.debug("heartbeat published", running=content["sandboxes"]["running"])

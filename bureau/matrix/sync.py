@@ -124,6 +124,20 @@ class MachineMatrix:
         )
         return [event for event in resp.events if isinstance(event, dict)]
 
+    async def state_event(self, room_id: str, event_type: str, state_key: str) -> dict[str, Any]:
+        """One state event's content as the homeserver resolved it; {} when there is none."""
+        try:
+            resp = await self._call(
+                f"read {event_type} {state_key!r} in {room_id}",
+                self._client.room_get_state_event(room_id, event_type, state_key),
+            )
+        except MatrixError as exc:
+            if exc.status == 404:
+                return {}
+            raise
+        content = resp.content
+        return dict(content) if isinstance(content, dict) else {}
+
     async def sync(self, since: str | None, state_types: list[str]) -> SyncBatch:
         resp = await self._call(
             "sync",
