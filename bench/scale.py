@@ -17,6 +17,7 @@ last machine has opened the new value.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import statistics
 import tempfile
@@ -117,7 +118,10 @@ class Scale:
 
     def spec(self) -> dict[str, Any]:
         return {"server": self.creds.server_name, "fleet": self.creds.fleet,
-                "credential_ref": scale_publish.CREDENTIAL_REF}  # fmt: skip
+                "credential_ref": scale_publish.CREDENTIAL_REF,
+                # BENCH_SCALE_READ=sync: an experiment, the machines take the changed
+                # events from the sync instead of reading the rooms' state back.
+                "read": os.environ.get("BENCH_SCALE_READ", "room")}  # fmt: skip
 
     def idle(self, sims: Simulators, seconds: float) -> dict[str, Any]:
         """CPU per machine per minute while nothing is published."""
