@@ -8,8 +8,10 @@ code on the credentials path, with nothing else:
 
 - sync: bureau.matrix.sync.MachineMatrix, the daemon's client, long-polling with the
   daemon's filter (service.STATE_TYPES), from its own session and connection;
-- what changed is read back as the daemon reads it: the whole state of each touched room
-  (config room, fleet room) through MachineMatrix.room_state into bureau.daemon.room_view;
+- what changed is read back as the daemon reads it: the whole state of the config room
+  (and of the fleet room on the first sync) through MachineMatrix.room_state, and a fleet
+  room change event by event (bureau.daemon.fleet_reads: shard 0 and the shards naming
+  this machine, through MachineMatrix.state_event), into bureau.daemon.room_view;
 - the decision, as the daemon's reconcile makes it: each assigned principal's
   credential_ref to the fleet bundle's shard naming this machine
   (bureau.daemon.fleet_relay.fleet_relays), then bureau.daemon.reconcile.plan against what
@@ -51,6 +53,7 @@ from typing import Any
 import structlog
 
 from bureau import age_keys, key_store
+from bureau.daemon import fleet_reads
 from bureau.daemon.fleet_relay import fleet_relays
 from bureau.daemon.reconcile import Ensure, plan
 from bureau.daemon.room_view import RoomView
@@ -146,6 +149,19 @@ class SimMachine:
                 self.view.apply([(r, e) for r, e in batch.state if r in touched])
                 touched = set()
             for room in sorted(touched):
+                if room == self.view.fleet_room and not first:
+                    # As the daemon reads a fleet room change: shard 0 and the shards
+                    # naming this machine, event by event (bureau/daemon/fleet_reads.py).
+                    changed = [e for r, e in batch.state if r == room]
+                    to_read, as_sent = fleet_reads.split(changed, self.user)
+                    read_back = []
+                    for kind, key in to_read:
+                        content = await self.matrix.state_event(room, kind, key)
+                        read_back.append({"type": kind, "state_key": key, "content": content})
+                        COUNTS["state_reads"] += 1
+                        COUNTS["state_events"] += 1
+                    self.view.apply([(room, e) for e in [*as_sent, *read_back]])
+                    continue
                 events = await self.matrix.room_state(room)
                 COUNTS["state_reads"] += 1
                 COUNTS["state_events"] += len(events)
