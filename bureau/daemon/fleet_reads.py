@@ -40,8 +40,10 @@ def split(
     read, as_sent = [], []
     for (kind, key), event in last.items():
         shard = bundle_of(key) if kind == rooms.CREDENTIALS else None
-        if shard is not None and shard[1] != 0 and not names_machine(
-            event.get("content"), machine_user
+        if (
+            shard is not None
+            and shard[1] != 0
+            and not names_machine(event.get("content"), machine_user)
         ):
             as_sent.append(event)
         else:
