@@ -211,7 +211,8 @@ class CacheWriter:
         self._machine = machine
         self._log = log
         self._entries: dict[str, Ensure] = {}
-        self._written: str | None = None
+        # No file holds the same as an empty one: a machine that runs nothing writes none.
+        self._written: str | None = content_digest([])
         cached = load(state_dir, machine, log)
         if cached is not None:
             self._entries = {e.principal: e for e in cached.principals}

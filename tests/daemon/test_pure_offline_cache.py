@@ -159,3 +159,14 @@ def test_expired_bundles_are_not_startable() -> None:
     noon = 1795867200.0  # 2026-11-28T12:00:00Z
     assert [e.principal for e in startable(cache, noon, log)] == [BETA]
     assert log.said("expired")
+
+
+def test_a_machine_that_runs_nothing_writes_no_cache(tmp_path: Path) -> None:
+    writer = CacheWriter(tmp_path, MACHINE, Log())
+    writer.record([], held=())
+    assert not (tmp_path / FILE_NAME).exists()
+    writer.record([ensure(ALPHA)], held=())
+    writer.record([], held=())  # then unassigned: the cache says so
+    cache = load(tmp_path, MACHINE, Log())
+    assert cache is not None
+    assert cache.principals == ()

@@ -226,6 +226,8 @@ INTENDED = {
     "state/machine-key.cred": "f 0600",
     "state/machine-key.pub": "f 0644",
     "state/operator-keys.json": "f 0644",  # public keys, pinned at first boot
+    # The daemon's offline cache: what it last asked the launcher to run (ciphertext).
+    "state/offline-cache.json": "f 0600",
     "run": "d 0755",
     "run/launcher.sock": "s 0660",
     # bureau-sandboxd's: for its own uid (the launcher's) alone.
