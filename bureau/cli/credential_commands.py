@@ -8,6 +8,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from bureau.cli.common import (
     Subparsers,
@@ -175,15 +176,22 @@ def credentials_list(args: argparse.Namespace) -> int:
         if "invalid" in item:
             say(f"{item['state_key']}: invalid: {item['invalid']}")
             continue
-        services = ", ".join(f"{n} -> {u}" for n, u in item["services"].items())
-        expiry = f", expires {item['expires_at']}" if item["expires_at"] else ""
-        say(
-            f"{item['principal']}: keys {', '.join(item['keys'])}; {services}; "
-            f"provisioned {item['provisioned_at']}{expiry}"
-        )
+        keys, services, when = _described(item)
+        say(f"{item['principal']}: {keys}; {services}; {when}")
     if not listed:
         sys.stderr.write(f"no credentials provisioned for {machine}\n")
     return 0
+
+
+def _described(item: dict[str, Any]) -> tuple[str, str, str]:
+    """A listed bundle's keys, routes and times, as both listings show them (no values)."""
+    services = ", ".join(f"{n} -> {u}" for n, u in item["services"].items())
+    expiry = f", expires {item['expires_at']}" if item["expires_at"] else ""
+    return (
+        f"keys {', '.join(item['keys'])}",
+        services,
+        f"provisioned {item['provisioned_at']}{expiry}",
+    )
 
 
 def _list_fleet_bundles(args: argparse.Namespace) -> int:
@@ -196,15 +204,11 @@ def _list_fleet_bundles(args: argparse.Namespace) -> int:
         if "invalid" in item:
             say(f"{item['name']}: invalid: {item['invalid']}")
             continue
-        services = ", ".join(f"{n} -> {u}" for n, u in item["services"].items()) or "no services"
-        expiry = f", expires {item['expires_at']}" if item["expires_at"] else ""
+        keys, services, when = _described(item)
         escrow = "" if item["escrow"] else "; NO ESCROW (cannot be resealed)"
-        say(
-            f"{item['name']}: keys {', '.join(item['keys'])}; {services}; machines "
-            f"{item['machines']}: {item['recipients']} in {item['shards']} shard"
-            f"{'s' if item['shards'] > 1 else ''}{escrow}; provisioned {item['provisioned_at']}"
-            f"{expiry}"
-        )
+        shards = f"{item['shards']} shard{'s' if item['shards'] > 1 else ''}"
+        machines = f"machines {item['machines']}: {item['recipients']} in {shards}"
+        say(f"{item['name']}: {keys}; {services or 'no services'}; {machines}{escrow}; {when}")
     if not listed:
         sys.stderr.write(f"no fleet bundles in {creds.fleet}\n")
     return 0

@@ -55,26 +55,12 @@ def cache_path(state_dir: Path) -> Path:
 def is_signed(ensure: Ensure) -> bool:
     """Whether everything the ensure carries bears an operator's signature (checked by the
     launcher, not here): an unsigned assignment or template would be unchecked content."""
-    signed = [ensure.content]
-    if ensure.assignment is not None:
-        signed.append(ensure.assignment)
-    signed.extend(ensure.templates.values())
-    extra = [
-        getattr(ensure, f.name)
-        for f in dataclasses.fields(Ensure)
-        if f.name not in ("principal", "content", "sandbox", "assignment", "templates")
-    ]
-    signed.extend(_signed_parts(value) for value in extra if value)
-    return ensure.assignment is not None and all(
-        isinstance(part, Mapping) and SIGNATURES in part for part in signed
-    )
-
-
-def _signed_parts(value: Any) -> Any:
-    """A relayed event is either the content itself or {"state_key", "content"}."""
-    if isinstance(value, Mapping) and "content" in value and SIGNATURES not in value:
-        return value["content"]
-    return value
+    if ensure.assignment is None:
+        return False
+    signed: list[object] = [ensure.content, ensure.assignment, *ensure.templates.values()]
+    if ensure.fleet_credentials is not None:  # {"state_key", "content"}, as relayed
+        signed.append(ensure.fleet_credentials.get("content"))
+    return all(isinstance(part, Mapping) and SIGNATURES in part for part in signed)
 
 
 def entry_json(ensure: Ensure) -> dict[str, Any]:
